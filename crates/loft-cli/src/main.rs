@@ -1,1 +1,78 @@
-fn main() {}
+//! The `loft` command line: parse, dispatch, render errors. Each subcommand lives in its own file.
+
+mod bench;
+mod chat;
+mod eval;
+mod generate;
+mod inspect;
+mod model_args;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Fine-tune Llama-family models with LoRA and QLoRA on a CPU or an NVIDIA GPU; run, merge and export them.
+#[derive(Parser)]
+#[command(name = "loft", version, about, long_about = None)]
+struct Cli {
+    /// Worker threads for the math (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Answer one prompt, streaming the answer to stdout (speed and counts go to stderr).
+    Generate(generate::Args),
+    /// Talk to a model, turn by turn (type /exit or press Ctrl-D to leave, /reset to start over).
+    Chat(chat::Args),
+    /// Mean next-token loss and perplexity of a text file's first tokens.
+    Eval(eval::Args),
+    /// Show what a model file or folder holds: metadata, tokenizer, tensors.
+    Inspect(inspect::Args),
+    /// Reproducible throughput figures.
+    #[command(subcommand)]
+    Bench(bench::Command),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global() {
+            eprintln!("error: cannot start {n} threads: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    let result = match cli.command {
+        Command::Generate(a) => generate::run(a),
+        Command::Chat(a) => chat::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Bench(c) => bench::run(c),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            render_error(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `error: …`, then each cause on a `Caused by:` line, then `hint: …`.
+fn render_error(e: &loft::Error) {
+    eprintln!("error: {e}");
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !e.to_string().contains(&text) {
+            eprintln!("Caused by: {text}");
+        }
+        source = s.source();
+    }
+    if let Some(h) = e.hint() {
+        eprintln!("hint: {h}");
+    }
+}

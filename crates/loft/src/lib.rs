@@ -1,7 +1,13 @@
 //! loft: fine-tune Llama-family models with LoRA and QLoRA.
 //!
-//! Data flows through the modules in this order: `model` (load weights and config), `tokenizer` and
-//! `chat_template` (text to ids), `engine` (forward, backward), `infer` (generation).
+//! Data flows through the modules in this order: `model` (load weights, config, tokenizer), `tokenizer` and
+//! `chat_template` (text to ids), `engine` (kernels: forward and backward), `infer` (generation, evaluation).
 
 pub mod chat_template;
+pub mod engine;
+pub mod error;
+pub mod infer;
+pub mod model;
 pub mod tokenizer;
+
+pub use error::{Error, Result};

@@ -1,0 +1,84 @@
+//! `loft chat`: an interactive, multi-turn conversation. The KV cache keeps the conversation so far; each turn
+//! only runs the tokens that changed.
+
+use std::io::{BufRead, Write};
+
+use loft::chat_template::Message;
+use loft::model::KvCache;
+use loft::Error;
+
+use crate::generate::{chat_template, stream, SamplingArgs};
+use crate::model_args::ModelArgs;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// A system message for the whole conversation.
+    #[arg(long)]
+    pub system: Option<String>,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+pub fn run(args: Args) -> loft::Result<()> {
+    let loaded = args.model.load()?;
+    let template = chat_template(&loaded)?;
+    let opts = args.sampling.options(&loaded)?;
+    let capacity = loaded.model.config.max_position_embeddings;
+    let mut cache = KvCache::new(&loaded.model.config, capacity.min(8192));
+    let mut cached: Vec<u32> = Vec::new(); // the ids whose keys/values are in the cache
+    let mut messages: Vec<Message> = Vec::new();
+    let system = args.system.clone();
+    let reset = |messages: &mut Vec<Message>| {
+        messages.clear();
+        if let Some(s) = &system {
+            messages.push(Message { role: "system".into(), content: s.clone() });
+        }
+    };
+    reset(&mut messages);
+    eprintln!("type a message; /reset starts over, /exit or Ctrl-D leaves");
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        eprint!("> ");
+        let _ = std::io::stderr().flush();
+        let Some(line) = lines.next() else { break };
+        let line = line.map_err(|e| Error::io("<stdin>", e))?;
+        match line.trim() {
+            "" => continue,
+            "/exit" | "/quit" => break,
+            "/reset" => {
+                reset(&mut messages);
+                continue;
+            }
+            _ => {}
+        }
+        messages.push(Message { role: "user".into(), content: line });
+        let text = template.render(&messages, true)?;
+        let ids = loaded.tokenizer.encode(&text, false, true);
+        if ids.len() + opts.max_new_tokens > cache.capacity {
+            eprintln!("the conversation is too long for the context ({} tokens); starting over", ids.len());
+            messages.truncate(messages.len() - 1);
+            reset(&mut messages);
+            continue;
+        }
+        // Reuse the cached prefix; run only what differs.
+        let keep = cached.iter().zip(&ids).take_while(|(a, b)| a == b).count().min(ids.len() - 1);
+        cache.len = keep;
+        cached.truncate(keep);
+        let (answer, stats) = stream(&loaded, &ids[keep..], &opts, &mut cache)?;
+        println!();
+        cached.extend_from_slice(&ids[keep..]);
+        cached.extend_from_slice(&answer[..answer.len().saturating_sub(1)]);
+        cached.truncate(cache.len);
+        eprintln!(
+            "[{} tokens, {:.1} tok/s]",
+            stats.generated_tokens,
+            stats.decode_tokens_per_second()
+        );
+        let reply = loaded.tokenizer.decode(&answer, true);
+        messages.push(Message { role: "assistant".into(), content: reply.trim().to_string() });
+    }
+    Ok(())
+}

@@ -1,0 +1,52 @@
+//! `loft eval`: mean next-token loss of a text file.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use loft::Error;
+
+use crate::model_args::ModelArgs;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// A UTF-8 text file; its first --max-tokens tokens are scored (no BOS is added).
+    #[arg(long)]
+    pub text: PathBuf,
+    /// How many tokens of the file to use (default: all, up to the model's context).
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+    /// Print one JSON object: {"tokens": N, "loss": x, "perplexity": y}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: Args) -> loft::Result<()> {
+    let text = std::fs::read_to_string(&args.text).map_err(|e| Error::io(&args.text, e))?;
+    let loaded = args.model.load()?;
+    let mut ids = loaded.tokenizer.encode(&text, false, false);
+    let context = loaded.model.config.max_position_embeddings;
+    let n = args.max_tokens.unwrap_or(ids.len()).min(ids.len());
+    if n > context {
+        return Err(Error::hinted(
+            format!("{}: {n} tokens exceed the model's context of {context}", args.text.display()),
+            format!("pass --max-tokens {context} or less"),
+        ));
+    }
+    if n < 2 {
+        return Err(Error::Invalid(format!("{}: needs at least 2 tokens, has {n}", args.text.display())));
+    }
+    ids.truncate(n);
+    let start = Instant::now();
+    let nll = loaded.model.next_token_nll(&ids)?;
+    let loss = nll.iter().sum::<f64>() / nll.len() as f64;
+    let seconds = start.elapsed().as_secs_f64();
+    if args.json {
+        println!("{}", serde_json::json!({ "tokens": n, "loss": loss, "perplexity": loss.exp() }));
+    } else {
+        println!("tokens: {n}\nloss: {loss:.6}\nperplexity: {:.4}", loss.exp());
+    }
+    eprintln!("{n} tokens in {seconds:.2}s ({:.0} tok/s)", n as f64 / seconds);
+    Ok(())
+}

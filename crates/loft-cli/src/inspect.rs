@@ -1,0 +1,115 @@
+//! `loft inspect`: what a model file or folder holds.
+
+use std::path::PathBuf;
+
+use loft::model::safetensors_source::SafetensorsSource;
+use loft::model::LlamaConfig;
+use loft::Error;
+use serde_json::json;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A .gguf file or a Hugging Face model folder.
+    pub path: PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: Args) -> loft::Result<()> {
+    if args.path.is_dir() {
+        inspect_hf_folder(&args)
+    } else if args.path.is_file() {
+        inspect_gguf(&args)
+    } else {
+        Err(Error::hinted(format!("{}: no such file or folder", args.path.display()), "pass a .gguf file or a model folder"))
+    }
+}
+
+fn inspect_gguf(args: &Args) -> loft::Result<()> {
+    let file = gguf::GgufFile::open(&args.path)?;
+    let total: u64 = file.tensors.iter().map(|t| t.n_elements()).sum();
+    if args.json {
+        let metadata: serde_json::Map<String, serde_json::Value> =
+            file.metadata.iter().map(|(k, v)| (k.clone(), value_json(v))).collect();
+        let tensors: Vec<serde_json::Value> = file
+            .tensors
+            .iter()
+            .map(|t| json!({"name": t.name, "type": t.dtype.name(), "shape": t.shape, "bytes": t.n_bytes()}))
+            .collect();
+        let out = json!({
+            "path": args.path.display().to_string(), "format": "gguf", "version": file.version,
+            "alignment": file.alignment, "parameters": total, "metadata": metadata, "tensors": tensors,
+        });
+        println!("{out}");
+        return Ok(());
+    }
+    println!("{}: GGUF v{}, {} tensors, {:.1}M parameters", args.path.display(), file.version, file.tensors.len(), total as f64 / 1e6);
+    println!("\nmetadata ({} keys):", file.metadata.len());
+    for (k, v) in &file.metadata {
+        println!("  {k:<44} {}", v.summary());
+    }
+    let mut by_type: std::collections::BTreeMap<&str, (usize, u64)> = Default::default();
+    for t in &file.tensors {
+        let e = by_type.entry(t.dtype.name()).or_default();
+        e.0 += 1;
+        e.1 += t.n_bytes();
+    }
+    println!("\ntensor types:");
+    for (name, (n, bytes)) in by_type {
+        println!("  {name:<6} {n:>5} tensors {:>10.1} MiB", bytes as f64 / (1 << 20) as f64);
+    }
+    println!("\ntensors:");
+    for t in &file.tensors {
+        let shape: Vec<String> = t.shape.iter().map(|d| d.to_string()).collect();
+        println!("  {:<36} {:<6} [{}]", t.name, t.dtype.name(), shape.join(", "));
+    }
+    Ok(())
+}
+
+fn inspect_hf_folder(args: &Args) -> loft::Result<()> {
+    let config = LlamaConfig::from_hf_json(&args.path.join("config.json"))?;
+    let source = SafetensorsSource::open(&args.path)?;
+    let mut names: Vec<&String> = source.names().collect();
+    names.sort();
+    if args.json {
+        let out = json!({
+            "path": args.path.display().to_string(), "format": "huggingface",
+            "parameters": config.num_parameters(), "config": config.to_hf_json(None, None, "float32"),
+            "tensors": names,
+        });
+        println!("{out}");
+        return Ok(());
+    }
+    println!("{}: Hugging Face folder, {:.1}M parameters", args.path.display(), config.num_parameters() as f64 / 1e6);
+    println!(
+        "  layers {}, hidden {}, ffn {}, heads {} (kv {}), head_dim {}, vocab {}, tied head: {}",
+        config.num_hidden_layers,
+        config.hidden_size,
+        config.intermediate_size,
+        config.num_attention_heads,
+        config.num_key_value_heads,
+        config.head_dim,
+        config.vocab_size,
+        config.tie_word_embeddings
+    );
+    println!("\ntensors ({}):", names.len());
+    for n in names {
+        println!("  {n}");
+    }
+    Ok(())
+}
+
+/// Metadata as JSON; token-sized arrays are summarised so the output stays readable.
+fn value_json(v: &gguf::Value) -> serde_json::Value {
+    use gguf::Value as V;
+    match v {
+        V::Array(_, items) if items.len() > 64 => json!(v.summary()),
+        V::Array(_, items) => serde_json::Value::Array(items.iter().map(value_json).collect()),
+        V::String(s) => json!(s),
+        V::Bool(b) => json!(b),
+        V::F32(x) => json!(x),
+        V::F64(x) => json!(x),
+        other => other.as_i64().map(|i| json!(i)).or_else(|| other.as_u64().map(|u| json!(u))).unwrap_or(json!(other.summary())),
+    }
+}

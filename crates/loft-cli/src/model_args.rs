@@ -1,0 +1,31 @@
+//! Arguments shared by the subcommands that run a model.
+
+use std::io::Write;
+use std::time::Instant;
+
+use loft::model::LoadedModel;
+
+#[derive(clap::Args, Clone)]
+pub struct ModelArgs {
+    /// A .gguf file, a Hugging Face folder (config.json, tokenizer.json, *.safetensors) or a hub id.
+    #[arg(long, short = 'm')]
+    pub model: String,
+}
+
+impl ModelArgs {
+    /// Loads the model, reporting the time taken on stderr.
+    pub fn load(&self) -> loft::Result<LoadedModel> {
+        let start = Instant::now();
+        let loaded = LoadedModel::load(&self.model)?;
+        let cfg = &loaded.model.config;
+        eprintln!(
+            "loaded {} ({} layers, {:.1}M parameters) in {:.2}s",
+            loaded.path.path().display(),
+            cfg.num_hidden_layers,
+            cfg.num_parameters() as f64 / 1e6,
+            start.elapsed().as_secs_f64()
+        );
+        let _ = std::io::stderr().flush();
+        Ok(loaded)
+    }
+}

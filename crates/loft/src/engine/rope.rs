@@ -1,0 +1,96 @@
+//! Rotary position embedding, Hugging Face layout: within each head of size D, element i pairs with i + D/2
+//! (`rotate_half`). GGUF files store Q/K rows permuted for llama.cpp's interleaved layout; the model loader undoes
+//! that, so every kernel here sees Hugging Face's layout.
+//!
+//! Legend: T = tokens, H = heads, D = head_dim.
+
+use crate::model::config::{LlamaConfig, RopeScaling};
+
+/// Inverse frequencies of one head, with the model's scaling applied: inv_freq[D/2].
+#[derive(Clone, Debug)]
+pub struct Rope {
+    inv_freq: Vec<f32>,
+}
+
+impl Rope {
+    pub fn new(cfg: &LlamaConfig) -> Self {
+        let d = cfg.head_dim;
+        let base = cfg.rope_theta as f64;
+        let mut inv_freq: Vec<f64> = (0..d / 2).map(|i| 1.0 / base.powf(2.0 * i as f64 / d as f64)).collect();
+        match &cfg.rope_scaling {
+            None => {}
+            Some(RopeScaling::Linear { factor }) => inv_freq.iter_mut().for_each(|f| *f /= *factor as f64),
+            Some(RopeScaling::FreqFactors(factors)) => {
+                inv_freq.iter_mut().zip(factors).for_each(|(f, s)| *f /= *s as f64)
+            }
+            Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }) => {
+                let (factor, low, high) = (*factor as f64, *low_freq_factor as f64, *high_freq_factor as f64);
+                let old_ctx = *original_max_position_embeddings as f64;
+                let (low_wavelen, high_wavelen) = (old_ctx / low, old_ctx / high);
+                for f in inv_freq.iter_mut() {
+                    let wavelen = 2.0 * std::f64::consts::PI / *f;
+                    if wavelen > low_wavelen {
+                        *f /= factor;
+                    } else if wavelen >= high_wavelen {
+                        let smooth = (old_ctx / wavelen - low) / (high - low);
+                        *f = (1.0 - smooth) * *f / factor + smooth * *f;
+                    }
+                }
+            }
+        }
+        Rope { inv_freq: inv_freq.into_iter().map(|f| f as f32).collect() }
+    }
+
+    pub fn half_dim(&self) -> usize {
+        self.inv_freq.len()
+    }
+
+    /// cos and sin tables for the given positions: each [T, D/2].
+    pub fn tables(&self, positions: impl Iterator<Item = usize>) -> (Vec<f32>, Vec<f32>) {
+        let mut cos = Vec::new();
+        let mut sin = Vec::new();
+        for p in positions {
+            for &f in &self.inv_freq {
+                // Angle in f32 as transformers computes it (positions · inv_freq in float32).
+                let angle = p as f32 * f;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        (cos, sin)
+    }
+}
+
+/// x[T, H, D] rotated in place by the angles in cos/sin [T, D/2].
+pub fn rope_forward(x: &mut [f32], t: usize, h: usize, d: usize, cos: &[f32], sin: &[f32]) {
+    let half = d / 2;
+    debug_assert!(x.len() == t * h * d && cos.len() >= t * half);
+    for (ti, row) in x.chunks_exact_mut(h * d).enumerate() {
+        let (c, s) = (&cos[ti * half..(ti + 1) * half], &sin[ti * half..(ti + 1) * half]);
+        for head in row.chunks_exact_mut(d) {
+            let (lo, hi) = head.split_at_mut(half);
+            for i in 0..half {
+                let (a, b) = (lo[i], hi[i]);
+                lo[i] = a * c[i] - b * s[i];
+                hi[i] = b * c[i] + a * s[i];
+            }
+        }
+    }
+}
+
+/// The rotation is orthogonal, so the gradient is the inverse rotation: dx = Rᵀ dy, in place.
+pub fn rope_backward(dx: &mut [f32], t: usize, h: usize, d: usize, cos: &[f32], sin: &[f32]) {
+    let half = d / 2;
+    debug_assert!(dx.len() == t * h * d && cos.len() >= t * half);
+    for (ti, row) in dx.chunks_exact_mut(h * d).enumerate() {
+        let (c, s) = (&cos[ti * half..(ti + 1) * half], &sin[ti * half..(ti + 1) * half]);
+        for head in row.chunks_exact_mut(d) {
+            let (lo, hi) = head.split_at_mut(half);
+            for i in 0..half {
+                let (a, b) = (lo[i], hi[i]);
+                lo[i] = a * c[i] + b * s[i];
+                hi[i] = b * c[i] - a * s[i];
+            }
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! Autoregressive generation: one forward over the prompt, then one token at a time through the KV cache,
+//! handing each new token to the caller as soon as it is chosen (for streaming).
+
+use std::time::Instant;
+
+use crate::error::Result;
+use crate::infer::sample::{Sampler, SamplingParams};
+use crate::model::{KvCache, Llama};
+
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    pub max_new_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Generation ends when one of these is produced (it is passed to the callback, then generation stops).
+    pub stop_ids: Vec<u32>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct GenerationStats {
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    pub prompt_seconds: f64,
+    pub decode_seconds: f64,
+    /// True when a stop token ended generation (rather than max_new_tokens or the context length).
+    pub stopped: bool,
+}
+
+impl GenerationStats {
+    pub fn prompt_tokens_per_second(&self) -> f64 {
+        self.prompt_tokens as f64 / self.prompt_seconds.max(1e-9)
+    }
+
+    /// Tokens per second after the first (which comes out of the prompt pass).
+    pub fn decode_tokens_per_second(&self) -> f64 {
+        self.generated_tokens.saturating_sub(1) as f64 / self.decode_seconds.max(1e-9)
+    }
+}
+
+/// Generates up to `max_new_tokens` after `prompt` (the cache must be empty or hold exactly the positions
+/// before `prompt`). `on_token` receives each generated id in order.
+pub fn generate(
+    model: &Llama,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    cache: &mut KvCache,
+    mut on_token: impl FnMut(u32) -> Result<()>,
+) -> Result<(Vec<u32>, GenerationStats)> {
+    let mut sampler = Sampler::new(opts.sampling.clone());
+    let mut stats = GenerationStats { prompt_tokens: prompt.len(), ..Default::default() };
+    let mut out = Vec::new();
+    if opts.max_new_tokens == 0 || prompt.is_empty() {
+        return Ok((out, stats));
+    }
+    let start = Instant::now();
+    let hidden = model.forward(prompt, cache)?;
+    let c = model.config.hidden_size;
+    let mut logits = model.logits(&hidden[hidden.len() - c..]);
+    stats.prompt_seconds = start.elapsed().as_secs_f64();
+    let decode_start = Instant::now();
+    loop {
+        let next = sampler.sample(&logits);
+        out.push(next);
+        stats.generated_tokens += 1;
+        on_token(next)?;
+        if opts.stop_ids.contains(&next) {
+            stats.stopped = true;
+            break;
+        }
+        if out.len() >= opts.max_new_tokens || cache.len >= cache.capacity {
+            break;
+        }
+        let hidden = model.forward(&[next], cache)?;
+        logits = model.logits(&hidden);
+    }
+    stats.decode_seconds = decode_start.elapsed().as_secs_f64();
+    Ok((out, stats))
+}

@@ -1,0 +1,7 @@
+//! Running a model: token-by-token generation with a KV cache, and evaluation of next-token loss.
+
+pub mod generate;
+pub mod sample;
+
+pub use generate::{generate, GenerateOptions, GenerationStats};
+pub use sample::{Sampler, SamplingParams};

@@ -1,0 +1,259 @@
+//! The Llama architecture's hyper-parameters, read from GGUF metadata or a Hugging Face `config.json`.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// How RoPE frequencies are scaled for long contexts.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RopeScaling {
+    /// Llama 3.1's piecewise scaling (HF `rope_type = "llama3"`).
+    Llama3 { factor: f32, low_freq_factor: f32, high_freq_factor: f32, original_max_position_embeddings: usize },
+    /// Linear position interpolation (HF `rope_type = "linear"`).
+    Linear { factor: f32 },
+    /// Per-frequency divisors given outright (GGUF's `rope_freqs.weight`, which llama.cpp's converter computes from
+    /// the llama3 parameters).
+    FreqFactors(Vec<f32>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LlamaConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f32,
+    pub rope_theta: f32,
+    pub rope_scaling: Option<RopeScaling>,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+}
+
+impl LlamaConfig {
+    /// Checks the relations the forward pass relies on; `source` names the file in the error.
+    pub fn validate(&self, source: &Path) -> Result<()> {
+        let bad = |m: String| Err(Error::format(source, m));
+        let sizes = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("head_dim", self.head_dim),
+        ];
+        for (name, v) in sizes {
+            if v == 0 || v > 1 << 24 {
+                return bad(format!("{name} = {v} is out of range (expected 1..=16777216)"));
+            }
+        }
+        if self.num_attention_heads % self.num_key_value_heads != 0 {
+            return bad(format!(
+                "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
+                self.num_attention_heads, self.num_key_value_heads
+            ));
+        }
+        if self.head_dim % 2 != 0 {
+            return bad(format!("head_dim = {} must be even for RoPE", self.head_dim));
+        }
+        if !(self.rms_norm_eps > 0.0) || !(self.rope_theta > 0.0) {
+            return bad(format!("rms_norm_eps ({}) and rope_theta ({}) must be positive", self.rms_norm_eps, self.rope_theta));
+        }
+        if let Some(RopeScaling::FreqFactors(f)) = &self.rope_scaling {
+            if f.len() != self.head_dim / 2 {
+                return bad(format!("rope_freqs has {} values, expected head_dim/2 = {}", f.len(), self.head_dim / 2));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn q_dim(&self) -> usize {
+        self.num_attention_heads * self.head_dim
+    }
+
+    pub fn kv_dim(&self) -> usize {
+        self.num_key_value_heads * self.head_dim
+    }
+
+    /// Parameters of the frozen base, counting a tied head once.
+    pub fn num_parameters(&self) -> usize {
+        let (c, f, l) = (self.hidden_size, self.intermediate_size, self.num_hidden_layers);
+        let per_layer = c * self.q_dim() * 2 + c * self.kv_dim() * 2 + 3 * c * f + 2 * c;
+        let head = if self.tie_word_embeddings { 0 } else { self.vocab_size * c };
+        self.vocab_size * c + l * per_layer + c + head
+    }
+
+    /// Reads the `llama.*` keys (llama.cpp's names) of a GGUF file. `rope_freqs` is the optional per-frequency
+    /// factor tensor, already dequantized.
+    pub fn from_gguf(file: &gguf::GgufFile, rope_freqs: Option<Vec<f32>>, vocab_len: usize) -> Result<Self> {
+        let path = file.path.clone();
+        let arch = file.get_str(gguf::names::GENERAL_ARCHITECTURE)?;
+        if arch != "llama" {
+            return Err(Error::hinted(
+                format!("{}: general.architecture is '{arch}', loft supports 'llama'", path.display()),
+                "Llama-family models (Llama 2/3, SmolLM, TinyLlama, Mistral-style dense models) are supported",
+            ));
+        }
+        let key = |k: &str| format!("{arch}.{k}");
+        let get = |k: &str| -> Result<usize> { Ok(file.get_u64(&key(k))? as usize) };
+        let opt = |k: &str| file.get(&key(k)).and_then(|v| v.as_u64()).map(|v| v as usize);
+        let hidden_size = get("embedding_length")?;
+        let num_attention_heads = get("attention.head_count")?;
+        let head_dim = opt("attention.key_length")
+            .or(opt("rope.dimension_count"))
+            .unwrap_or(hidden_size / num_attention_heads.max(1));
+        let cfg = LlamaConfig {
+            vocab_size: opt("vocab_size").unwrap_or(vocab_len),
+            hidden_size,
+            intermediate_size: get("feed_forward_length")?,
+            num_hidden_layers: get("block_count")?,
+            num_attention_heads,
+            num_key_value_heads: opt("attention.head_count_kv").unwrap_or(num_attention_heads),
+            head_dim,
+            rms_norm_eps: file
+                .get(&key("attention.layer_norm_rms_epsilon"))
+                .and_then(|v| v.as_f32())
+                .unwrap_or(1e-5),
+            rope_theta: file.get(&key("rope.freq_base")).and_then(|v| v.as_f32()).unwrap_or(10_000.0),
+            rope_scaling: match rope_freqs {
+                Some(f) => Some(RopeScaling::FreqFactors(f)),
+                None => match file.get(&key("rope.scaling.type")).and_then(|v| v.as_str()) {
+                    Some("linear") => Some(RopeScaling::Linear {
+                        factor: file.get(&key("rope.scaling.factor")).and_then(|v| v.as_f32()).unwrap_or(1.0),
+                    }),
+                    _ => None,
+                },
+            },
+            max_position_embeddings: opt("context_length").unwrap_or(2048),
+            tie_word_embeddings: file.tensor_info("output.weight").is_none(),
+        };
+        cfg.validate(&path)?;
+        Ok(cfg)
+    }
+
+    /// Reads a Hugging Face `config.json` (transformers 4.x and 5.x spellings).
+    pub fn from_hf_json(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let raw: HfConfig = serde_json::from_str(&text).map_err(|e| Error::format(path, format!("invalid JSON: {e}")))?;
+        let model_type = raw.model_type.as_deref().unwrap_or("llama");
+        if !matches!(model_type, "llama" | "mistral") {
+            return Err(Error::hinted(
+                format!("{}: model_type is '{model_type}', loft supports 'llama'", path.display()),
+                "Llama-family models (Llama 2/3, SmolLM, TinyLlama, Mistral-style dense models) are supported",
+            ));
+        }
+        let missing = |k: &str| Error::format(path, format!("missing key '{k}'"));
+        let hidden_size = raw.hidden_size.ok_or_else(|| missing("hidden_size"))?;
+        let num_attention_heads = raw.num_attention_heads.ok_or_else(|| missing("num_attention_heads"))?;
+        // transformers 5 folds rope_theta and rope_scaling into `rope_parameters`.
+        let rope = raw.rope_scaling.or(raw.rope_parameters.clone());
+        let rope_theta = raw.rope_theta.or(raw.rope_parameters.as_ref().and_then(|p| p.rope_theta)).unwrap_or(10_000.0);
+        let rope_scaling = match rope {
+            Some(p) => match p.rope_type.as_deref().or(p.kind.as_deref()) {
+                Some("llama3") => Some(RopeScaling::Llama3 {
+                    factor: p.factor.unwrap_or(8.0),
+                    low_freq_factor: p.low_freq_factor.unwrap_or(1.0),
+                    high_freq_factor: p.high_freq_factor.unwrap_or(4.0),
+                    original_max_position_embeddings: p.original_max_position_embeddings.unwrap_or(8192),
+                }),
+                Some("linear") => Some(RopeScaling::Linear { factor: p.factor.unwrap_or(1.0) }),
+                Some("default") | None => None,
+                Some(other) => {
+                    return Err(Error::format(path, format!("rope type '{other}' is not supported (llama3, linear, default)")))
+                }
+            },
+            None => None,
+        };
+        let cfg = LlamaConfig {
+            vocab_size: raw.vocab_size.ok_or_else(|| missing("vocab_size"))?,
+            hidden_size,
+            intermediate_size: raw.intermediate_size.ok_or_else(|| missing("intermediate_size"))?,
+            num_hidden_layers: raw.num_hidden_layers.ok_or_else(|| missing("num_hidden_layers"))?,
+            num_attention_heads,
+            num_key_value_heads: raw.num_key_value_heads.unwrap_or(num_attention_heads),
+            head_dim: raw.head_dim.unwrap_or(hidden_size / num_attention_heads.max(1)),
+            rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
+            rope_theta,
+            rope_scaling,
+            max_position_embeddings: raw.max_position_embeddings.unwrap_or(2048),
+            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+        };
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    /// The `config.json` transformers writes for this model (used by `loft merge` and test fixtures).
+    pub fn to_hf_json(&self, bos: Option<u32>, eos: Option<u32>, torch_dtype: &str) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "attention_bias": false,
+            "mlp_bias": false,
+            "torch_dtype": torch_dtype,
+            "bos_token_id": bos,
+            "eos_token_id": eos,
+        });
+        match &self.rope_scaling {
+            Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }) => {
+                v["rope_scaling"] = serde_json::json!({
+                    "rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
+                    "high_freq_factor": high_freq_factor,
+                    "original_max_position_embeddings": original_max_position_embeddings,
+                })
+            }
+            Some(RopeScaling::Linear { factor }) => {
+                v["rope_scaling"] = serde_json::json!({ "rope_type": "linear", "factor": factor })
+            }
+            // Per-frequency factors have no config.json spelling; loft keeps them as a separate tensor.
+            Some(RopeScaling::FreqFactors(_)) | None => {}
+        }
+        v
+    }
+}
+
+#[derive(Deserialize)]
+struct HfConfig {
+    model_type: Option<String>,
+    vocab_size: Option<usize>,
+    hidden_size: Option<usize>,
+    intermediate_size: Option<usize>,
+    num_hidden_layers: Option<usize>,
+    num_attention_heads: Option<usize>,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    rms_norm_eps: Option<f32>,
+    rope_theta: Option<f32>,
+    rope_scaling: Option<HfRope>,
+    rope_parameters: Option<HfRope>,
+    max_position_embeddings: Option<usize>,
+    tie_word_embeddings: Option<bool>,
+}
+
+#[derive(Clone, Deserialize)]
+struct HfRope {
+    rope_type: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    rope_theta: Option<f32>,
+    factor: Option<f32>,
+    low_freq_factor: Option<f32>,
+    high_freq_factor: Option<f32>,
+    original_max_position_embeddings: Option<usize>,
+}

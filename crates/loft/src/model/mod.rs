@@ -1,0 +1,110 @@
+//! Loading a Llama-family model from a GGUF file, a Hugging Face folder or a hub id, together with its tokenizer
+//! and chat template.
+
+pub mod config;
+pub mod gguf_source;
+pub mod hub;
+pub mod llama;
+pub mod safetensors_source;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+
+pub use config::LlamaConfig;
+pub use llama::{KvCache, Llama};
+
+use crate::error::{Error, Result};
+use crate::tokenizer::Tokenizer;
+
+/// Where a model comes from, once `--model` has been resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ModelPath {
+    Gguf(PathBuf),
+    HfFolder(PathBuf),
+}
+
+impl ModelPath {
+    /// A `.gguf` file, a folder with config.json, or a hub id (downloaded first).
+    pub fn resolve(spec: &str) -> Result<Self> {
+        let path = Path::new(spec);
+        if path.is_file() {
+            return Ok(ModelPath::Gguf(path.to_path_buf()));
+        }
+        if path.is_dir() {
+            if path.join("config.json").is_file() {
+                return Ok(ModelPath::HfFolder(path.to_path_buf()));
+            }
+            return Err(Error::hinted(
+                format!("{spec}: folder has no config.json"),
+                "pass a Hugging Face model folder (config.json, tokenizer.json, *.safetensors) or a .gguf file",
+            ));
+        }
+        if hub::looks_like_hub_id(spec) {
+            return Ok(ModelPath::HfFolder(hub::download(spec)?));
+        }
+        Err(Error::hinted(
+            format!("{spec}: no such file or folder"),
+            "--model takes a .gguf file, a Hugging Face folder, or a hub id like HuggingFaceTB/SmolLM2-135M-Instruct",
+        ))
+    }
+
+    pub fn path(&self) -> &Path {
+        match self {
+            ModelPath::Gguf(p) | ModelPath::HfFolder(p) => p,
+        }
+    }
+}
+
+/// A model ready to run: weights, tokenizer and chat template.
+pub struct LoadedModel {
+    pub path: ModelPath,
+    pub model: Llama,
+    pub tokenizer: Tokenizer,
+}
+
+impl LoadedModel {
+    pub fn load(spec: &str) -> Result<Self> {
+        let path = ModelPath::resolve(spec)?;
+        let (model, tokenizer) = match &path {
+            ModelPath::Gguf(p) => load_gguf(p)?,
+            ModelPath::HfFolder(p) => load_hf_folder(p)?,
+        };
+        Ok(LoadedModel { path, model, tokenizer })
+    }
+}
+
+pub fn load_gguf(path: &Path) -> Result<(Llama, Tokenizer)> {
+    let file = gguf::GgufFile::open(path)?;
+    let tokenizer = Tokenizer::from_gguf(&file)?;
+    Ok((llama_from_gguf(&file)?, tokenizer))
+}
+
+/// The model of a GGUF file, without its tokenizer.
+pub fn llama_from_gguf(file: &gguf::GgufFile) -> Result<Llama> {
+    let rope_freqs = match file.tensor_info("rope_freqs.weight") {
+        Some(_) => Some(file.dequantize("rope_freqs.weight")?),
+        None => None,
+    };
+    let vocab_len = file.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).map_or(0, |a| a.len());
+    let config = LlamaConfig::from_gguf(file, rope_freqs, vocab_len)?;
+    let source = gguf_source::GgufSource::new(file, &config);
+    let weights = weights::LlamaWeights::load(&source, &config)?;
+    Ok(Llama::new(config, weights))
+}
+
+pub fn load_hf_folder(dir: &Path) -> Result<(Llama, Tokenizer)> {
+    let config = LlamaConfig::from_hf_json(&dir.join("config.json"))?;
+    let tokenizer_json = dir.join("tokenizer.json");
+    if !tokenizer_json.is_file() {
+        return Err(Error::hinted(
+            format!("{}: no tokenizer.json", dir.display()),
+            "loft reads the fast-tokenizer file that transformers writes with save_pretrained",
+        ));
+    }
+    let tokenizer_config = dir.join("tokenizer_config.json");
+    let tokenizer =
+        Tokenizer::from_hf_files(&tokenizer_json, tokenizer_config.is_file().then_some(tokenizer_config.as_path()))?;
+    let source = safetensors_source::SafetensorsSource::open(dir)?;
+    let weights = weights::LlamaWeights::load(&source, &config)?;
+    Ok((Llama::new(config, weights), tokenizer))
+}

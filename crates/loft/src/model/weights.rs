@@ -1,0 +1,143 @@
+//! The frozen base weights of a Llama model, named as the Hugging Face checkpoint names them, loaded from any
+//! source that can produce a named tensor in Hugging Face layout (a GGUF file, a safetensors folder).
+
+use crate::engine::FrozenMatrix;
+use crate::error::{Error, Result};
+use crate::model::config::LlamaConfig;
+
+/// A checkpoint that yields tensors by their Hugging Face name, as f32 in Hugging Face layout.
+pub trait TensorSource {
+    /// Shape (outermost first, as torch prints it) and values, or None when the checkpoint has no such tensor.
+    fn tensor(&self, hf_name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>>;
+    /// Names the checkpoint in errors.
+    fn describe(&self) -> String;
+}
+
+pub struct LlamaLayer {
+    pub input_layernorm: Vec<f32>,
+    pub q_proj: FrozenMatrix,
+    pub k_proj: FrozenMatrix,
+    pub v_proj: FrozenMatrix,
+    pub o_proj: FrozenMatrix,
+    pub post_attention_layernorm: Vec<f32>,
+    pub gate_proj: FrozenMatrix,
+    pub up_proj: FrozenMatrix,
+    pub down_proj: FrozenMatrix,
+}
+
+pub struct LlamaWeights {
+    pub embed_tokens: FrozenMatrix,
+    pub layers: Vec<LlamaLayer>,
+    pub norm: Vec<f32>,
+    /// None when tied to `embed_tokens`.
+    pub lm_head: Option<FrozenMatrix>,
+}
+
+impl LlamaWeights {
+    pub fn load(src: &dyn TensorSource, cfg: &LlamaConfig) -> Result<Self> {
+        let (c, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+        let (q, kv) = (cfg.q_dim(), cfg.kv_dim());
+        let matrix = |name: &str, rows: usize, cols: usize| -> Result<FrozenMatrix> {
+            let data = required(src, name, &[rows, cols])?;
+            Ok(FrozenMatrix::from_f32(rows, cols, data))
+        };
+        let vector = |name: &str| required(src, name, &[c]);
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            layers.push(LlamaLayer {
+                input_layernorm: vector(&format!("{p}.input_layernorm.weight"))?,
+                q_proj: matrix(&format!("{p}.self_attn.q_proj.weight"), q, c)?,
+                k_proj: matrix(&format!("{p}.self_attn.k_proj.weight"), kv, c)?,
+                v_proj: matrix(&format!("{p}.self_attn.v_proj.weight"), kv, c)?,
+                o_proj: matrix(&format!("{p}.self_attn.o_proj.weight"), c, q)?,
+                post_attention_layernorm: vector(&format!("{p}.post_attention_layernorm.weight"))?,
+                gate_proj: matrix(&format!("{p}.mlp.gate_proj.weight"), f, c)?,
+                up_proj: matrix(&format!("{p}.mlp.up_proj.weight"), f, c)?,
+                down_proj: matrix(&format!("{p}.mlp.down_proj.weight"), c, f)?,
+            });
+        }
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(matrix("lm_head.weight", v, c)?)
+        };
+        Ok(LlamaWeights {
+            embed_tokens: matrix("model.embed_tokens.weight", v, c)?,
+            layers,
+            norm: vector("model.norm.weight")?,
+            lm_head,
+        })
+    }
+
+    /// The output projection: lm_head, or the embedding when tied.
+    pub fn head(&self) -> &FrozenMatrix {
+        self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
+    }
+}
+
+fn required(src: &dyn TensorSource, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    match src.tensor(name)? {
+        None => Err(Error::hinted(
+            format!("{}: tensor '{name}' is missing (expected shape {shape:?})", src.describe()),
+            "is this a complete Llama checkpoint? `loft inspect` lists its tensors",
+        )),
+        Some((got, _)) if got != shape => Err(Error::Invalid(format!(
+            "{}: tensor '{name}' has shape {got:?}, expected {shape:?}",
+            src.describe()
+        ))),
+        Some((_, data)) => Ok(data),
+    }
+}
+
+/// llama.cpp's converter reorders each head's Q and K rows so that RoPE rotates adjacent pairs: the GGUF row
+/// `h·D + 2i + j` holds the Hugging Face row `h·D + j·D/2 + i` (i < D/2, j ∈ {0, 1}). This undoes that.
+pub fn unpermute_rope_rows(w: &[f32], n_heads: usize, cols: usize) -> Vec<f32> {
+    let d = w.len() / cols / n_heads;
+    let half = d / 2;
+    let mut out = vec![0.0; w.len()];
+    for h in 0..n_heads {
+        for i in 0..half {
+            for j in 0..2 {
+                let src = (h * d + 2 * i + j) * cols;
+                let dst = (h * d + j * half + i) * cols;
+                out[dst..dst + cols].copy_from_slice(&w[src..src + cols]);
+            }
+        }
+    }
+    out
+}
+
+/// The inverse of [`unpermute_rope_rows`]: Hugging Face rows into llama.cpp's order (for GGUF export).
+pub fn permute_rope_rows(w: &[f32], n_heads: usize, cols: usize) -> Vec<f32> {
+    let d = w.len() / cols / n_heads;
+    let half = d / 2;
+    let mut out = vec![0.0; w.len()];
+    for h in 0..n_heads {
+        for i in 0..half {
+            for j in 0..2 {
+                let dst = (h * d + 2 * i + j) * cols;
+                let src = (h * d + j * half + i) * cols;
+                out[dst..dst + cols].copy_from_slice(&w[src..src + cols]);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_permutation_round_trips_and_moves_rows() {
+        let (heads, d, cols) = (3, 8, 2);
+        let w: Vec<f32> = (0..heads * d * cols).map(|i| i as f32).collect();
+        let p = permute_rope_rows(&w, heads, cols);
+        assert_eq!(unpermute_rope_rows(&p, heads, cols), w);
+        // HF row 1 (first half, i = 1) lands on llama.cpp row 2 (pair 1, element 0).
+        assert_eq!(&p[2 * cols..3 * cols], &w[cols..2 * cols]);
+        // HF row D/2 (second half, i = 0) lands on llama.cpp row 1.
+        assert_eq!(&p[cols..2 * cols], &w[(d / 2) * cols..(d / 2 + 1) * cols]);
+    }
+}

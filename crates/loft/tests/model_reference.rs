@@ -1,0 +1,73 @@
+//! The Llama forward pass against numbers measured with PyTorch (transformers 5.24, torch 2.15, fp32) on the
+//! default model, from ../shared/reference/smollm2-135m.json.
+
+mod common;
+
+use loft::model::{llama_from_gguf, KvCache};
+
+#[test]
+fn apache_loss_matches_pytorch() {
+    let Some(model_path) = common::default_model() else { return };
+    let reference = common::reference();
+    let ids: Vec<u32> = reference["apache_2_0_text"]["token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(ids.len(), 2000);
+    let file = gguf::GgufFile::open(&model_path).unwrap();
+    let model = llama_from_gguf(&file).unwrap();
+    let nll = model.next_token_nll(&ids).unwrap();
+    let loss = nll.iter().sum::<f64>() / nll.len() as f64;
+    let want = reference["apache_2_0_text"]["mean_next_token_loss_fp32"].as_f64().unwrap();
+    eprintln!("loss {loss:.6} vs PyTorch {want:.6}");
+    assert!((loss - want).abs() < 2e-4, "loss {loss} vs {want}");
+    // Per-position agreement (fp64 reference): the largest deviation stays small.
+    let per_pos: Vec<f64> = reference["apache_2_0_text"]["nll_per_position_fp64"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let worst = nll.iter().zip(&per_pos).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    eprintln!("largest per-position difference {worst:.2e}");
+    assert!(worst < 5e-3, "per-position nll differs by {worst}");
+}
+
+#[test]
+fn greedy_answer_matches_pytorch_and_cache_equals_full_forward() {
+    let Some(model_path) = common::default_model() else { return };
+    let reference = common::reference();
+    let ids = |key: &str| -> Vec<u32> {
+        reference["chat_greedy"][key].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
+    };
+    let (prompt, want) = (ids("prompt_ids"), ids("greedy_ids"));
+    let file = gguf::GgufFile::open(&model_path).unwrap();
+    let model = llama_from_gguf(&file).unwrap();
+    let opts = loft::infer::GenerateOptions {
+        max_new_tokens: 20,
+        sampling: Default::default(),
+        stop_ids: vec![2],
+    };
+    let mut cache = KvCache::new(&model.config, 128);
+    let (got, stats) = loft::infer::generate(&model, &prompt, &opts, &mut cache, |_| Ok(())).unwrap();
+    assert_eq!(got, want);
+    assert!(stats.stopped);
+
+    // The last position's logits from one full forward equal those from the cached, token-by-token path.
+    let all: Vec<u32> = prompt.iter().chain(&got[..got.len() - 1]).copied().collect();
+    let mut full = KvCache::new(&model.config, all.len());
+    let h = model.forward(&all, &mut full).unwrap();
+    let c = model.config.hidden_size;
+    let full_logits = model.logits(&h[h.len() - c..]);
+    let mut step = KvCache::new(&model.config, all.len());
+    model.forward(&all[..prompt.len()], &mut step).unwrap();
+    let mut last = Vec::new();
+    for &id in &all[prompt.len()..] {
+        last = model.forward(&[id], &mut step).unwrap();
+    }
+    let step_logits = model.logits(&last);
+    let diff = full_logits.iter().zip(&step_logits).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(diff < 1e-3, "cached vs full forward differ by {diff}");
+}
