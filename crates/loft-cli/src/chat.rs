@@ -72,11 +72,7 @@ pub fn run(args: Args) -> loft::Result<()> {
         cached.extend_from_slice(&ids[keep..]);
         cached.extend_from_slice(&answer[..answer.len().saturating_sub(1)]);
         cached.truncate(cache.len);
-        eprintln!(
-            "[{} tokens, {:.1} tok/s]",
-            stats.generated_tokens,
-            stats.decode_tokens_per_second()
-        );
+        eprintln!("[{} tokens, {:.1} tok/s]", stats.generated_tokens, stats.decode_tokens_per_second());
         let reply = loaded.tokenizer.decode(&answer, true);
         messages.push(Message { role: "assistant".into(), content: reply.trim().to_string() });
     }

@@ -52,7 +52,10 @@ impl SamplingArgs {
             return Err(Error::hinted(format!("--top-p {} is out of range", self.top_p), "use a value in (0, 1]"));
         }
         if !(self.temperature >= 0.0) || !self.temperature.is_finite() {
-            return Err(Error::hinted(format!("--temperature {} is out of range", self.temperature), "use 0 for greedy, or a positive value"));
+            return Err(Error::hinted(
+                format!("--temperature {} is out of range", self.temperature),
+                "use 0 for greedy, or a positive value",
+            ));
         }
         Ok(GenerateOptions {
             max_new_tokens: self.max_new_tokens,

@@ -22,7 +22,10 @@ pub fn run(args: Args) -> loft::Result<()> {
     } else if args.path.is_file() {
         inspect_gguf(&args)
     } else {
-        Err(Error::hinted(format!("{}: no such file or folder", args.path.display()), "pass a .gguf file or a model folder"))
+        Err(Error::hinted(
+            format!("{}: no such file or folder", args.path.display()),
+            "pass a .gguf file or a model folder",
+        ))
     }
 }
 
@@ -44,7 +47,13 @@ fn inspect_gguf(args: &Args) -> loft::Result<()> {
         println!("{out}");
         return Ok(());
     }
-    println!("{}: GGUF v{}, {} tensors, {:.1}M parameters", args.path.display(), file.version, file.tensors.len(), total as f64 / 1e6);
+    println!(
+        "{}: GGUF v{}, {} tensors, {:.1}M parameters",
+        args.path.display(),
+        file.version,
+        file.tensors.len(),
+        total as f64 / 1e6
+    );
     println!("\nmetadata ({} keys):", file.metadata.len());
     for (k, v) in &file.metadata {
         println!("  {k:<44} {}", v.summary());
@@ -110,6 +119,10 @@ fn value_json(v: &gguf::Value) -> serde_json::Value {
         V::Bool(b) => json!(b),
         V::F32(x) => json!(x),
         V::F64(x) => json!(x),
-        other => other.as_i64().map(|i| json!(i)).or_else(|| other.as_u64().map(|u| json!(u))).unwrap_or(json!(other.summary())),
+        other => other
+            .as_i64()
+            .map(|i| json!(i))
+            .or_else(|| other.as_u64().map(|u| json!(u)))
+            .unwrap_or(json!(other.summary())),
     }
 }

@@ -23,7 +23,12 @@ impl Rope {
             Some(RopeScaling::FreqFactors(factors)) => {
                 inv_freq.iter_mut().zip(factors).for_each(|(f, s)| *f /= *s as f64)
             }
-            Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }) => {
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }) => {
                 let (factor, low, high) = (*factor as f64, *low_freq_factor as f64, *high_freq_factor as f64);
                 let old_ctx = *original_max_position_embeddings as f64;
                 let (low_wavelen, high_wavelen) = (old_ctx / low, old_ctx / high);

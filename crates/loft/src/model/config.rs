@@ -62,7 +62,10 @@ impl LlamaConfig {
             return bad(format!("head_dim = {} must be even for RoPE", self.head_dim));
         }
         if !(self.rms_norm_eps > 0.0) || !(self.rope_theta > 0.0) {
-            return bad(format!("rms_norm_eps ({}) and rope_theta ({}) must be positive", self.rms_norm_eps, self.rope_theta));
+            return bad(format!(
+                "rms_norm_eps ({}) and rope_theta ({}) must be positive",
+                self.rms_norm_eps, self.rope_theta
+            ));
         }
         if let Some(RopeScaling::FreqFactors(f)) = &self.rope_scaling {
             if f.len() != self.head_dim / 2 {
@@ -115,10 +118,7 @@ impl LlamaConfig {
             num_attention_heads,
             num_key_value_heads: opt("attention.head_count_kv").unwrap_or(num_attention_heads),
             head_dim,
-            rms_norm_eps: file
-                .get(&key("attention.layer_norm_rms_epsilon"))
-                .and_then(|v| v.as_f32())
-                .unwrap_or(1e-5),
+            rms_norm_eps: file.get(&key("attention.layer_norm_rms_epsilon")).and_then(|v| v.as_f32()).unwrap_or(1e-5),
             rope_theta: file.get(&key("rope.freq_base")).and_then(|v| v.as_f32()).unwrap_or(10_000.0),
             rope_scaling: match rope_freqs {
                 Some(f) => Some(RopeScaling::FreqFactors(f)),
@@ -139,7 +139,8 @@ impl LlamaConfig {
     /// Reads a Hugging Face `config.json` (transformers 4.x and 5.x spellings).
     pub fn from_hf_json(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let raw: HfConfig = serde_json::from_str(&text).map_err(|e| Error::format(path, format!("invalid JSON: {e}")))?;
+        let raw: HfConfig =
+            serde_json::from_str(&text).map_err(|e| Error::format(path, format!("invalid JSON: {e}")))?;
         let model_type = raw.model_type.as_deref().unwrap_or("llama");
         if !matches!(model_type, "llama" | "mistral") {
             return Err(Error::hinted(
@@ -164,7 +165,10 @@ impl LlamaConfig {
                 Some("linear") => Some(RopeScaling::Linear { factor: p.factor.unwrap_or(1.0) }),
                 Some("default") | None => None,
                 Some(other) => {
-                    return Err(Error::format(path, format!("rope type '{other}' is not supported (llama3, linear, default)")))
+                    return Err(Error::format(
+                        path,
+                        format!("rope type '{other}' is not supported (llama3, linear, default)"),
+                    ))
                 }
             },
             None => None,
@@ -211,7 +215,12 @@ impl LlamaConfig {
             "eos_token_id": eos,
         });
         match &self.rope_scaling {
-            Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }) => {
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }) => {
                 v["rope_scaling"] = serde_json::json!({
                     "rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
                     "high_freq_factor": high_freq_factor,

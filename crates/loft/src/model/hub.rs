@@ -24,8 +24,9 @@ pub fn download(repo_id: &str) -> Result<PathBuf> {
         .map_err(|e| Error::hinted(format!("{repo_id}: cannot start the hub client: {e}"), offline_hint))?;
     let repo = api.model(repo_id.to_string());
     let fetch = |file: &str| {
-        repo.get(file)
-            .map_err(|e| Error::hinted(format!("{repo_id}: cannot download '{file}' from the Hugging Face hub: {e}"), offline_hint))
+        repo.get(file).map_err(|e| {
+            Error::hinted(format!("{repo_id}: cannot download '{file}' from the Hugging Face hub: {e}"), offline_hint)
+        })
     };
     let config = fetch("config.json")?;
     fetch("tokenizer.json")?;

@@ -43,7 +43,10 @@ impl SafetensorsSource {
                     .as_str()
                     .ok_or_else(|| Error::format(&index_path, format!("weight_map['{name}'] is not a file name")))?;
                 if file.contains('/') || file.contains("..") {
-                    return Err(Error::format(&index_path, format!("weight_map['{name}'] = '{file}' leaves the folder")));
+                    return Err(Error::format(
+                        &index_path,
+                        format!("weight_map['{name}'] = '{file}' leaves the folder"),
+                    ));
                 }
                 let p = dir.join(file);
                 if !files.contains(&p) {
@@ -85,7 +88,8 @@ impl TensorSource for SafetensorsSource {
     fn tensor(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>> {
         let Some(&i) = self.index.get(name) else { return Ok(None) };
         let shard = &self.shards[i];
-        let info = shard.meta.info(name).ok_or_else(|| Error::format(&shard.path, format!("tensor '{name}' vanished")))?;
+        let info =
+            shard.meta.info(name).ok_or_else(|| Error::format(&shard.path, format!("tensor '{name}' vanished")))?;
         let (start, end) = info.data_offsets;
         let bytes = &shard.mmap[shard.data_start + start..shard.data_start + end];
         let data: Vec<f32> = match info.dtype {

@@ -57,11 +57,7 @@ impl LlamaWeights {
                 down_proj: matrix(&format!("{p}.mlp.down_proj.weight"), c, f)?,
             });
         }
-        let lm_head = if cfg.tie_word_embeddings {
-            None
-        } else {
-            Some(matrix("lm_head.weight", v, c)?)
-        };
+        let lm_head = if cfg.tie_word_embeddings { None } else { Some(matrix("lm_head.weight", v, c)?) };
         Ok(LlamaWeights {
             embed_tokens: matrix("model.embed_tokens.weight", v, c)?,
             layers,
@@ -82,10 +78,9 @@ fn required(src: &dyn TensorSource, name: &str, shape: &[usize]) -> Result<Vec<f
             format!("{}: tensor '{name}' is missing (expected shape {shape:?})", src.describe()),
             "is this a complete Llama checkpoint? `loft inspect` lists its tensors",
         )),
-        Some((got, _)) if got != shape => Err(Error::Invalid(format!(
-            "{}: tensor '{name}' has shape {got:?}, expected {shape:?}",
-            src.describe()
-        ))),
+        Some((got, _)) if got != shape => {
+            Err(Error::Invalid(format!("{}: tensor '{name}' has shape {got:?}, expected {shape:?}", src.describe())))
+        }
         Some((_, data)) => Ok(data),
     }
 }

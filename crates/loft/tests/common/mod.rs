@@ -22,9 +22,7 @@ pub fn default_model() -> Option<PathBuf> {
 }
 
 pub fn reference_dir() -> PathBuf {
-    std::env::var_os("LOFT_REFERENCE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("../shared/reference"))
+    std::env::var_os("LOFT_REFERENCE_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("../shared/reference"))
 }
 
 pub fn reference() -> serde_json::Value {

