@@ -36,6 +36,10 @@ impl TensorSource for GgufSource<'_> {
         Ok(Some((shape, data)))
     }
 
+    fn stored_name(&self, hf_name: &str) -> String {
+        gguf::names::hf_to_gguf(hf_name).unwrap_or_else(|| hf_name.to_string())
+    }
+
     fn describe(&self) -> String {
         self.file.path.display().to_string()
     }

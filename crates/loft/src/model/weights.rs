@@ -11,6 +11,10 @@ pub trait TensorSource {
     fn tensor(&self, hf_name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>>;
     /// Names the checkpoint in errors.
     fn describe(&self) -> String;
+    /// The tensor's name as the checkpoint spells it (GGUF names differ), for errors.
+    fn stored_name(&self, hf_name: &str) -> String {
+        hf_name.to_string()
+    }
 }
 
 pub struct LlamaLayer {
@@ -23,6 +27,13 @@ pub struct LlamaLayer {
     pub gate_proj: FrozenMatrix,
     pub up_proj: FrozenMatrix,
     pub down_proj: FrozenMatrix,
+}
+
+/// One tensor of a checkpoint, by its Hugging Face name.
+pub struct NamedTensor<'a> {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: std::borrow::Cow<'a, [f32]>,
 }
 
 pub struct LlamaWeights {
@@ -66,14 +77,43 @@ impl LlamaWeights {
         })
     }
 
+    /// Every tensor under its Hugging Face name, in checkpoint order, as f32 in Hugging Face layout.
+    pub fn named_tensors(&self) -> Vec<NamedTensor<'_>> {
+        fn matrix<'a>(name: String, m: &'a FrozenMatrix) -> NamedTensor<'a> {
+            NamedTensor { name, shape: vec![m.rows, m.cols], data: m.to_f32() }
+        }
+        fn vector(name: String, v: &[f32]) -> NamedTensor<'_> {
+            NamedTensor { name, shape: vec![v.len()], data: v.into() }
+        }
+        let mut out = vec![matrix("model.embed_tokens.weight".into(), &self.embed_tokens)];
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.push(vector(format!("{p}.input_layernorm.weight"), &l.input_layernorm));
+            out.push(matrix(format!("{p}.self_attn.q_proj.weight"), &l.q_proj));
+            out.push(matrix(format!("{p}.self_attn.k_proj.weight"), &l.k_proj));
+            out.push(matrix(format!("{p}.self_attn.v_proj.weight"), &l.v_proj));
+            out.push(matrix(format!("{p}.self_attn.o_proj.weight"), &l.o_proj));
+            out.push(vector(format!("{p}.post_attention_layernorm.weight"), &l.post_attention_layernorm));
+            out.push(matrix(format!("{p}.mlp.gate_proj.weight"), &l.gate_proj));
+            out.push(matrix(format!("{p}.mlp.up_proj.weight"), &l.up_proj));
+            out.push(matrix(format!("{p}.mlp.down_proj.weight"), &l.down_proj));
+        }
+        out.push(vector("model.norm.weight".into(), &self.norm));
+        if let Some(h) = &self.lm_head {
+            out.push(matrix("lm_head.weight".into(), h));
+        }
+        out
+    }
+
     /// The output projection: lm_head, or the embedding when tied.
     pub fn head(&self) -> &FrozenMatrix {
         self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
     }
 }
 
-fn required(src: &dyn TensorSource, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-    match src.tensor(name)? {
+fn required(src: &dyn TensorSource, hf_name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    let name = src.stored_name(hf_name);
+    match src.tensor(hf_name)? {
         None => Err(Error::hinted(
             format!("{}: tensor '{name}' is missing (expected shape {shape:?})", src.describe()),
             "is this a complete Llama checkpoint? `loft inspect` lists its tensors",

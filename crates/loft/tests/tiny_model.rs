@@ -1,0 +1,116 @@
+//! The forward pass on tiny random models against a plain f64 implementation of the transformers definition;
+//! loading from GGUF (with llama.cpp's Q/K permutation) and the errors for broken files.
+
+mod common;
+
+use common::tiny::{random_weights, reference_logits, write_gguf, TinyConfig};
+use loft::model::{llama_from_gguf, KvCache};
+
+fn max_rel_diff(model: &loft::model::Llama, want: &[Vec<f64>], got_hidden: &[f32]) -> f64 {
+    let logits = model.logits(got_hidden);
+    let v = model.config.vocab_size;
+    let mut worst = 0.0f64;
+    for (row, w) in logits.chunks_exact(v).zip(want) {
+        for (a, b) in row.iter().zip(w) {
+            worst = worst.max((*a as f64 - b).abs() / (1.0 + b.abs()));
+        }
+    }
+    worst
+}
+
+#[test]
+fn forward_matches_f64_reference_for_gqa_tied_and_untied() {
+    for (seed, tied, kv_heads) in [(1, true, 2), (2, false, 4), (3, true, 1)] {
+        let cfg = TinyConfig { tied, kv_heads, ..Default::default() };
+        let w = random_weights(&cfg, seed);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny.gguf");
+        write_gguf(&path, &cfg, &w);
+        let file = gguf::GgufFile::open(&path).unwrap();
+        let model = llama_from_gguf(&file).unwrap();
+        assert_eq!(model.config.tie_word_embeddings, tied);
+        let tokens: Vec<u32> = (0..19).map(|i| (i * 7 + 3) % cfg.vocab as u32).collect();
+        let want = reference_logits(&cfg, &w, &tokens);
+
+        let mut cache = KvCache::new(&model.config, tokens.len());
+        let hidden = model.forward(&tokens, &mut cache).unwrap();
+        let d = max_rel_diff(&model, &want, &hidden);
+        assert!(d < 1e-4, "seed {seed}: full forward differs by {d}");
+
+        // Prompt then one token at a time through the cache gives the same rows.
+        let mut cache = KvCache::new(&model.config, tokens.len());
+        let mut rows = model.forward(&tokens[..5], &mut cache).unwrap();
+        for &id in &tokens[5..] {
+            rows.extend(model.forward(&[id], &mut cache).unwrap());
+        }
+        let d = max_rel_diff(&model, &want, &rows);
+        assert!(d < 1e-4, "seed {seed}: cached forward differs by {d}");
+    }
+}
+
+fn load_error(edit: impl FnOnce(&mut common::tiny::Weights), arch: &str) -> String {
+    let cfg = TinyConfig::default();
+    let mut w = random_weights(&cfg, 7);
+    edit(&mut w);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.gguf");
+    write_gguf(&path, &cfg, &w);
+    if arch != "llama" {
+        // Rewrite with another architecture name.
+        let file = gguf::GgufFile::open(&path).unwrap();
+        let mut g = gguf::GgufWriter::new();
+        for (k, v) in &file.metadata {
+            let v = if k == "general.architecture" { gguf::Value::String(arch.into()) } else { v.clone() };
+            g.add(k.clone(), v);
+        }
+        for t in &file.tensors {
+            g.add_tensor(t.name.clone(), t.shape.clone(), t.dtype, file.tensor_bytes(t).to_vec()).unwrap();
+        }
+        g.write(&path).unwrap();
+    }
+    let file = gguf::GgufFile::open(&path).unwrap();
+    match llama_from_gguf(&file) {
+        Ok(_) => panic!("loaded a broken model"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn broken_models_give_one_line_errors_naming_the_tensor() {
+    let missing = load_error(
+        |w| {
+            w.remove("model.layers.1.mlp.up_proj.weight");
+        },
+        "llama",
+    );
+    assert!(missing.contains("blk.1.ffn_up.weight") && missing.contains("missing"), "{missing}");
+    let misshaped = load_error(
+        |w| {
+            let e = w.get_mut("model.layers.0.self_attn.v_proj.weight").unwrap();
+            e.0 = vec![8, 40];
+            e.1 = vec![0.0; 320];
+        },
+        "llama",
+    );
+    assert!(misshaped.contains("blk.0.attn_v.weight") && misshaped.contains("[8, 40]"), "{misshaped}");
+    let arch = load_error(|_| {}, "gpt2");
+    assert!(arch.contains("general.architecture") && arch.contains("gpt2"), "{arch}");
+    for msg in [missing, misshaped, arch] {
+        assert!(!msg.contains('\n'), "multi-line error: {msg}");
+    }
+}
+
+#[test]
+fn prompt_longer_than_context_is_an_error() {
+    let cfg = TinyConfig::default();
+    let w = random_weights(&cfg, 9);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    write_gguf(&path, &cfg, &w);
+    let model = llama_from_gguf(&gguf::GgufFile::open(&path).unwrap()).unwrap();
+    let mut cache = KvCache::new(&model.config, 4);
+    let err = model.forward(&[1, 2, 3, 4, 5], &mut cache).unwrap_err().to_string();
+    assert!(err.contains("do not fit the context"), "{err}");
+    let err = model.forward(&[999], &mut cache).unwrap_err().to_string();
+    assert!(err.contains("outside the vocabulary"), "{err}");
+}
