@@ -46,6 +46,10 @@ impl Rope {
         Rope { inv_freq: inv_freq.into_iter().map(|f| f as f32).collect() }
     }
 
+    pub fn inv_freq(&self) -> &[f32] {
+        &self.inv_freq
+    }
+
     pub fn half_dim(&self) -> usize {
         self.inv_freq.len()
     }
@@ -97,5 +101,68 @@ pub fn rope_backward(dx: &mut [f32], t: usize, h: usize, d: usize, cos: &[f32], 
                 hi[i] = b * c[i] - a * s[i];
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(rope_scaling: Option<RopeScaling>) -> LlamaConfig {
+        LlamaConfig {
+            vocab_size: 8,
+            hidden_size: 256,
+            intermediate_size: 8,
+            num_hidden_layers: 1,
+            num_attention_heads: 2,
+            num_key_value_heads: 2,
+            head_dim: 128,
+            rms_norm_eps: 1e-5,
+            rope_theta: 500_000.0,
+            rope_scaling,
+            max_position_embeddings: 131_072,
+            tie_word_embeddings: true,
+        }
+    }
+
+    #[test]
+    fn llama3_scaling_matches_transformers_formula() {
+        // Values from transformers' `_compute_llama3_parameters` (Llama 3.1: factor 8, low 1, high 4, 8192),
+        // evaluated in Python float64.
+        let rope = Rope::new(&config(Some(RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192,
+        })));
+        let want = [
+            (0, 1.0),
+            (10, 0.12868737343265052),
+            (20, 0.016560440080994446),
+            (30, 0.0013718935677611381),
+            (40, 3.428102195952591e-05),
+            (50, 4.411534674558404e-06),
+            (63, 3.068925988914511e-07),
+        ];
+        for (i, w) in want {
+            let got = rope.inv_freq()[i] as f64;
+            assert!((got - w).abs() <= 1e-6 * w, "inv_freq[{i}] = {got}, want {w}");
+        }
+        // Without scaling, the same index is the plain base^(-2i/D).
+        let plain = Rope::new(&config(None));
+        assert!((plain.inv_freq()[63] as f64 - 500_000f64.powf(-126.0 / 128.0)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn backward_inverts_forward() {
+        let rope = Rope::new(&config(None));
+        let (t, h, d) = (3, 2, 128);
+        let x: Vec<f32> = (0..t * h * d).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
+        let (cos, sin) = rope.tables(5..5 + t);
+        let mut y = x.clone();
+        rope_forward(&mut y, t, h, d, &cos, &sin);
+        assert!(y.iter().zip(&x).any(|(a, b)| (a - b).abs() > 1e-3));
+        rope_backward(&mut y, t, h, d, &cos, &sin);
+        assert!(y.iter().zip(&x).all(|(a, b)| (a - b).abs() < 1e-5));
     }
 }
