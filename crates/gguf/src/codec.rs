@@ -2,8 +2,8 @@
 //! are `#[repr(C)]` with ggml's exact layout) and splitting large inputs into chunks of whole blocks for rayon.
 
 use candle_core::quantized::k_quants::{
-    self, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1,
-    BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
+    self, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K,
+    BlockQ8_0, BlockQ8_1,
 };
 use half::{bf16, f16};
 use rayon::prelude::*;
@@ -79,21 +79,12 @@ pub fn dequantize(dtype: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), 
         ))
     })?;
     if bytes.len() != want {
-        return Err(Error::Codec(format!(
-            "dequantize {dtype}: {n} elements need {want} bytes, got {}",
-            bytes.len()
-        )));
+        return Err(Error::Codec(format!("dequantize {dtype}: {n} elements need {want} bytes, got {}", bytes.len())));
     }
     match dtype {
-        GgmlType::F32 => {
-            decode_scalars::<4>(bytes, out, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        }
-        GgmlType::F16 => {
-            decode_scalars::<2>(bytes, out, |b| f16::from_le_bytes([b[0], b[1]]).to_f32())
-        }
-        GgmlType::BF16 => {
-            decode_scalars::<2>(bytes, out, |b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
-        }
+        GgmlType::F32 => decode_scalars::<4>(bytes, out, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        GgmlType::F16 => decode_scalars::<2>(bytes, out, |b| f16::from_le_bytes([b[0], b[1]]).to_f32()),
+        GgmlType::BF16 => decode_scalars::<2>(bytes, out, |b| bf16::from_le_bytes([b[0], b[1]]).to_f32()),
         GgmlType::F64 => decode_scalars::<8>(bytes, out, |b| {
             f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32
         }),
@@ -110,9 +101,7 @@ pub fn dequantize(dtype: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), 
         GgmlType::Q6K => decode_blocks::<BlockQ6K>(bytes, out),
         GgmlType::Q8K => decode_blocks::<BlockQ8K>(bytes, out),
         GgmlType::I8 | GgmlType::I16 | GgmlType::I32 | GgmlType::I64 => {
-            return Err(Error::Codec(format!(
-                "dequantize {dtype}: integer tensors are not decoded to f32"
-            )))
+            return Err(Error::Codec(format!("dequantize {dtype}: integer tensors are not decoded to f32")))
         }
     }
     Ok(())
@@ -153,15 +142,11 @@ pub fn quantize(dtype: GgmlType, data: &[f32], row_len: usize) -> Result<Vec<u8>
     }
     let mut out = vec![0u8; n_bytes];
     match dtype {
-        GgmlType::F32 => {
-            encode_scalars::<4>(data, &mut out, |v, b| b.copy_from_slice(&v.to_le_bytes()))
+        GgmlType::F32 => encode_scalars::<4>(data, &mut out, |v, b| b.copy_from_slice(&v.to_le_bytes())),
+        GgmlType::F16 => encode_scalars::<2>(data, &mut out, |v, b| b.copy_from_slice(&f16::from_f32(v).to_le_bytes())),
+        GgmlType::BF16 => {
+            encode_scalars::<2>(data, &mut out, |v, b| b.copy_from_slice(&bf16::from_f32(v).to_le_bytes()))
         }
-        GgmlType::F16 => encode_scalars::<2>(data, &mut out, |v, b| {
-            b.copy_from_slice(&f16::from_f32(v).to_le_bytes())
-        }),
-        GgmlType::BF16 => encode_scalars::<2>(data, &mut out, |v, b| {
-            b.copy_from_slice(&bf16::from_f32(v).to_le_bytes())
-        }),
         GgmlType::Q4_0 => encode_blocks::<BlockQ4_0>(data, &mut out),
         GgmlType::Q4_1 => encode_blocks::<BlockQ4_1>(data, &mut out),
         GgmlType::Q8_0 => encode_blocks::<BlockQ8_0>(data, &mut out),
@@ -180,23 +165,19 @@ fn chunk_sizes(dtype: GgmlType) -> (usize, usize) {
 }
 
 fn decode_scalars<const N: usize>(bytes: &[u8], out: &mut [f32], f: impl Fn(&[u8]) -> f32 + Sync) {
-    out.par_chunks_mut(CHUNK_ELEMENTS)
-        .zip(bytes.par_chunks(CHUNK_ELEMENTS * N))
-        .for_each(|(o, b)| {
-            for (y, x) in o.iter_mut().zip(b.chunks_exact(N)) {
-                *y = f(x);
-            }
-        });
+    out.par_chunks_mut(CHUNK_ELEMENTS).zip(bytes.par_chunks(CHUNK_ELEMENTS * N)).for_each(|(o, b)| {
+        for (y, x) in o.iter_mut().zip(b.chunks_exact(N)) {
+            *y = f(x);
+        }
+    });
 }
 
 fn encode_scalars<const N: usize>(data: &[f32], out: &mut [u8], f: impl Fn(f32, &mut [u8]) + Sync) {
-    out.par_chunks_mut(CHUNK_ELEMENTS * N)
-        .zip(data.par_chunks(CHUNK_ELEMENTS))
-        .for_each(|(o, d)| {
-            for (b, &v) in o.chunks_exact_mut(N).zip(d) {
-                f(v, b);
-            }
-        });
+    out.par_chunks_mut(CHUNK_ELEMENTS * N).zip(data.par_chunks(CHUNK_ELEMENTS)).for_each(|(o, d)| {
+        for (b, &v) in o.chunks_exact_mut(N).zip(d) {
+            f(v, b);
+        }
+    });
 }
 
 /// `bytes` must hold exactly `out.len() / T::BLCK_SIZE` blocks (checked by the callers).
@@ -209,13 +190,11 @@ fn decode_blocks<T: Block>(bytes: &[u8], out: &mut [f32]) {
 
 fn encode_blocks<T: Block>(data: &[f32], out: &mut [u8]) {
     let (elems, nbytes) = chunk_sizes(T::TYPE);
-    out.par_chunks_mut(nbytes)
-        .zip(data.par_chunks(elems))
-        .for_each(|(o, d)| {
-            let mut blocks = vec![T::zeros(); o.len() / std::mem::size_of::<T>()];
-            T::from_float(d, &mut blocks);
-            o.copy_from_slice(block_bytes(&blocks));
-        });
+    out.par_chunks_mut(nbytes).zip(data.par_chunks(elems)).for_each(|(o, d)| {
+        let mut blocks = vec![T::zeros(); o.len() / std::mem::size_of::<T>()];
+        T::from_float(d, &mut blocks);
+        o.copy_from_slice(block_bytes(&blocks));
+    });
 }
 
 /// Views `bytes` (a whole number of blocks) as `&[T]`, copying into an aligned buffer when it is not aligned.
@@ -231,11 +210,7 @@ fn with_blocks<T: Block>(bytes: &[u8], f: impl FnOnce(&[T])) {
         let mut blocks = vec![T::zeros(); n];
         // SAFETY: the destination holds n * size bytes, T has no padding and accepts any bit pattern (Block).
         unsafe {
-            std::ptr::copy_nonoverlapping(
-                bytes.as_ptr(),
-                blocks.as_mut_ptr().cast::<u8>(),
-                bytes.len(),
-            );
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), blocks.as_mut_ptr().cast::<u8>(), bytes.len());
         }
         f(&blocks);
     }
@@ -243,7 +218,5 @@ fn with_blocks<T: Block>(bytes: &[u8], f: impl FnOnce(&[T])) {
 
 fn block_bytes<T: Block>(blocks: &[T]) -> &[u8] {
     // SAFETY: T has no padding (Block), so all of its bytes are initialised; u8 has alignment 1.
-    unsafe {
-        std::slice::from_raw_parts(blocks.as_ptr().cast::<u8>(), std::mem::size_of_val(blocks))
-    }
+    unsafe { std::slice::from_raw_parts(blocks.as_ptr().cast::<u8>(), std::mem::size_of_val(blocks)) }
 }

@@ -16,11 +16,7 @@ pub enum Error {
     #[error("{}: {what}", path.display())]
     Malformed { path: PathBuf, what: String },
     #[error("{}: missing metadata key '{key}' (expected {expected})", path.display())]
-    MissingKey {
-        path: PathBuf,
-        key: String,
-        expected: &'static str,
-    },
+    MissingKey { path: PathBuf, key: String, expected: &'static str },
     #[error("{}: metadata key '{key}' is {found} {value}, expected {expected}", path.display())]
     WrongType {
         path: PathBuf,
@@ -34,11 +30,7 @@ pub enum Error {
     MissingTensor { path: PathBuf, name: String },
     /// A codec failure for a tensor of a file.
     #[error("{}: tensor '{tensor}': {what}", path.display())]
-    Tensor {
-        path: PathBuf,
-        tensor: String,
-        what: String,
-    },
+    Tensor { path: PathBuf, tensor: String, what: String },
     /// A codec failure outside any file (the free `dequantize` / `quantize` functions).
     #[error("{0}")]
     Codec(String),
@@ -49,9 +41,6 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn malformed(path: &std::path::Path, what: impl Into<String>) -> Self {
-        Error::Malformed {
-            path: path.to_path_buf(),
-            what: what.into(),
-        }
+        Error::Malformed { path: path.to_path_buf(), what: what.into() }
     }
 }

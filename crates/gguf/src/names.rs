@@ -162,9 +162,8 @@ fn match_template<'a>(template: &str, name: &'a str) -> Option<&'a str> {
         None => (template == name).then_some(""),
         Some((prefix, suffix)) => {
             let bid = name.strip_prefix(prefix)?.strip_suffix(suffix)?;
-            let canonical = !bid.is_empty()
-                && bid.bytes().all(|b| b.is_ascii_digit())
-                && (bid == "0" || !bid.starts_with('0'));
+            let canonical =
+                !bid.is_empty() && bid.bytes().all(|b| b.is_ascii_digit()) && (bid == "0" || !bid.starts_with('0'));
             canonical.then_some(bid)
         }
     }
@@ -184,14 +183,8 @@ mod tests {
                 assert_eq!(hf_to_gguf(&h).as_deref(), Some(g.as_str()));
             }
         }
-        assert_eq!(
-            hf_to_gguf("model.layers.3.self_attn.q_proj.weight").as_deref(),
-            Some("blk.3.attn_q.weight")
-        );
-        assert_eq!(
-            gguf_to_hf("output.weight").as_deref(),
-            Some("lm_head.weight")
-        );
+        assert_eq!(hf_to_gguf("model.layers.3.self_attn.q_proj.weight").as_deref(), Some("blk.3.attn_q.weight"));
+        assert_eq!(gguf_to_hf("output.weight").as_deref(), Some("lm_head.weight"));
         for bad in [
             "blk.x.attn_q.weight",
             "blk.01.attn_q.weight",
@@ -204,9 +197,6 @@ mod tests {
         }
         assert_eq!(hf_to_gguf("model.layers.3.self_attn.q_proj.bias"), None);
         assert_eq!(block_count(ARCH_LLAMA), "llama.block_count");
-        assert_eq!(
-            arch_key(ATTENTION_HEAD_COUNT_KV, "llama"),
-            "llama.attention.head_count_kv"
-        );
+        assert_eq!(arch_key(ATTENTION_HEAD_COUNT_KV, "llama"), "llama.attention.head_count_kv");
     }
 }

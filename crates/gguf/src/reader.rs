@@ -31,10 +31,7 @@ pub struct TensorInfo {
 impl TensorInfo {
     /// Product of the shape (`u64::MAX` if it overflows, which `GgufFile::open` never lets through).
     pub fn n_elements(&self) -> u64 {
-        self.shape
-            .iter()
-            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-            .unwrap_or(u64::MAX)
+        self.shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).unwrap_or(u64::MAX)
     }
 
     /// Bytes of the data (`u64::MAX` if it overflows, which `GgufFile::open` never lets through).
@@ -91,13 +88,7 @@ impl GgufFile {
     /// (the writer replaces files by rename, which leaves an open mapping intact).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref();
-        let io = |action| {
-            move |source| Error::Io {
-                path: path.to_path_buf(),
-                action,
-                source,
-            }
-        };
+        let io = |action| move |source| Error::Io { path: path.to_path_buf(), action, source };
         let file = std::fs::File::open(path).map_err(io("open"))?;
         let len = file.metadata().map_err(io("stat"))?.len();
         let storage = if len == 0 {
@@ -116,18 +107,8 @@ impl GgufFile {
 
     fn parse(path: PathBuf, storage: Storage) -> Result<Self, Error> {
         let header = parse_header(&path, storage.bytes())?;
-        let key_index = header
-            .metadata
-            .iter()
-            .enumerate()
-            .map(|(i, (k, _))| (k.clone(), i))
-            .collect();
-        let tensor_index = header
-            .tensors
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.name.clone(), i))
-            .collect();
+        let key_index = header.metadata.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect();
+        let tensor_index = header.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
         Ok(GgufFile {
             path,
             version: header.version,
@@ -204,34 +185,23 @@ impl GgufFile {
             let end = start.checked_add(info.n_bytes())?;
             Some(usize::try_from(start).ok()?..usize::try_from(end).ok()?)
         });
-        range
-            .and_then(|r| self.storage.bytes().get(r))
-            .unwrap_or(&[])
+        range.and_then(|r| self.storage.bytes().get(r)).unwrap_or(&[])
     }
 
     /// The named tensor as f32, ggml element order (`ne[0]` fastest, i.e. row-major `[ne[n-1], …, ne[0]]`).
     pub fn dequantize(&self, name: &str) -> Result<Vec<f32>, Error> {
-        let info = self.tensor_info(name).ok_or_else(|| Error::MissingTensor {
-            path: self.path.clone(),
-            name: name.to_owned(),
-        })?;
-        let tensor_err = |what: String| Error::Tensor {
-            path: self.path.clone(),
-            tensor: name.to_owned(),
-            what,
-        };
+        let info = self
+            .tensor_info(name)
+            .ok_or_else(|| Error::MissingTensor { path: self.path.clone(), name: name.to_owned() })?;
+        let tensor_err = |what: String| Error::Tensor { path: self.path.clone(), tensor: name.to_owned(), what };
         if !info.dtype.can_dequantize() {
             return Err(tensor_err(format!(
                 "type {} cannot be dequantized to f32 (expected a float or quantized type)",
                 info.dtype
             )));
         }
-        let n = usize::try_from(info.n_elements()).map_err(|_| {
-            tensor_err(format!(
-                "{} elements do not fit in memory",
-                info.n_elements()
-            ))
-        })?;
+        let n = usize::try_from(info.n_elements())
+            .map_err(|_| tensor_err(format!("{} elements do not fit in memory", info.n_elements())))?;
         let mut out = vec![0f32; n];
         crate::dequantize(info.dtype, self.tensor_bytes(info), &mut out).map_err(|e| match e {
             Error::Codec(what) => tensor_err(what),
@@ -305,20 +275,11 @@ impl<'a> Cursor<'a> {
             )));
         }
         let bytes = self.take(len, what)?;
-        String::from_utf8(bytes.to_vec()).map_err(|e| {
-            self.err(format!(
-                "{}: string at offset {at} is not valid UTF-8 ({e})",
-                what()
-            ))
-        })
+        String::from_utf8(bytes.to_vec())
+            .map_err(|e| self.err(format!("{}: string at offset {at} is not valid UTF-8 ({e})", what())))
     }
 
-    fn value(
-        &mut self,
-        ty: ValueType,
-        what: &dyn Fn() -> String,
-        depth: usize,
-    ) -> Result<Value, Error> {
+    fn value(&mut self, ty: ValueType, what: &dyn Fn() -> String, depth: usize) -> Result<Value, Error> {
         Ok(match ty {
             ValueType::U8 => Value::U8(self.array::<1>(what)?[0]),
             ValueType::I8 => Value::I8(i8::from_le_bytes(self.array(what)?)),
@@ -344,17 +305,11 @@ impl<'a> Cursor<'a> {
             ValueType::String => Value::String(self.string(what)?),
             ValueType::Array => {
                 if depth >= MAX_ARRAY_DEPTH {
-                    return Err(self.err(format!(
-                        "{}: arrays nested more than {MAX_ARRAY_DEPTH} deep",
-                        what()
-                    )));
+                    return Err(self.err(format!("{}: arrays nested more than {MAX_ARRAY_DEPTH} deep", what())));
                 }
                 let id = self.u32(what)?;
                 let elem = ValueType::from_u32(id).ok_or_else(|| {
-                    self.err(format!(
-                        "{}: array element type id {id} is unknown (expected 0..=12)",
-                        what()
-                    ))
+                    self.err(format!("{}: array element type id {id} is unknown (expected 0..=12)", what()))
                 })?;
                 let at = self.pos;
                 let n = self.u64(what)?;
@@ -381,9 +336,9 @@ fn parse_header(path: &Path, buf: &[u8]) -> Result<Header, Error> {
     let mut c = Cursor { path, buf, pos: 0 };
     let magic = buf.get(..4).unwrap_or(buf);
     if magic != GGUF_MAGIC.to_le_bytes() {
-        return Err(c.err(format!(
-            "not a GGUF file: starts with {magic:02x?}, expected the magic \"GGUF\" (47 47 55 46)"
-        )));
+        return Err(
+            c.err(format!("not a GGUF file: starts with {magic:02x?}, expected the magic \"GGUF\" (47 47 55 46)"))
+        );
     }
     c.pos = 4;
     let version = c.u32(&|| "header version".into())?;
@@ -420,12 +375,8 @@ fn parse_header(path: &Path, buf: &[u8]) -> Result<Header, Error> {
             return Err(c.err(format!("{}: appears twice, expected unique keys", what())));
         }
         let id = c.u32(&what)?;
-        let ty = ValueType::from_u32(id).ok_or_else(|| {
-            c.err(format!(
-                "{}: value type id {id} is unknown (expected 0..=12)",
-                what()
-            ))
-        })?;
+        let ty = ValueType::from_u32(id)
+            .ok_or_else(|| c.err(format!("{}: value type id {id} is unknown (expected 0..=12)", what())))?;
         let value = c.value(ty, &what, 0)?;
         metadata.push((key, value));
     }
@@ -454,45 +405,29 @@ fn parse_header(path: &Path, buf: &[u8]) -> Result<Header, Error> {
         let name = c.string(&|| format!("tensor #{i} name"))?;
         let what = || format!("tensor '{name}'");
         if seen_tensors.insert(name.clone(), i as usize).is_some() {
-            return Err(c.err(format!(
-                "{}: appears twice in the tensor table, expected unique names",
-                what()
-            )));
+            return Err(c.err(format!("{}: appears twice in the tensor table, expected unique names", what())));
         }
         let n_dims = c.u32(&what)?;
         if n_dims > MAX_DIMS {
-            return Err(c.err(format!(
-                "{}: n_dims is {n_dims}, expected at most {MAX_DIMS}",
-                what()
-            )));
+            return Err(c.err(format!("{}: n_dims is {n_dims}, expected at most {MAX_DIMS}", what())));
         }
         let mut shape = Vec::with_capacity(n_dims as usize);
         for _ in 0..n_dims {
             shape.push(c.u64(&what)?);
         }
         if shape.contains(&0) {
-            return Err(c.err(format!(
-                "{}: shape {shape:?} has a zero dimension, expected all dimensions ≥ 1",
-                what()
-            )));
+            return Err(c.err(format!("{}: shape {shape:?} has a zero dimension, expected all dimensions ≥ 1", what())));
         }
         let id = c.u32(&what)?;
         let dtype = GgmlType::from_u32(id).ok_or_else(|| {
             c.err(format!(
                 "{}: ggml type id {id} is not supported (expected one of {})",
                 what(),
-                GgmlType::ALL
-                    .map(|t| format!("{}={}", t.name(), t as u32))
-                    .join(", ")
+                GgmlType::ALL.map(|t| format!("{}={}", t.name(), t as u32)).join(", ")
             ))
         })?;
         let offset = c.u64(&what)?;
-        tensors.push(TensorInfo {
-            name,
-            shape,
-            dtype,
-            offset,
-        });
+        tensors.push(TensorInfo { name, shape, dtype, offset });
     }
 
     let data_offset = align_up(c.pos as u64, alignment);
@@ -502,11 +437,7 @@ fn parse_header(path: &Path, buf: &[u8]) -> Result<Header, Error> {
         let what = || format!("tensor '{}'", t.name);
         let n_elements = t.shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
         let Some(n_elements) = n_elements.filter(|&n| n <= i64::MAX as u64) else {
-            return Err(c.err(format!(
-                "{}: shape {:?} has more elements than fit in 63 bits",
-                what(),
-                t.shape
-            )));
+            return Err(c.err(format!("{}: shape {:?} has more elements than fit in 63 bits", what(), t.shape)));
         };
         let (bs, ts) = (t.dtype.block_size() as u64, t.dtype.type_size() as u64);
         let ne0 = t.shape.first().copied().unwrap_or(1);
@@ -551,13 +482,7 @@ fn parse_header(path: &Path, buf: &[u8]) -> Result<Header, Error> {
             )));
         }
     }
-    Ok(Header {
-        version,
-        metadata,
-        tensors,
-        alignment,
-        data_offset,
-    })
+    Ok(Header { version, metadata, tensors, alignment, data_offset })
 }
 
 pub(crate) fn align_up(x: u64, alignment: u64) -> u64 {

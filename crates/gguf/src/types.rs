@@ -123,9 +123,7 @@ impl GgmlType {
 
     /// Parses the llama.cpp spelling (case-insensitive).
     pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|t| t.name().eq_ignore_ascii_case(name))
+        Self::ALL.into_iter().find(|t| t.name().eq_ignore_ascii_case(name))
     }
 
     /// Bytes of a row of `n` elements; `None` when `n` is not a whole number of blocks (or overflows).
@@ -138,19 +136,13 @@ impl GgmlType {
 
     /// Whether `dequantize` can decode this type to f32.
     pub fn can_dequantize(self) -> bool {
-        !matches!(
-            self,
-            GgmlType::I8 | GgmlType::I16 | GgmlType::I32 | GgmlType::I64
-        )
+        !matches!(self, GgmlType::I8 | GgmlType::I16 | GgmlType::I32 | GgmlType::I64)
     }
 
     /// Whether `quantize` can encode f32 to this type.
     pub fn can_quantize(self) -> bool {
         use GgmlType::*;
-        matches!(
-            self,
-            F32 | F16 | BF16 | Q8_0 | Q4_0 | Q4_1 | Q4K | Q5K | Q6K
-        )
+        matches!(self, F32 | F16 | BF16 | Q8_0 | Q4_0 | Q4_1 | Q4K | Q5K | Q6K)
     }
 }
 

@@ -59,9 +59,7 @@ impl GgufWriter {
             return Err(err("added twice, expected unique names".into()));
         }
         if shape.is_empty() || shape.len() > 4 || shape.contains(&0) {
-            return Err(err(format!(
-                "shape {shape:?}, expected 1 to 4 dimensions, each ≥ 1"
-            )));
+            return Err(err(format!("shape {shape:?}, expected 1 to 4 dimensions, each ≥ 1")));
         }
         let ne0 = shape[0];
         if !ne0.is_multiple_of(dtype.block_size() as u64) {
@@ -81,12 +79,7 @@ impl GgufWriter {
                 data.len()
             )));
         }
-        self.tensors.push(PendingTensor {
-            name,
-            shape,
-            dtype,
-            data,
-        });
+        self.tensors.push(PendingTensor { name, shape, dtype, data });
         Ok(())
     }
 
@@ -112,26 +105,16 @@ impl GgufWriter {
         let tmp = std::path::PathBuf::from(tmp_name);
         let io = |action: &'static str, p: &Path| {
             let p = p.to_path_buf();
-            move |source| Error::Io {
-                path: p,
-                action,
-                source,
-            }
+            move |source| Error::Io { path: p, action, source }
         };
         let result = (|| {
             let file = std::fs::File::create(&tmp).map_err(io("create", &tmp))?;
             let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
             self.write_to(&mut w).map_err(|e| match e {
-                Error::Io { action, source, .. } => Error::Io {
-                    path: tmp.clone(),
-                    action,
-                    source,
-                },
+                Error::Io { action, source, .. } => Error::Io { path: tmp.clone(), action, source },
                 other => other,
             })?;
-            let file = w
-                .into_inner()
-                .map_err(|e| io("write", &tmp)(e.into_error()))?;
+            let file = w.into_inner().map_err(|e| io("write", &tmp)(e.into_error()))?;
             file.sync_all().map_err(io("sync", &tmp))?;
             std::fs::rename(&tmp, path).map_err(io("rename the temporary file onto", path))
         })();
@@ -147,11 +130,7 @@ impl GgufWriter {
         for (key, value) in &self.metadata {
             check_value(key, value, 0)?;
         }
-        let io = |source| Error::Io {
-            path: "<GGUF writer output>".into(),
-            action: "write",
-            source,
-        };
+        let io = |source| Error::Io { path: "<GGUF writer output>".into(), action: "write", source };
         let mut header = Vec::new();
         header.extend_from_slice(&GGUF_MAGIC.to_le_bytes());
         header.extend_from_slice(&GGUF_VERSION.to_le_bytes());
@@ -190,9 +169,7 @@ impl GgufWriter {
 fn check_value(key: &str, value: &Value, depth: usize) -> Result<(), Error> {
     if let Value::Array(elem, items) = value {
         if depth >= 8 {
-            return Err(Error::Writer(format!(
-                "metadata key '{key}': arrays nested more than 8 deep"
-            )));
+            return Err(Error::Writer(format!("metadata key '{key}': arrays nested more than 8 deep")));
         }
         for (i, item) in items.iter().enumerate() {
             if item.value_type() != *elem {

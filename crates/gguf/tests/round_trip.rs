@@ -29,18 +29,9 @@ fn all_values() -> Vec<(String, Value)> {
         ("t.u64".into(), Value::U64(u64::MAX)),
         ("t.i64".into(), Value::I64(i64::MIN)),
         ("t.f64".into(), Value::F64(std::f64::consts::PI)),
-        (
-            "t.str_array".into(),
-            Value::Array(
-                ValueType::String,
-                vec!["a".into(), "Ġthe".into(), "".into()],
-            ),
-        ),
+        ("t.str_array".into(), Value::Array(ValueType::String, vec!["a".into(), "Ġthe".into(), "".into()])),
         ("t.empty_array".into(), Value::Array(ValueType::U32, vec![])),
-        (
-            "t.f32_array".into(),
-            Value::Array(ValueType::F32, vec![Value::F32(-1.0), Value::F32(0.25)]),
-        ),
+        ("t.f32_array".into(), Value::Array(ValueType::F32, vec![Value::F32(-1.0), Value::F32(0.25)])),
         (
             "t.nested".into(),
             Value::Array(
@@ -51,10 +42,7 @@ fn all_values() -> Vec<(String, Value)> {
                 ],
             ),
         ),
-        (
-            "tokenizer.chat_template".into(),
-            Value::String("{% for m in messages %}{{ m }}{% endfor %}\n".into()),
-        ),
+        ("tokenizer.chat_template".into(), Value::String("{% for m in messages %}{{ m }}{% endfor %}\n".into())),
     ]
 }
 
@@ -84,8 +72,7 @@ fn metadata_and_tensors_round_trip() {
         let data: Vec<f32> = (0..n).map(|_| rng.next_f32()).collect();
         let bytes = gguf::quantize(dtype, &data, shape[0] as usize).expect("quantize");
         let name = format!("t{i}.{}", dtype.name());
-        w.add_tensor(&name, shape.clone(), dtype, bytes.clone())
-            .expect("add_tensor");
+        w.add_tensor(&name, shape.clone(), dtype, bytes.clone()).expect("add_tensor");
         tensors.push((name, shape, dtype, bytes));
     }
     w.write(&path).expect("write");
@@ -109,14 +96,8 @@ fn metadata_and_tensors_round_trip() {
     assert_eq!(f.get_u32("t.u16").expect("u16 as u32"), 65535);
     assert_eq!(f.get_u64("t.u64").expect("u64"), u64::MAX);
     assert_eq!(f.get_f32("t.i32").expect("i32 as f32"), -7.0);
-    assert_eq!(
-        f.get("t.str_array").and_then(Value::as_str_array),
-        Some(vec!["a", "Ġthe", ""])
-    );
-    assert_eq!(
-        f.get("t.f32_array").and_then(Value::as_f32_array),
-        Some(vec![-1.0, 0.25])
-    );
+    assert_eq!(f.get("t.str_array").and_then(Value::as_str_array), Some(vec!["a", "Ġthe", ""]));
+    assert_eq!(f.get("t.f32_array").and_then(Value::as_f32_array), Some(vec![-1.0, 0.25]));
 
     // Writing what was read gives the same bytes.
     let mut w2 = GgufWriter::new();
@@ -124,13 +105,7 @@ fn metadata_and_tensors_round_trip() {
         w2.add(k.clone(), v.clone());
     }
     for t in &f.tensors {
-        w2.add_tensor(
-            t.name.clone(),
-            t.shape.clone(),
-            t.dtype,
-            f.tensor_bytes(t).to_vec(),
-        )
-        .expect("add");
+        w2.add_tensor(t.name.clone(), t.shape.clone(), t.dtype, f.tensor_bytes(t).to_vec()).expect("add");
     }
     let mut again = Vec::new();
     w2.write_to(&mut again).expect("write_to");
@@ -141,10 +116,8 @@ fn metadata_and_tensors_round_trip() {
 fn custom_alignment_is_respected() {
     let mut w = GgufWriter::new();
     w.add("general.alignment", Value::U32(64));
-    w.add_tensor("a", vec![3], GgmlType::F32, vec![0; 12])
-        .expect("a");
-    w.add_tensor("b", vec![5], GgmlType::F16, vec![1; 10])
-        .expect("b");
+    w.add_tensor("a", vec![3], GgmlType::F32, vec![0; 12]).expect("a");
+    w.add_tensor("b", vec![5], GgmlType::F16, vec![1; 10]).expect("b");
     let mut bytes = Vec::new();
     w.write_to(&mut bytes).expect("write");
     let f = GgufFile::from_bytes("mem.gguf", bytes).expect("parse");
@@ -162,24 +135,12 @@ fn getters_name_file_and_key() {
     let mut bytes = Vec::new();
     w.write_to(&mut bytes).expect("write");
     let f = GgufFile::from_bytes("m.gguf", bytes).expect("parse");
-    let e = f
-        .get_u32("llama.block_count")
-        .expect_err("missing")
-        .to_string();
-    assert_eq!(
-        e,
-        "m.gguf: missing metadata key 'llama.block_count' (expected an integer in u32 range)"
-    );
+    let e = f.get_u32("llama.block_count").expect_err("missing").to_string();
+    assert_eq!(e, "m.gguf: missing metadata key 'llama.block_count' (expected an integer in u32 range)");
     let e = f.get_u32("a.neg").expect_err("negative").to_string();
-    assert_eq!(
-        e,
-        "m.gguf: metadata key 'a.neg' is i32 -1, expected an integer in u32 range"
-    );
+    assert_eq!(e, "m.gguf: metadata key 'a.neg' is i32 -1, expected an integer in u32 range");
     let e = f.get_str("a.neg").expect_err("wrong type").to_string();
-    assert_eq!(
-        e,
-        "m.gguf: metadata key 'a.neg' is i32 -1, expected a string"
-    );
+    assert_eq!(e, "m.gguf: metadata key 'a.neg' is i32 -1, expected a string");
     let e = f.dequantize("nope").expect_err("no tensor").to_string();
     assert_eq!(e, "m.gguf: no tensor named 'nope'");
 }
@@ -187,47 +148,20 @@ fn getters_name_file_and_key() {
 #[test]
 fn writer_rejects_bad_tensors_and_values() {
     let mut w = GgufWriter::new();
-    let e = w
-        .add_tensor("x", vec![3], GgmlType::F32, vec![0; 8])
-        .expect_err("len")
-        .to_string();
-    assert_eq!(
-        e,
-        "GGUF writer: tensor 'x': shape [3] of F32 needs 12 bytes, got 8"
-    );
-    let e = w
-        .add_tensor("q", vec![16], GgmlType::Q8_0, vec![0; 34])
-        .expect_err("block")
-        .to_string();
+    let e = w.add_tensor("x", vec![3], GgmlType::F32, vec![0; 8]).expect_err("len").to_string();
+    assert_eq!(e, "GGUF writer: tensor 'x': shape [3] of F32 needs 12 bytes, got 8");
+    let e = w.add_tensor("q", vec![16], GgmlType::Q8_0, vec![0; 34]).expect_err("block").to_string();
     assert!(e.contains("not a multiple of the 32-element block"), "{e}");
-    let e = w
-        .add_tensor("z", vec![0], GgmlType::F32, vec![])
-        .expect_err("zero")
-        .to_string();
+    let e = w.add_tensor("z", vec![0], GgmlType::F32, vec![]).expect_err("zero").to_string();
     assert!(e.contains("each ≥ 1"), "{e}");
     let long = "n".repeat(64);
-    assert!(w
-        .add_tensor(long, vec![1], GgmlType::F32, vec![0; 4])
-        .is_err());
-    w.add_tensor("ok", vec![1], GgmlType::F32, vec![0; 4])
-        .expect("ok");
-    let e = w
-        .add_tensor("ok", vec![1], GgmlType::F32, vec![0; 4])
-        .expect_err("dup")
-        .to_string();
+    assert!(w.add_tensor(long, vec![1], GgmlType::F32, vec![0; 4]).is_err());
+    w.add_tensor("ok", vec![1], GgmlType::F32, vec![0; 4]).expect("ok");
+    let e = w.add_tensor("ok", vec![1], GgmlType::F32, vec![0; 4]).expect_err("dup").to_string();
     assert!(e.contains("added twice"), "{e}");
-    w.add(
-        "arr",
-        Value::Array(ValueType::U32, vec![Value::U32(1), Value::I32(2)]),
-    );
-    let e = w
-        .write_to(&mut Vec::new())
-        .expect_err("mixed array")
-        .to_string();
-    assert_eq!(
-        e,
-        "GGUF writer: metadata key 'arr': array of u32 has a i32 at index 1"
-    );
+    w.add("arr", Value::Array(ValueType::U32, vec![Value::U32(1), Value::I32(2)]));
+    let e = w.write_to(&mut Vec::new()).expect_err("mixed array").to_string();
+    assert_eq!(e, "GGUF writer: metadata key 'arr': array of u32 has a i32 at index 1");
 }
 
 #[test]
