@@ -7,6 +7,8 @@
       OUT_DIR/<i>.f32: tensor i dequantized by gguf.quants.dequantize, raw little-endian f32 ("file" is null
       when gguf-py cannot dequantize the type). Type ids are GGUF's numbers; f32/f64 metadata values are their
       IEEE bit patterns as integers so that the comparison is exact.
+  gguf_py_dump.py --quantize TYPE_ID ROW_LEN IN.f32 OUT.bin
+      quantizes raw little-endian f32 rows with gguf.quants.quantize (numpy ports of ggml's reference quantizers).
   gguf_py_dump.py --names HF_NAME...
       prints {"keys": [every key template in gguf.Keys], "hf_to_gguf": {HF_NAME: gguf name or null}} using
       gguf.TensorNameMap for llama.
@@ -88,7 +90,11 @@ def names(hf_names):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) >= 2 and sys.argv[1] == "--names":
+    if len(sys.argv) == 6 and sys.argv[1] == "--quantize":
+        qtype, row_len = gguf.GGMLQuantizationType(int(sys.argv[2])), int(sys.argv[3])
+        rows = np.fromfile(sys.argv[4], dtype="<f4").reshape(-1, row_len)
+        gguf.quants.quantize(rows, qtype).tofile(sys.argv[5])
+    elif len(sys.argv) >= 2 and sys.argv[1] == "--names":
         names(sys.argv[2:])
     elif len(sys.argv) == 3:
         dump(sys.argv[1], sys.argv[2])

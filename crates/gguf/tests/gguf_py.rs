@@ -228,6 +228,35 @@ fn every_codec_matches_gguf_py() {
 }
 
 #[test]
+fn quantizers_match_gguf_py() {
+    let Some(py) = python() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    let data: Vec<f32> = (0..4 * 512)
+        .map(|i| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            ((seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * if i % 61 == 0 { 5.0 } else { 1.0 }
+        })
+        .collect();
+    let input = dir.path().join("in.f32");
+    let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(&input, bytes).expect("write input");
+    // The types gguf-py can quantize (its K-quants only dequantize).
+    for dtype in [GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1] {
+        let out = dir.path().join(format!("{}.bin", dtype.name()));
+        let id = (dtype as u32).to_string();
+        run_dump(&py, &["--quantize".as_ref(), id.as_ref(), "512".as_ref(), input.as_os_str(), out.as_os_str()]);
+        let theirs = std::fs::read(&out).expect("read");
+        let ours = gguf::quantize(dtype, &data, 512).expect("quantize");
+        let differing = ours.iter().zip(&theirs).filter(|(a, b)| a != b).count();
+        assert_eq!(ours.len(), theirs.len(), "{dtype}");
+        assert_eq!(differing, 0, "{dtype}: {differing} of {} bytes differ from gguf-py", ours.len());
+    }
+}
+
+#[test]
 fn names_match_gguf_py() {
     let Some(py) = python() else { return };
     let hf: Vec<String> =
