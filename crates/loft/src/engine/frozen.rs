@@ -1,44 +1,230 @@
-//! The frozen base weights of a linear layer, behind one type so that the storage (f32 now; quantized blocks for
-//! QLoRA) never leaks into the kernels that call it. Layout is torch's: [out, in] (rows = out features).
+//! The frozen base weights of a linear layer, behind one type so that the storage never leaks into the kernels
+//! that call it: f32, or a GGUF file's own quantized blocks (QLoRA keeps a 4-bit base as it is).
+//! Layout is torch's: [out, in] (rows = out features); a quantized row is a whole number of blocks.
+//!
+//! Quantized products never hold the whole f32 matrix: one row at a time (dot products, for a few input rows as
+//! in decoding) or a tile of rows dequantized into per-thread scratch and multiplied with `gemm`.
 
-use super::matmul::{matmul_nn, matmul_nt};
+use std::borrow::Cow;
+
+use gguf::GgmlType;
+use rayon::prelude::*;
+
+use super::matmul::{matmul_nn, matmul_nt_into_columns};
+use super::quant_dot;
 
 #[derive(Clone, Debug)]
 pub struct FrozenMatrix {
     pub rows: usize,
     pub cols: usize,
-    data: Vec<f32>,
+    storage: Storage,
 }
+
+#[derive(Clone, Debug)]
+enum Storage {
+    F32(Vec<f32>),
+    /// `rows` rows of `row_bytes` bytes each, ggml blocks of `dtype`.
+    Quantized {
+        dtype: GgmlType,
+        data: Vec<u8>,
+        row_bytes: usize,
+    },
+}
+
+/// Up to this many input rows, a quantized product runs row by row on the packed blocks (decode); above it,
+/// tiles are dequantized and go through gemm.
+const DOT_MAX_ROWS: usize = 4;
+/// Weight rows dequantized at once per tile.
+const TILE_ROWS: usize = 64;
 
 impl FrozenMatrix {
     /// `data` is row-major [rows, cols]; the caller has checked its length.
     pub fn from_f32(rows: usize, cols: usize, data: Vec<f32>) -> Self {
         assert_eq!(data.len(), rows * cols, "FrozenMatrix::from_f32: length");
-        FrozenMatrix { rows, cols, data }
+        FrozenMatrix { rows, cols, storage: Storage::F32(data) }
+    }
+
+    /// Packed ggml blocks, [rows, cols] with each row a whole number of blocks. Types without a fast kernel still
+    /// work through per-row dequantization. Returns None when the shape and byte count do not fit `dtype`.
+    pub fn from_quantized(rows: usize, cols: usize, dtype: GgmlType, data: Vec<u8>) -> Option<Self> {
+        let row_bytes = dtype.row_bytes(cols)?;
+        if data.len() != rows.checked_mul(row_bytes)? || !dtype.can_dequantize() {
+            return None;
+        }
+        if dtype == GgmlType::F32 {
+            let v = data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            return Some(Self::from_f32(rows, cols, v));
+        }
+        Some(FrozenMatrix { rows, cols, storage: Storage::Quantized { dtype, data, row_bytes } })
+    }
+
+    /// The storage type: F32, or the ggml block type.
+    pub fn dtype(&self) -> GgmlType {
+        match &self.storage {
+            Storage::F32(_) => GgmlType::F32,
+            Storage::Quantized { dtype, .. } => *dtype,
+        }
     }
 
     /// y[N, rows] = (accumulate ? y : 0) + x[N, cols] · Wᵀ
     pub fn forward(&self, y: &mut [f32], x: &[f32], n: usize, accumulate: bool) {
-        matmul_nt(y, x, &self.data, n, self.cols, self.rows, 1.0, accumulate);
+        let (rows, cols) = (self.rows, self.cols);
+        assert!(y.len() >= n * rows && x.len() >= n * cols, "FrozenMatrix::forward: operand too small");
+        match &self.storage {
+            Storage::F32(w) => matmul_nt(y, x, w, n, cols, rows, accumulate),
+            Storage::Quantized { dtype, data, row_bytes } if n <= DOT_MAX_ROWS => {
+                // One task per chunk of weight rows; each output column r is touched by one task only.
+                let chunk = rows.div_ceil(rayon::current_num_threads() * 4).max(16);
+                let cols_out: Vec<(usize, Vec<f32>)> = (0..rows)
+                    .step_by(chunk)
+                    .collect::<Vec<_>>()
+                    .into_par_iter()
+                    .map(|r0| {
+                        let r1 = (r0 + chunk).min(rows);
+                        let mut out = vec![0.0f32; (r1 - r0) * n];
+                        let mut scratch = Vec::new();
+                        for r in r0..r1 {
+                            let wr = &data[r * row_bytes..(r + 1) * row_bytes];
+                            for i in 0..n {
+                                out[(r - r0) * n + i] =
+                                    quant_dot::dot(*dtype, wr, &x[i * cols..(i + 1) * cols], &mut scratch);
+                            }
+                        }
+                        (r0, out)
+                    })
+                    .collect();
+                for (r0, out) in cols_out {
+                    let r1 = r0 + out.len() / n;
+                    for r in r0..r1 {
+                        for i in 0..n {
+                            let v = out[(r - r0) * n + i];
+                            let dst = &mut y[i * rows + r];
+                            *dst = if accumulate { *dst + v } else { v };
+                        }
+                    }
+                }
+            }
+            Storage::Quantized { dtype, data, row_bytes } => {
+                // Tiles of weight rows in parallel; tile t writes columns [r0, r1) of y only.
+                let y_addr = y.as_mut_ptr() as usize;
+                let y_len = y.len();
+                (0..rows.div_ceil(TILE_ROWS)).into_par_iter().for_each_init(Vec::new, |tile, t| {
+                    let (r0, r1) = (t * TILE_ROWS, ((t + 1) * TILE_ROWS).min(rows));
+                    tile.resize((r1 - r0) * cols, 0.0);
+                    dequantize_rows(*dtype, &data[r0 * row_bytes..r1 * row_bytes], tile);
+                    // SAFETY: tiles write disjoint column ranges [r0, r1) of y; no two tasks alias an element.
+                    let y = unsafe { std::slice::from_raw_parts_mut(y_addr as *mut f32, y_len) };
+                    matmul_nt_into_columns(y, rows, r0, x, tile, n, cols, r1 - r0, accumulate);
+                });
+            }
+        }
     }
 
     /// dx[N, cols] = (accumulate ? dx : 0) + dy[N, rows] · W  (the input gradient; W itself gets none)
     pub fn backward_input(&self, dx: &mut [f32], dy: &[f32], n: usize, accumulate: bool) {
-        matmul_nn(dx, dy, &self.data, n, self.rows, self.cols, 1.0, accumulate);
+        let (rows, cols) = (self.rows, self.cols);
+        assert!(dx.len() >= n * cols && dy.len() >= n * rows, "FrozenMatrix::backward_input: operand too small");
+        match &self.storage {
+            Storage::F32(w) => matmul_nn(dx, dy, w, n, rows, cols, 1.0, accumulate),
+            Storage::Quantized { dtype, data, row_bytes } => {
+                if !accumulate {
+                    dx[..n * cols].fill(0.0);
+                }
+                // dx += dy[:, r0..r1] · W[r0..r1, :], tile by tile (gemm threads inside each product).
+                let mut tile = vec![0.0f32; TILE_ROWS * cols];
+                let mut dy_tile = vec![0.0f32; n * TILE_ROWS];
+                for r0 in (0..rows).step_by(TILE_ROWS) {
+                    let r1 = (r0 + TILE_ROWS).min(rows);
+                    let k = r1 - r0;
+                    dequantize_rows(*dtype, &data[r0 * row_bytes..r1 * row_bytes], &mut tile[..k * cols]);
+                    for i in 0..n {
+                        dy_tile[i * k..(i + 1) * k].copy_from_slice(&dy[i * rows + r0..i * rows + r1]);
+                    }
+                    matmul_nn(dx, &dy_tile[..n * k], &tile[..k * cols], n, k, cols, 1.0, true);
+                }
+            }
+        }
     }
 
     /// Copies row `r` (an embedding lookup) into `out[cols]`.
     pub fn row_into(&self, r: usize, out: &mut [f32]) {
-        out.copy_from_slice(&self.data[r * self.cols..(r + 1) * self.cols]);
+        match &self.storage {
+            Storage::F32(w) => out.copy_from_slice(&w[r * self.cols..(r + 1) * self.cols]),
+            Storage::Quantized { dtype, data, row_bytes } => {
+                dequantize_rows(*dtype, &data[r * row_bytes..(r + 1) * row_bytes], out)
+            }
+        }
     }
 
-    /// The whole matrix in f32, row-major.
-    pub fn to_f32(&self) -> std::borrow::Cow<'_, [f32]> {
-        std::borrow::Cow::Borrowed(&self.data)
+    /// The whole matrix in f32, row-major (a copy when quantized).
+    pub fn to_f32(&self) -> Cow<'_, [f32]> {
+        match &self.storage {
+            Storage::F32(w) => Cow::Borrowed(w),
+            Storage::Quantized { dtype, data, .. } => {
+                let mut out = vec![0.0f32; self.rows * self.cols];
+                dequantize_rows(*dtype, data, &mut out);
+                Cow::Owned(out)
+            }
+        }
+    }
+
+    /// A copy with f32 storage (dequantized once).
+    pub fn to_f32_matrix(&self) -> FrozenMatrix {
+        FrozenMatrix::from_f32(self.rows, self.cols, self.to_f32().into_owned())
     }
 
     /// Bytes held for the weights.
     pub fn storage_bytes(&self) -> usize {
-        self.data.len() * std::mem::size_of::<f32>()
+        match &self.storage {
+            Storage::F32(w) => w.len() * 4,
+            Storage::Quantized { data, .. } => data.len(),
+        }
+    }
+}
+
+fn matmul_nt(y: &mut [f32], x: &[f32], w: &[f32], n: usize, k: usize, m: usize, accumulate: bool) {
+    super::matmul::matmul_nt(y, x, w, n, k, m, 1.0, accumulate);
+}
+
+/// Decodes whole rows; the byte count was validated at construction, so this cannot fail.
+fn dequantize_rows(dtype: GgmlType, bytes: &[u8], out: &mut [f32]) {
+    gguf::dequantize(dtype, bytes, out).expect("rows were validated when the matrix was built");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rand(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = crate::infer::sample::SplitMix64::new(seed);
+        (0..n).map(|_| s.next_f64() as f32 * 2.0 - 1.0).collect()
+    }
+
+    #[test]
+    fn quantized_products_equal_the_dequantized_twin() {
+        let (rows, cols) = (200, 96);
+        let w = rand(rows * cols, 1);
+        for dtype in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F16, GgmlType::BF16] {
+            let q = gguf::quantize(dtype, &w, cols).unwrap();
+            let fq = FrozenMatrix::from_quantized(rows, cols, dtype, q).unwrap();
+            let twin = fq.to_f32_matrix();
+            for n in [1, 3, 17] {
+                let x = rand(n * cols, 2 + n as u64);
+                let (mut a, mut b) = (vec![0.5; n * rows], vec![0.5; n * rows]);
+                fq.forward(&mut a, &x, n, true);
+                twin.forward(&mut b, &x, n, true);
+                let worst = a.iter().zip(&b).map(|(p, q)| (p - q).abs() / (1.0 + q.abs())).fold(0.0, f32::max);
+                assert!(worst < 1e-5, "{dtype} n={n} forward differs by {worst}");
+                let dy = rand(n * rows, 9);
+                let (mut da, mut db) = (vec![0.0; n * cols], vec![0.0; n * cols]);
+                fq.backward_input(&mut da, &dy, n, false);
+                twin.backward_input(&mut db, &dy, n, false);
+                let worst = da.iter().zip(&db).map(|(p, q)| (p - q).abs() / (1.0 + q.abs())).fold(0.0, f32::max);
+                assert!(worst < 1e-5, "{dtype} n={n} backward differs by {worst}");
+            }
+            let mut row = vec![0.0; cols];
+            fq.row_into(7, &mut row);
+            assert_eq!(&row[..], &twin.to_f32()[7 * cols..8 * cols]);
+        }
     }
 }

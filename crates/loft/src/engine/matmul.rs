@@ -102,6 +102,51 @@ pub fn matmul_tn(y: &mut [f32], x: &[f32], z: &[f32], n: usize, m: usize, k: usi
     unsafe { gemm_strided(m, k, n, y, k, 1, accumulate, x, 1, m, z, k, 1, alpha) }
 }
 
+/// Columns [c0, c0+M) of y[N, ld] = (accumulate ? y : 0) + x[N,K] · w[M,K]ᵀ, on the calling thread (callers
+/// run several column ranges in parallel).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_nt_into_columns(
+    y: &mut [f32],
+    ld: usize,
+    c0: usize,
+    x: &[f32],
+    w: &[f32],
+    n: usize,
+    k: usize,
+    m: usize,
+    accumulate: bool,
+) {
+    assert!(n == 0 || (c0 + m <= ld && (n - 1) * ld + c0 + m <= y.len()), "matmul_nt_into_columns: y too small");
+    assert!(x.len() >= n * k && w.len() >= m * k, "matmul_nt_into_columns: operand too small");
+    if n == 0 || m == 0 {
+        return;
+    }
+    // SAFETY: the strided extent of y starting at c0 was checked above; x and w are contiguous and checked.
+    unsafe {
+        gemm::gemm(
+            n,
+            m,
+            k,
+            y.as_mut_ptr().add(c0),
+            1,
+            ld as isize,
+            accumulate,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,7 @@
 pub mod attention;
 pub mod frozen;
 pub mod matmul;
+pub mod quant_dot;
 pub mod rmsnorm;
 pub mod rope;
 

@@ -3,17 +3,33 @@
 
 use crate::error::{Error, Result};
 use crate::model::config::LlamaConfig;
-use crate::model::weights::{unpermute_rope_rows, TensorSource};
+use gguf::GgmlType;
+
+use crate::engine::FrozenMatrix;
+use crate::model::weights::{check_shape, unpermute_rope_rows, unpermute_rope_rows_bytes, TensorSource};
 
 pub struct GgufSource<'a> {
     pub file: &'a gguf::GgufFile,
     pub n_heads: usize,
     pub n_kv_heads: usize,
+    /// Keep weight matrices in the file's own block types (inference, QLoRA) instead of converting to f32.
+    pub keep_quantized: bool,
 }
 
 impl<'a> GgufSource<'a> {
-    pub fn new(file: &'a gguf::GgufFile, cfg: &LlamaConfig) -> Self {
-        GgufSource { file, n_heads: cfg.num_attention_heads, n_kv_heads: cfg.num_key_value_heads }
+    pub fn new(file: &'a gguf::GgufFile, cfg: &LlamaConfig, keep_quantized: bool) -> Self {
+        GgufSource { file, n_heads: cfg.num_attention_heads, n_kv_heads: cfg.num_key_value_heads, keep_quantized }
+    }
+
+    /// Heads whose rows llama.cpp permuted in this tensor, if any.
+    fn rope_heads(&self, hf_name: &str) -> Option<usize> {
+        if hf_name.ends_with("self_attn.q_proj.weight") {
+            Some(self.n_heads)
+        } else if hf_name.ends_with("self_attn.k_proj.weight") {
+            Some(self.n_kv_heads)
+        } else {
+            None
+        }
     }
 }
 
@@ -26,14 +42,36 @@ impl TensorSource for GgufSource<'_> {
         let shape: Vec<usize> = info.shape.iter().rev().map(|&d| d as usize).collect();
         let data = self.file.dequantize(&name)?;
         let cols = *shape.last().unwrap_or(&1);
-        let data = if hf_name.ends_with("self_attn.q_proj.weight") {
-            unpermute_rope_rows(&data, self.n_heads, cols)
-        } else if hf_name.ends_with("self_attn.k_proj.weight") {
-            unpermute_rope_rows(&data, self.n_kv_heads, cols)
-        } else {
-            data
+        let data = match self.rope_heads(hf_name) {
+            Some(heads) => unpermute_rope_rows(&data, heads, cols),
+            None => data,
         };
         Ok(Some((shape, data)))
+    }
+
+    fn matrix(&self, hf_name: &str, rows: usize, cols: usize) -> Result<Option<FrozenMatrix>> {
+        let name = self.stored_name(hf_name);
+        let Some(info) = self.file.tensor_info(&name) else { return Ok(None) };
+        let shape: Vec<usize> = info.shape.iter().rev().map(|&d| d as usize).collect();
+        check_shape(self, hf_name, &shape, &[rows, cols])?;
+        if !self.keep_quantized || info.dtype == GgmlType::F32 {
+            let data = self.tensor(hf_name)?.map(|(_, d)| d).unwrap_or_default();
+            return Ok(Some(FrozenMatrix::from_f32(rows, cols, data)));
+        }
+        let bytes = self.file.tensor_bytes(info);
+        let row_bytes = bytes.len() / rows.max(1);
+        // Whole rows move, so llama.cpp's row permutation is undone on the packed blocks directly.
+        let data = match self.rope_heads(hf_name) {
+            Some(heads) => unpermute_rope_rows_bytes(bytes, heads, row_bytes),
+            None => bytes.to_vec(),
+        };
+        FrozenMatrix::from_quantized(rows, cols, info.dtype, data).map(Some).ok_or_else(|| {
+            Error::Invalid(format!(
+                "{}: tensor '{name}' of type {} cannot be used as a [{rows}, {cols}] matrix",
+                self.describe(),
+                info.dtype
+            ))
+        })
     }
 
     fn stored_name(&self, hf_name: &str) -> String {

@@ -79,15 +79,20 @@ pub fn load_gguf(path: &Path) -> Result<(Llama, Tokenizer)> {
     Ok((llama_from_gguf(&file)?, tokenizer))
 }
 
-/// The model of a GGUF file, without its tokenizer.
+/// The model of a GGUF file, without its tokenizer, its weights kept in the file's own block types.
 pub fn llama_from_gguf(file: &gguf::GgufFile) -> Result<Llama> {
+    llama_from_gguf_with(file, true)
+}
+
+/// The model of a GGUF file; `keep_quantized = false` converts every weight to f32 at load.
+pub fn llama_from_gguf_with(file: &gguf::GgufFile, keep_quantized: bool) -> Result<Llama> {
     let rope_freqs = match file.tensor_info("rope_freqs.weight") {
         Some(_) => Some(file.dequantize("rope_freqs.weight")?),
         None => None,
     };
     let vocab_len = file.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).map_or(0, |a| a.len());
     let config = LlamaConfig::from_gguf(file, rope_freqs, vocab_len)?;
-    let source = gguf_source::GgufSource::new(file, &config);
+    let source = gguf_source::GgufSource::new(file, &config, keep_quantized);
     let weights = weights::LlamaWeights::load(&source, &config)?;
     Ok(Llama::new(config, weights))
 }

@@ -11,6 +11,17 @@ pub trait TensorSource {
     fn tensor(&self, hf_name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>>;
     /// Names the checkpoint in errors.
     fn describe(&self) -> String;
+    /// A [rows, cols] weight matrix. The default converts [`TensorSource::tensor`] to f32 storage; sources that
+    /// hold quantized blocks may keep them.
+    fn matrix(&self, hf_name: &str, rows: usize, cols: usize) -> Result<Option<FrozenMatrix>> {
+        Ok(match self.tensor(hf_name)? {
+            None => None,
+            Some((shape, data)) => {
+                check_shape(self, hf_name, &shape, &[rows, cols])?;
+                Some(FrozenMatrix::from_f32(rows, cols, data))
+            }
+        })
+    }
     /// The tensor's name as the checkpoint spells it (GGUF names differ), for errors.
     fn stored_name(&self, hf_name: &str) -> String {
         hf_name.to_string()
@@ -49,8 +60,7 @@ impl LlamaWeights {
         let (c, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
         let (q, kv) = (cfg.q_dim(), cfg.kv_dim());
         let matrix = |name: &str, rows: usize, cols: usize| -> Result<FrozenMatrix> {
-            let data = required(src, name, &[rows, cols])?;
-            Ok(FrozenMatrix::from_f32(rows, cols, data))
+            src.matrix(name, rows, cols)?.ok_or_else(|| missing(src, name, &[rows, cols]))
         };
         let vector = |name: &str| required(src, name, &[c]);
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
@@ -111,17 +121,32 @@ impl LlamaWeights {
     }
 }
 
+fn missing(src: &dyn TensorSource, hf_name: &str, shape: &[usize]) -> Error {
+    Error::hinted(
+        format!("{}: tensor '{}' is missing (expected shape {shape:?})", src.describe(), src.stored_name(hf_name)),
+        "is this a complete Llama checkpoint? `loft inspect` lists its tensors",
+    )
+}
+
+/// An error naming the tensor and both shapes unless `got == want`.
+pub fn check_shape<S: TensorSource + ?Sized>(src: &S, hf_name: &str, got: &[usize], want: &[usize]) -> Result<()> {
+    if got == want {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "{}: tensor '{}' has shape {got:?}, expected {want:?}",
+        src.describe(),
+        src.stored_name(hf_name)
+    )))
+}
+
 fn required(src: &dyn TensorSource, hf_name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-    let name = src.stored_name(hf_name);
     match src.tensor(hf_name)? {
-        None => Err(Error::hinted(
-            format!("{}: tensor '{name}' is missing (expected shape {shape:?})", src.describe()),
-            "is this a complete Llama checkpoint? `loft inspect` lists its tensors",
-        )),
-        Some((got, _)) if got != shape => {
-            Err(Error::Invalid(format!("{}: tensor '{name}' has shape {got:?}, expected {shape:?}", src.describe())))
+        None => Err(missing(src, hf_name, shape)),
+        Some((got, data)) => {
+            check_shape(src, hf_name, &got, shape)?;
+            Ok(data)
         }
-        Some((_, data)) => Ok(data),
     }
 }
 
@@ -137,6 +162,23 @@ pub fn unpermute_rope_rows(w: &[f32], n_heads: usize, cols: usize) -> Vec<f32> {
                 let src = (h * d + 2 * i + j) * cols;
                 let dst = (h * d + j * half + i) * cols;
                 out[dst..dst + cols].copy_from_slice(&w[src..src + cols]);
+            }
+        }
+    }
+    out
+}
+
+/// [`unpermute_rope_rows`] on packed rows of `row_bytes` bytes (quantized blocks move with their row).
+pub fn unpermute_rope_rows_bytes(w: &[u8], n_heads: usize, row_bytes: usize) -> Vec<u8> {
+    let d = w.len() / row_bytes / n_heads;
+    let half = d / 2;
+    let mut out = vec![0u8; w.len()];
+    for h in 0..n_heads {
+        for i in 0..half {
+            for j in 0..2 {
+                let src = (h * d + 2 * i + j) * row_bytes;
+                let dst = (h * d + j * half + i) * row_bytes;
+                out[dst..dst + row_bytes].copy_from_slice(&w[src..src + row_bytes]);
             }
         }
     }
