@@ -69,3 +69,329 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     }
     s
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Training: flash-style causal attention over a batch of sequences.
+// Legend: B = batch, T = time, NH = query heads, NKV = key/value heads, D = head_dim.
+// Layouts: q, out [B, T, NH·D]; k, v [B, T, NKV·D]; lse [B, NH, T]; doc_start [B, T].
+//
+// Scores are computed one TILE × TILE block at a time with an online softmax, so memory per task is O(TILE²)
+// whatever T is; only out and the row logsumexp are saved. The backward recomputes each block from q, k and lse.
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Rows of queries and of keys per score block.
+pub const TILE: usize = 64;
+
+/// Causal self-attention for training: out = softmax(q·kᵀ/√D + mask) · v, saving lse[b, h, i] = log Σⱼ exp(sᵢⱼ)
+/// for the backward. Query (b, i) sees keys j with doc_start[b·T + i] ≤ j ≤ i (doc_start None: from 0), so packed
+/// documents do not see each other; positions restarting at each document is the caller's job (RoPE).
+/// Query head h reads key/value head h / (NH / NKV). out and lse are overwritten.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_forward(
+    out: &mut [f32],
+    lse: &mut [f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    doc_start: Option<&[u32]>,
+    b: usize,
+    t: usize,
+    nh: usize,
+    nkv: usize,
+    d: usize,
+) {
+    let s = Shape::new(b, t, nh, nkv, d, doc_start);
+    assert!(out.len() == b * t * s.qd && q.len() == b * t * s.qd, "attention_forward: q/out are not [B, T, NH·D]");
+    assert!(k.len() == b * t * s.kvd && v.len() == b * t * s.kvd, "attention_forward: k/v are not [B, T, NKV·D]");
+    assert_eq!(lse.len(), b * nh * t, "attention_forward: lse is not [B, NH, T]");
+    let tiles = t.div_ceil(TILE);
+    let (out_w, lse_w) = (Disjoint::new(out), Disjoint::new(lse));
+    let init = || (vec![0.0f32; TILE * TILE], vec![0.0f32; TILE * d], vec![0.0f32; TILE], vec![0.0f32; TILE]);
+    // One task per (sequence, head, query tile); later tiles (more keys) come first for better balance.
+    (0..b * nh * tiles).into_par_iter().for_each_init(init, |(sc, acc, mx, l), task| {
+        let (bh, qt) = (task / tiles, tiles - 1 - task % tiles);
+        let (bi, h) = (bh / nh, bh % nh);
+        let (i0, i1) = (qt * TILE, ((qt + 1) * TILE).min(t));
+        let br = i1 - i0;
+        let (acc, mx, l) = (&mut acc[..br * d], &mut mx[..br], &mut l[..br]);
+        acc.fill(0.0);
+        mx.fill(f32::NEG_INFINITY);
+        l.fill(0.0);
+        let qo = s.q_at(bi, i0, h);
+        for j0 in (s.first_key(bi, i0, i1)..i1).step_by(TILE) {
+            let j1 = (j0 + TILE).min(i1);
+            let bc = j1 - j0;
+            let sc = &mut sc[..br * bc];
+            let ko = s.kv_at(bi, j0, h / s.group);
+            // sc[br, bc] = scale · q_tile · k_tileᵀ
+            tile_gemm(br, bc, d, sc, (bc, 1), false, &q[qo..], (s.qd, 1), &k[ko..], (1, s.kvd), s.scale);
+            for r in 0..br {
+                let srow = &mut sc[r * bc..(r + 1) * bc];
+                let (ja, jb) = s.key_range(bi, i0 + r, j0, j1);
+                if ja >= jb {
+                    srow.fill(0.0);
+                    continue;
+                }
+                let tile_max = srow[ja..jb].iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+                let m_new = mx[r].max(tile_max);
+                let correction = (mx[r] - m_new).exp();
+                let mut sum = 0.0f32;
+                for (jj, x) in srow.iter_mut().enumerate() {
+                    *x = if jj >= ja && jj < jb { (*x - m_new).exp() } else { 0.0 };
+                    sum += *x;
+                }
+                l[r] = l[r] * correction + sum;
+                mx[r] = m_new;
+                acc[r * d..(r + 1) * d].iter_mut().for_each(|a| *a *= correction);
+            }
+            // acc[br, D] += p · v_tile
+            tile_gemm(br, d, bc, acc, (d, 1), true, sc, (bc, 1), &v[ko..], (s.kvd, 1), 1.0);
+        }
+        // SAFETY: task (b, h, query tile) alone writes rows [i0, i1) of head h in out, and lse[b, h, i0..i1].
+        let lse_tile = unsafe { lse_w.slice(s.lse_at(bi, h, i0), br) };
+        for r in 0..br {
+            let inv = 1.0 / l[r];
+            let orow = unsafe { out_w.slice(s.q_at(bi, i0 + r, h), d) };
+            orow.iter_mut().zip(&acc[r * d..(r + 1) * d]).for_each(|(o, &a)| *o = a * inv);
+            lse_tile[r] = mx[r] + l[r].ln();
+        }
+    });
+}
+
+/// Backward of [`attention_forward`]. dq [B, T, NH·D], dk and dv [B, T, NKV·D] are OVERWRITTEN (dk, dv summed over
+/// the query heads that share a key/value head). dk_heads, dv_heads: scratch [B, NH, T, D], each head's share.
+///
+/// Per block, with P = exp(S − lse) and Δᵢ = Σ_d dOᵢ·Oᵢ: dV += Pᵀ·dO, dP = dO·Vᵀ, dS = P ⊙ (dP − Δ),
+/// dQ += dS·K/√D, dK += dSᵀ·Q/√D.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+    dk_heads: &mut [f32],
+    dv_heads: &mut [f32],
+    dout: &[f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &[f32],
+    lse: &[f32],
+    doc_start: Option<&[u32]>,
+    b: usize,
+    t: usize,
+    nh: usize,
+    nkv: usize,
+    d: usize,
+) {
+    let s = Shape::new(b, t, nh, nkv, d, doc_start);
+    let (nq, nk) = (b * t * s.qd, b * t * s.kvd);
+    assert!(dq.len() == nq && q.len() == nq && out.len() == nq && dout.len() == nq, "attention_backward: q shapes");
+    assert!(dk.len() == nk && dv.len() == nk && k.len() == nk && v.len() == nk, "attention_backward: k/v shapes");
+    assert!(dk_heads.len() == nq && dv_heads.len() == nq, "attention_backward: head scratch is not [B, NH, T, D]");
+    assert_eq!(lse.len(), b * nh * t, "attention_backward: lse is not [B, NH, T]");
+    let dq_w = Disjoint::new(dq);
+    let init = || {
+        let block = || vec![0.0f32; TILE * TILE];
+        (block(), block(), vec![0.0f32; TILE * d], vec![0.0f32; TILE])
+    };
+    // One task per (sequence, query head): it owns dq of that head and its own dk/dv share, so nothing races.
+    dk_heads.par_chunks_mut(t * d).zip(dv_heads.par_chunks_mut(t * d)).enumerate().for_each_init(
+        init,
+        |(p, ds, dq_acc, delta), (bh, (dkh, dvh))| {
+            let (bi, h) = (bh / nh, bh % nh);
+            let g = h / s.group;
+            dkh.fill(0.0);
+            dvh.fill(0.0);
+            for i0 in (0..t).step_by(TILE) {
+                let i1 = (i0 + TILE).min(t);
+                let br = i1 - i0;
+                let qo = s.q_at(bi, i0, h);
+                let (dq_acc, delta) = (&mut dq_acc[..br * d], &mut delta[..br]);
+                dq_acc.fill(0.0);
+                for (r, dl) in delta.iter_mut().enumerate() {
+                    let o = s.q_at(bi, i0 + r, h);
+                    *dl = dot(&dout[o..o + d], &out[o..o + d]);
+                }
+                for j0 in (s.first_key(bi, i0, i1)..i1).step_by(TILE) {
+                    let j1 = (j0 + TILE).min(i1);
+                    let bc = j1 - j0;
+                    let (p, ds) = (&mut p[..br * bc], &mut ds[..br * bc]);
+                    let ko = s.kv_at(bi, j0, g);
+                    // p = exp(scale · q·kᵀ − lse), zero outside the mask
+                    tile_gemm(br, bc, d, p, (bc, 1), false, &q[qo..], (s.qd, 1), &k[ko..], (1, s.kvd), s.scale);
+                    for r in 0..br {
+                        let (ja, jb) = s.key_range(bi, i0 + r, j0, j1);
+                        let row_lse = lse[s.lse_at(bi, h, i0 + r)];
+                        for (jj, x) in p[r * bc..(r + 1) * bc].iter_mut().enumerate() {
+                            *x = if jj >= ja && jj < jb { (*x - row_lse).exp() } else { 0.0 };
+                        }
+                    }
+                    // dv_tile[bc, D] += pᵀ · dout_tile
+                    let dvo = j0 * d;
+                    tile_gemm(bc, d, br, &mut dvh[dvo..], (d, 1), true, p, (1, bc), &dout[qo..], (s.qd, 1), 1.0);
+                    // ds = dout_tile · v_tileᵀ, then ds = p ⊙ (ds − Δ) · scale
+                    tile_gemm(br, bc, d, ds, (bc, 1), false, &dout[qo..], (s.qd, 1), &v[ko..], (1, s.kvd), 1.0);
+                    for ((ds_row, p_row), &dl) in ds.chunks_exact_mut(bc).zip(p.chunks_exact(bc)).zip(delta.iter()) {
+                        for (x, &pp) in ds_row.iter_mut().zip(p_row) {
+                            *x = pp * (*x - dl) * s.scale;
+                        }
+                    }
+                    // dq_tile[br, D] += ds · k_tile;  dk_tile[bc, D] += dsᵀ · q_tile
+                    tile_gemm(br, d, bc, dq_acc, (d, 1), true, ds, (bc, 1), &k[ko..], (s.kvd, 1), 1.0);
+                    tile_gemm(bc, d, br, &mut dkh[dvo..], (d, 1), true, ds, (1, bc), &q[qo..], (s.qd, 1), 1.0);
+                }
+                for r in 0..br {
+                    // SAFETY: task (b, h) alone writes head h's rows of sequence b in dq.
+                    let row = unsafe { dq_w.slice(s.q_at(bi, i0 + r, h), d) };
+                    row.copy_from_slice(&dq_acc[r * d..(r + 1) * d]);
+                }
+            }
+        },
+    );
+    // dk[b, j, g] = Σ over the query heads h of group g of dk_heads[b, h, j]
+    let (dk_heads, dv_heads) = (&*dk_heads, &*dv_heads);
+    dk.par_chunks_mut(s.kvd).zip(dv.par_chunks_mut(s.kvd)).enumerate().with_min_len(16).for_each(
+        |(row, (dkr, dvr))| {
+            let (bi, j) = (row / t, row % t);
+            for g in 0..nkv {
+                let (dkg, dvg) = (&mut dkr[g * d..(g + 1) * d], &mut dvr[g * d..(g + 1) * d]);
+                dkg.fill(0.0);
+                dvg.fill(0.0);
+                for h in g * s.group..(g + 1) * s.group {
+                    let o = ((bi * nh + h) * t + j) * d;
+                    dkg.iter_mut().zip(&dk_heads[o..o + d]).for_each(|(a, &x)| *a += x);
+                    dvg.iter_mut().zip(&dv_heads[o..o + d]).for_each(|(a, &x)| *a += x);
+                }
+            }
+        },
+    );
+}
+
+/// Sizes and offsets shared by the forward and backward.
+struct Shape<'a> {
+    t: usize,
+    nh: usize,
+    d: usize,
+    qd: usize,
+    kvd: usize,
+    group: usize,
+    scale: f32,
+    doc_start: Option<&'a [u32]>,
+}
+
+impl<'a> Shape<'a> {
+    fn new(b: usize, t: usize, nh: usize, nkv: usize, d: usize, doc_start: Option<&'a [u32]>) -> Self {
+        assert!(nkv > 0 && nh.is_multiple_of(nkv) && d > 0, "attention: NH = {nh} is not a multiple of NKV = {nkv}");
+        if let Some(ds) = doc_start {
+            assert_eq!(ds.len(), b * t, "attention: doc_start is not [B, T]");
+            assert!(ds.iter().enumerate().all(|(i, &s)| s as usize <= i % t), "attention: doc_start after its token");
+        }
+        let scale = 1.0 / (d as f32).sqrt();
+        Shape { t, nh, d, qd: nh * d, kvd: nkv * d, group: nh / nkv, scale, doc_start }
+    }
+
+    /// Offset of q[b, i, h, 0] (also of out, dq, dout).
+    fn q_at(&self, b: usize, i: usize, h: usize) -> usize {
+        (b * self.t + i) * self.qd + h * self.d
+    }
+
+    /// Offset of k[b, j, g, 0] (also of v).
+    fn kv_at(&self, b: usize, j: usize, g: usize) -> usize {
+        (b * self.t + j) * self.kvd + g * self.d
+    }
+
+    fn lse_at(&self, b: usize, h: usize, i: usize) -> usize {
+        (b * self.nh + h) * self.t + i
+    }
+
+    fn doc_start(&self, b: usize, i: usize) -> usize {
+        self.doc_start.map_or(0, |ds| ds[b * self.t + i] as usize)
+    }
+
+    /// The first key any query of rows [i0, i1) may see.
+    fn first_key(&self, b: usize, i0: usize, i1: usize) -> usize {
+        (i0..i1).map(|i| self.doc_start(b, i)).min().unwrap_or(0)
+    }
+
+    /// Keys of the block [j0, j1) that query i sees, as indices into the block: [ja, jb) (empty when ja ≥ jb).
+    fn key_range(&self, b: usize, i: usize, j0: usize, j1: usize) -> (usize, usize) {
+        let lo = self.doc_start(b, i).max(j0);
+        let hi = (i + 1).min(j1);
+        (lo.saturating_sub(j0), hi.saturating_sub(j0))
+    }
+}
+
+/// An output buffer that parallel tasks write in disjoint parts.
+#[derive(Clone, Copy)]
+struct Disjoint {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: the pointer is only dereferenced through `slice`, whose callers guarantee disjoint ranges per task.
+unsafe impl Send for Disjoint {}
+unsafe impl Sync for Disjoint {}
+
+impl Disjoint {
+    fn new(buf: &mut [f32]) -> Self {
+        Disjoint { ptr: buf.as_mut_ptr(), len: buf.len() }
+    }
+
+    /// # Safety
+    /// No other live reference may overlap [start, start + len) while the returned slice is used.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, start: usize, len: usize) -> &mut [f32] {
+        assert!(start + len <= self.len, "Disjoint::slice out of bounds");
+        // SAFETY: in bounds (checked above); exclusivity is the caller's promise.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), len) }
+    }
+}
+
+/// dst[m, n] = (accumulate ? dst : 0) + alpha · lhs[m, k] · rhs[k, n], every operand given by (row, column)
+/// strides from the start of its slice; single-threaded (the callers are already parallel tasks).
+#[allow(clippy::too_many_arguments)]
+fn tile_gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_s: (usize, usize),
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_s: (usize, usize),
+    rhs: &[f32],
+    rhs_s: (usize, usize),
+    alpha: f32,
+) {
+    let extent = |rows: usize, cols: usize, (rs, cs): (usize, usize)| (rows - 1) * rs + (cols - 1) * cs + 1;
+    assert!(m > 0 && n > 0 && k > 0, "tile_gemm: empty product");
+    assert!(
+        dst.len() >= extent(m, n, dst_s) && lhs.len() >= extent(m, k, lhs_s) && rhs.len() >= extent(k, n, rhs_s),
+        "tile_gemm: operand out of bounds"
+    );
+    // SAFETY: every strided index reached lies inside its slice (checked above); dst does not alias lhs or rhs
+    // (it is a distinct &mut).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            dst_s.1 as isize,
+            dst_s.0 as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_s.1 as isize,
+            lhs_s.0 as isize,
+            rhs.as_ptr(),
+            rhs_s.1 as isize,
+            rhs_s.0 as isize,
+            1.0,
+            alpha,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}

@@ -1,10 +1,16 @@
 //! The numerical engine: kernels whose forward and backward sit side by side, and the frozen-weight type.
 
 pub mod attention;
+pub mod cross_entropy;
+pub mod embedding;
 pub mod frozen;
+pub mod lora;
 pub mod matmul;
 pub mod quant_dot;
 pub mod rmsnorm;
 pub mod rope;
+pub mod swiglu;
 
+pub use embedding::VocabMatrix;
 pub use frozen::FrozenMatrix;
+pub use lora::{LoraDropout, LoraWeights};

@@ -1,5 +1,7 @@
 //! RMSNorm: y = x / sqrt(mean(x²) + eps) · w, row by row. Legend: N = rows, C = channels.
 
+use rayon::prelude::*;
+
 /// y[N, C] = rmsnorm(x[N, C]) · w[C]; returns nothing else (inference). The training forward also keeps
 /// 1/rms per row for the backward.
 pub fn rmsnorm_forward(y: &mut [f32], x: &[f32], w: &[f32], c: usize, eps: f32) {
@@ -15,4 +17,56 @@ pub fn rmsnorm_forward(y: &mut [f32], x: &[f32], w: &[f32], c: usize, eps: f32) 
 pub fn inv_rms(x: &[f32], eps: f32) -> f32 {
     let ss: f32 = x.iter().map(|v| v * v).sum::<f32>();
     1.0 / (ss / x.len() as f32 + eps).sqrt()
+}
+
+/// Training forward: y[N, C] = x[N, C] / rms(x) · w[C], and rstd[N] = 1/rms of each row, kept for the backward.
+#[allow(clippy::too_many_arguments)]
+pub fn rmsnorm_forward_train(y: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], n: usize, c: usize, eps: f32) {
+    assert!(y.len() == n * c && x.len() == n * c && rstd.len() == n && w.len() == c, "rmsnorm_forward_train: shapes");
+    y.par_chunks_mut(c).zip(rstd.par_iter_mut()).zip(x.par_chunks(c)).with_min_len(8).for_each(|((yr, rs), xr)| {
+        *rs = inv_rms(xr, eps);
+        for ((yo, &xi), &wi) in yr.iter_mut().zip(xr).zip(w) {
+            *yo = xi * *rs * wi;
+        }
+    });
+}
+
+/// Backward of [`rmsnorm_forward_train`]. dx[N, C] is ACCUMULATED into (it is normally the residual stream's
+/// gradient, which already holds the skip path); dw[C], when the norm weight is trained, is accumulated too.
+///
+/// With x̂ = x·rstd and g = dy ⊙ w:  dx = rstd · (g − x̂ · mean(g ⊙ x̂)),  dw = Σ_rows dy ⊙ x̂.
+#[allow(clippy::too_many_arguments)]
+pub fn rmsnorm_backward(
+    dx: &mut [f32],
+    dw: Option<&mut [f32]>,
+    dy: &[f32],
+    x: &[f32],
+    w: &[f32],
+    rstd: &[f32],
+    n: usize,
+    c: usize,
+) {
+    assert!(dx.len() == n * c && dy.len() == n * c && x.len() == n * c, "rmsnorm_backward: shapes");
+    assert!(rstd.len() == n && w.len() == c, "rmsnorm_backward: shapes");
+    dx.par_chunks_mut(c).zip(dy.par_chunks(c)).zip(x.par_chunks(c)).zip(rstd.par_iter()).with_min_len(8).for_each(
+        |(((dxr, dyr), xr), &rs)| {
+            // mean(g ⊙ x̂) = rstd · Σ(dy·w·x) / C
+            let mut gx = 0.0f32;
+            for ((&g, &xi), &wi) in dyr.iter().zip(xr).zip(w) {
+                gx += g * wi * xi;
+            }
+            let k = gx * rs * rs / c as f32;
+            for (((d, &g), &xi), &wi) in dxr.iter_mut().zip(dyr).zip(xr).zip(w) {
+                *d += rs * (g * wi - xi * k);
+            }
+        },
+    );
+    if let Some(dw) = dw {
+        assert_eq!(dw.len(), c, "rmsnorm_backward: dw shape");
+        for ((dyr, xr), &rs) in dy.chunks_exact(c).zip(x.chunks_exact(c)).zip(rstd) {
+            for ((d, &g), &xi) in dw.iter_mut().zip(dyr).zip(xr) {
+                *d += g * xi * rs;
+            }
+        }
+    }
 }
