@@ -40,7 +40,7 @@ impl CrossEntropyScratch {
 }
 
 /// Loss only (evaluation): returns (Σ over target rows of −log softmax(h·Wᵀ)[target], number of target rows).
-/// h: [N, C]; head: [V, C]; targets: [N], negative = ignored.
+/// h: [N, C]; head: [V, C]; targets: [N], the token row i predicts (already shifted), negative = ignored.
 pub fn cross_entropy_forward(
     scratch: &mut CrossEntropyScratch,
     h: &[f32],
