@@ -297,3 +297,89 @@ fn hf_tokenizer_json_round_trip_for_llama_cpp_vocabularies() {
         }
     }
 }
+
+#[test]
+fn decode_inverts_encode_on_llama_cpp_test_strings() {
+    let Some(dir) = llama_cpp_models() else { return };
+    for name in ["llama-bpe", "llama-spm", "gpt-2", "qwen2", "phi-3"] {
+        let tok = load_vocab(&dir, name).expect("load");
+        for (text, want) in vocab_cases(&dir, name) {
+            assert_eq!(tok.decode(&want, false), text, "{name}");
+            let mut stream = StreamDecoder::new(&tok);
+            let mut streamed: String = want.iter().map(|&id| stream.push(id)).collect();
+            streamed += &stream.finish();
+            // Streaming keeps SentencePiece's prefix space (it cannot know which token is first).
+            let streamed = if tok.to_vocab().is_some_and(|v| v.model == "llama") {
+                streamed.strip_prefix(' ').map(str::to_owned).unwrap_or(streamed)
+            } else {
+                streamed
+            };
+            assert_eq!(streamed, text, "{name}");
+        }
+    }
+}
+
+#[test]
+fn sentencepiece_adds_bos_and_prefix_space() {
+    let Some(dir) = llama_cpp_models() else { return };
+    let tok = load_vocab(&dir, "llama-spm").expect("load");
+    assert!(tok.add_bos());
+    let ids = tok.encode("Hello world", true, false);
+    assert_eq!(ids[0], tok.bos_id().expect("bos"));
+    assert_eq!(&ids[1..], tok.encode("Hello world", false, false));
+    // Special tokens in the text: a space is prefixed again after each.
+    let with_special = tok.encode("<s>Hello", false, true);
+    assert_eq!(with_special, [&[1][..], &tok.encode("Hello", false, false)].concat());
+    assert_eq!(tok.decode(&tok.encode("Hello world", true, false), true), "Hello world");
+    assert_eq!(tok.decode(&tok.encode("Hello world", true, false), false), "<s> Hello world");
+}
+
+/// SentencePiece has scores, not merges; the written tokenizer.json derives merges from them, as
+/// transformers does for Llama; the `tokenizers` library must then encode llama.cpp's test strings the same.
+#[test]
+fn sentencepiece_tokenizer_json_round_trip() {
+    let Some(dir) = llama_cpp_models() else { return };
+    let tok = load_vocab(&dir, "llama-spm").expect("load");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join("tokenizer.json");
+    std::fs::write(&path, tok.hf_tokenizer_json().to_string()).expect("write");
+    let hf = Tokenizer::from_hf_files(&path, None).expect("load the written tokenizer.json");
+    let cases = vocab_cases(&dir, "llama-spm");
+    for (text, want) in &cases {
+        assert_eq!(hf.encode(text, false, false), *want, "{text:?}");
+        assert_eq!(hf.decode(want, false), *text);
+    }
+    // No tokenizer_config.json: BOS is found in the post-processor, which adds it.
+    assert_eq!((hf.bos_id(), hf.add_bos()), (Some(1), true));
+    assert_eq!(hf.encode("Hello", true, false), tok.encode("Hello", true, false));
+}
+
+#[test]
+fn bad_vocabularies_are_refused_with_the_key_named() {
+    let tiny = || GgufVocab {
+        model: "gpt2".into(),
+        pre: Some("gpt-2".into()),
+        tokens: ["a", "b", "ab"].map(String::from).to_vec(),
+        merges: vec!["a b".into()],
+        ..GgufVocab::default()
+    };
+    assert_eq!(Tokenizer::from_vocab(tiny()).expect("valid").encode("abba", false, false), [2, 1, 0]);
+    let err = |v: GgufVocab| Tokenizer::from_vocab(v).err().map(|e| e.to_string()).unwrap_or_default();
+    assert_eq!(
+        err(GgufVocab { model: "bert".into(), ..tiny() }),
+        "<vocab>: tokenizer.ggml.model = \"bert\" is not supported (hint: loft reads \"gpt2\" (byte-level BPE) and \
+         \"llama\" (SentencePiece) tokenizers)"
+    );
+    assert!(err(GgufVocab { pre: Some("klingon".into()), ..tiny() })
+        .starts_with("<vocab>: tokenizer.ggml.pre = Some(\"klingon\") is not a pre-tokenizer loft knows"));
+    assert_eq!(
+        err(GgufVocab { bos: Some(7), ..tiny() }),
+        "<vocab>: tokenizer.ggml.bos_token_id = 7 is outside the vocabulary of 3 tokens (hint: fix the id with \
+         gguf-py's gguf-set-metadata)"
+    );
+    assert!(err(GgufVocab { token_types: vec![1], ..tiny() })
+        .starts_with("<vocab>: tokenizer.ggml.token_type has 1 entries but tokenizer.ggml.tokens has 3"));
+    assert!(err(GgufVocab { merges: vec![], ..tiny() }).contains("tokenizer.ggml.merges is missing or empty"));
+    let missing = Tokenizer::from_hf_files(std::path::Path::new("/nonexistent/tokenizer.json"), None);
+    assert!(missing.err().is_some_and(|e| e.to_string().starts_with("/nonexistent/tokenizer.json: ")));
+}
