@@ -3,20 +3,25 @@
 use std::io::Write;
 use std::time::Instant;
 
-use loft::model::LoadedModel;
+use loft::model::{LoadOptions, LoadedModel};
 
 #[derive(clap::Args, Clone)]
 pub struct ModelArgs {
     /// A .gguf file, a Hugging Face folder (config.json, tokenizer.json, *.safetensors) or a hub id.
     #[arg(long, short = 'm')]
     pub model: String,
+    /// Split text with this pre-tokenizer instead of the GGUF's own (`tokenizer.ggml.pre`); `gpt-2` reproduces
+    /// the ids transformers gets when it loads a GGUF, which ignores that name.
+    #[arg(long, value_name = "NAME")]
+    pub tokenizer_pre: Option<String>,
 }
 
 impl ModelArgs {
     /// Loads the model, reporting the time taken on stderr.
     pub fn load(&self) -> loft::Result<LoadedModel> {
         let start = Instant::now();
-        let loaded = LoadedModel::load(&self.model)?;
+        let options = LoadOptions { tokenizer_pre: self.tokenizer_pre.clone() };
+        let loaded = LoadedModel::load_with(&self.model, &options)?;
         let cfg = &loaded.model.config;
         eprintln!(
             "loaded {} ({} layers, {:.1}M parameters) in {:.2}s",

@@ -6,7 +6,9 @@
 pub mod chat_template;
 pub mod engine;
 pub mod error;
+pub mod export;
 pub mod infer;
+pub mod lora;
 pub mod model;
 pub mod tokenizer;
 

@@ -1,7 +1,7 @@
 //! The Llama forward pass for inference, with a KV cache. Legend: T = new tokens, C = hidden_size,
 //! F = intermediate_size, V = vocab_size, NH/NKV = query/key-value heads, D = head_dim.
 
-use crate::engine::attention::attention_forward_cached;
+use crate::engine::attention::{attention_forward, attention_forward_cached};
 use crate::engine::rmsnorm::rmsnorm_forward;
 use crate::engine::rope::{rope_forward, Rope};
 use crate::error::{Error, Result};
@@ -73,6 +73,7 @@ impl Llama {
         let mut att = vec![0.0f32; t * qd]; // [T, NH·D]
         let mut gate = vec![0.0f32; t * f]; // [T, F]
         let mut up = vec![0.0f32; t * f]; // [T, F]
+        let mut lse = vec![0.0f32; if p0 == 0 { nh * t } else { 0 }]; // [NH, T], unused here
         for (layer, (kc, vc)) in w.layers.iter().zip(cache.k.iter_mut().zip(cache.v.iter_mut())) {
             // x = x + o_proj(attention(rope(q_proj(h)), rope(k_proj(h)), v_proj(h))), h = rmsnorm(x)
             rmsnorm_forward(&mut h, &x, &layer.input_layernorm, c, cfg.rms_norm_eps);
@@ -82,7 +83,12 @@ impl Llama {
             layer.v_proj.forward(vnew, &h, t, false);
             rope_forward(&mut q, t, nh, d, &cos, &sin);
             rope_forward(knew, t, nkv, d, &cos, &sin);
-            attention_forward_cached(&mut att, &q, &kc[..(p0 + t) * kvd], &vc[..(p0 + t) * kvd], t, p0, nh, nkv, d);
+            if p0 == 0 {
+                // A fresh sequence: the tiled kernel (gemm on blocks of queries and keys) is several times faster.
+                attention_forward(&mut att, &mut lse, &q, &kc[..t * kvd], &vc[..t * kvd], None, 1, t, nh, nkv, d);
+            } else {
+                attention_forward_cached(&mut att, &q, &kc[..(p0 + t) * kvd], &vc[..(p0 + t) * kvd], t, p0, nh, nkv, d);
+            }
             layer.o_proj.forward(&mut x, &att, t, true);
 
             // x = x + down_proj(silu(gate_proj(h)) · up_proj(h)), h = rmsnorm(x)

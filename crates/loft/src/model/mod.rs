@@ -5,6 +5,7 @@ pub mod config;
 pub mod gguf_source;
 pub mod hub;
 pub mod llama;
+pub mod llama_lora;
 pub mod safetensors_source;
 pub mod weights;
 
@@ -62,20 +63,47 @@ pub struct LoadedModel {
     pub tokenizer: Tokenizer,
 }
 
+/// Choices made when loading, beyond the path.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// Replaces a GGUF's `tokenizer.ggml.pre` (e.g. "gpt-2" reproduces transformers' GGUF loader, which ignores
+    /// the pre-tokenizer name; by default loft splits text as llama.cpp does).
+    pub tokenizer_pre: Option<String>,
+}
+
 impl LoadedModel {
     pub fn load(spec: &str) -> Result<Self> {
+        Self::load_with(spec, &LoadOptions::default())
+    }
+
+    pub fn load_with(spec: &str, options: &LoadOptions) -> Result<Self> {
         let path = ModelPath::resolve(spec)?;
         let (model, tokenizer) = match &path {
-            ModelPath::Gguf(p) => load_gguf(p)?,
-            ModelPath::HfFolder(p) => load_hf_folder(p)?,
+            ModelPath::Gguf(p) => load_gguf(p, options)?,
+            ModelPath::HfFolder(p) => {
+                if options.tokenizer_pre.is_some() {
+                    return Err(Error::hinted(
+                        format!("{}: the pre-tokenizer can only be overridden for GGUF models", p.display()),
+                        "a Hugging Face folder's tokenizer.json already names its pre-tokenizer",
+                    ));
+                }
+                load_hf_folder(p)?
+            }
         };
         Ok(LoadedModel { path, model, tokenizer })
     }
 }
 
-pub fn load_gguf(path: &Path) -> Result<(Llama, Tokenizer)> {
+pub fn load_gguf(path: &Path, options: &LoadOptions) -> Result<(Llama, Tokenizer)> {
     let file = gguf::GgufFile::open(path)?;
-    let tokenizer = Tokenizer::from_gguf(&file)?;
+    let tokenizer = match &options.tokenizer_pre {
+        None => Tokenizer::from_gguf(&file)?,
+        Some(pre) => {
+            let mut vocab = crate::tokenizer::GgufVocab::from_gguf(&file)?;
+            vocab.pre = Some(pre.clone());
+            Tokenizer::from_vocab(vocab)?
+        }
+    };
     Ok((llama_from_gguf(&file)?, tokenizer))
 }
 

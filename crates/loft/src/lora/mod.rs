@@ -1,0 +1,249 @@
+//! LoRA adapters as PEFT defines them: which modules are adapted, their A/B matrices, and the embedding and head
+//! when they are trained in full (PEFT's `modules_to_save`).
+
+use crate::engine::LoraWeights;
+use crate::error::{Error, Result};
+use crate::model::config::LlamaConfig;
+use crate::model::Llama;
+
+/// The seven linear layers of a Llama block that LoRA can adapt, by their checkpoint names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TargetModule {
+    QProj,
+    KProj,
+    VProj,
+    OProj,
+    GateProj,
+    UpProj,
+    DownProj,
+}
+
+impl TargetModule {
+    pub const ALL: [TargetModule; 7] = [
+        TargetModule::QProj,
+        TargetModule::KProj,
+        TargetModule::VProj,
+        TargetModule::OProj,
+        TargetModule::GateProj,
+        TargetModule::UpProj,
+        TargetModule::DownProj,
+    ];
+
+    /// The module's name as PEFT's `target_modules` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            TargetModule::QProj => "q_proj",
+            TargetModule::KProj => "k_proj",
+            TargetModule::VProj => "v_proj",
+            TargetModule::OProj => "o_proj",
+            TargetModule::GateProj => "gate_proj",
+            TargetModule::UpProj => "up_proj",
+            TargetModule::DownProj => "down_proj",
+        }
+    }
+
+    /// The path inside a layer: `self_attn.q_proj`, `mlp.gate_proj`, ….
+    pub fn path(self) -> &'static str {
+        match self {
+            TargetModule::QProj => "self_attn.q_proj",
+            TargetModule::KProj => "self_attn.k_proj",
+            TargetModule::VProj => "self_attn.v_proj",
+            TargetModule::OProj => "self_attn.o_proj",
+            TargetModule::GateProj => "mlp.gate_proj",
+            TargetModule::UpProj => "mlp.up_proj",
+            TargetModule::DownProj => "mlp.down_proj",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        TargetModule::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    /// (out_features, in_features) of this module in a model of `cfg`'s shape.
+    pub fn shape(self, cfg: &LlamaConfig) -> (usize, usize) {
+        let (c, f, q, kv) = (cfg.hidden_size, cfg.intermediate_size, cfg.q_dim(), cfg.kv_dim());
+        match self {
+            TargetModule::QProj => (q, c),
+            TargetModule::KProj | TargetModule::VProj => (kv, c),
+            TargetModule::OProj => (c, q),
+            TargetModule::GateProj | TargetModule::UpProj => (f, c),
+            TargetModule::DownProj => (c, f),
+        }
+    }
+}
+
+/// What to adapt and how; names follow PEFT's `LoraConfig`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoraConfig {
+    pub r: usize,
+    pub lora_alpha: f32,
+    pub lora_dropout: f32,
+    pub use_rslora: bool,
+    pub target_modules: Vec<TargetModule>,
+    /// Train the token embedding in full (PEFT `modules_to_save = ["embed_tokens"]`).
+    pub train_embed_tokens: bool,
+    /// Train the output head in full. With tied embeddings, the one shared matrix is trained.
+    pub train_lm_head: bool,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        LoraConfig {
+            r: 16,
+            lora_alpha: 32.0,
+            lora_dropout: 0.0,
+            use_rslora: false,
+            target_modules: TargetModule::ALL.to_vec(),
+            train_embed_tokens: false,
+            train_lm_head: false,
+        }
+    }
+}
+
+impl LoraConfig {
+    /// Parses PEFT-style module names, naming the bad one with the valid list.
+    pub fn parse_targets(names: &[String]) -> Result<Vec<TargetModule>> {
+        let mut out = Vec::new();
+        for n in names {
+            let t = TargetModule::parse(n).ok_or_else(|| {
+                let valid: Vec<&str> = TargetModule::ALL.iter().map(|t| t.name()).collect();
+                Error::hinted(format!("unknown target module '{n}'"), format!("valid modules: {}", valid.join(", ")))
+            })?;
+            if !out.contains(&t) {
+                out.push(t);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    pub fn scale(&self) -> f32 {
+        crate::engine::lora::lora_scale(self.lora_alpha, self.r, self.use_rslora)
+    }
+}
+
+/// The trained tensors: per layer, an optional LoRA pair for each of the seven modules; the embedding and head
+/// when trained in full. The same type holds gradients and optimizer moments (same shapes).
+#[derive(Clone, Debug)]
+pub struct Adapter {
+    pub config: LoraConfig,
+    /// layers[l][module.index()]
+    pub layers: Vec<[Option<LoraWeights>; 7]>,
+    /// [V, C], trained in full. With tied embeddings and `train_lm_head`, this one matrix is also the head.
+    pub embed_tokens: Option<Vec<f32>>,
+    /// [V, C], trained in full; only for untied models.
+    pub lm_head: Option<Vec<f32>>,
+}
+
+impl Adapter {
+    /// A fresh adapter as PEFT initialises one: B = 0, A Kaiming-uniform (seeded), full copies of the embedding and
+    /// head when they are trained.
+    pub fn new(config: LoraConfig, model: &Llama, seed: u64) -> Result<Self> {
+        let cfg = &model.config;
+        if config.r == 0 {
+            return Err(Error::hinted("lora r = 0", "r is the adapter rank; use e.g. 8, 16 or 32"));
+        }
+        if !(0.0..1.0).contains(&config.lora_dropout) {
+            return Err(Error::hinted(
+                format!("lora_dropout = {} is out of range", config.lora_dropout),
+                "use 0 ≤ p < 1",
+            ));
+        }
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for l in 0..cfg.num_hidden_layers {
+            let mut mods: [Option<LoraWeights>; 7] = Default::default();
+            for &t in &config.target_modules {
+                let (o, i) = t.shape(cfg);
+                let mut w = LoraWeights::zeros(config.r, i, o, config.lora_alpha, config.use_rslora);
+                w.init(seed ^ ((l as u64) << 8 | t.index() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                mods[t.index()] = Some(w);
+            }
+            layers.push(mods);
+        }
+        let tied = cfg.tie_word_embeddings;
+        let embed_tokens = (config.train_embed_tokens || (tied && config.train_lm_head))
+            .then(|| model.weights.embed_tokens.to_f32().into_owned());
+        let lm_head = (config.train_lm_head && !tied).then(|| model.weights.head().to_f32().into_owned());
+        Ok(Adapter { config, layers, embed_tokens, lm_head })
+    }
+
+    /// The same shapes, all zeros (gradients, optimizer moments).
+    pub fn zeros_like(&self) -> Self {
+        let mut z = self.clone();
+        z.for_each_tensor_mut(|_, t| t.fill(0.0));
+        z
+    }
+
+    /// Visits every trained tensor in a fixed order with a stable name (PEFT's key stem) and whether it belongs to
+    /// the embedding group (trained at `embedding_learning_rate`).
+    pub fn for_each_tensor_mut(&mut self, mut f: impl FnMut(TensorName, &mut [f32])) {
+        for (l, mods) in self.layers.iter_mut().enumerate() {
+            for (m, w) in mods.iter_mut().enumerate() {
+                if let Some(w) = w {
+                    f(TensorName::LoraA(l, TargetModule::ALL[m]), &mut w.a);
+                    f(TensorName::LoraB(l, TargetModule::ALL[m]), &mut w.b);
+                }
+            }
+        }
+        if let Some(e) = &mut self.embed_tokens {
+            f(TensorName::EmbedTokens, e);
+        }
+        if let Some(h) = &mut self.lm_head {
+            f(TensorName::LmHead, h);
+        }
+    }
+
+    /// Read-only twin of [`Adapter::for_each_tensor_mut`].
+    pub fn for_each_tensor(&self, mut f: impl FnMut(TensorName, &[f32])) {
+        for (l, mods) in self.layers.iter().enumerate() {
+            for (m, w) in mods.iter().enumerate() {
+                if let Some(w) = w {
+                    f(TensorName::LoraA(l, TargetModule::ALL[m]), &w.a);
+                    f(TensorName::LoraB(l, TargetModule::ALL[m]), &w.b);
+                }
+            }
+        }
+        if let Some(e) = &self.embed_tokens {
+            f(TensorName::EmbedTokens, e);
+        }
+        if let Some(h) = &self.lm_head {
+            f(TensorName::LmHead, h);
+        }
+    }
+
+    pub fn num_parameters(&self) -> usize {
+        let mut n = 0;
+        self.for_each_tensor(|_, t| n += t.len());
+        n
+    }
+}
+
+/// A trained tensor's identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TensorName {
+    LoraA(usize, TargetModule),
+    LoraB(usize, TargetModule),
+    EmbedTokens,
+    LmHead,
+}
+
+impl TensorName {
+    /// Trained at the embedding learning rate.
+    pub fn is_embedding(self) -> bool {
+        matches!(self, TensorName::EmbedTokens | TensorName::LmHead)
+    }
+
+    /// PEFT's state-dict key for this tensor.
+    pub fn peft_key(self) -> String {
+        match self {
+            TensorName::LoraA(l, t) => format!("base_model.model.model.layers.{l}.{}.lora_A.weight", t.path()),
+            TensorName::LoraB(l, t) => format!("base_model.model.model.layers.{l}.{}.lora_B.weight", t.path()),
+            TensorName::EmbedTokens => "base_model.model.model.embed_tokens.weight".into(),
+            TensorName::LmHead => "base_model.model.lm_head.weight".into(),
+        }
+    }
+}
