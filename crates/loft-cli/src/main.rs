@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 
 /// Fine-tune Llama-family models with LoRA and QLoRA on a CPU or an NVIDIA GPU; run, merge and export them.
 #[derive(Parser)]
-#[command(name = "loft", version, about, long_about = None)]
+#[command(name = "loft", version)]
 struct Cli {
     /// Worker threads for the math (default: all cores).
     #[arg(long, global = true)]
