@@ -14,7 +14,13 @@ fn hf_folder_from_gguf_gives_the_same_loss_and_ids() {
     let out = dir.path().join("smollm2-hf");
     // A small shard limit forces sharding and the index file.
     write_hf_folder(&out, &gguf.model, &gguf.tokenizer, WeightDtype::F32, 200_000_000).unwrap();
-    for f in ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors.index.json"] {
+    for f in [
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "model.safetensors.index.json",
+    ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
     assert!(!dir.path().join(".smollm2-hf.partial").exists());
