@@ -32,8 +32,14 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# loft against PyTorch+PEFT on the same LoRA step, one after the other in one run (nothing else should be running:
+# PyTorch's threads collapse when another process holds a core). Installs torch+peft into .cache/venv-peft.
+BENCH_BATCH ?= 4
+BENCH_SEQ ?= 256
 bench: fetch build
+	bench/peers/venv.sh
 	$(LOFT) bench decode --model $(MODEL) --threads 2
+	bench/compare.sh $(BENCH_BATCH) $(BENCH_SEQ)
 
 clean-cache:
 	rm -rf .cache

@@ -9,7 +9,9 @@ pub mod error;
 pub mod export;
 pub mod infer;
 pub mod lora;
+pub mod memory;
 pub mod model;
 pub mod tokenizer;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -35,6 +35,24 @@ pub struct LlamaConfig {
 }
 
 impl LlamaConfig {
+    /// SmolLM2-135M's shape: the default model, and `loft bench train`'s default.
+    pub fn smollm2_135m() -> Self {
+        LlamaConfig {
+            vocab_size: 49152,
+            hidden_size: 576,
+            intermediate_size: 1536,
+            num_hidden_layers: 30,
+            num_attention_heads: 9,
+            num_key_value_heads: 3,
+            head_dim: 64,
+            rms_norm_eps: 1e-5,
+            rope_theta: 100_000.0,
+            rope_scaling: None,
+            max_position_embeddings: 8192,
+            tie_word_embeddings: true,
+        }
+    }
+
     /// Checks the relations the forward pass relies on; `source` names the file in the error.
     pub fn validate(&self, source: &Path) -> Result<()> {
         let bad = |m: String| Err(Error::format(source, m));

@@ -141,3 +141,22 @@ pub fn load_hf_folder(dir: &Path) -> Result<(Llama, Tokenizer)> {
     let weights = weights::LlamaWeights::load(&source, &config)?;
     Ok((Llama::new(config, weights), tokenizer))
 }
+
+/// The frozen base alone (no tokenizer), for training and benchmarks: a GGUF keeps its own quantized blocks when
+/// `keep_quantized` (QLoRA), or is converted to f32; a Hugging Face folder is read in f32.
+pub fn load_base(spec: &str, keep_quantized: bool) -> Result<Llama> {
+    match ModelPath::resolve(spec)? {
+        ModelPath::Gguf(p) => llama_from_gguf_with(&gguf::GgufFile::open(&p)?, keep_quantized),
+        ModelPath::HfFolder(p) => {
+            if keep_quantized {
+                return Err(Error::hinted(
+                    format!("{}: a 4-bit base is read from GGUF files for now", p.display()),
+                    "use a GGUF base for 4-bit training, or train on this folder without --load-in-4bit",
+                ));
+            }
+            let config = LlamaConfig::from_hf_json(&p.join("config.json"))?;
+            let source = safetensors_source::SafetensorsSource::open(&p)?;
+            Ok(Llama::new(config.clone(), weights::LlamaWeights::load(&source, &config)?))
+        }
+    }
+}

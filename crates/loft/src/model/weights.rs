@@ -87,6 +87,64 @@ impl LlamaWeights {
         })
     }
 
+    /// Random weights of `cfg`'s shape (benchmarks and tests that need no file): matrices uniform with the
+    /// standard deviation transformers initialises with (0.02), norms at 1. With `quantize`, every matrix is
+    /// stored in that block type (as a 4-bit base would be).
+    pub fn random(cfg: &LlamaConfig, seed: u64, quantize: Option<gguf::GgmlType>) -> Result<Self> {
+        let mut rng = crate::infer::sample::SplitMix64::new(seed);
+        let bound = 0.02f64 * 3f64.sqrt();
+        let mut matrix = |rows: usize, cols: usize| -> Result<FrozenMatrix> {
+            let data: Vec<f32> = (0..rows * cols).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32).collect();
+            match quantize {
+                None => Ok(FrozenMatrix::from_f32(rows, cols, data)),
+                Some(t) => {
+                    let bytes = gguf::quantize(t, &data, cols)?;
+                    FrozenMatrix::from_quantized(rows, cols, t, bytes)
+                        .ok_or_else(|| Error::Invalid(format!("cannot store a [{rows}, {cols}] matrix as {t}")))
+                }
+            }
+        };
+        let (c, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+        let (q, kv) = (cfg.q_dim(), cfg.kv_dim());
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for _ in 0..cfg.num_hidden_layers {
+            layers.push(LlamaLayer {
+                input_layernorm: vec![1.0; c],
+                q_proj: matrix(q, c)?,
+                k_proj: matrix(kv, c)?,
+                v_proj: matrix(kv, c)?,
+                o_proj: matrix(c, q)?,
+                post_attention_layernorm: vec![1.0; c],
+                gate_proj: matrix(f, c)?,
+                up_proj: matrix(f, c)?,
+                down_proj: matrix(c, f)?,
+            });
+        }
+        let embed_tokens = matrix(v, c)?;
+        let lm_head = if cfg.tie_word_embeddings { None } else { Some(matrix(v, c)?) };
+        Ok(LlamaWeights { embed_tokens, layers, norm: vec![1.0; c], lm_head })
+    }
+
+    /// Bytes held by the frozen weights.
+    pub fn storage_bytes(&self) -> usize {
+        let m = |x: &FrozenMatrix| x.storage_bytes();
+        let per_layer: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                m(&l.q_proj)
+                    + m(&l.k_proj)
+                    + m(&l.v_proj)
+                    + m(&l.o_proj)
+                    + m(&l.gate_proj)
+                    + m(&l.up_proj)
+                    + m(&l.down_proj)
+                    + 4 * (l.input_layernorm.len() + l.post_attention_layernorm.len())
+            })
+            .sum();
+        per_layer + m(&self.embed_tokens) + self.lm_head.as_ref().map_or(0, m) + 4 * self.norm.len()
+    }
+
     /// Every tensor under its Hugging Face name, in checkpoint order, as f32 in Hugging Face layout.
     pub fn named_tensors(&self) -> Vec<NamedTensor<'_>> {
         fn matrix<'a>(name: String, m: &'a FrozenMatrix) -> NamedTensor<'a> {
