@@ -1,0 +1,232 @@
+//! PEFT's adapter format: `adapter_config.json` + `adapter_model.safetensors`, keys as PEFT writes them
+//! (`base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight`, and for modules trained in full
+//! `base_model.model.model.embed_tokens.weight` / `base_model.model.lm_head.weight`), in Hugging Face layout.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::LoraWeights;
+use crate::error::{Error, Result};
+use crate::lora::{Adapter, LoraConfig, TensorName};
+use crate::model::Llama;
+
+pub const CONFIG_FILE: &str = "adapter_config.json";
+pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+
+/// The fields of `adapter_config.json` loft reads and writes (PEFT writes many more; unknown ones are kept out).
+#[derive(Debug, Deserialize, Serialize)]
+struct PeftConfigFile {
+    peft_type: Option<String>,
+    r: Option<usize>,
+    lora_alpha: Option<f32>,
+    #[serde(default)]
+    lora_dropout: f32,
+    #[serde(default)]
+    use_rslora: bool,
+    target_modules: Option<serde_json::Value>,
+    modules_to_save: Option<Vec<String>>,
+    #[serde(default)]
+    use_dora: bool,
+    #[serde(default)]
+    fan_in_fan_out: bool,
+    #[serde(default)]
+    rank_pattern: HashMap<String, serde_json::Value>,
+    #[serde(default)]
+    alpha_pattern: HashMap<String, serde_json::Value>,
+    layers_to_transform: Option<serde_json::Value>,
+    bias: Option<String>,
+}
+
+/// Reads a PEFT LoRA adapter for `model`, checking every tensor's shape against the model's.
+pub fn load_peft_adapter(dir: &Path, model: &Llama) -> Result<Adapter> {
+    let config_path = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+    let raw: PeftConfigFile =
+        serde_json::from_str(&text).map_err(|e| Error::format(&config_path, format!("invalid JSON: {e}")))?;
+    let bad = |m: String| Err(Error::format(&config_path, m));
+    match raw.peft_type.as_deref() {
+        Some("LORA") => {}
+        Some(other) => return bad(format!("peft_type is '{other}'; loft reads LORA adapters")),
+        None => return bad("missing key 'peft_type' (expected \"LORA\")".into()),
+    }
+    let Some(r) = raw.r else { return bad("missing key 'r'".into()) };
+    let Some(lora_alpha) = raw.lora_alpha else { return bad("missing key 'lora_alpha'".into()) };
+    if raw.use_dora || raw.fan_in_fan_out || !raw.rank_pattern.is_empty() || !raw.alpha_pattern.is_empty() {
+        return bad("DoRA, fan_in_fan_out, rank_pattern and alpha_pattern are not supported".into());
+    }
+    if raw.layers_to_transform.as_ref().is_some_and(|v| !v.is_null())
+        || raw.bias.as_deref().is_some_and(|b| b != "none")
+    {
+        return bad("layers_to_transform and LoRA biases are not supported".into());
+    }
+    let names: Vec<String> = match &raw.target_modules {
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+        Some(serde_json::Value::String(s)) => {
+            return bad(format!("target_modules is a pattern ('{s}'); loft reads a list of module names"))
+        }
+        _ => return bad("missing key 'target_modules'".into()),
+    };
+    let target_modules =
+        LoraConfig::parse_targets(&names).map_err(|e| Error::format(&config_path, format!("target_modules: {e}")))?;
+    let modules_to_save = raw.modules_to_save.unwrap_or_default();
+    for m in &modules_to_save {
+        if !matches!(m.as_str(), "embed_tokens" | "lm_head" | "model.embed_tokens") {
+            return bad(format!("modules_to_save holds '{m}'; loft trains embed_tokens and lm_head in full"));
+        }
+    }
+    let config = LoraConfig {
+        r,
+        lora_alpha,
+        lora_dropout: raw.lora_dropout,
+        use_rslora: raw.use_rslora,
+        target_modules,
+        train_embed_tokens: modules_to_save.iter().any(|m| m.ends_with("embed_tokens")),
+        train_lm_head: modules_to_save.iter().any(|m| m == "lm_head"),
+    };
+
+    let weights_path = dir.join(WEIGHTS_FILE);
+    let bytes = std::fs::read(&weights_path).map_err(|e| Error::io(&weights_path, e))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::format(&weights_path, format!("not a valid safetensors file: {e}")))?;
+    let read = |key: &str, shape: &[usize]| -> Result<Option<Vec<f32>>> {
+        let Ok(view) = st.tensor(key) else { return Ok(None) };
+        if view.shape() != shape {
+            return Err(Error::format(
+                &weights_path,
+                format!("tensor '{key}' has shape {:?}, the model needs {shape:?}", view.shape()),
+            ));
+        }
+        let data = view.data();
+        Ok(Some(match view.dtype() {
+            Dtype::F32 => data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            Dtype::F16 => data.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::BF16 => data.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            other => return Err(Error::format(&weights_path, format!("tensor '{key}' has dtype {other:?}"))),
+        }))
+    };
+    let cfg = &model.config;
+    let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+    let mut used = 0usize;
+    for l in 0..cfg.num_hidden_layers {
+        let mut mods: [Option<LoraWeights>; 7] = Default::default();
+        for &t in &config.target_modules {
+            let (o, i) = t.shape(cfg);
+            let mut w = LoraWeights::zeros(r, i, o, lora_alpha, config.use_rslora);
+            let (ka, kb) = (TensorName::LoraA(l, t).peft_key(), TensorName::LoraB(l, t).peft_key());
+            let missing = |k: &str| Error::format(&weights_path, format!("tensor '{k}' is missing"));
+            w.a = read(&ka, &[r, i])?.ok_or_else(|| missing(&ka))?;
+            w.b = read(&kb, &[o, r])?.ok_or_else(|| missing(&kb))?;
+            used += 2;
+            mods[t.index()] = Some(w);
+        }
+        layers.push(mods);
+    }
+    let (v, c) = (cfg.vocab_size, cfg.hidden_size);
+    let embed_tokens = if config.train_embed_tokens {
+        used += 1;
+        Some(read(&TensorName::EmbedTokens.peft_key(), &[v, c])?.ok_or_else(|| {
+            Error::format(&weights_path, "modules_to_save names embed_tokens but its tensor is missing")
+        })?)
+    } else {
+        None
+    };
+    // PEFT keeps its own copy of a trained lm_head even when the base ties it to the embedding.
+    let lm_head =
+        if config.train_lm_head {
+            used += 1;
+            Some(read(&TensorName::LmHead.peft_key(), &[v, c])?.ok_or_else(|| {
+                Error::format(&weights_path, "modules_to_save names lm_head but its tensor is missing")
+            })?)
+        } else {
+            None
+        };
+    if st.len() > used {
+        let known: Vec<String> = {
+            let mut k = Vec::new();
+            let a = Adapter { config: config.clone(), layers: layers.clone(), embed_tokens: None, lm_head: None };
+            a.for_each_tensor(|n, _| k.push(n.peft_key()));
+            k.push(TensorName::EmbedTokens.peft_key());
+            k.push(TensorName::LmHead.peft_key());
+            k
+        };
+        if let Some(extra) = st.names().into_iter().find(|n| !known.iter().any(|k| k == *n)) {
+            return Err(Error::hinted(
+                format!("{}: tensor '{extra}' is not part of a LoRA adapter loft understands", weights_path.display()),
+                "is this adapter for another architecture, or does it use layers_to_transform?",
+            ));
+        }
+    }
+    Ok(Adapter { config, layers, embed_tokens, lm_head })
+}
+
+/// Writes `adapter` (of a model with `hidden_size` channels) in PEFT's format into `dir` (created if needed);
+/// `base_model` goes to base_model_name_or_path.
+/// Both files are written under temporary names and renamed, so each is complete or absent.
+pub fn save_peft_adapter(adapter: &Adapter, hidden_size: usize, dir: &Path, base_model: &str) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let c = &adapter.config;
+    let mut modules_to_save = Vec::new();
+    if adapter.embed_tokens.is_some() {
+        modules_to_save.push("embed_tokens");
+    }
+    if adapter.lm_head.is_some() || (c.train_lm_head && adapter.embed_tokens.is_some()) {
+        modules_to_save.push("lm_head");
+    }
+    let config = serde_json::json!({
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model,
+        "r": c.r,
+        "lora_alpha": c.lora_alpha,
+        "lora_dropout": c.lora_dropout,
+        "use_rslora": c.use_rslora,
+        "target_modules": c.target_modules.iter().map(|t| t.name()).collect::<Vec<_>>(),
+        "modules_to_save": if modules_to_save.is_empty() { serde_json::Value::Null } else { modules_to_save.into() },
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "init_lora_weights": true,
+        "inference_mode": true,
+        "use_dora": false,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+    });
+    let mut tensors: BTreeMap<String, (Vec<usize>, Vec<u8>)> = BTreeMap::new();
+    adapter.for_each_tensor(|name, t| {
+        let shape = match name {
+            TensorName::LoraA(l, m) => adapter.layers[l][m.index()].as_ref().map(|w| vec![w.r, w.in_features]),
+            TensorName::LoraB(l, m) => adapter.layers[l][m.index()].as_ref().map(|w| vec![w.out_features, w.r]),
+            TensorName::EmbedTokens | TensorName::LmHead => Some(vec![t.len() / hidden_size, hidden_size]),
+        };
+        let shape = shape.expect("for_each_tensor visits existing tensors");
+        tensors.insert(name.peft_key(), (shape, t.iter().flat_map(|v| v.to_le_bytes()).collect()));
+    });
+    // A tied model trained through one shared matrix: PEFT stores the head as its own copy.
+    if c.train_lm_head && adapter.lm_head.is_none() {
+        if let Some(e) = tensors.get(&TensorName::EmbedTokens.peft_key()).cloned() {
+            tensors.insert(TensorName::LmHead.peft_key(), e);
+        }
+    }
+    let views: Vec<(String, TensorView<'_>)> = tensors
+        .iter()
+        .map(|(k, (shape, bytes))| {
+            TensorView::new(Dtype::F32, shape.clone(), bytes)
+                .map(|v| (k.clone(), v))
+                .map_err(|e| Error::Invalid(format!("tensor '{k}': {e}")))
+        })
+        .collect::<Result<_>>()?;
+    let weights = dir.join(WEIGHTS_FILE);
+    let tmp = dir.join(format!("{WEIGHTS_FILE}.tmp"));
+    let meta: Option<HashMap<String, String>> = Some([("format".to_string(), "pt".to_string())].into());
+    safetensors::tensor::serialize_to_file(views, meta, &tmp)
+        .map_err(|e| Error::format(&tmp, format!("cannot write safetensors: {e}")))?;
+    std::fs::rename(&tmp, &weights).map_err(|e| Error::io(&weights, e))?;
+    let cfg_path = dir.join(CONFIG_FILE);
+    let cfg_tmp = dir.join(format!("{CONFIG_FILE}.tmp"));
+    let text = serde_json::to_string_pretty(&config).map_err(|e| Error::format(&cfg_path, e.to_string()))?;
+    std::fs::write(&cfg_tmp, text + "\n").map_err(|e| Error::io(&cfg_tmp, e))?;
+    std::fs::rename(&cfg_tmp, &cfg_path).map_err(|e| Error::io(&cfg_path, e))
+}
