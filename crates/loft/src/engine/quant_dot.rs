@@ -1,5 +1,5 @@
 //! Dot products of one quantized weight row (ggml blocks) with an f32 vector, without dequantizing the row first.
-//! Q4_0, Q4_1 and Q8_0 have direct kernels, compiled twice (baseline and AVX2+FMA, chosen at run time); other
+//! Q4_0, Q4_1 and Q8_0 have direct kernels, portable and AVX2+FMA+F16C (chosen at run time); other
 //! types decode the row into scratch and take an f32 dot.
 
 use gguf::GgmlType;
@@ -21,7 +21,10 @@ pub fn dot(dtype: GgmlType, w: &[u8], x: &[f32], scratch: &mut Vec<f32>) -> f32 
 
 #[cfg(target_arch = "x86_64")]
 fn dispatch(w: &[u8], x: &[f32], fast: unsafe fn(&[u8], &[f32]) -> f32, baseline: fn(&[u8], &[f32]) -> f32) -> f32 {
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+    if std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+        && std::is_x86_feature_detected!("f16c")
+    {
         // SAFETY: the CPU supports the features the fast version was compiled for.
         unsafe { fast(w, x) }
     } else {
@@ -88,21 +91,130 @@ fn dot_q8_0_body(w: &[u8], x: &[f32]) -> f32 {
     acc.iter().sum()
 }
 
-macro_rules! avx2_versions {
-    ($($fast:ident => $body:ident),*) => {$(
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn $fast(w: &[u8], x: &[f32]) -> f32 {
-            $body(w, x)
+/// AVX2 kernels: nibbles or bytes widened to 8-lane f32 vectors, FMA against x, one block-scale FMA per block into
+/// a vector accumulator (no horizontal sum until the end).
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    unsafe fn half(b: &[u8], i: usize) -> f32 {
+        let bits = u16::from_le_bytes([b[i], b[i + 1]]) as i32;
+        // SAFETY (callers): compiled with f16c enabled.
+        unsafe { _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits))) }
+    }
+
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        unsafe {
+            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+            _mm_cvtss_f32(s)
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        unsafe fn $fast(w: &[u8], x: &[f32]) -> f32 {
-            $body(w, x)
+    }
+
+    /// 8 unsigned bytes → 8 f32.
+    #[inline(always)]
+    unsafe fn u8x8(v: __m128i) -> __m256 {
+        unsafe { _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)) }
+    }
+
+    /// 8 signed bytes → 8 f32.
+    #[inline(always)]
+    unsafe fn i8x8(v: __m128i) -> __m256 {
+        unsafe { _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)) }
+    }
+
+    /// Σ (q·d + m)·x = Σ_blocks d·Σ q·x + m·Σ x, for Q4_1 (20-byte blocks of 32).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q4_1(w: &[u8], x: &[f32]) -> f32 {
+        unsafe {
+            let (mut acc, mut accm) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            let mask = _mm_set1_epi8(0x0F);
+            for (b, xb) in w.chunks_exact(20).zip(x.chunks_exact(32)) {
+                let (d, m) = (_mm256_set1_ps(half(b, 0)), _mm256_set1_ps(half(b, 2)));
+                let qs = _mm_loadu_si128(b.as_ptr().add(4) as *const __m128i);
+                let lo = _mm_and_si128(qs, mask);
+                let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), mask);
+                let p = xb.as_ptr();
+                let (x0, x1, x2, x3) = (
+                    _mm256_loadu_ps(p),
+                    _mm256_loadu_ps(p.add(8)),
+                    _mm256_loadu_ps(p.add(16)),
+                    _mm256_loadu_ps(p.add(24)),
+                );
+                let mut s = _mm256_mul_ps(u8x8(lo), x0);
+                s = _mm256_fmadd_ps(u8x8(_mm_srli_si128(lo, 8)), x1, s);
+                s = _mm256_fmadd_ps(u8x8(hi), x2, s);
+                s = _mm256_fmadd_ps(u8x8(_mm_srli_si128(hi, 8)), x3, s);
+                acc = _mm256_fmadd_ps(d, s, acc);
+                accm = _mm256_fmadd_ps(m, _mm256_add_ps(_mm256_add_ps(x0, x1), _mm256_add_ps(x2, x3)), accm);
+            }
+            hsum(_mm256_add_ps(acc, accm))
         }
-    )*};
+    }
+
+    /// Σ (q − 8)·d·x for Q4_0 (18-byte blocks of 32).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q4_0(w: &[u8], x: &[f32]) -> f32 {
+        unsafe {
+            let mut acc = _mm256_setzero_ps();
+            let mask = _mm_set1_epi8(0x0F);
+            let eight = _mm256_set1_ps(8.0);
+            for (b, xb) in w.chunks_exact(18).zip(x.chunks_exact(32)) {
+                let d = _mm256_set1_ps(half(b, 0));
+                let qs = _mm_loadu_si128(b.as_ptr().add(2) as *const __m128i);
+                let lo = _mm_and_si128(qs, mask);
+                let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), mask);
+                let p = xb.as_ptr();
+                let q = |v: __m128i| _mm256_sub_ps(u8x8(v), eight);
+                let mut s = _mm256_mul_ps(q(lo), _mm256_loadu_ps(p));
+                s = _mm256_fmadd_ps(q(_mm_srli_si128(lo, 8)), _mm256_loadu_ps(p.add(8)), s);
+                s = _mm256_fmadd_ps(q(hi), _mm256_loadu_ps(p.add(16)), s);
+                s = _mm256_fmadd_ps(q(_mm_srli_si128(hi, 8)), _mm256_loadu_ps(p.add(24)), s);
+                acc = _mm256_fmadd_ps(d, s, acc);
+            }
+            hsum(acc)
+        }
+    }
+
+    /// Σ q·d·x for Q8_0 (34-byte blocks of 32 signed bytes).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q8_0(w: &[u8], x: &[f32]) -> f32 {
+        unsafe {
+            let mut acc = _mm256_setzero_ps();
+            for (b, xb) in w.chunks_exact(34).zip(x.chunks_exact(32)) {
+                let d = _mm256_set1_ps(half(b, 0));
+                let q = b.as_ptr().add(2);
+                let p = xb.as_ptr();
+                let load = |o: usize| i8x8(_mm_loadl_epi64(q.add(o) as *const __m128i));
+                let mut s = _mm256_mul_ps(load(0), _mm256_loadu_ps(p));
+                s = _mm256_fmadd_ps(load(8), _mm256_loadu_ps(p.add(8)), s);
+                s = _mm256_fmadd_ps(load(16), _mm256_loadu_ps(p.add(16)), s);
+                s = _mm256_fmadd_ps(load(24), _mm256_loadu_ps(p.add(24)), s);
+                acc = _mm256_fmadd_ps(d, s, acc);
+            }
+            hsum(acc)
+        }
+    }
 }
 
-avx2_versions!(dot_q4_0_avx2 => dot_q4_0_body, dot_q4_1_avx2 => dot_q4_1_body, dot_q8_0_avx2 => dot_q8_0_body);
+#[cfg(target_arch = "x86_64")]
+use avx2::{dot_q4_0 as dot_q4_0_avx2, dot_q4_1 as dot_q4_1_avx2, dot_q8_0 as dot_q8_0_avx2};
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn dot_q4_0_avx2(w: &[u8], x: &[f32]) -> f32 {
+    dot_q4_0_body(w, x)
+}
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn dot_q4_1_avx2(w: &[u8], x: &[f32]) -> f32 {
+    dot_q4_1_body(w, x)
+}
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn dot_q8_0_avx2(w: &[u8], x: &[f32]) -> f32 {
+    dot_q8_0_body(w, x)
+}
 
 #[cfg(test)]
 mod tests {
