@@ -48,10 +48,10 @@ pub struct SamplingArgs {
 
 impl SamplingArgs {
     pub fn options(&self, loaded: &LoadedModel) -> loft::Result<GenerateOptions> {
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+        if self.top_p.is_nan() || self.top_p <= 0.0 || self.top_p > 1.0 {
             return Err(Error::hinted(format!("--top-p {} is out of range", self.top_p), "use a value in (0, 1]"));
         }
-        if !(self.temperature >= 0.0) || !self.temperature.is_finite() {
+        if !self.temperature.is_finite() || self.temperature < 0.0 {
             return Err(Error::hinted(
                 format!("--temperature {} is out of range", self.temperature),
                 "use 0 for greedy, or a positive value",

@@ -1,5 +1,6 @@
 //! The `loft` binary end to end: what users see on stdout and stderr, on the real default model and on broken
 //! input. Text users see is compared with snapshots in tests/snapshots/ (rewrite them with UPDATE_SNAPSHOTS=1).
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

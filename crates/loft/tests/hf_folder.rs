@@ -1,5 +1,6 @@
 //! A Hugging Face folder made from the default model (dequantized, Q/K un-permuted, safetensors + config.json +
 //! tokenizer files) loads back and gives the same numbers as the GGUF; hub ids fail clearly when offline.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
 mod common;
 

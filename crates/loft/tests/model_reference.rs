@@ -1,5 +1,6 @@
 //! The Llama forward pass against numbers measured with PyTorch (transformers 5.24, torch 2.15, fp32) on the
 //! default model, from ../shared/reference/smollm2-135m.json.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
 mod common;
 

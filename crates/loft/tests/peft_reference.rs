@@ -1,6 +1,7 @@
 //! Against PyTorch + PEFT: a tiny random Llama (GQA, tied embeddings) and two PEFT-written adapters, produced by
 //! scripts/make_peft_fixture.py (see tests/fixtures/peft_tiny/README.md). loft reads the adapters as PEFT wrote
 //! them and reproduces PEFT's loss and the gradient of every trained tensor; its own PEFT files read back equal.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
 use std::path::PathBuf;
 

@@ -1,5 +1,6 @@
 //! The forward pass on tiny random models against a plain f64 implementation of the transformers definition;
 //! loading from GGUF (with llama.cpp's Q/K permutation) and the errors for broken files.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The LoRA training forward/backward of a whole model: gradients against finite differences on a tiny model
 //! (2 layers, GQA, tied head) through the LoRA parameters and the trained embedding; checkpointing and
 //! micro-batching change nothing; on the default model the training loss equals the evaluation loss.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
 mod common;
 
@@ -159,7 +160,7 @@ fn training_loss_equals_evaluation_loss_on_the_default_model() {
         let eval = nll.iter().sum::<f64>() / nll.len() as f64;
         let a = Adapter::new(LoraConfig::default(), &model, 1).unwrap();
         let labels: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
-        let b = Batch::from_rows(&[ids.clone()], &[labels]);
+        let b = Batch::from_rows(std::slice::from_ref(&ids), &[labels]);
         let mut grads = a.zeros_like();
         let mut arena = TrainArena::new(&model, &a, 1, ids.len(), true);
         let (sum, n) = forward_backward(&model, &a, &mut grads, &mut arena, &b, 1.0 / 127.0, 0).unwrap();

@@ -82,6 +82,7 @@ unsafe fn gemm_strided(
 }
 
 /// y[N,M] = (accumulate ? y : 0) + alpha · x[N,K] · w[M,K]ᵀ
+#[allow(clippy::too_many_arguments)]
 pub fn matmul_nt(y: &mut [f32], x: &[f32], w: &[f32], n: usize, k: usize, m: usize, alpha: f32, accumulate: bool) {
     assert!(y.len() >= n * m && x.len() >= n * k && w.len() >= m * k, "matmul_nt: operand too small");
     // SAFETY: lengths checked above for the contiguous row-major layouts.
@@ -89,6 +90,7 @@ pub fn matmul_nt(y: &mut [f32], x: &[f32], w: &[f32], n: usize, k: usize, m: usi
 }
 
 /// y[N,K] = (accumulate ? y : 0) + alpha · x[N,M] · w[M,K]
+#[allow(clippy::too_many_arguments)]
 pub fn matmul_nn(y: &mut [f32], x: &[f32], w: &[f32], n: usize, m: usize, k: usize, alpha: f32, accumulate: bool) {
     assert!(y.len() >= n * k && x.len() >= n * m && w.len() >= m * k, "matmul_nn: operand too small");
     // SAFETY: lengths checked above for the contiguous row-major layouts.
@@ -96,6 +98,7 @@ pub fn matmul_nn(y: &mut [f32], x: &[f32], w: &[f32], n: usize, m: usize, k: usi
 }
 
 /// y[M,K] = (accumulate ? y : 0) + alpha · x[N,M]ᵀ · z[N,K]
+#[allow(clippy::too_many_arguments)]
 pub fn matmul_tn(y: &mut [f32], x: &[f32], z: &[f32], n: usize, m: usize, k: usize, alpha: f32, accumulate: bool) {
     assert!(y.len() >= m * k && x.len() >= n * m && z.len() >= n * k, "matmul_tn: operand too small");
     // SAFETY: lengths checked above for the contiguous row-major layouts.

@@ -1,5 +1,5 @@
 //! Paths to the default model and the reference numbers, shared by the integration tests.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::path::PathBuf;
 
