@@ -22,31 +22,30 @@ pub fn attention_forward_cached(
     let group = nh / nkv;
     let scale = 1.0 / (d as f32).sqrt();
     debug_assert!(out.len() == t * qd && q.len() == t * qd && k.len() >= (p0 + t) * kvd && v.len() >= (p0 + t) * kvd);
-    out.par_chunks_mut(qd).zip(q.par_chunks(qd)).enumerate().for_each(|(ti, (orow, qrow))| {
+    // One task per (query row, head): decoding has a single row, and its heads still spread over the threads.
+    out.par_chunks_mut(d).zip(q.par_chunks(d)).enumerate().for_each_init(Vec::new, |scores, (task, (oh, qh))| {
+        let (ti, h) = (task / nh, task % nh);
         let seen = p0 + ti + 1;
-        let mut scores = vec![0.0f32; seen];
-        for h in 0..nh {
-            let g = h / group;
-            let qh = &qrow[h * d..(h + 1) * d];
-            let mut max = f32::NEG_INFINITY;
-            for (j, s) in scores.iter_mut().enumerate() {
-                let kj = &k[j * kvd + g * d..j * kvd + (g + 1) * d];
-                *s = dot(qh, kj) * scale;
-                max = max.max(*s);
-            }
-            let mut sum = 0.0f32;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            let oh = &mut orow[h * d..(h + 1) * d];
-            oh.fill(0.0);
-            for (j, &p) in scores.iter().enumerate() {
-                let vj = &v[j * kvd + g * d..j * kvd + (g + 1) * d];
-                let p = p / sum;
-                for (o, &x) in oh.iter_mut().zip(vj) {
-                    *o += p * x;
-                }
+        let g = h / group;
+        scores.clear();
+        let mut max = f32::NEG_INFINITY;
+        for j in 0..seen {
+            let s = dot(qh, &k[j * kvd + g * d..j * kvd + (g + 1) * d]) * scale;
+            max = max.max(s);
+            scores.push(s);
+        }
+        let mut sum = 0.0f32;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        oh.fill(0.0);
+        let inv = 1.0 / sum;
+        for (j, &p) in scores.iter().enumerate() {
+            let vj = &v[j * kvd + g * d..j * kvd + (g + 1) * d];
+            let p = p * inv;
+            for (o, &x) in oh.iter_mut().zip(vj) {
+                *o += p * x;
             }
         }
     });
