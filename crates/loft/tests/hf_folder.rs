@@ -70,3 +70,20 @@ fn an_unreachable_hub_id_fails_with_a_hint() {
     assert!(msg.contains("loft-tests/no-such-model") && msg.contains("config.json"), "{msg}");
     assert!(err.hint().unwrap_or("").contains("--model"), "{:?}", err.hint());
 }
+
+#[test]
+fn a_truncated_safetensors_file_is_a_one_line_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("broken");
+    std::fs::create_dir(&folder).unwrap();
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/peft_tiny/base");
+    std::fs::copy(fixture.join("config.json"), folder.join("config.json")).unwrap();
+    let bytes = std::fs::read(fixture.join("model.safetensors")).unwrap();
+    std::fs::write(folder.join("model.safetensors"), &bytes[..bytes.len() - 100]).unwrap();
+    let err = match loft::model::load_base(folder.to_str().unwrap(), false) {
+        Ok(_) => panic!("loaded a truncated file"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("model.safetensors") && err.contains("not a valid safetensors file"), "{err}");
+    assert!(!err.contains('\n'), "{err}");
+}
