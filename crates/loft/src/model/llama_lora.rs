@@ -268,10 +268,10 @@ fn head_matrix<'a>(model: &'a Llama, adapter: &'a Adapter) -> VocabMatrix<'a> {
     }
 }
 
-/// Dropout for module `m` of layer `l` in the micro-batch seeded `seed`: the same in the forward, the recompute
-/// and the backward.
-fn dropout_for(adapter: &Adapter, seed: u64, l: usize, m: usize) -> Option<LoraDropout> {
-    let p = adapter.config.lora_dropout;
+/// Dropout for module `m` of layer `l` in the micro-batch seeded `seed` (None: evaluation, no dropout): the same
+/// in the forward, the recompute and the backward.
+fn dropout_for(adapter: &Adapter, seed: Option<u64>, l: usize, m: usize) -> Option<LoraDropout> {
+    let (p, seed) = (adapter.config.lora_dropout, seed?);
     (p > 0.0).then(|| LoraDropout { p, seed: SplitMix64::new(seed ^ ((l * 7 + m) as u64) << 20).next_u64() })
 }
 
@@ -345,7 +345,7 @@ fn block_forward(
     cos: &[f32],
     sin: &[f32],
     batch: &Batch,
-    seed: u64,
+    seed: Option<u64>,
 ) {
     let cfg = &model.config;
     let layer = &model.weights.layers[l];
@@ -418,7 +418,7 @@ fn block_backward(
     let lgrads = &mut grads.layers[l];
     let dm = &dims_of(model, adapter).0;
     let (n, b, t) = (batch.b * batch.t, batch.b, batch.t);
-    let drop = |m: TargetModule| dropout_for(adapter, seed, l, m.index());
+    let drop = |m: TargetModule| dropout_for(adapter, Some(seed), l, m.index());
     let [xa_q, xa_k, xa_v, xa_o, xa_gate, xa_up, xa_down] = &a.xa;
 
     // MLP: x_out = x_mid + down(act), act = silu(gate)·up, gate/up = lin(h2), h2 = rmsnorm(x_mid)
@@ -482,7 +482,7 @@ fn check_batch(model: &Llama, arena: &TrainArena, batch: &Batch) -> Result<()> {
 }
 
 /// Runs the blocks forward, filling the arena (all layers, or only the block inputs with checkpointing).
-fn forward_blocks(model: &Llama, adapter: &Adapter, arena: &mut TrainArena, batch: &Batch, seed: u64) {
+fn forward_blocks(model: &Llama, adapter: &Adapter, arena: &mut TrainArena, batch: &Batch, seed: Option<u64>) {
     let c = model.config.hidden_size;
     let (cos, sin) = model.rope.tables(batch.positions.iter().map(|&p| p as usize));
     arena.cos.copy_from_slice(&cos);
@@ -520,14 +520,7 @@ fn forward_blocks(model: &Llama, adapter: &Adapter, arena: &mut TrainArena, batc
 /// Loss only (evaluation): (Σ of the target tokens' negative log-likelihood, number of target tokens).
 pub fn loss(model: &Llama, adapter: &Adapter, arena: &mut TrainArena, batch: &Batch) -> Result<(f64, usize)> {
     check_batch(model, arena, batch)?;
-    // Dropout is off in evaluation: a copy of the config with p = 0 would allocate; use a seed-independent path by
-    // evaluating with dropout disabled through the adapter's config.
-    if adapter.config.lora_dropout > 0.0 {
-        let mut no_dropout = adapter.clone();
-        no_dropout.config.lora_dropout = 0.0;
-        return loss(model, &no_dropout, arena, batch);
-    }
-    forward_blocks(model, adapter, arena, batch, 0);
+    forward_blocks(model, adapter, arena, batch, None);
     let c = model.config.hidden_size;
     Ok(cross_entropy_forward(&mut arena.ce, &arena.h_f, head_matrix(model, adapter), &batch.targets, c))
 }
@@ -546,7 +539,7 @@ pub fn forward_backward(
 ) -> Result<(f64, usize)> {
     check_batch(model, arena, batch)?;
     let (c, n, layers) = (model.config.hidden_size, batch.b * batch.t, model.config.num_hidden_layers);
-    forward_blocks(model, adapter, arena, batch, seed);
+    forward_blocks(model, adapter, arena, batch, Some(seed));
 
     // Head and loss: the head's gradient goes to the trained head (lm_head, or the tied embedding) if any.
     let tied_trained = adapter.lm_head.is_none() && matches!(head_matrix(model, adapter), VocabMatrix::Trained(_));
@@ -593,7 +586,7 @@ pub fn forward_backward(
                 &arena.cos,
                 &arena.sin,
                 batch,
-                seed,
+                Some(seed),
             );
             arena.h_f = scratch_out;
             &arena.acts[0]

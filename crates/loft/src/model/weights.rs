@@ -209,55 +209,38 @@ fn required(src: &dyn TensorSource, hf_name: &str, shape: &[usize]) -> Result<Ve
 }
 
 /// llama.cpp's converter reorders each head's Q and K rows so that RoPE rotates adjacent pairs: the GGUF row
-/// `h·D + 2i + j` holds the Hugging Face row `h·D + j·D/2 + i` (i < D/2, j ∈ {0, 1}). This undoes that.
-pub fn unpermute_rope_rows(w: &[f32], n_heads: usize, cols: usize) -> Vec<f32> {
-    let d = w.len() / cols / n_heads;
+/// `h·D + 2i + j` holds the Hugging Face row `h·D + j·D/2 + i` (i < D/2, j ∈ {0, 1}). Rows of `row_len` elements
+/// move whole, so this works on f32 rows and on packed quantized rows (bytes) alike.
+fn reorder_rope_rows<T: Copy + Default>(w: &[T], n_heads: usize, row_len: usize, to_hf: bool) -> Vec<T> {
+    let d = w.len() / row_len / n_heads;
     let half = d / 2;
-    let mut out = vec![0.0; w.len()];
+    let mut out = vec![T::default(); w.len()];
     for h in 0..n_heads {
         for i in 0..half {
             for j in 0..2 {
-                let src = (h * d + 2 * i + j) * cols;
-                let dst = (h * d + j * half + i) * cols;
-                out[dst..dst + cols].copy_from_slice(&w[src..src + cols]);
+                let gguf_row = (h * d + 2 * i + j) * row_len;
+                let hf_row = (h * d + j * half + i) * row_len;
+                let (src, dst) = if to_hf { (gguf_row, hf_row) } else { (hf_row, gguf_row) };
+                out[dst..dst + row_len].copy_from_slice(&w[src..src + row_len]);
             }
         }
     }
     out
+}
+
+/// GGUF (llama.cpp) row order → Hugging Face row order, f32 rows of `cols`.
+pub fn unpermute_rope_rows(w: &[f32], n_heads: usize, cols: usize) -> Vec<f32> {
+    reorder_rope_rows(w, n_heads, cols, true)
 }
 
 /// [`unpermute_rope_rows`] on packed rows of `row_bytes` bytes (quantized blocks move with their row).
 pub fn unpermute_rope_rows_bytes(w: &[u8], n_heads: usize, row_bytes: usize) -> Vec<u8> {
-    let d = w.len() / row_bytes / n_heads;
-    let half = d / 2;
-    let mut out = vec![0u8; w.len()];
-    for h in 0..n_heads {
-        for i in 0..half {
-            for j in 0..2 {
-                let src = (h * d + 2 * i + j) * row_bytes;
-                let dst = (h * d + j * half + i) * row_bytes;
-                out[dst..dst + row_bytes].copy_from_slice(&w[src..src + row_bytes]);
-            }
-        }
-    }
-    out
+    reorder_rope_rows(w, n_heads, row_bytes, true)
 }
 
 /// The inverse of [`unpermute_rope_rows`]: Hugging Face rows into llama.cpp's order (for GGUF export).
 pub fn permute_rope_rows(w: &[f32], n_heads: usize, cols: usize) -> Vec<f32> {
-    let d = w.len() / cols / n_heads;
-    let half = d / 2;
-    let mut out = vec![0.0; w.len()];
-    for h in 0..n_heads {
-        for i in 0..half {
-            for j in 0..2 {
-                let dst = (h * d + 2 * i + j) * cols;
-                let src = (h * d + j * half + i) * cols;
-                out[dst..dst + cols].copy_from_slice(&w[src..src + cols]);
-            }
-        }
-    }
-    out
+    reorder_rope_rows(w, n_heads, cols, false)
 }
 
 #[cfg(test)]
