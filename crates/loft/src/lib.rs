@@ -4,6 +4,7 @@
 //! `chat_template` (text to ids), `engine` (kernels: forward and backward), `infer` (generation, evaluation).
 
 pub mod chat_template;
+pub mod data;
 pub mod engine;
 pub mod error;
 pub mod export;
