@@ -5,6 +5,7 @@ mod chat;
 mod eval;
 mod generate;
 mod inspect;
+mod merge;
 mod model_args;
 
 use std::process::ExitCode;
@@ -32,6 +33,8 @@ enum Command {
     Eval(eval::Args),
     /// Show what a model file or folder holds: metadata, tokenizer, tensors.
     Inspect(inspect::Args),
+    /// Merge a LoRA adapter into its base and write a Hugging Face folder (--adapter, --out, --dtype).
+    Merge(merge::Args),
     /// Reproducible throughput figures.
     #[command(subcommand)]
     Bench(bench::Command),
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
         Command::Chat(a) => chat::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Merge(a) => merge::run(a),
         Command::Bench(c) => bench::run(c),
     };
     match result {

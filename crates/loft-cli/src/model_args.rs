@@ -14,13 +14,17 @@ pub struct ModelArgs {
     /// the ids transformers gets when it loads a GGUF, which ignores that name.
     #[arg(long, value_name = "NAME")]
     pub tokenizer_pre: Option<String>,
+    /// A LoRA adapter folder in PEFT's format (adapter_config.json + adapter_model.safetensors), merged into the
+    /// model in memory.
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<std::path::PathBuf>,
 }
 
 impl ModelArgs {
     /// Loads the model, reporting the time taken on stderr.
     pub fn load(&self) -> loft::Result<LoadedModel> {
         let start = Instant::now();
-        let options = LoadOptions { tokenizer_pre: self.tokenizer_pre.clone() };
+        let options = LoadOptions { tokenizer_pre: self.tokenizer_pre.clone(), adapter: self.adapter.clone() };
         let loaded = LoadedModel::load_with(&self.model, &options)?;
         let cfg = &loaded.model.config;
         eprintln!(

@@ -141,3 +141,45 @@ fn bad_input_gives_one_line_errors() {
         assert_clean_error(&out, &["--top-p"]);
     }
 }
+
+#[test]
+fn adapter_in_eval_equals_the_merged_folder() {
+    let Some(model) = default_model() else { return };
+    // An adapter for the default model with non-zero B, written in PEFT's format.
+    let base = loft::model::load_base(&model, false).unwrap();
+    let config = loft::lora::LoraConfig { r: 4, lora_alpha: 8.0, ..Default::default() };
+    let mut adapter = loft::lora::Adapter::new(config, &base, 3).unwrap();
+    let mut rng = loft::infer::sample::SplitMix64::new(4);
+    adapter.for_each_tensor_mut(|name, t| {
+        if matches!(name, loft::lora::TensorName::LoraB(..)) {
+            t.iter_mut().for_each(|v| *v = (rng.next_f64() as f32 - 0.5) * 0.2);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let adapter_dir = dir.path().join("adapter");
+    loft::lora::peft::save_peft_adapter(&adapter, base.config.hidden_size, &adapter_dir, &model).unwrap();
+    let a = adapter_dir.to_str().unwrap();
+    let licence = reference_dir().join("apache-2.0.txt");
+    let t = licence.to_str().unwrap();
+    let eval = |m: &str, extra: &[&str]| -> f64 {
+        let mut args = vec!["eval", "--model", m, "--text", t, "--max-tokens", "256", "--json"];
+        args.extend_from_slice(extra);
+        let out = loft(&args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+        v["loss"].as_f64().unwrap()
+    };
+    let base_loss = eval(&model, &[]);
+    let with_adapter = eval(&model, &["--adapter", a]);
+    assert!((with_adapter - base_loss).abs() > 1e-3, "the adapter changed nothing ({base_loss} vs {with_adapter})");
+
+    let merged = dir.path().join("merged");
+    let out = loft(&["merge", "--model", &model, "--adapter", a, "--out", merged.to_str().unwrap(), "--dtype", "f32"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let merged_loss = eval(merged.to_str().unwrap(), &[]);
+    eprintln!("base {base_loss:.6}, --adapter {with_adapter:.6}, merged folder {merged_loss:.6}");
+    assert!((merged_loss - with_adapter).abs() < 1e-4, "merged {merged_loss} vs --adapter {with_adapter}");
+
+    let again = loft(&["merge", "--model", &model, "--adapter", a, "--out", merged.to_str().unwrap()]);
+    assert_clean_error(&again, &["already exists"]);
+}

@@ -116,3 +116,29 @@ fn broken_adapters_name_the_problem() {
     let err = load_peft_adapter(dir.path(), &model).unwrap_err().to_string();
     assert!(err.contains("lora_alpha"), "{err}");
 }
+
+#[test]
+fn merged_adapters_give_pefts_logits() {
+    let bytes = std::fs::read(fixture().join("expected.safetensors")).unwrap();
+    let expected = SafeTensors::deserialize(&bytes).unwrap();
+    let batch = batch();
+    let (b, t) = (batch.b, batch.t);
+    for dir in ["base", "adapter", "adapter_rslora_embed"] {
+        let mut model = load_base(fixture().join("base").to_str().unwrap(), false).unwrap();
+        if dir != "base" {
+            let adapter = load_peft_adapter(&fixture().join(dir), &model).unwrap();
+            loft::lora::merge::merge_adapter(&mut model, &adapter).unwrap();
+        }
+        let want = f32s(&expected, &format!("{dir}/logits"));
+        let mut got = Vec::new();
+        for row in 0..b {
+            let ids = &batch.input_ids[row * t..(row + 1) * t];
+            let mut cache = loft::model::KvCache::new(&model.config, t);
+            let hidden = model.forward(ids, &mut cache).unwrap();
+            got.extend(model.logits(&hidden));
+        }
+        let e = rel_l2(&got, &want);
+        eprintln!("{dir}: logits relative L2 error {e:.2e}");
+        assert!(e < 1e-5, "{dir}: logits differ from PEFT's by {e}");
+    }
+}

@@ -2,4 +2,4 @@
 
 pub mod hf_folder;
 
-pub use hf_folder::{write_hf_folder, WeightDtype};
+pub use hf_folder::{write_hf_folder, WeightDtype, DEFAULT_MAX_SHARD_BYTES};

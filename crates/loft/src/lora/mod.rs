@@ -1,6 +1,7 @@
 //! LoRA adapters as PEFT defines them: which modules are adapted, their A/B matrices, and the embedding and head
 //! when they are trained in full (PEFT's `modules_to_save`).
 
+pub mod merge;
 pub mod peft;
 
 use crate::engine::LoraWeights;

@@ -69,6 +69,8 @@ pub struct LoadOptions {
     /// Replaces a GGUF's `tokenizer.ggml.pre` (e.g. "gpt-2" reproduces transformers' GGUF loader, which ignores
     /// the pre-tokenizer name; by default loft splits text as llama.cpp does).
     pub tokenizer_pre: Option<String>,
+    /// A PEFT LoRA adapter folder to merge into the weights after loading (f32 for the adapted matrices).
+    pub adapter: Option<PathBuf>,
 }
 
 impl LoadedModel {
@@ -90,6 +92,11 @@ impl LoadedModel {
                 load_hf_folder(p)?
             }
         };
+        let mut model = model;
+        if let Some(dir) = &options.adapter {
+            let adapter = crate::lora::peft::load_peft_adapter(dir, &model)?;
+            crate::lora::merge::merge_adapter(&mut model, &adapter)?;
+        }
         Ok(LoadedModel { path, model, tokenizer })
     }
 }
