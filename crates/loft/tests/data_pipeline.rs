@@ -449,3 +449,44 @@ fn packing_a_real_dataset_keeps_every_target() {
     assert_eq!(padded.iter().map(|b| b.n_targets()).sum::<usize>(), stats.target_tokens);
     assert!(batches.iter().map(|b| b.b).sum::<usize>() < padded.iter().map(|b| b.b).sum::<usize>());
 }
+
+/// A tokenizer that asks for BOS (Llama-3's, from llama.cpp's vocabulary tests): BOS goes first, untrained,
+/// unless the rendered text already starts with it.
+#[test]
+fn bos_is_added_once_where_the_tokenizer_asks() {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/llama.cpp/models/ggml-vocab-llama-bpe.gguf");
+    if !path.is_file() {
+        eprintln!("SKIPPED: {} is missing; run scripts/fetch.sh vocab", path.display());
+        return;
+    }
+    let tok = Tokenizer::from_gguf(&gguf::GgufFile::open(&path).unwrap()).unwrap();
+    assert!(tok.add_bos());
+    let (bos, eos) = (tok.bos_id().unwrap(), tok.eos_id().unwrap());
+    let tokens = SpecialTokens::from_tokenizer(&tok);
+
+    let f = Formatter::new(Format::Text { template: "{title}: {body}".into() }, &tokens, true).unwrap();
+    let ex = f.format(&records("articles.csv")[0]).unwrap();
+    let t = tokenize(&tok, &ex, &opts(64));
+    assert_eq!(t.ids[0], bos);
+    assert_eq!(t.labels[0], IGNORE);
+    assert_eq!(*t.ids.last().unwrap(), eos);
+    assert_eq!(&t.ids[1..t.ids.len() - 1], tok.encode("First: One, two", false, false).as_slice());
+    assert!(t.labels[1..].iter().zip(&t.ids[1..]).all(|(&l, &i)| l == i as i32), "CPT text is trained in full");
+
+    let f = Formatter::new(Format::Chat { chat_template: Some("llama3".into()) }, &tokens, true).unwrap();
+    let ex = f.format(&records("chat.json")[0]).unwrap();
+    assert!(ex.text().starts_with("<|begin_of_text|><|start_header_id|>user"));
+    let t = tokenize(&tok, &ex, &opts(256));
+    assert_eq!(t.ids.iter().filter(|&&i| i == bos).count(), 1, "the template's BOS, not a second one");
+    let trained: Vec<u32> = t.labels.iter().filter(|&&l| l >= 0).map(|&l| l as u32).collect();
+    assert_eq!(tok.decode(&trained, false), "Hello! How can I help?<|eot_id|><|end_of_text|>");
+}
+
+#[test]
+fn json_array_syntax_error_names_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(dir.path(), "bad.json", "[\n  {\"a\": 1},\n  {\"a\": 2,}\n]\n");
+    let msg = error_text(read_records(&[p], &SourceOptions::default()));
+    assert!(msg.contains("bad.json:3: "), "{msg}");
+}
