@@ -490,3 +490,31 @@ fn json_array_syntax_error_names_line() {
     let msg = error_text(read_records(&[p], &SourceOptions::default()));
     assert!(msg.contains("bad.json:3: "), "{msg}");
 }
+
+#[test]
+fn prepare_runs_every_stage() {
+    let Some(tok) = tokenizer() else { return };
+    let (examples, stats) = loft::data::prepare(
+        &[fixture("alpaca.jsonl")],
+        &SourceOptions::default(),
+        Format::Alpaca,
+        true,
+        &tok,
+        &opts(512),
+    )
+    .unwrap();
+    assert_eq!(examples.len(), 2);
+    assert_eq!((stats.examples, stats.truncated, stats.dropped), (2, 0, 0));
+    assert!(examples.iter().all(|e| *e.labels.last().unwrap() == 2));
+    assert!(loft::data::pad_id(&tok) < tok.vocab_size() as u32);
+
+    let msg = error_text(loft::data::prepare(
+        &[fixture("articles.csv")],
+        &SourceOptions::default(),
+        Format::Text { template: "{heading}\n{body}".into() },
+        true,
+        &tok,
+        &opts(512),
+    ));
+    assert!(msg.contains("unknown placeholder {heading}"), "{msg}");
+}
