@@ -3,6 +3,7 @@
 mod bench;
 mod chat;
 mod eval;
+mod export;
 mod generate;
 mod inspect;
 mod merge;
@@ -35,6 +36,9 @@ enum Command {
     Inspect(inspect::Args),
     /// Merge a LoRA adapter into its base and write a Hugging Face folder (--adapter, --out, --dtype).
     Merge(merge::Args),
+    /// Write the model (and a merged adapter) for other tools: `loft export gguf`.
+    #[command(subcommand)]
+    Export(export::Command),
     /// Reproducible throughput figures.
     #[command(subcommand)]
     Bench(bench::Command),
@@ -54,6 +58,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => eval::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Merge(a) => merge::run(a),
+        Command::Export(c) => export::run(c),
         Command::Bench(c) => bench::run(c),
     };
     match result {

@@ -1,0 +1,195 @@
+//! Writing a model as a llama.cpp GGUF: llama.cpp's tensor names and metadata keys (from `gguf::names`), Q/K rows
+//! permuted into llama.cpp's RoPE order, the tokenizer (tokens, types, merges or scores, pre-tokenizer name,
+//! special ids, add_bos) and the chat template inside, weights in the chosen block type. A tensor whose rows the
+//! block type cannot hold falls back to F16 (llama.cpp falls back too), and the fallback is reported.
+
+use std::path::Path;
+
+use gguf::names as n;
+use gguf::{GgmlType, GgufWriter, Value, ValueType};
+
+use crate::error::{Error, Result};
+use crate::model::config::RopeScaling;
+use crate::model::weights::permute_rope_rows;
+use crate::model::Llama;
+use crate::tokenizer::Tokenizer;
+
+/// The element type of the exported weight matrices (norms stay F32).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GgufQuant {
+    F32,
+    F16,
+    Q8_0,
+    Q4_0,
+}
+
+impl GgufQuant {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "f32" => Some(GgufQuant::F32),
+            "f16" => Some(GgufQuant::F16),
+            "q8_0" => Some(GgufQuant::Q8_0),
+            "q4_0" => Some(GgufQuant::Q4_0),
+            _ => None,
+        }
+    }
+
+    fn ggml(self) -> GgmlType {
+        match self {
+            GgufQuant::F32 => GgmlType::F32,
+            GgufQuant::F16 => GgmlType::F16,
+            GgufQuant::Q8_0 => GgmlType::Q8_0,
+            GgufQuant::Q4_0 => GgmlType::Q4_0,
+        }
+    }
+
+    /// llama.cpp's `llama_ftype` number for `general.file_type`.
+    fn file_type(self) -> u32 {
+        match self {
+            GgufQuant::F32 => 0,
+            GgufQuant::F16 => 1,
+            GgufQuant::Q4_0 => 2,
+            GgufQuant::Q8_0 => 7,
+        }
+    }
+}
+
+/// Writes `model` + `tokenizer` to `out` (complete or absent). Returns one line per tensor that fell back to
+/// another type.
+pub fn write_gguf_model(
+    out: &Path,
+    model: &Llama,
+    tokenizer: &Tokenizer,
+    quant: GgufQuant,
+    name: &str,
+) -> Result<Vec<String>> {
+    let cfg = &model.config;
+    let vocab = tokenizer
+        .to_vocab()
+        .ok_or_else(|| Error::Invalid("this tokenizer has no GGUF form (tokens, types, merges)".to_string()))?;
+    let arch = n::ARCH_LLAMA;
+    let mut g = GgufWriter::new();
+    let u32v = |v: usize| Value::U32(v as u32);
+    g.add(n::GENERAL_ARCHITECTURE, Value::String(arch.into()));
+    g.add(n::GENERAL_NAME, Value::String(name.into()));
+    g.add(n::GENERAL_FILE_TYPE, Value::U32(quant.file_type()));
+    if !matches!(quant, GgufQuant::F32 | GgufQuant::F16) {
+        g.add(n::GENERAL_QUANTIZATION_VERSION, Value::U32(2));
+    }
+    g.add(n::context_length(arch), u32v(cfg.max_position_embeddings));
+    g.add(n::embedding_length(arch), u32v(cfg.hidden_size));
+    g.add(n::block_count(arch), u32v(cfg.num_hidden_layers));
+    g.add(n::feed_forward_length(arch), u32v(cfg.intermediate_size));
+    g.add(n::rope_dimension_count(arch), u32v(cfg.head_dim));
+    g.add(n::attention_head_count(arch), u32v(cfg.num_attention_heads));
+    g.add(n::attention_head_count_kv(arch), u32v(cfg.num_key_value_heads));
+    if cfg.head_dim * cfg.num_attention_heads != cfg.hidden_size {
+        g.add(n::attention_key_length(arch), u32v(cfg.head_dim));
+        g.add(n::attention_value_length(arch), u32v(cfg.head_dim));
+    }
+    g.add(n::attention_layer_norm_rms_epsilon(arch), Value::F32(cfg.rms_norm_eps));
+    g.add(n::rope_freq_base(arch), Value::F32(cfg.rope_theta));
+    g.add(n::vocab_size(arch), u32v(cfg.vocab_size));
+    if let Some(RopeScaling::Linear { factor }) = &cfg.rope_scaling {
+        g.add(n::rope_scaling_type(arch), Value::String("linear".into()));
+        g.add(n::rope_scaling_factor(arch), Value::F32(*factor));
+    }
+
+    // Tokenizer, as llama.cpp reads it.
+    let strings = |v: &[String]| Value::Array(ValueType::String, v.iter().map(|s| Value::String(s.clone())).collect());
+    g.add(n::TOKENIZER_MODEL, Value::String(vocab.model.clone()));
+    if let Some(pre) = &vocab.pre {
+        g.add(n::TOKENIZER_PRE, Value::String(pre.clone()));
+    }
+    g.add(n::TOKENIZER_TOKENS, strings(&vocab.tokens));
+    g.add(
+        n::TOKENIZER_TOKEN_TYPE,
+        Value::Array(ValueType::I32, vocab.token_types.iter().map(|&t| Value::I32(t)).collect()),
+    );
+    if !vocab.scores.is_empty() {
+        g.add(n::TOKENIZER_SCORES, Value::Array(ValueType::F32, vocab.scores.iter().map(|&s| Value::F32(s)).collect()));
+    }
+    if !vocab.merges.is_empty() {
+        g.add(n::TOKENIZER_MERGES, strings(&vocab.merges));
+    }
+    for (key, id) in [
+        (n::TOKENIZER_BOS_ID, vocab.bos),
+        (n::TOKENIZER_EOS_ID, vocab.eos),
+        (n::TOKENIZER_UNK_ID, vocab.unk),
+        (n::TOKENIZER_PAD_ID, vocab.pad),
+        (n::TOKENIZER_EOT_ID, vocab.eot),
+    ] {
+        if let Some(id) = id {
+            g.add(key, Value::U32(id));
+        }
+    }
+    for (key, flag) in [
+        (n::TOKENIZER_ADD_BOS, vocab.add_bos),
+        (n::TOKENIZER_ADD_EOS, vocab.add_eos),
+        (n::TOKENIZER_ADD_PREFIX, vocab.add_space_prefix),
+    ] {
+        if let Some(f) = flag {
+            g.add(key, Value::Bool(f));
+        }
+    }
+    if let Some(t) = tokenizer.chat_template() {
+        g.add(n::TOKENIZER_CHAT_TEMPLATE, Value::String(t.to_string()));
+    }
+
+    // Tensors, in the order llama.cpp's converter writes them.
+    let mut fallbacks = Vec::new();
+    let mut add_matrix = |g: &mut GgufWriter, gname: String, rows: usize, cols: usize, data: &[f32]| -> Result<()> {
+        let mut dtype = quant.ggml();
+        if dtype.row_bytes(cols).is_none() {
+            fallbacks.push(format!("{gname}: rows of {cols} are not whole {} blocks; written as F16", dtype.name()));
+            dtype = GgmlType::F16;
+        }
+        let bytes = gguf::quantize(dtype, data, cols)?;
+        g.add_tensor(gname, vec![cols as u64, rows as u64], dtype, bytes)?;
+        Ok(())
+    };
+    let add_vector = |g: &mut GgufWriter, gname: String, data: &[f32]| -> Result<()> {
+        let bytes = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        g.add_tensor(gname, vec![data.len() as u64], GgmlType::F32, bytes)?;
+        Ok(())
+    };
+    if let Some(factors) = rope_factors(model) {
+        add_vector(&mut g, format!("{}.weight", n::ROPE_FREQS), &factors)?;
+    }
+    for t in model.weights.named_tensors() {
+        let gname = gguf::names::hf_to_gguf(&t.name)
+            .ok_or_else(|| Error::Invalid(format!("tensor '{}' has no llama.cpp name", t.name)))?;
+        if t.shape.len() == 1 {
+            add_vector(&mut g, gname, &t.data)?;
+            continue;
+        }
+        let (rows, cols) = (t.shape[0], t.shape[1]);
+        let data = if t.name.ends_with("self_attn.q_proj.weight") {
+            permute_rope_rows(&t.data, cfg.num_attention_heads, cols).into()
+        } else if t.name.ends_with("self_attn.k_proj.weight") {
+            permute_rope_rows(&t.data, cfg.num_key_value_heads, cols).into()
+        } else {
+            t.data
+        };
+        add_matrix(&mut g, gname, rows, cols, &data)?;
+    }
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    }
+    g.write(out)?;
+    Ok(fallbacks)
+}
+
+/// llama.cpp keeps Llama 3's RoPE scaling as per-frequency divisors (`rope_freqs.weight`): base inv_freq ÷ scaled.
+fn rope_factors(model: &Llama) -> Option<Vec<f32>> {
+    match &model.config.rope_scaling {
+        Some(RopeScaling::FreqFactors(f)) => Some(f.clone()),
+        Some(RopeScaling::Llama3 { .. }) => {
+            let mut plain = model.config.clone();
+            plain.rope_scaling = None;
+            let base = crate::engine::rope::Rope::new(&plain);
+            Some(base.inv_freq().iter().zip(model.rope.inv_freq()).map(|(b, s)| b / s).collect())
+        }
+        _ => None,
+    }
+}
