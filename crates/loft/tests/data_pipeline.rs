@@ -518,3 +518,59 @@ fn prepare_runs_every_stage() {
     ));
     assert!(msg.contains("unknown placeholder {heading}"), "{msg}");
 }
+
+/// Writes a small Snappy-compressed Parquet file as Hugging Face datasets lay them out (one column per field,
+/// strings as UTF8 byte arrays, a nullable column).
+fn write_alpaca_parquet(path: &Path) {
+    use parquet::data_type::{ByteArray, ByteArrayType, Int64Type};
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+    use std::sync::Arc;
+
+    let schema = parquet::schema::parser::parse_message_type(
+        "message schema { REQUIRED BYTE_ARRAY instruction (UTF8); OPTIONAL BYTE_ARRAY input (UTF8); \
+         REQUIRED BYTE_ARRAY output (UTF8); REQUIRED INT64 id; }",
+    )
+    .unwrap();
+    let props = WriterProperties::builder().set_compression(parquet::basic::Compression::SNAPPY).build();
+    let file = std::fs::File::create(path).unwrap();
+    let mut writer = SerializedFileWriter::new(file, Arc::new(schema), Arc::new(props)).unwrap();
+    let mut group = writer.next_row_group().unwrap();
+    let strings = |v: &[&str]| v.iter().map(|s| ByteArray::from(*s)).collect::<Vec<_>>();
+    let mut index = 0;
+    while let Some(mut col) = group.next_column().unwrap() {
+        match index {
+            0 => col.typed::<ByteArrayType>().write_batch(&strings(&["Say hi.", "Add."]), None, None),
+            1 => col.typed::<ByteArrayType>().write_batch(&strings(&["1 + 2"]), Some(&[0, 1]), None),
+            2 => col.typed::<ByteArrayType>().write_batch(&strings(&["Hi!", "3"]), None, None),
+            _ => col.typed::<Int64Type>().write_batch(&[7, 8], None, None),
+        }
+        .unwrap();
+        col.close().unwrap();
+        index += 1;
+    }
+    group.close().unwrap();
+    writer.close().unwrap();
+}
+
+#[test]
+fn parquet_rows_are_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("train-00000-of-00001.parquet");
+    write_alpaca_parquet(&p);
+    let recs = read_records(&[dir.path().join("train-*.parquet")], &SourceOptions::default()).unwrap();
+    assert_eq!(recs.len(), 2);
+    assert_eq!((recs[0].line, recs[1].line), (1, 2));
+    assert_eq!(recs[0].fields["input"], serde_json::Value::Null);
+    assert_eq!(recs[1].fields["input"], "1 + 2");
+    assert_eq!(recs[1].fields["id"], 8);
+    let f = Formatter::new(Format::Alpaca, &chatml_tokens(), true).unwrap();
+    let ex = f.format(&recs[0]).unwrap();
+    assert!(ex.segments[0].0.starts_with("Below is an instruction that describes a task. Write"));
+    assert_eq!(ex.segments[1], ("Hi!<|im_end|>".to_string(), true));
+    assert!(f.format(&recs[1]).unwrap().segments[0].0.contains("### Input:\n1 + 2\n\n"));
+
+    let bad = write(dir.path(), "bad.parquet", "PAR1 not really");
+    let msg = error_text(read_records(&[bad], &SourceOptions::default()));
+    assert!(msg.contains("bad.parquet: not a readable Parquet file"), "{msg}");
+}

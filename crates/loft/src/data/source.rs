@@ -1,6 +1,7 @@
 //! Dataset files → records. Formats by extension: `.jsonl` (one object per line), `.json` (an array of
 //! objects), `.csv` (a header row, then one record per row), `.txt` (one document per file, or one per
-//! blank-line-separated paragraph). Each record remembers its file and line for error messages.
+//! blank-line-separated paragraph), `.parquet` (Hugging Face datasets' format: one record per row, uncompressed
+//! or Snappy). Each record remembers its file and line (for Parquet: its row, from 1) for error messages.
 
 use std::path::{Path, PathBuf};
 
@@ -40,6 +41,7 @@ pub enum SourceFormat {
     Json,
     Csv,
     Text,
+    Parquet,
 }
 
 impl SourceFormat {
@@ -51,6 +53,7 @@ impl SourceFormat {
             "json" => Some(SourceFormat::Json),
             "csv" => Some(SourceFormat::Csv),
             "txt" | "text" | "md" => Some(SourceFormat::Text),
+            "parquet" => Some(SourceFormat::Parquet),
             _ => None,
         }
     }
@@ -95,18 +98,26 @@ pub fn read_file(path: &Path, options: &SourceOptions) -> Result<Vec<Record>> {
         None => {
             return Err(Error::hinted(
                 format!("{}: unknown dataset format", path.display()),
-                "name the file .jsonl, .json, .csv or .txt, or set the format",
+                "name the file .jsonl, .json, .csv, .txt or .parquet, or set the format",
             ))
         }
     };
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     match format {
-        SourceFormat::Jsonl => parse_jsonl(path, text),
-        SourceFormat::Json => parse_json_array(path, text),
-        SourceFormat::Csv => parse_csv(path, text),
-        SourceFormat::Text => Ok(parse_text(path, text, options.split_paragraphs)),
+        SourceFormat::Jsonl => parse_jsonl(path, &read_text(path)?),
+        SourceFormat::Json => parse_json_array(path, &read_text(path)?),
+        SourceFormat::Csv => parse_csv(path, &read_text(path)?),
+        SourceFormat::Text => Ok(parse_text(path, &read_text(path)?, options.split_paragraphs)),
+        SourceFormat::Parquet => parse_parquet(path),
     }
+}
+
+/// A text file without its byte-order mark.
+fn read_text(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    Ok(match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_string(),
+        None => text,
+    })
 }
 
 fn at(path: &Path, line: usize) -> PathBuf {
@@ -279,6 +290,68 @@ fn csv_rows(path: &Path, text: &str) -> Result<Vec<(usize, Vec<String>)>> {
         rows.push((row_line, row));
     }
     Ok(rows)
+}
+
+/// Parquet: each row as a JSON object (strings, numbers, lists and structs as JSON has them).
+fn parse_parquet(path: &Path) -> Result<Vec<Record>> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let reader = SerializedFileReader::new(file).map_err(|e| parquet_error(path, e))?;
+    let mut out = Vec::new();
+    for (i, row) in reader.get_row_iter(None).map_err(|e| parquet_error(path, e))?.enumerate() {
+        let row = row.map_err(|e| parquet_error(&at(path, i + 1), e))?;
+        out.push(Record { file: path.to_path_buf(), line: i + 1, fields: parquet_row(&row) });
+    }
+    Ok(out)
+}
+
+fn parquet_row(row: &parquet::record::Row) -> Map<String, Value> {
+    row.get_column_iter().map(|(name, field)| (name.clone(), parquet_value(field))).collect()
+}
+
+/// A Parquet value as JSON: strings, numbers, booleans, lists and structs as they are; anything else (dates,
+/// decimals, bytes) as the text Parquet's reader prints for it.
+fn parquet_value(field: &parquet::record::Field) -> Value {
+    use parquet::record::Field;
+    match field {
+        Field::Null => Value::Null,
+        Field::Bool(b) => Value::Bool(*b),
+        Field::Byte(x) => Value::from(*x),
+        Field::Short(x) => Value::from(*x),
+        Field::Int(x) => Value::from(*x),
+        Field::Long(x) => Value::from(*x),
+        Field::UByte(x) => Value::from(*x),
+        Field::UShort(x) => Value::from(*x),
+        Field::UInt(x) => Value::from(*x),
+        Field::ULong(x) => Value::from(*x),
+        Field::Float(x) => Value::from(f64::from(*x)),
+        Field::Double(x) => Value::from(*x),
+        Field::Str(s) => Value::String(s.clone()),
+        Field::Group(row) => Value::Object(parquet_row(row)),
+        Field::ListInternal(list) => Value::Array(list.elements().iter().map(parquet_value).collect()),
+        Field::MapInternal(map) => Value::Object(
+            map.entries()
+                .iter()
+                .map(|(k, v)| match k {
+                    Field::Str(s) => (s.clone(), parquet_value(v)),
+                    other => (other.to_string(), parquet_value(v)),
+                })
+                .collect(),
+        ),
+        other => Value::String(other.to_string()),
+    }
+}
+
+fn parquet_error(path: &Path, e: parquet::errors::ParquetError) -> Error {
+    let message = e.to_string();
+    if message.contains("codec") || message.contains("Codec") {
+        Error::hinted(
+            format!("{}: {message}", path.display()),
+            "loft reads uncompressed and Snappy Parquet; rewrite the file with Snappy or as JSONL",
+        )
+    } else {
+        Error::format(path, format!("not a readable Parquet file: {message}"))
+    }
 }
 
 /// Text: the whole file as one `text` record, or one per paragraph.
