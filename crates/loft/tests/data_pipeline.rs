@@ -574,3 +574,27 @@ fn parquet_rows_are_records() {
     let msg = error_text(read_records(&[bad], &SourceOptions::default()));
     assert!(msg.contains("bad.parquet: not a readable Parquet file"), "{msg}");
 }
+
+#[test]
+fn sharegpt_unknown_speaker_and_unterminated_csv_quote() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(dir.path(), "c.jsonl", "{\"conversations\": [{\"from\": \"bot\", \"value\": \"x\"}]}\n");
+    let recs = read_records(&[p], &SourceOptions::default()).unwrap();
+    let f = Formatter::new(Format::Chat { chat_template: Some("chatml".into()) }, &chatml_tokens(), true).unwrap();
+    let msg = error_text(f.format(&recs[0]));
+    assert!(msg.contains("c.jsonl:1: `conversations[0].from` is `bot`, expected human, gpt or system"), "{msg}");
+
+    let p = write(dir.path(), "q.csv", "a,b\n1,\"open\n");
+    let msg = error_text(read_records(&[p], &SourceOptions::default()));
+    assert!(msg.contains("q.csv:2: unterminated quoted field"), "{msg}");
+}
+
+#[test]
+fn conversation_without_assistant_turn_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(dir.path(), "u.jsonl", "{\"messages\": [{\"role\": \"user\", \"content\": \"hello?\"}]}\n");
+    let recs = read_records(&[p], &SourceOptions::default()).unwrap();
+    let f = Formatter::new(Format::Chat { chat_template: Some("chatml".into()) }, &chatml_tokens(), true).unwrap();
+    let msg = error_text(f.format(&recs[0]));
+    assert!(msg.contains("u.jsonl:1: the conversation has no assistant turn to train on"), "{msg}");
+}
