@@ -17,7 +17,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> loft::Result<()> {
-    if args.path.is_dir() {
+    if args.path.is_dir() && args.path.join(loft::lora::peft::CONFIG_FILE).is_file() {
+        inspect_adapter(&args)
+    } else if args.path.is_dir() {
         inspect_hf_folder(&args)
     } else if args.path.is_file() {
         inspect_gguf(&args)
@@ -105,6 +107,50 @@ fn inspect_hf_folder(args: &Args) -> loft::Result<()> {
     println!("\ntensors ({}):", names.len());
     for n in names {
         println!("  {n}");
+    }
+    Ok(())
+}
+
+/// A PEFT adapter folder: its config and tensors, as PEFT wrote them (no base model needed).
+fn inspect_adapter(args: &Args) -> loft::Result<()> {
+    let config_path = args.path.join(loft::lora::peft::CONFIG_FILE);
+    let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+    let config: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::format(&config_path, format!("invalid JSON: {e}")))?;
+    let weights = args.path.join(loft::lora::peft::WEIGHTS_FILE);
+    let bytes = std::fs::read(&weights).map_err(|e| Error::io(&weights, e))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::format(&weights, format!("not a valid safetensors file: {e}")))?;
+    let mut tensors: Vec<(String, Vec<usize>, String)> =
+        st.tensors().into_iter().map(|(n, v)| (n, v.shape().to_vec(), format!("{:?}", v.dtype()))).collect();
+    tensors.sort();
+    let params: usize = tensors.iter().map(|t| t.1.iter().product::<usize>()).sum();
+    if args.json {
+        let list: Vec<serde_json::Value> =
+            tensors.iter().map(|(n, s, d)| json!({"name": n, "shape": s, "dtype": d})).collect();
+        println!(
+            "{}",
+            json!({"path": args.path.display().to_string(), "format": "peft", "config": config,
+                   "trainable_parameters": params, "tensors": list})
+        );
+        return Ok(());
+    }
+    println!("{}: PEFT adapter, {} tensors, {} trainable parameters", args.path.display(), tensors.len(), params);
+    for key in [
+        "peft_type",
+        "r",
+        "lora_alpha",
+        "lora_dropout",
+        "use_rslora",
+        "target_modules",
+        "modules_to_save",
+        "base_model_name_or_path",
+    ] {
+        println!("  {key:<24} {}", config[key]);
+    }
+    println!("\ntensors:");
+    for (n, s, d) in &tensors {
+        println!("  {n:<72} {d:<5} {s:?}");
     }
     Ok(())
 }

@@ -183,3 +183,16 @@ fn adapter_in_eval_equals_the_merged_folder() {
     let again = loft(&["merge", "--model", &model, "--adapter", a, "--out", merged.to_str().unwrap()]);
     assert_clean_error(&again, &["already exists"]);
 }
+
+#[test]
+fn inspect_shows_a_peft_adapter() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../loft/tests/fixtures/peft_tiny/adapter_rslora_embed");
+    let out = loft(&["inspect", dir.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(v["format"], "peft");
+    assert_eq!(v["config"]["r"], 4);
+    assert_eq!(v["tensors"].as_array().unwrap().len(), 30);
+    // 2 layers × 7 modules × (A + B) at r = 4, plus the two 64×32 full copies.
+    assert_eq!(v["trainable_parameters"], 7808);
+}
