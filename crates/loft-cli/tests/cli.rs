@@ -35,11 +35,12 @@ fn reference_dir() -> PathBuf {
 
 fn snapshot(name: &str, actual: &str) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots").join(name);
-    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() || !path.exists() {
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
         std::fs::write(&path, actual).unwrap();
         return;
     }
-    let want = std::fs::read_to_string(&path).unwrap();
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("snapshot {name}: {e}; create it with UPDATE_SNAPSHOTS=1"));
     assert_eq!(actual, want, "snapshot {name} changed; rerun with UPDATE_SNAPSHOTS=1 if intended");
 }
 

@@ -6,20 +6,7 @@ use crate::engine::matmul::matmul_nn;
 use crate::engine::FrozenMatrix;
 use crate::error::{Error, Result};
 use crate::lora::{Adapter, TargetModule};
-use crate::model::weights::LlamaLayer;
 use crate::model::Llama;
-
-fn module_mut(layer: &mut LlamaLayer, m: TargetModule) -> &mut FrozenMatrix {
-    match m {
-        TargetModule::QProj => &mut layer.q_proj,
-        TargetModule::KProj => &mut layer.k_proj,
-        TargetModule::VProj => &mut layer.v_proj,
-        TargetModule::OProj => &mut layer.o_proj,
-        TargetModule::GateProj => &mut layer.gate_proj,
-        TargetModule::UpProj => &mut layer.up_proj,
-        TargetModule::DownProj => &mut layer.down_proj,
-    }
-}
 
 /// Folds `adapter` into `model` in place. Adapted matrices become f32; the others keep their storage.
 pub fn merge_adapter(model: &mut Llama, adapter: &Adapter) -> Result<()> {
@@ -35,7 +22,7 @@ pub fn merge_adapter(model: &mut Llama, adapter: &Adapter) -> Result<()> {
         for (i, lora) in mods.iter().enumerate() {
             let Some(lora) = lora else { continue };
             let m = TargetModule::ALL[i];
-            let w = module_mut(&mut model.weights.layers[l], m);
+            let w = model.weights.layers[l].module_mut(m);
             if (w.rows, w.cols) != (lora.out_features, lora.in_features) {
                 return Err(Error::Invalid(format!(
                     "layer {l} {}: the adapter is [{}, {}], the model's weight [{}, {}]",

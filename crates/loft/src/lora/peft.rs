@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::LoraWeights;
 use crate::error::{Error, Result};
 use crate::lora::{Adapter, LoraConfig, TensorName};
+use crate::model::safetensors_source::decode_floats;
 use crate::model::Llama;
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
@@ -100,13 +101,9 @@ pub fn load_peft_adapter(dir: &Path, model: &Llama) -> Result<Adapter> {
                 format!("tensor '{key}' has shape {:?}, the model needs {shape:?}", view.shape()),
             ));
         }
-        let data = view.data();
-        Ok(Some(match view.dtype() {
-            Dtype::F32 => data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            Dtype::F16 => data.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            Dtype::BF16 => data.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            other => return Err(Error::format(&weights_path, format!("tensor '{key}' has dtype {other:?}"))),
-        }))
+        let data = decode_floats(view.dtype(), view.data())
+            .ok_or_else(|| Error::format(&weights_path, format!("tensor '{key}' has dtype {:?}", view.dtype())))?;
+        Ok(Some(data))
     };
     let cfg = &model.config;
     let mut layers = Vec::with_capacity(cfg.num_hidden_layers);

@@ -13,7 +13,7 @@ use crate::engine::lora::{lora_backward, lora_forward};
 use crate::engine::rmsnorm::{rmsnorm_backward, rmsnorm_forward_train};
 use crate::engine::rope::{rope_backward, rope_forward};
 use crate::engine::swiglu::{swiglu_backward, swiglu_forward};
-use crate::engine::{FrozenMatrix, LoraDropout, LoraWeights};
+use crate::engine::{LoraDropout, LoraWeights};
 use crate::error::{Error, Result};
 use crate::infer::sample::SplitMix64;
 use crate::lora::{Adapter, TargetModule};
@@ -275,18 +275,6 @@ fn dropout_for(adapter: &Adapter, seed: Option<u64>, l: usize, m: usize) -> Opti
     (p > 0.0).then(|| LoraDropout { p, seed: SplitMix64::new(seed ^ ((l * 7 + m) as u64) << 20).next_u64() })
 }
 
-fn module_weight(layer: &LlamaLayer, m: TargetModule) -> &FrozenMatrix {
-    match m {
-        TargetModule::QProj => &layer.q_proj,
-        TargetModule::KProj => &layer.k_proj,
-        TargetModule::VProj => &layer.v_proj,
-        TargetModule::OProj => &layer.o_proj,
-        TargetModule::GateProj => &layer.gate_proj,
-        TargetModule::UpProj => &layer.up_proj,
-        TargetModule::DownProj => &layer.down_proj,
-    }
-}
-
 /// y = x·Wᵀ (+ the LoRA branch when module `m` is adapted), saving xa.
 #[allow(clippy::too_many_arguments)]
 fn linear_forward(
@@ -301,7 +289,7 @@ fn linear_forward(
     n: usize,
     accumulate: bool,
 ) {
-    let w = module_weight(layer, m);
+    let w = layer.module(m);
     match &lora[m.index()] {
         Some(l) => lora_forward(y, xa, xd, x, w, l, dropout, n, accumulate),
         None => w.forward(y, x, n, accumulate),
@@ -325,7 +313,7 @@ fn linear_backward(
     n: usize,
     accumulate: bool,
 ) {
-    let w = module_weight(layer, m);
+    let w = layer.module(m);
     match (&lora[m.index()], &mut grads[m.index()]) {
         (Some(l), Some(g)) => lora_backward(dx, &mut g.a, &mut g.b, dxa, xd, dy, x, xa, w, l, dropout, n, accumulate),
         _ => w.backward_input(dx, dy, n, accumulate),

@@ -92,21 +92,26 @@ impl TensorSource for SafetensorsSource {
             shard.meta.info(name).ok_or_else(|| Error::format(&shard.path, format!("tensor '{name}' vanished")))?;
         let (start, end) = info.data_offsets;
         let bytes = &shard.mmap[shard.data_start + start..shard.data_start + end];
-        let data: Vec<f32> = match info.dtype {
-            Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            other => {
-                return Err(Error::format(
-                    &shard.path,
-                    format!("tensor '{name}' has dtype {other:?}; loft reads F32, F16 and BF16 here"),
-                ))
-            }
-        };
+        let data = decode_floats(info.dtype, bytes).ok_or_else(|| {
+            Error::format(
+                &shard.path,
+                format!("tensor '{name}' has dtype {:?}; loft reads F32, F16 and BF16 here", info.dtype),
+            )
+        })?;
         Ok(Some((info.shape.clone(), data)))
     }
 
     fn describe(&self) -> String {
         self.dir.display().to_string()
     }
+}
+
+/// F32, F16 or BF16 little-endian bytes as f32 values; None for any other dtype.
+pub fn decode_floats(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
+    Some(match dtype {
+        Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        _ => return None,
+    })
 }

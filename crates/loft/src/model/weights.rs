@@ -47,6 +47,35 @@ pub struct NamedTensor<'a> {
     pub data: std::borrow::Cow<'a, [f32]>,
 }
 
+impl LlamaLayer {
+    /// The frozen weight of one of the seven linear modules.
+    pub fn module(&self, m: crate::lora::TargetModule) -> &FrozenMatrix {
+        use crate::lora::TargetModule as T;
+        match m {
+            T::QProj => &self.q_proj,
+            T::KProj => &self.k_proj,
+            T::VProj => &self.v_proj,
+            T::OProj => &self.o_proj,
+            T::GateProj => &self.gate_proj,
+            T::UpProj => &self.up_proj,
+            T::DownProj => &self.down_proj,
+        }
+    }
+
+    pub fn module_mut(&mut self, m: crate::lora::TargetModule) -> &mut FrozenMatrix {
+        use crate::lora::TargetModule as T;
+        match m {
+            T::QProj => &mut self.q_proj,
+            T::KProj => &mut self.k_proj,
+            T::VProj => &mut self.v_proj,
+            T::OProj => &mut self.o_proj,
+            T::GateProj => &mut self.gate_proj,
+            T::UpProj => &mut self.up_proj,
+            T::DownProj => &mut self.down_proj,
+        }
+    }
+}
+
 pub struct LlamaWeights {
     pub embed_tokens: FrozenMatrix,
     pub layers: Vec<LlamaLayer>,
