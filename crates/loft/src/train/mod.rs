@@ -1,3 +1,5 @@
-//! Training: the optimizer (and, next, the recipe loop, schedules, metrics and checkpoints).
+//! Training: the recipe loop (`recipe`), its config (`config`), learning-rate schedules, checkpoints, metrics
+//! and TensorBoard logs, and the optimizer.
 
 pub mod optim;
+pub mod tensorboard;
