@@ -18,7 +18,7 @@ fetch:
 	scripts/fetch.sh model
 
 fetch-test:
-	scripts/fetch.sh model vocab gguf-py
+	scripts/fetch.sh model vocab gguf-py tensorboard
 
 demo: fetch build
 	$(LOFT) generate --model $(MODEL) --prompt "What is the capital of France?"

