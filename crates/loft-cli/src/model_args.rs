@@ -24,7 +24,8 @@ impl ModelArgs {
     /// Loads the model, reporting the time taken on stderr.
     pub fn load(&self) -> loft::Result<LoadedModel> {
         let start = Instant::now();
-        let options = LoadOptions { tokenizer_pre: self.tokenizer_pre.clone(), adapter: self.adapter.clone() };
+        let options =
+            LoadOptions { tokenizer_pre: self.tokenizer_pre.clone(), adapter: self.adapter.clone(), dequantize: false };
         let loaded = LoadedModel::load_with(&self.model, &options)?;
         let cfg = &loaded.model.config;
         eprintln!(

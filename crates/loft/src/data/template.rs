@@ -351,7 +351,7 @@ fn placeholders(record: &Record) -> String {
 }
 
 /// The field name closest to a misspelt one (edit distance ≤ 2, or a case-insensitive match).
-fn closest<'a>(name: &str, candidates: impl Iterator<Item = &'a String>) -> Option<&'a str> {
+pub(crate) fn closest<'a>(name: &str, candidates: impl Iterator<Item = &'a String>) -> Option<&'a str> {
     candidates
         .map(|c| (edit_distance(&name.to_lowercase(), &c.to_lowercase()), c))
         .filter(|(d, _)| *d <= 2)

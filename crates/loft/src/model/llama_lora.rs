@@ -145,6 +145,9 @@ struct GradScratch {
 pub struct TrainArena {
     b: usize,
     t: usize,
+    /// Rows the buffers were allocated for; `fit` reshapes to any B·T up to it without allocating.
+    capacity: usize,
+    dims: Dims,
     checkpointing: bool,
     /// Residual stream at each block's input, and after the last block: L+1 × [N, C].
     xs: Vec<Vec<f32>>,
@@ -187,6 +190,8 @@ impl TrainArena {
         TrainArena {
             b,
             t,
+            capacity: n,
+            dims,
             checkpointing,
             xs: (0..=model.config.num_hidden_layers).map(|_| z(n * dims.c)).collect(),
             acts: (0..layers).map(|_| LayerActs::new(n, b, t, &dims, &adapted)).collect(),
@@ -215,6 +220,73 @@ impl TrainArena {
 
     pub fn shape(&self) -> (usize, usize) {
         (self.b, self.t)
+    }
+
+    /// Reshapes the arena for a B×T micro-batch with B·T no larger than the shape it was allocated for, without
+    /// allocating (the buffers shrink and grow within their capacity). Padded batches vary in length; one arena
+    /// sized for the longest serves them all.
+    pub fn fit(&mut self, b: usize, t: usize) -> Result<()> {
+        let n = b * t;
+        if n == 0 || n > self.capacity {
+            return Err(Error::Invalid(format!(
+                "a {b}×{t} batch does not fit the arena allocated for {} rows",
+                self.capacity
+            )));
+        }
+        if (b, t) == (self.b, self.t) {
+            return Ok(());
+        }
+        let d = self.dims;
+        let set = |v: &mut Vec<f32>, len: usize| {
+            if !v.is_empty() || len == 0 {
+                v.resize(len, 0.0);
+            }
+        };
+        for x in &mut self.xs {
+            set(x, n * d.c);
+        }
+        for a in &mut self.acts {
+            set(&mut a.rstd1, n);
+            set(&mut a.h1, n * d.c);
+            set(&mut a.q, n * d.q);
+            set(&mut a.k, n * d.kv);
+            set(&mut a.v, n * d.kv);
+            set(&mut a.att, n * d.q);
+            set(&mut a.lse, n * d.nh);
+            set(&mut a.x_mid, n * d.c);
+            set(&mut a.rstd2, n);
+            set(&mut a.h2, n * d.c);
+            set(&mut a.gate, n * d.f);
+            set(&mut a.up, n * d.f);
+            set(&mut a.act, n * d.f);
+            for xa in &mut a.xa {
+                set(xa, n * d.r);
+            }
+        }
+        set(&mut self.rstd_f, n);
+        set(&mut self.h_f, n * d.c);
+        set(&mut self.cos, n * d.d / 2);
+        set(&mut self.sin, n * d.d / 2);
+        set(&mut self.xd, n * d.c.max(d.f).max(d.q));
+        let g = &mut self.grads;
+        for (v, w) in [
+            (&mut g.dx, d.c),
+            (&mut g.dh, d.c),
+            (&mut g.d_att, d.q),
+            (&mut g.dq, d.q),
+            (&mut g.dk, d.kv),
+            (&mut g.dv, d.kv),
+            (&mut g.dk_heads, d.q),
+            (&mut g.dv_heads, d.q),
+            (&mut g.d_act, d.f),
+            (&mut g.dgate, d.f),
+            (&mut g.dup, d.f),
+            (&mut g.dxa, d.r),
+        ] {
+            set(v, n * w);
+        }
+        (self.b, self.t) = (b, t);
+        Ok(())
     }
 
     /// Bytes actually held (for the memory report).

@@ -71,6 +71,9 @@ pub struct LoadOptions {
     pub tokenizer_pre: Option<String>,
     /// A PEFT LoRA adapter folder to merge into the weights after loading (f32 for the adapted matrices).
     pub adapter: Option<PathBuf>,
+    /// Convert a GGUF's quantized weights to f32 at load (training on a full-precision base); by default they
+    /// stay in the file's blocks.
+    pub dequantize: bool,
 }
 
 impl LoadedModel {
@@ -111,7 +114,7 @@ pub fn load_gguf(path: &Path, options: &LoadOptions) -> Result<(Llama, Tokenizer
             Tokenizer::from_vocab(vocab)?
         }
     };
-    Ok((llama_from_gguf(&file)?, tokenizer))
+    Ok((llama_from_gguf_with(&file, !options.dequantize)?, tokenizer))
 }
 
 /// The model of a GGUF file, without its tokenizer, its weights kept in the file's own block types.

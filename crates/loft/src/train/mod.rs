@@ -1,5 +1,12 @@
 //! Training: the recipe loop (`recipe`), its config (`config`), learning-rate schedules, checkpoints, metrics
 //! and TensorBoard logs, and the optimizer.
 
+pub mod checkpoint;
+pub mod config;
 pub mod optim;
+pub mod recipe;
+pub mod schedule;
 pub mod tensorboard;
+
+pub use config::TrainConfig;
+pub use recipe::{train, Event, Observer, Plan, Quiet, Summary, TrainOptions};

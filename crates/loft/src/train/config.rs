@@ -1,0 +1,557 @@
+//! The training config: one TOML file with `[model]`, `[lora]`, `[data]` and `[train]`, keys named as Unsloth,
+//! TRL and Hugging Face `TrainingArguments` name them. `--set section.key=value` overrides any key before the
+//! file is checked; an unknown section or key is an error with the closest known name.
+//!
+//! Relative paths (model, data files, output_dir, init_adapter) are taken from the working directory, as
+//! transformers and Axolotl do.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::template::closest;
+use crate::data::{Format, Packing};
+use crate::error::{Error, Result};
+use crate::lora::{LoraConfig, TargetModule};
+use crate::train::optim::{OptimConfig, OptimKind};
+use crate::train::schedule::SchedulerKind;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub model: ModelSection,
+    pub lora: LoraSection,
+    pub data: DataSection,
+    pub train: TrainSection,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    /// A GGUF file, a Hugging Face folder, or a hub id.
+    pub path: String,
+    /// Examples are cut to this many tokens; packed rows are this long.
+    pub max_seq_length: usize,
+    /// Keep the frozen base in its 4-bit blocks (QLoRA); `false` converts it to f32.
+    pub load_in_4bit: bool,
+    /// Replaces a GGUF's pre-tokenizer name (e.g. "gpt-2"); empty keeps the file's.
+    pub tokenizer_pre: String,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        ModelSection { path: String::new(), max_seq_length: 2048, load_in_4bit: false, tokenizer_pre: String::new() }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoraSection {
+    pub r: usize,
+    pub lora_alpha: f32,
+    pub lora_dropout: f32,
+    pub use_rslora: bool,
+    /// q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj; `embed_tokens` and `lm_head` train those
+    /// matrices in full (PEFT's modules_to_save).
+    pub target_modules: Vec<String>,
+    /// A PEFT adapter folder to start from (e.g. the CPT run's `adapter/`); empty for none.
+    pub init_adapter: String,
+    /// `merge`: fold init_adapter into the frozen base and train a new LoRA on top (the original recipe);
+    /// `continue`: keep training init_adapter itself (its r, alpha and targets win over this section's).
+    pub init_adapter_mode: String,
+}
+
+impl Default for LoraSection {
+    fn default() -> Self {
+        LoraSection {
+            r: 16,
+            lora_alpha: 32.0,
+            lora_dropout: 0.0,
+            use_rslora: false,
+            target_modules: TargetModule::ALL.iter().map(|t| t.name().to_string()).collect(),
+            init_adapter: String::new(),
+            init_adapter_mode: "merge".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataSection {
+    /// Files or globs (`*`, `?` in the file name): .jsonl, .json, .csv, .parquet, .txt.
+    pub train_files: Vec<String>,
+    /// Files for evaluation; when empty, `validation_split` of the training examples are held out.
+    pub validation_files: Vec<String>,
+    /// `text` | `alpaca` | `chat`.
+    pub format: String,
+    /// For `text`: `{field}` placeholders filled from each record (`{{`/`}}` for braces).
+    pub text_template: String,
+    /// For `chat`: `chatml`, `llama3`, `alpaca` or Jinja source; empty uses the model's own template.
+    pub chat_template: String,
+    pub add_eos: bool,
+    pub train_on_responses_only: bool,
+    pub validation_split: f64,
+    pub packing: bool,
+    pub shuffle: bool,
+    /// Plain-text files: one record per blank-line-separated paragraph instead of one per file.
+    pub split_paragraphs: bool,
+    /// Use only the first N records of the training files (0: all).
+    pub max_samples: usize,
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        DataSection {
+            train_files: Vec::new(),
+            validation_files: Vec::new(),
+            format: "text".into(),
+            text_template: "{text}".into(),
+            chat_template: String::new(),
+            add_eos: true,
+            train_on_responses_only: false,
+            validation_split: 0.0,
+            packing: false,
+            shuffle: true,
+            split_paragraphs: false,
+            max_samples: 0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSection {
+    pub output_dir: String,
+    pub per_device_train_batch_size: usize,
+    /// 0: the training batch size.
+    pub per_device_eval_batch_size: usize,
+    pub gradient_accumulation_steps: usize,
+    pub num_train_epochs: f64,
+    /// > 0 overrides num_train_epochs (as in TrainingArguments; -1 or 0 means "use epochs").
+    pub max_steps: i64,
+    pub learning_rate: f64,
+    /// The learning rate of embed_tokens/lm_head trained in full (Unsloth's); 0: learning_rate.
+    pub embedding_learning_rate: f64,
+    pub warmup_ratio: f64,
+    /// > 0 overrides warmup_ratio.
+    pub warmup_steps: usize,
+    /// `linear` | `cosine` | `constant`.
+    pub lr_scheduler_type: String,
+    /// `adamw` | `adamw_8bit` (and TrainingArguments' spellings of them).
+    pub optim: String,
+    pub weight_decay: f64,
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_epsilon: f64,
+    /// 0 disables clipping (the norm is still logged).
+    pub max_grad_norm: f64,
+    pub gradient_checkpointing: bool,
+    pub logging_steps: usize,
+    /// 0: evaluate only at the end.
+    pub eval_steps: usize,
+    /// 0: save only the final adapter.
+    pub save_steps: usize,
+    /// 0: keep every checkpoint.
+    pub save_total_limit: usize,
+    pub seed: u64,
+    /// `tensorboard` writes event files into output_dir; `none` (or empty) writes only metrics.jsonl.
+    pub report_to: Vec<String>,
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        TrainSection {
+            output_dir: "outputs".into(),
+            per_device_train_batch_size: 2,
+            per_device_eval_batch_size: 0,
+            gradient_accumulation_steps: 4,
+            num_train_epochs: 1.0,
+            max_steps: -1,
+            learning_rate: 2e-4,
+            embedding_learning_rate: 0.0,
+            warmup_ratio: 0.0,
+            warmup_steps: 0,
+            lr_scheduler_type: "linear".into(),
+            optim: "adamw".into(),
+            weight_decay: 0.0,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_epsilon: 1e-8,
+            max_grad_norm: 1.0,
+            gradient_checkpointing: false,
+            logging_steps: 1,
+            eval_steps: 0,
+            save_steps: 0,
+            save_total_limit: 0,
+            seed: 3407,
+            report_to: Vec::new(),
+        }
+    }
+}
+
+/// The keys of each section, for "did you mean" (checked against the structs by a test).
+const SECTIONS: [(&str, &[&str]); 4] = [
+    ("model", &["path", "max_seq_length", "load_in_4bit", "tokenizer_pre"]),
+    ("lora", &["r", "lora_alpha", "lora_dropout", "use_rslora", "target_modules", "init_adapter", "init_adapter_mode"]),
+    (
+        "data",
+        &[
+            "train_files",
+            "validation_files",
+            "format",
+            "text_template",
+            "chat_template",
+            "add_eos",
+            "train_on_responses_only",
+            "validation_split",
+            "packing",
+            "shuffle",
+            "split_paragraphs",
+            "max_samples",
+        ],
+    ),
+    (
+        "train",
+        &[
+            "output_dir",
+            "per_device_train_batch_size",
+            "per_device_eval_batch_size",
+            "gradient_accumulation_steps",
+            "num_train_epochs",
+            "max_steps",
+            "learning_rate",
+            "embedding_learning_rate",
+            "warmup_ratio",
+            "warmup_steps",
+            "lr_scheduler_type",
+            "optim",
+            "weight_decay",
+            "adam_beta1",
+            "adam_beta2",
+            "adam_epsilon",
+            "max_grad_norm",
+            "gradient_checkpointing",
+            "logging_steps",
+            "eval_steps",
+            "save_steps",
+            "save_total_limit",
+            "seed",
+            "report_to",
+        ],
+    ),
+];
+
+/// Keys a single string may stand for a list of one (`report_to = "tensorboard"`, `train_files = "a.jsonl"`).
+const LIST_KEYS: [&str; 4] = ["target_modules", "train_files", "validation_files", "report_to"];
+
+impl TrainConfig {
+    /// Reads a config file and applies `--set` overrides (`section.key=value`, the value read as TOML, a bare
+    /// word that is not TOML taken as a string), then checks it.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::parse(&text, overrides).map_err(|e| match e {
+            Error::Hinted { message, hint } => {
+                Error::Hinted { message: format!("{}: {message}", path.display()), hint }
+            }
+            Error::Invalid(message) => Error::format(path, message),
+            e => e,
+        })
+    }
+
+    /// `load` on a string.
+    pub fn parse(text: &str, overrides: &[String]) -> Result<Self> {
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            Error::Invalid(format!("not valid TOML: {}", e.to_string().lines().collect::<Vec<_>>().join(" ")))
+        })?;
+        for o in overrides {
+            apply_override(&mut table, o)?;
+        }
+        check_keys(&mut table)?;
+        let config: TrainConfig = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
+            Error::Invalid(format!("config: {}", e.message().lines().collect::<Vec<_>>().join(" ")))
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The config as TOML (what a checkpoint stores, and `--dry-run` prints).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |key: &str, why: &str| Error::Invalid(format!("{key}: {why}"));
+        if self.model.path.is_empty() {
+            return Err(Error::hinted("model.path is not set", "set [model] path = \"model.gguf\" (or a folder)"));
+        }
+        if self.model.max_seq_length < 2 {
+            return Err(bad("model.max_seq_length", "must be at least 2"));
+        }
+        if self.lora.r == 0 {
+            return Err(bad("lora.r", "must be at least 1"));
+        }
+        if !(0.0..1.0).contains(&self.lora.lora_dropout) {
+            return Err(bad("lora.lora_dropout", "must be in [0, 1)"));
+        }
+        self.lora_config()?;
+        if !["merge", "continue"].contains(&self.lora.init_adapter_mode.as_str()) {
+            return Err(Error::hinted(
+                format!("lora.init_adapter_mode = \"{}\": unknown mode", self.lora.init_adapter_mode),
+                "use \"merge\" (a new LoRA on top of the merged adapter) or \"continue\" (train the same adapter)",
+            ));
+        }
+        if self.data.train_files.is_empty() {
+            return Err(Error::hinted("data.train_files is empty", "set [data] train_files = [\"data/*.jsonl\"]"));
+        }
+        self.format()?;
+        if !(0.0..1.0).contains(&self.data.validation_split) {
+            return Err(bad("data.validation_split", "must be in [0, 1)"));
+        }
+        let t = &self.train;
+        if t.per_device_train_batch_size == 0 {
+            return Err(bad("train.per_device_train_batch_size", "must be at least 1"));
+        }
+        if t.gradient_accumulation_steps == 0 {
+            return Err(bad("train.gradient_accumulation_steps", "must be at least 1"));
+        }
+        if t.max_steps <= 0 && t.num_train_epochs <= 0.0 {
+            return Err(bad("train.num_train_epochs", "must be positive when max_steps is not set"));
+        }
+        if !(t.learning_rate > 0.0 && t.learning_rate.is_finite()) {
+            return Err(bad("train.learning_rate", "must be a positive number"));
+        }
+        if !(0.0..=1.0).contains(&t.warmup_ratio) {
+            return Err(bad("train.warmup_ratio", "must be in [0, 1]"));
+        }
+        if t.output_dir.is_empty() {
+            return Err(bad("train.output_dir", "must be set"));
+        }
+        self.scheduler()?;
+        self.optim_config()?;
+        for r in &t.report_to {
+            if !["tensorboard", "none", "all"].contains(&r.as_str()) {
+                return Err(Error::hinted(
+                    format!("train.report_to: unknown target \"{r}\""),
+                    "loft writes \"tensorboard\" event files (and always metrics.jsonl); use \"none\" for neither",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn lora_config(&self) -> Result<LoraConfig> {
+        let l = &self.lora;
+        let mut modules = Vec::new();
+        let (mut embed, mut head) = (false, false);
+        for m in &l.target_modules {
+            match m.as_str() {
+                "embed_tokens" => embed = true,
+                "lm_head" => head = true,
+                _ => modules.push(m.clone()),
+            }
+        }
+        let target_modules = LoraConfig::parse_targets(&modules).map_err(|e| match e {
+            Error::Hinted { message, hint } => Error::Hinted {
+                message: format!("lora.target_modules: {message}"),
+                hint: format!("{hint}, embed_tokens, lm_head"),
+            },
+            e => e,
+        })?;
+        Ok(LoraConfig {
+            r: l.r,
+            lora_alpha: l.lora_alpha,
+            lora_dropout: l.lora_dropout,
+            use_rslora: l.use_rslora,
+            target_modules,
+            train_embed_tokens: embed,
+            train_lm_head: head,
+        })
+    }
+
+    pub fn format(&self) -> Result<Format> {
+        match self.data.format.as_str() {
+            "text" => Ok(Format::Text { template: self.data.text_template.clone() }),
+            "alpaca" => Ok(Format::Alpaca),
+            "chat" => Ok(Format::Chat {
+                chat_template: (!self.data.chat_template.is_empty()).then(|| self.data.chat_template.clone()),
+            }),
+            other => Err(Error::hinted(
+                format!("data.format = \"{other}\": unknown format"),
+                "use \"text\" (with text_template), \"alpaca\" or \"chat\"",
+            )),
+        }
+    }
+
+    pub fn packing(&self) -> Packing {
+        if self.data.packing {
+            Packing::Packed
+        } else {
+            Packing::Padded
+        }
+    }
+
+    pub fn scheduler(&self) -> Result<SchedulerKind> {
+        SchedulerKind::parse(&self.train.lr_scheduler_type).ok_or_else(|| {
+            Error::hinted(
+                format!("train.lr_scheduler_type = \"{}\": unknown schedule", self.train.lr_scheduler_type),
+                "use \"linear\", \"cosine\" or \"constant\"",
+            )
+        })
+    }
+
+    pub fn optim_config(&self) -> Result<OptimConfig> {
+        let t = &self.train;
+        let kind = OptimKind::parse(&t.optim).ok_or_else(|| {
+            Error::hinted(
+                format!("train.optim = \"{}\": unknown optimizer", t.optim),
+                format!("use one of: {}", OptimKind::NAMES.join(", ")),
+            )
+        })?;
+        Ok(OptimConfig {
+            kind,
+            beta1: t.adam_beta1 as f32,
+            beta2: t.adam_beta2 as f32,
+            eps: t.adam_epsilon as f32,
+            weight_decay: t.weight_decay as f32,
+        })
+    }
+
+    pub fn output_dir(&self) -> PathBuf {
+        PathBuf::from(&self.train.output_dir)
+    }
+
+    pub fn tensorboard(&self) -> bool {
+        self.train.report_to.iter().any(|r| r == "tensorboard" || r == "all")
+    }
+
+    pub fn eval_batch_size(&self) -> usize {
+        match self.train.per_device_eval_batch_size {
+            0 => self.train.per_device_train_batch_size,
+            n => n,
+        }
+    }
+}
+
+fn section_keys(section: &str) -> Option<&'static [&'static str]> {
+    SECTIONS.iter().find(|(s, _)| *s == section).map(|(_, k)| *k)
+}
+
+fn unknown(what: &str, name: &str, known: &[&str]) -> Error {
+    let owned: Vec<String> = known.iter().map(|s| s.to_string()).collect();
+    let hint = match closest(name, owned.iter()) {
+        Some(c) => format!("did you mean `{c}`?"),
+        None => format!("known: {}", known.join(", ")),
+    };
+    Error::hinted(format!("unknown {what} `{name}`"), hint)
+}
+
+/// Rejects unknown sections and keys (with the closest name), and turns a single string into a list where a
+/// list is expected.
+fn check_keys(table: &mut toml::Table) -> Result<()> {
+    let names: Vec<&str> = SECTIONS.iter().map(|(s, _)| *s).collect();
+    for (section, value) in table.iter_mut() {
+        let keys = section_keys(section).ok_or_else(|| unknown("section", &format!("[{section}]"), &names))?;
+        let toml::Value::Table(t) = value else {
+            return Err(Error::Invalid(format!("`{section}` must be a section ([{section}]), not a value")));
+        };
+        for (key, v) in t.iter_mut() {
+            if !keys.contains(&key.as_str()) {
+                return Err(unknown(&format!("key in [{section}]:"), key, keys));
+            }
+            if LIST_KEYS.contains(&key.as_str()) {
+                if let toml::Value::String(s) = v {
+                    *v = toml::Value::Array(vec![toml::Value::String(std::mem::take(s))]);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `section.key=value` into the table.
+fn apply_override(table: &mut toml::Table, o: &str) -> Result<()> {
+    let (path, raw) = o.split_once('=').ok_or_else(|| {
+        Error::hinted(format!("--set {o}: expected section.key=value"), "e.g. --set train.learning_rate=1e-4")
+    })?;
+    let (section, key) = path.trim().split_once('.').ok_or_else(|| {
+        Error::hinted(format!("--set {o}: the key must name its section"), "e.g. --set train.max_steps=100")
+    })?;
+    let names: Vec<&str> = SECTIONS.iter().map(|(s, _)| *s).collect();
+    let keys = section_keys(section).ok_or_else(|| unknown("section", section, &names))?;
+    if !keys.contains(&key) {
+        return Err(unknown(&format!("key in [{section}]:"), key, keys));
+    }
+    let value = match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or(toml::Value::String(raw.to_string())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    };
+    let entry = table.entry(section.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    match entry {
+        toml::Value::Table(t) => {
+            t.insert(key.to_string(), value);
+            Ok(())
+        }
+        _ => Err(Error::Invalid(format!("`{section}` must be a section"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[model]\npath = \"m.gguf\"\n[data]\ntrain_files = \"a.jsonl\"\n";
+
+    #[test]
+    fn key_lists_match_the_structs() {
+        let v = toml::Value::try_from(TrainConfig::default()).unwrap_or(toml::Value::Boolean(false));
+        let toml::Value::Table(t) = v else { panic!("not a table") };
+        for (section, keys) in SECTIONS {
+            let toml::Value::Table(s) = &t[section] else { panic!("{section}") };
+            let mut have: Vec<&str> = s.keys().map(|k| k.as_str()).collect();
+            let mut want = keys.to_vec();
+            have.sort();
+            want.sort();
+            assert_eq!(have, want, "[{section}]");
+        }
+    }
+
+    #[test]
+    fn minimal_config_and_overrides() {
+        let c = TrainConfig::parse(MINIMAL, &[]).unwrap();
+        assert_eq!(c.data.train_files, vec!["a.jsonl"]);
+        assert_eq!(c.train.learning_rate, 2e-4);
+        let c = TrainConfig::parse(
+            MINIMAL,
+            &[
+                "train.learning_rate=1e-4".into(),
+                "train.report_to=tensorboard".into(),
+                "lora.target_modules=[\"q_proj\", \"embed_tokens\"]".into(),
+                "train.output_dir=runs/x".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.train.learning_rate, 1e-4);
+        assert!(c.tensorboard());
+        assert_eq!(c.train.output_dir, "runs/x");
+        let l = c.lora_config().unwrap();
+        assert_eq!(l.target_modules, vec![TargetModule::QProj]);
+        assert!(l.train_embed_tokens && !l.train_lm_head);
+        // Round trip through the TOML a checkpoint stores.
+        assert_eq!(TrainConfig::parse(&c.to_toml(), &[]).unwrap(), c);
+    }
+
+    #[test]
+    fn unknown_keys_suggest_the_closest() {
+        let e = TrainConfig::parse(&format!("{MINIMAL}[train]\nlearnig_rate = 1.0\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("learnig_rate"), "{e}");
+        assert_eq!(e.hint(), Some("did you mean `learning_rate`?"));
+        let e = TrainConfig::parse(MINIMAL, &["trian.seed=1".into()]).unwrap_err();
+        assert_eq!(e.hint(), Some("did you mean `train`?"));
+        let e = TrainConfig::parse(&format!("{MINIMAL}[lora]\nr = \"x\"\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains('r'), "{e}");
+        let e = TrainConfig::parse(&format!("{MINIMAL}[train]\noptim = \"sgd\"\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("sgd"), "{e}");
+        let e = TrainConfig::parse(MINIMAL, &["lora.target_modules=[\"q\"]".into()]).unwrap_err();
+        assert!(e.to_string().contains("'q'"), "{e}");
+    }
+}
