@@ -1,0 +1,141 @@
+//! `loft train CONFIG.toml`: runs the recipe with a progress bar on stderr.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use loft::memory::human;
+use loft::train::{Event, Observer, TrainConfig, TrainOptions};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The run's TOML config: [model], [lora], [data] and [train] sections (see configs/ for examples).
+    pub config: PathBuf,
+    /// Override a config key, e.g. --set train.max_steps=50 (repeatable; the value is read as TOML, a bare word as
+    /// a string).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Continue from the newest complete checkpoint in output_dir (same config required).
+    #[arg(long)]
+    pub resume: bool,
+    /// Replace the metrics, checkpoints and adapter an earlier run left in output_dir.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Load the model and data, print the plan and the memory estimate, and stop.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+pub fn run(args: Args) -> loft::Result<()> {
+    let config = TrainConfig::load(&args.config, &args.set)?;
+    let options = TrainOptions { resume: args.resume, overwrite: args.overwrite, dry_run: args.dry_run };
+    let mut bar = Bar::new();
+    let summary = loft::train::train(&config, &options, &mut bar);
+    bar.bar.finish_and_clear();
+    let summary = summary?;
+    if summary.dry_run {
+        if args.dry_run {
+            println!("{}", config.to_toml());
+        }
+        return Ok(());
+    }
+    let eval = summary
+        .eval
+        .as_ref()
+        .map(|e| format!(", validation loss {:.4} (perplexity {:.2})", e.eval_loss, e.eval_perplexity))
+        .unwrap_or_default();
+    eprintln!(
+        "done: {} steps, last loss {:.4}{eval}; adapter in {}",
+        summary.steps,
+        summary.final_loss,
+        summary.adapter_dir.display()
+    );
+    Ok(())
+}
+
+struct Bar {
+    bar: ProgressBar,
+}
+
+impl Bar {
+    fn new() -> Self {
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} steps · {msg} · {elapsed} < {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.enable_steady_tick(Duration::from_millis(500));
+        Bar { bar }
+    }
+
+    /// A line above the bar (or a plain line when stderr is not a terminal and the bar is hidden).
+    fn line(&self, text: String) {
+        if self.bar.is_hidden() {
+            eprintln!("{text}");
+        } else {
+            self.bar.println(text);
+        }
+    }
+}
+
+impl Observer for Bar {
+    fn event(&mut self, event: Event<'_>) {
+        match event {
+            Event::Plan(p) => {
+                let s = &p.stats;
+                self.line(format!(
+                    "data: {} examples → {} train, {} validation; {} truncated to max_seq_length, {} dropped \
+                     (nothing left to train); {} target tokens",
+                    s.examples, p.train_examples, p.validation_examples, s.truncated, s.dropped, s.target_tokens
+                ));
+                self.line(format!(
+                    "trainable params: {} || all params: {} || trainable%: {:.4}",
+                    p.trainable_parameters,
+                    p.all_parameters,
+                    100.0 * p.trainable_parameters as f64 / p.all_parameters.max(1) as f64
+                ));
+                self.line(format!(
+                    "steps: {} ({} per epoch, {} micro-batches per epoch, {} warmup)",
+                    p.total_steps, p.steps_per_epoch, p.micro_batches_per_epoch, p.warmup_steps
+                ));
+                let m = &p.memory;
+                self.line(format!(
+                    "memory estimate: {} = base {} + adapter {} + gradients {} + optimizer {} + activations {} \
+                     (batch {}×{}; {} with the other gradient_checkpointing setting)",
+                    human(m.total()),
+                    human(m.base_weights),
+                    human(m.adapter),
+                    human(m.gradients),
+                    human(m.optimizer),
+                    human(m.activations),
+                    m.arena_rows.0,
+                    m.arena_rows.1,
+                    human(m.activations_other)
+                ));
+                if let Some((step, dir)) = &p.resumed_from {
+                    self.line(format!("resuming from {} (step {step})", dir.display()));
+                }
+                self.bar.set_length(p.total_steps as u64);
+                self.bar.set_position(p.resumed_from.as_ref().map_or(0, |(s, _)| *s));
+                self.bar.reset_eta();
+            }
+            Event::Progress { step, loss, learning_rate, tokens_per_second, .. } => {
+                let rss = loft::memory::rss_bytes().map(human).unwrap_or_default();
+                self.bar.set_position(step as u64);
+                self.bar.set_message(format!(
+                    "loss {loss:.4} · lr {learning_rate:.2e} · {tokens_per_second:.0} tok/s · {rss}"
+                ));
+            }
+            Event::Logged(l) => self.line(format!(
+                "step {}/{}: loss {:.4}, lr {:.3e}, grad norm {:.3}, {:.0} tok/s, epoch {:.2}",
+                l.step, l.total_steps, l.loss, l.learning_rate, l.grad_norm, l.tokens_per_second, l.epoch
+            )),
+            Event::Evaluated(e) => self.line(format!(
+                "step {}: validation loss {:.4}, perplexity {:.2} ({} tokens)",
+                e.step, e.eval_loss, e.eval_perplexity, e.tokens
+            )),
+            Event::Saved(dir) => self.line(format!("saved {}", dir.display())),
+            Event::Note(n) => self.line(n),
+        }
+    }
+}

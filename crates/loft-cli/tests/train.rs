@@ -1,0 +1,185 @@
+//! `loft train` end to end on the real default model: a run killed with SIGKILL and resumed ends with the same
+//! adapter as an uninterrupted one, TensorBoard's own reader sees the logged loss, and bad configs fail with one
+//! line and a hint.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn default_model() -> Option<PathBuf> {
+    let p = std::env::var_os("LOFT_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    if p.is_file() {
+        Some(p)
+    } else {
+        eprintln!("SKIPPED: {} is missing; run scripts/fetch.sh model (make test does)", p.display());
+        None
+    }
+}
+
+fn loft() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_loft"));
+    c.args(["--threads", "2"]);
+    c
+}
+
+fn ok(out: Output) -> Output {
+    assert!(out.status.success(), "loft failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// A chat dataset and a config training on it, checkpointing every 2 of 8 steps.
+fn setup(dir: &Path, model: &Path) -> PathBuf {
+    let mut data = String::new();
+    for i in 0..16 {
+        let msg = serde_json::json!({"messages": [
+            {"role": "user", "content": format!("Count to {}.", i % 5 + 1)},
+            {"role": "assistant", "content": (1..=i % 5 + 1).map(|k| k.to_string()).collect::<Vec<_>>().join(", ")},
+        ]});
+        data.push_str(&format!("{msg}\n"));
+    }
+    std::fs::write(dir.join("chat.jsonl"), data).unwrap();
+    let config = format!(
+        "[model]\npath = {:?}\nmax_seq_length = 128\n\n[lora]\nr = 4\nlora_alpha = 8\nlora_dropout = 0.05\n\n\
+         [data]\ntrain_files = [{:?}]\nformat = \"chat\"\ntrain_on_responses_only = true\n\n\
+         [train]\nper_device_train_batch_size = 2\ngradient_accumulation_steps = 1\nmax_steps = 8\n\
+         learning_rate = 5e-4\nsave_steps = 2\nsave_total_limit = 2\nreport_to = \"tensorboard\"\n",
+        model.display().to_string(),
+        dir.join("chat.jsonl").display().to_string()
+    );
+    let path = dir.join("run.toml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+fn adapter_floats(dir: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(dir.join("adapter/adapter_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names = st.names();
+    names.sort();
+    names
+        .iter()
+        .flat_map(|n| {
+            let v = st.tensor(n).unwrap();
+            v.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn killed_and_resumed_equals_uninterrupted() {
+    let Some(model) = default_model() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let config = setup(tmp.path(), &model);
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let set_out = |d: &Path| format!("train.output_dir={:?}", d.display().to_string());
+
+    ok(loft().arg("train").arg(&config).args(["--set", &set_out(&a)]).output().unwrap());
+
+    // The same run, killed once checkpoint-4 is complete.
+    let mut child = loft()
+        .arg("train")
+        .arg(&config)
+        .args(["--set", &set_out(&b)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !b.join("checkpoint-4/checkpoint_complete").is_file() {
+        assert!(start.elapsed() < Duration::from_secs(300), "checkpoint-4 never appeared");
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!b.join("adapter").exists(), "the killed run got to the end");
+
+    // Without --resume the folder is refused; with it the run continues from checkpoint-4.
+    let out = loft().arg("train").arg(&config).args(["--set", &set_out(&b)]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("holds another run") && err.contains("hint: continue it with --resume"), "{err}");
+    let out = ok(loft().arg("train").arg(&config).args(["--set", &set_out(&b), "--resume"]).output().unwrap());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("checkpoint-4 (step 4)"), "{err}");
+
+    let (x, y) = (adapter_floats(&a), adapter_floats(&b));
+    assert_eq!(x.len(), y.len());
+    let diff: f64 = x.iter().zip(&y).map(|(p, q)| ((p - q) as f64).powi(2)).sum::<f64>().sqrt();
+    let norm: f64 = x.iter().map(|p| (*p as f64).powi(2)).sum::<f64>().sqrt();
+    assert!(diff / norm <= 1e-6, "resumed adapter differs by {:e}", diff / norm);
+
+    // save_total_limit = 2: checkpoints 6 and 8 remain in both runs.
+    for run in [&a, &b] {
+        let mut ck: Vec<String> = std::fs::read_dir(run)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("checkpoint-"))
+            .collect();
+        ck.sort();
+        assert_eq!(ck, vec!["checkpoint-6", "checkpoint-8"], "{}", run.display());
+    }
+    // metrics.jsonl of the resumed run has each step once.
+    let steps: Vec<u64> = std::fs::read_to_string(b.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, (1..=8).collect::<Vec<_>>());
+
+    // TensorBoard's own reader sees the uninterrupted run's loss curve as metrics.jsonl has it.
+    let py = std::env::var_os("LOFT_TENSORBOARD_PY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join(".cache/venv-tb/bin/python"));
+    assert!(py.is_file(), "{} is missing; run scripts/fetch.sh tensorboard (make test does)", py.display());
+    let out = Command::new(py).arg(workspace().join("scripts/read_tensorboard.py")).arg(&a).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tb: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let metrics: Vec<(u64, f64)> = std::fs::read_to_string(a.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
+        .collect();
+    let curve = tb["train/loss"].as_array().unwrap();
+    assert_eq!(curve.len(), metrics.len());
+    for (p, (step, loss)) in curve.iter().zip(&metrics) {
+        assert_eq!(p[0].as_u64(), Some(*step));
+        assert_eq!(p[1].as_f64().unwrap() as f32, *loss as f32);
+    }
+}
+
+#[test]
+fn bad_configs_fail_with_one_line_and_a_hint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[model]\npath = \"m.gguf\"\n[data]\ntrain_files = [\"x.jsonl\"]\n[train]\nlerning_rate = 1\n",
+    )
+    .unwrap();
+    let out = loft().arg("train").arg(&cfg).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.trim_end(),
+        format!(
+            "error: {}: unknown key in [train]: `lerning_rate`\nhint: did you mean `learning_rate`?",
+            cfg.display()
+        )
+    );
+    let out = loft().arg("train").arg(&cfg).args(["--set", "train.learning_rate"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("expected section.key=value"), "{err}");
+    let out = loft().arg("train").arg(tmp.path().join("missing.toml")).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("error: ") && err.contains("missing.toml"), "{err}");
+}
