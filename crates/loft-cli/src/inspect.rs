@@ -9,15 +9,28 @@ use serde_json::json;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A .gguf file or a Hugging Face model folder.
+    /// A .gguf file, a Hugging Face model folder, a PEFT adapter or checkpoint folder, or (with --data) a
+    /// training config.
     pub path: PathBuf,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// PATH is a `loft train` config: show its dataset's counts and the first --samples examples as the model
+    /// will see them, trained tokens between ⟦ and ⟧.
+    #[arg(long)]
+    pub data: bool,
+    /// With --data: how many examples to show.
+    #[arg(long, default_value_t = 3)]
+    pub samples: usize,
+    /// With --data: override a config key (as `loft train --set`).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    pub set: Vec<String>,
 }
 
 pub fn run(args: Args) -> loft::Result<()> {
-    if args.path.is_dir() && args.path.join(loft::lora::peft::CONFIG_FILE).is_file() {
+    if args.data {
+        inspect_data(&args)
+    } else if args.path.is_dir() && args.path.join(loft::lora::peft::CONFIG_FILE).is_file() {
         inspect_adapter(&args)
     } else if args.path.is_dir() {
         inspect_hf_folder(&args)
@@ -171,4 +184,69 @@ fn value_json(v: &gguf::Value) -> serde_json::Value {
             .or_else(|| other.as_u64().map(|u| json!(u)))
             .unwrap_or(json!(other.summary())),
     }
+}
+
+/// `--data`: the dataset of a training config, formatted and tokenized exactly as `loft train` does.
+fn inspect_data(args: &Args) -> loft::Result<()> {
+    use loft::train::recipe::{load_data, load_tokenizer};
+    let config = loft::train::TrainConfig::load(&args.path, &args.set)?;
+    let tokenizer = load_tokenizer(&config)?;
+    let (train, validation, stats) = load_data(&config, &tokenizer)?;
+    let marked = |t: &loft::data::Tokenized| -> String {
+        // Runs of tokens with the same trained/untrained state, decoded together so characters stay whole.
+        let mut out = String::new();
+        let mut start = 0;
+        let trained = |i: usize| i > 0 && t.labels[i] >= 0;
+        for i in 1..=t.ids.len() {
+            if i == t.ids.len() || trained(i) != trained(start) {
+                let text = tokenizer.decode(&t.ids[start..i], false);
+                if trained(start) {
+                    out.push_str(&format!("⟦{text}⟧"));
+                } else {
+                    out.push_str(&text);
+                }
+                start = i;
+            }
+        }
+        out
+    };
+    if args.json {
+        let samples: Vec<serde_json::Value> = train
+            .iter()
+            .take(args.samples)
+            .map(|t| json!({"tokens": t.ids.len(), "trained_tokens": t.n_targets(), "text": marked(t)}))
+            .collect();
+        let out = json!({
+            "config": args.path.display().to_string(),
+            "examples": stats.examples, "truncated": stats.truncated, "dropped": stats.dropped,
+            "train": train.len(), "validation": validation.len(), "target_tokens": stats.target_tokens,
+            "samples": samples,
+        });
+        println!("{out}");
+        return Ok(());
+    }
+    let tokens: usize = train.iter().map(|t| t.ids.len()).sum();
+    println!(
+        "{}: {} examples → {} train ({} tokens, {} trained), {} validation; {} truncated to max_seq_length = {}, {} \
+         dropped (no trained token left)",
+        args.path.display(),
+        stats.examples,
+        train.len(),
+        tokens,
+        stats.target_tokens,
+        validation.len(),
+        stats.truncated,
+        config.model.max_seq_length,
+        stats.dropped
+    );
+    for (i, t) in train.iter().take(args.samples).enumerate() {
+        println!(
+            "\n── sample {} of the training split: {} tokens, {} trained (⟦…⟧) ──",
+            i + 1,
+            t.ids.len(),
+            t.n_targets()
+        );
+        println!("{}", marked(t));
+    }
+    Ok(())
 }

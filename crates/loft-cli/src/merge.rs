@@ -35,7 +35,7 @@ pub fn run(args: Args) -> loft::Result<()> {
         }
         std::fs::remove_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
     }
-    if args.model.adapter.is_none() {
+    if args.model.adapter.is_empty() {
         eprintln!("no --adapter given: writing the base model as a Hugging Face folder");
     }
     let loaded = args.model.load()?;

@@ -15,17 +15,21 @@ pub struct ModelArgs {
     #[arg(long, value_name = "NAME")]
     pub tokenizer_pre: Option<String>,
     /// A LoRA adapter folder in PEFT's format (adapter_config.json + adapter_model.safetensors), merged into the
-    /// model in memory.
+    /// model in memory. Repeat it to stack adapters in training order (e.g. a CPT adapter, then the IFT adapter
+    /// trained on top of it).
     #[arg(long, value_name = "DIR")]
-    pub adapter: Option<std::path::PathBuf>,
+    pub adapter: Vec<std::path::PathBuf>,
 }
 
 impl ModelArgs {
     /// Loads the model, reporting the time taken on stderr.
     pub fn load(&self) -> loft::Result<LoadedModel> {
         let start = Instant::now();
-        let options =
-            LoadOptions { tokenizer_pre: self.tokenizer_pre.clone(), adapter: self.adapter.clone(), dequantize: false };
+        let options = LoadOptions {
+            tokenizer_pre: self.tokenizer_pre.clone(),
+            adapters: self.adapter.clone(),
+            dequantize: false,
+        };
         let loaded = LoadedModel::load_with(&self.model, &options)?;
         let cfg = &loaded.model.config;
         eprintln!(

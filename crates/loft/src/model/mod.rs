@@ -69,8 +69,9 @@ pub struct LoadOptions {
     /// Replaces a GGUF's `tokenizer.ggml.pre` (e.g. "gpt-2" reproduces transformers' GGUF loader, which ignores
     /// the pre-tokenizer name; by default loft splits text as llama.cpp does).
     pub tokenizer_pre: Option<String>,
-    /// A PEFT LoRA adapter folder to merge into the weights after loading (f32 for the adapted matrices).
-    pub adapter: Option<PathBuf>,
+    /// PEFT LoRA adapter folders to merge into the weights after loading, in order (f32 for the adapted
+    /// matrices); each is checked against the model as merged so far.
+    pub adapters: Vec<PathBuf>,
     /// Convert a GGUF's quantized weights to f32 at load (training on a full-precision base); by default they
     /// stay in the file's blocks.
     pub dequantize: bool,
@@ -96,7 +97,7 @@ impl LoadedModel {
             }
         };
         let mut model = model;
-        if let Some(dir) = &options.adapter {
+        for dir in &options.adapters {
             let adapter = crate::lora::peft::load_peft_adapter(dir, &model)?;
             crate::lora::merge::merge_adapter(&mut model, &adapter)?;
         }

@@ -141,7 +141,7 @@ pub fn train(config: &TrainConfig, options: &TrainOptions, observer: &mut dyn Ob
     // The frozen base, with an earlier adapter merged in when asked.
     let load = LoadOptions {
         tokenizer_pre: (!config.model.tokenizer_pre.is_empty()).then(|| config.model.tokenizer_pre.clone()),
-        adapter: None,
+        adapters: Vec::new(),
         dequantize: !config.model.load_in_4bit,
     };
     if config.model.load_in_4bit {
@@ -388,8 +388,27 @@ pub fn train(config: &TrainConfig, options: &TrainOptions, observer: &mut dyn Ob
     Ok(Summary { steps: total_steps, final_loss: last_loss, eval: last_eval, adapter_dir, dry_run: false })
 }
 
+/// The tokenizer of the config's model, without loading its weights (`loft inspect --data`).
+pub fn load_tokenizer(config: &TrainConfig) -> Result<crate::tokenizer::Tokenizer> {
+    use crate::tokenizer::{GgufVocab, Tokenizer};
+    match ModelPath::resolve(&config.model.path)? {
+        ModelPath::Gguf(p) => {
+            let file = gguf::GgufFile::open(&p)?;
+            let mut vocab = GgufVocab::from_gguf(&file)?;
+            if !config.model.tokenizer_pre.is_empty() {
+                vocab.pre = Some(config.model.tokenizer_pre.clone());
+            }
+            Ok(Tokenizer::from_vocab(vocab)?)
+        }
+        ModelPath::HfFolder(p) => {
+            let cfg = p.join("tokenizer_config.json");
+            Ok(Tokenizer::from_hf_files(&p.join("tokenizer.json"), cfg.is_file().then_some(cfg.as_path()))?)
+        }
+    }
+}
+
 /// Reads, formats, tokenizes and splits the data: (train, validation, stats of the training files).
-fn load_data(
+pub fn load_data(
     config: &TrainConfig,
     tokenizer: &crate::tokenizer::Tokenizer,
 ) -> Result<(Vec<Tokenized>, Vec<Tokenized>, TokenizeStats)> {
