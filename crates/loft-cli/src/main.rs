@@ -8,6 +8,7 @@ mod generate;
 mod inspect;
 mod merge;
 mod model_args;
+mod plot;
 
 use std::process::ExitCode;
 
@@ -32,6 +33,8 @@ enum Command {
     Chat(chat::Args),
     /// Mean next-token loss and perplexity of a text file's first tokens.
     Eval(eval::Args),
+    /// Draw the loss curves of training runs (their metrics.jsonl) into a PNG or SVG: --out FILE.png|svg.
+    Plot(plot::Args),
     /// Show what a model file or folder holds: metadata, tokenizer, tensors.
     Inspect(inspect::Args),
     /// Merge a LoRA adapter into its base and write a Hugging Face folder (--adapter, --out, --dtype).
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => generate::run(a),
         Command::Chat(a) => chat::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Plot(a) => plot::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Merge(a) => merge::run(a),
         Command::Export(c) => export::run(c),
