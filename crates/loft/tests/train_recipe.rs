@@ -212,3 +212,31 @@ fn bad_data_is_named() {
     assert!(e.to_string().contains("{bdy}"), "{e}");
     assert_eq!(e.hint(), Some("did you mean {body}?"));
 }
+
+#[test]
+fn init_adapter_merges_or_continues() {
+    let Some(model) = common::default_model() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_alpaca(tmp.path(), 4);
+    let run = |name: &str, extra: &[&str]| {
+        let out = tmp.path().join(name);
+        let mut sets = vec!["train.per_device_train_batch_size=4", "data.shuffle=false"];
+        sets.extend_from_slice(extra);
+        train(&config(&model, &data, &out, &sets), &TrainOptions::default(), &mut Quiet).unwrap();
+        losses(&out, "loss")
+    };
+    let first = run("first", &["train.max_steps=3", "train.learning_rate=3e-3"]);
+    let init = format!("lora.init_adapter={:?}", tmp.path().join("first/adapter").display().to_string());
+    let merged = run("merged", &["train.max_steps=1", &init, "lora.r=4"]);
+    let continued = run("continued", &["train.max_steps=1", &init, "lora.init_adapter_mode=continue"]);
+    // Both start from base + the first adapter: the first forward of each sees the same model.
+    let (m, c) = (merged[0].1, continued[0].1);
+    assert!(((m - c) / c).abs() < 1e-4, "merge {m} vs continue {c}");
+    assert!((m - first[0].1).abs() > 1e-3, "the init adapter changed nothing: {m} vs {}", first[0].1);
+    // A merged start trains a new LoRA of its own rank; a continued one keeps the first adapter's.
+    let r = |name: &str| {
+        let text = std::fs::read_to_string(tmp.path().join(name).join("adapter/adapter_config.json")).unwrap();
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()["r"].as_u64().unwrap()
+    };
+    assert_eq!((r("merged"), r("continued")), (4, 8));
+}
