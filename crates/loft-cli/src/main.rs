@@ -9,6 +9,7 @@ mod inspect;
 mod merge;
 mod model_args;
 mod plot;
+mod train;
 
 use std::process::ExitCode;
 
@@ -31,6 +32,8 @@ enum Command {
     Generate(generate::Args),
     /// Talk to a model, turn by turn (type /exit or press Ctrl-D to leave, /reset to start over).
     Chat(chat::Args),
+    /// Fine-tune with LoRA from a TOML config: CPT or IFT, checkpoints, metrics.jsonl, TensorBoard.
+    Train(train::Args),
     /// Mean next-token loss and perplexity of a text file's first tokens.
     Eval(eval::Args),
     /// Draw the loss curves of training runs (their metrics.jsonl) into a PNG or SVG: --out FILE.png|svg.
@@ -39,7 +42,7 @@ enum Command {
     Inspect(inspect::Args),
     /// Merge a LoRA adapter into its base and write a Hugging Face folder (--adapter, --out, --dtype).
     Merge(merge::Args),
-    /// Write the model (and a merged adapter) for other tools: `loft export gguf`.
+    /// Write files for llama.cpp and Ollama: `loft export gguf` (the model, an adapter merged in) or `gguf-adapter`.
     #[command(subcommand)]
     Export(export::Command),
     /// Reproducible throughput figures.
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(a) => generate::run(a),
         Command::Chat(a) => chat::run(a),
+        Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Plot(a) => plot::run(a),
         Command::Inspect(a) => inspect::run(a),
