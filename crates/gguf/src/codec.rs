@@ -112,7 +112,7 @@ pub fn quantize(dtype: GgmlType, data: &[f32], row_len: usize) -> Result<Vec<u8>
     let bs = dtype.block_size();
     if !dtype.can_quantize() {
         return Err(Error::Codec(format!(
-            "quantize {dtype}: not supported (expected one of F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K)"
+            "quantize {dtype}: not supported (expected one of F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K)"
         )));
     }
     if row_len == 0 || !row_len.is_multiple_of(bs) {
@@ -149,6 +149,8 @@ pub fn quantize(dtype: GgmlType, data: &[f32], row_len: usize) -> Result<Vec<u8>
         }
         GgmlType::Q4_0 => encode_blocks::<BlockQ4_0>(data, &mut out),
         GgmlType::Q4_1 => encode_blocks::<BlockQ4_1>(data, &mut out),
+        GgmlType::Q5_0 => encode_blocks::<BlockQ5_0>(data, &mut out),
+        GgmlType::Q5_1 => encode_blocks::<BlockQ5_1>(data, &mut out),
         GgmlType::Q8_0 => encode_blocks::<BlockQ8_0>(data, &mut out),
         GgmlType::Q4K => encode_blocks::<BlockQ4K>(data, &mut out),
         GgmlType::Q5K => encode_blocks::<BlockQ5K>(data, &mut out),

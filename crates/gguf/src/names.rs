@@ -85,7 +85,7 @@ pub const TOKENIZER_CHAT_TEMPLATE: &str = "tokenizer.chat_template";
 /// "lora".
 pub const ADAPTER_TYPE: &str = "adapter.type";
 pub const ADAPTER_TYPE_LORA: &str = "lora";
-/// f32; llama.cpp treats a missing alpha as scale 0.
+/// f32; llama.cpp scales B·A by alpha / r, and by 1 (no scaling) when the key is missing or 0.
 pub const ADAPTER_LORA_ALPHA: &str = "adapter.lora.alpha";
 /// Suffixes of a LoRA adapter's tensors after the base weight's name: `blk.0.attn_q.weight.lora_a`.
 pub const LORA_A_SUFFIX: &str = ".lora_a";

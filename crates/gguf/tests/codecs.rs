@@ -55,6 +55,8 @@ fn round_trip_error_bounds() {
         (GgmlType::Q8_0, 2.0 / 255.0),
         (GgmlType::Q6K, 2.0 / 63.0),
         (GgmlType::Q5K, 2.0 / 31.0),
+        (GgmlType::Q5_0, 2.0 / 31.0),
+        (GgmlType::Q5_1, 2.0 / 31.0),
         (GgmlType::Q4_0, 2.0 / 15.0),
         (GgmlType::Q4_1, 2.0 / 15.0),
         (GgmlType::Q4K, 2.0 / 15.0),

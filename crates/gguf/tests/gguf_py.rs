@@ -149,8 +149,8 @@ fn default_model_matches_gguf_py() {
     }
 }
 
-/// Random bytes for a block type we cannot quantize to, with its scale fields set to modest f16/f32 values
-/// (random scale bits would be NaN or huge).
+/// Random bytes for a block type, with its scale fields set to modest f16/f32 values (random scale bits would be
+/// NaN or huge): every code, including ones a quantizer rarely writes, and the types we cannot quantize to.
 fn random_blocks(dtype: GgmlType, n_blocks: usize, seed: &mut u64) -> Vec<u8> {
     let mut next = || {
         *seed ^= *seed << 13;
@@ -244,7 +244,9 @@ fn quantizers_match_gguf_py() {
     let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
     std::fs::write(&input, bytes).expect("write input");
     // The types gguf-py can quantize (its K-quants only dequantize).
-    for dtype in [GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1] {
+    for dtype in
+        [GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1]
+    {
         let out = dir.path().join(format!("{}.bin", dtype.name()));
         let id = (dtype as u32).to_string();
         run_dump(&py, &["--quantize".as_ref(), id.as_ref(), "512".as_ref(), input.as_os_str(), out.as_os_str()]);
