@@ -105,3 +105,57 @@ fn exported_gguf_reads_back_everywhere() {
         }
     }
 }
+
+/// The Q4_K_M mix on SmolLM2-135M (30 layers, hidden 576, FFN 1536), written out by hand from llama.cpp's
+/// src/llama-quant.cpp: rows of 576 cannot hold K-quants, so Q4_K falls back to Q5_0 and Q6_K to Q8_0; only
+/// ffn_down (rows of 1536) keeps K-quants. "More bits" layers: the first and last eighth, and every third between.
+/// scripts/check_export_llamacpp.sh checks the same types against llama-quantize's own Q4_K_M.
+fn smollm2_q4_k_m_type(name: &str) -> gguf::GgmlType {
+    use gguf::GgmlType::*;
+    const MORE_BITS: [usize; 14] = [0, 1, 2, 5, 8, 11, 14, 17, 20, 23, 26, 27, 28, 29];
+    if name == "token_embd.weight" {
+        return Q8_0;
+    }
+    let (layer, rest) = name.strip_prefix("blk.").unwrap().split_once('.').unwrap();
+    let more_bits = MORE_BITS.contains(&layer.parse().unwrap());
+    match rest {
+        "attn_norm.weight" | "ffn_norm.weight" => F32,
+        "attn_v.weight" if more_bits => Q8_0,
+        "ffn_down.weight" if more_bits => Q6K,
+        "ffn_down.weight" => Q4K,
+        _ => Q5_0,
+    }
+}
+
+#[test]
+fn q4_k_m_export_follows_llama_cpps_mix() {
+    let Some(path) = common::default_model() else { return };
+    let src = LoadedModel::load(path.to_str().unwrap()).unwrap();
+    let ids: Vec<u32> = common::reference()["apache_2_0_text"]["token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .take(256)
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let base = mean(src.model.next_token_nll(&ids).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("q4_k_m.gguf");
+    let fallbacks = write_gguf_model(&out, &src.model, &src.tokenizer, GgufQuant::Q4KM, "SmolLM2").unwrap();
+    // token_embd (the tied head), and every matrix with rows of 576: 30 × (q, k, v, output, gate, up).
+    assert_eq!(fallbacks.len(), 1 + 30 * 6, "{fallbacks:#?}");
+    assert_eq!(fallbacks[0], "token_embd.weight: rows of 576 are not whole 256-value Q6_K blocks; written as Q8_0");
+    let file = gguf::GgufFile::open(&out).unwrap();
+    assert_eq!(file.get("general.file_type").and_then(|v| v.as_u64()), Some(15));
+    for t in &file.tensors {
+        let want = if t.name == "output_norm.weight" { gguf::GgmlType::F32 } else { smollm2_q4_k_m_type(&t.name) };
+        assert_eq!(t.dtype, want, "{}", t.name);
+    }
+    let back = LoadedModel::load(out.to_str().unwrap()).unwrap();
+    let loss = mean(back.model.next_token_nll(&ids).unwrap());
+    eprintln!("Q4_K_M: loss {loss:.6} vs source {base:.6}");
+    assert!((loss - base).abs() < 0.15, "Q4_K_M: loss {loss} vs {base}");
+    if let Some(py) = gguf_py() {
+        check_with_gguf_py(&py, &out);
+    }
+}

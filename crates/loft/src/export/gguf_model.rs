@@ -1,12 +1,15 @@
 //! Writing a model as a llama.cpp GGUF: llama.cpp's tensor names and metadata keys (from `gguf::names`), Q/K rows
 //! permuted into llama.cpp's RoPE order, the tokenizer (tokens, types, merges or scores, pre-tokenizer name,
-//! special ids, add_bos) and the chat template inside, weights in the chosen block type. A tensor whose rows the
-//! block type cannot hold falls back to F16 (llama.cpp falls back too), and the fallback is reported.
+//! special ids, add_bos) and the chat template inside, weights in the block types `quant_plan` chooses (one type,
+//! or llama.cpp's Q4_K_M mix). A tensor whose rows a block type cannot hold falls back as llama.cpp's quantizer
+//! falls back, and each fallback is reported.
 
 use std::path::Path;
 
 use gguf::names as n;
 use gguf::{GgmlType, GgufWriter, Value, ValueType};
+
+pub use super::quant_plan::GgufQuant;
 
 use crate::error::{Error, Result};
 use crate::model::config::RopeScaling;
@@ -14,48 +17,8 @@ use crate::model::weights::permute_rope_rows;
 use crate::model::Llama;
 use crate::tokenizer::Tokenizer;
 
-/// The element type of the exported weight matrices (norms stay F32).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GgufQuant {
-    F32,
-    F16,
-    Q8_0,
-    Q4_0,
-}
-
-impl GgufQuant {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "f32" => Some(GgufQuant::F32),
-            "f16" => Some(GgufQuant::F16),
-            "q8_0" => Some(GgufQuant::Q8_0),
-            "q4_0" => Some(GgufQuant::Q4_0),
-            _ => None,
-        }
-    }
-
-    fn ggml(self) -> GgmlType {
-        match self {
-            GgufQuant::F32 => GgmlType::F32,
-            GgufQuant::F16 => GgmlType::F16,
-            GgufQuant::Q8_0 => GgmlType::Q8_0,
-            GgufQuant::Q4_0 => GgmlType::Q4_0,
-        }
-    }
-
-    /// llama.cpp's `llama_ftype` number for `general.file_type`.
-    fn file_type(self) -> u32 {
-        match self {
-            GgufQuant::F32 => 0,
-            GgufQuant::F16 => 1,
-            GgufQuant::Q4_0 => 2,
-            GgufQuant::Q8_0 => 7,
-        }
-    }
-}
-
 /// Writes `model` + `tokenizer` to `out` (complete or absent). Returns one line per tensor that fell back to
-/// another type.
+/// another type than the one `quant` asks for.
 pub fn write_gguf_model(
     out: &Path,
     model: &Llama,
@@ -138,13 +101,11 @@ pub fn write_gguf_model(
 
     // Tensors, in the order llama.cpp's converter writes them.
     let mut fallbacks = Vec::new();
+    let tied = model.weights.lm_head.is_none();
     let mut add_matrix = |g: &mut GgufWriter, gname: String, rows: usize, cols: usize, data: &[f32]| -> Result<()> {
-        let mut dtype = quant.ggml();
-        if dtype.row_bytes(cols).is_none() {
-            fallbacks.push(format!("{gname}: rows of {cols} are not whole {} blocks; written as F16", dtype.name()));
-            dtype = GgmlType::F16;
-        }
-        let bytes = gguf::quantize(dtype, data, cols)?;
+        let (dtype, fallback) = quant.matrix_type(&gname, cols, cfg.num_hidden_layers, tied);
+        fallbacks.extend(fallback);
+        let bytes = gguf::quantize(dtype, data, cols).map_err(|e| Error::Invalid(format!("tensor '{gname}': {e}")))?;
         g.add_tensor(gname, vec![cols as u64, rows as u64], dtype, bytes)?;
         Ok(())
     };
