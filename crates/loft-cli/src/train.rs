@@ -27,6 +27,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> loft::Result<()> {
+    let started = std::time::Instant::now();
     let config = TrainConfig::load(&args.config, &args.set)?;
     let options = TrainOptions { resume: args.resume, overwrite: args.overwrite, dry_run: args.dry_run };
     let mut bar = Bar::new();
@@ -44,9 +45,11 @@ pub fn run(args: Args) -> loft::Result<()> {
         .as_ref()
         .map(|e| format!(", validation loss {:.4} (perplexity {:.2})", e.eval_loss, e.eval_perplexity))
         .unwrap_or_default();
+    let peak = loft::memory::peak_rss_bytes().map(|b| format!(", peak memory {}", human(b))).unwrap_or_default();
     eprintln!(
-        "done: {} steps, last loss {:.4}{eval}; adapter in {}",
+        "done: {} steps in {:.1}s{peak}, last loss {:.4}{eval}; adapter in {}",
         summary.steps,
+        started.elapsed().as_secs_f64(),
         summary.final_loss,
         summary.adapter_dir.display()
     );

@@ -28,6 +28,8 @@ use crate::train::tensorboard::TensorBoardWriter;
 
 pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const ADAPTER_DIR: &str = "adapter";
+/// Written at the end of a run: steps, time, peak memory, data counts, final losses.
+pub const SUMMARY_FILE: &str = "train_summary.json";
 
 #[derive(Clone, Debug, Default)]
 pub struct TrainOptions {
@@ -135,6 +137,7 @@ pub struct Summary {
 
 /// Runs the recipe `config` describes.
 pub fn train(config: &TrainConfig, options: &TrainOptions, observer: &mut dyn Observer) -> Result<Summary> {
+    let run_started = Instant::now();
     let out = config.output_dir();
     prepare_output_dir(&out, options)?;
 
@@ -281,6 +284,17 @@ pub fn train(config: &TrainConfig, options: &TrainOptions, observer: &mut dyn Ob
     let mut last_saved: Option<u64> = plan.resumed_from.as_ref().map(|(s, _)| *s);
     let hidden = model.config.hidden_size;
 
+    // The starting point of the validation curve (the model before this run's first update).
+    if start_step == 0 && !val_set.is_empty() && config.train.eval_steps > 0 {
+        let e = evaluate(&model, &adapter, &mut arena, &eval_batcher, &val_set, 0)?;
+        metrics.eval(&e)?;
+        if let Some(tb) = &mut tensorboard {
+            tb.add_scalar("eval/loss", 0, e.eval_loss)?;
+            tb.flush()?;
+        }
+        observer.event(Event::Evaluated(&e));
+    }
+
     for step in start_step..total_steps {
         let started = Instant::now();
         let epoch = (step / steps_per_epoch) as u64;
@@ -385,6 +399,23 @@ pub fn train(config: &TrainConfig, options: &TrainOptions, observer: &mut dyn Ob
     }
     std::fs::rename(&tmp, &adapter_dir).map_err(|e| Error::io(&adapter_dir, e))?;
     observer.event(Event::Saved(&adapter_dir));
+    let summary = serde_json::json!({
+        "steps": total_steps,
+        "resumed_from_step": plan.resumed_from.as_ref().map(|(s, _)| *s),
+        "seconds": run_started.elapsed().as_secs_f64(),
+        "peak_rss_bytes": crate::memory::peak_rss_bytes(),
+        "tokens_seen": tokens_seen,
+        "train_examples": plan.train_examples,
+        "validation_examples": plan.validation_examples,
+        "target_tokens": plan.stats.target_tokens,
+        "truncated_examples": plan.stats.truncated,
+        "trainable_parameters": plan.trainable_parameters,
+        "final_loss": last_loss,
+        "eval_loss": last_eval.as_ref().map(|e| e.eval_loss),
+        "eval_perplexity": last_eval.as_ref().map(|e| e.eval_perplexity),
+    });
+    let path = out.join(SUMMARY_FILE);
+    std::fs::write(&path, format!("{summary:#}\n")).map_err(|e| Error::io(&path, e))?;
     Ok(Summary { steps: total_steps, final_loss: last_loss, eval: last_eval, adapter_dir, dry_run: false })
 }
 
@@ -469,6 +500,7 @@ fn prepare_output_dir(out: &Path, options: &TrainOptions) -> Result<()> {
             .filter(|p| {
                 let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
                 name == METRICS_FILE
+                    || name == SUMMARY_FILE
                     || name == ADAPTER_DIR
                     || name == checkpoint::CONFIG_FILE
                     || name.starts_with("checkpoint-")
