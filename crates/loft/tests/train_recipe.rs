@@ -241,3 +241,26 @@ fn init_adapter_merges_or_continues() {
     };
     assert_eq!((r("merged"), r("continued")), (4, 8));
 }
+
+#[test]
+fn a_diverging_run_stops_at_the_step_and_keeps_the_last_checkpoint() {
+    let Some(model) = common::default_model() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_alpaca(tmp.path(), 4);
+    let out = tmp.path().join("run");
+    // An absurd learning rate: after the first update the activations overflow f32.
+    let cfg = config(
+        &model,
+        &data,
+        &out,
+        &["train.per_device_train_batch_size=2", "train.max_steps=4", "train.save_steps=1", "train.learning_rate=1e30"],
+    );
+    let e = train(&cfg, &TrainOptions::default(), &mut Quiet).unwrap_err();
+    let (msg, hint) = (e.to_string(), e.hint().unwrap_or_default().to_string());
+    assert!(msg.starts_with("step 2: "), "{msg}");
+    assert!(msg.contains("NaN") || msg.contains("inf"), "{msg}");
+    assert!(hint.contains("checkpoint-1 is the last good checkpoint"), "{hint}");
+    let ckpts = loft::train::checkpoint::list_checkpoints(&out).unwrap();
+    assert_eq!(ckpts.iter().map(|c| c.0).collect::<Vec<_>>(), vec![1]);
+    assert!(!out.join("adapter").exists(), "no final adapter from a diverged run");
+}
