@@ -18,8 +18,8 @@ scale="${DEMO_SCALE:-small}"
 mkdir -p "$out"
 
 case "$scale" in
-  small) cpt_steps=16; ift_steps=16; batch=2; accum=2; eval_every=8 ;;
-  full) cpt_steps=240; ift_steps=120; batch=4; accum=2; eval_every=20 ;;
+  small) cpt_steps=12; ift_steps=12; ift_lr=1e-3; batch=2; accum=2; eval_every=6 ;;
+  full) cpt_steps=240; ift_steps=120; ift_lr=2e-4; batch=4; accum=2; eval_every=20 ;;
   *) echo "error: DEMO_SCALE=$scale: expected small or full" >&2; exit 2 ;;
 esac
 common=(--set "train.per_device_train_batch_size=$batch" --set "train.gradient_accumulation_steps=$accum"
@@ -44,11 +44,12 @@ stage "1/6 CPT on Korean law text (configs/cpt.toml, $scale)"
 train_stage cpt configs/cpt.toml --set "train.max_steps=$cpt_steps"
 
 stage "2/6 IFT from the CPT adapter (configs/ift.toml)"
-train_stage cpt-ift configs/ift.toml --set "train.max_steps=$ift_steps" \
+train_stage cpt-ift configs/ift.toml --set "train.max_steps=$ift_steps" --set "train.learning_rate=$ift_lr" \
   --set "lora.init_adapter=\"$out/cpt/adapter\""
 
 stage "3/6 IFT from the base alone (the ablation)"
-train_stage ift configs/ift.toml --set "train.max_steps=$ift_steps" --set 'lora.init_adapter=""'
+train_stage ift configs/ift.toml --set "train.max_steps=$ift_steps" --set "train.learning_rate=$ift_lr" \
+  --set 'lora.init_adapter=""'
 
 stage "4/6 the inference test: the same questions to base, CPT, IFT and CPT+IFT"
 answers="$out/answers.jsonl"

@@ -55,7 +55,7 @@ fn error_text<T: std::fmt::Debug>(r: loft::Result<T>) -> String {
 }
 
 fn opts(max_seq_length: usize) -> TokenizeOptions {
-    TokenizeOptions { max_seq_length, train_on_responses_only: true }
+    TokenizeOptions { max_seq_length, train_on_responses_only: true, split_long: false }
 }
 
 // ---- sources ----
@@ -322,7 +322,11 @@ fn responses_only_off_trains_every_token() {
     let f = Formatter::new(Format::Alpaca, &SpecialTokens::from_tokenizer(&tok), true).unwrap();
     let ex = f.format(&records("alpaca.jsonl")[1]).unwrap();
     let masked = tokenize(&tok, &ex, &opts(1024));
-    let all = tokenize(&tok, &ex, &TokenizeOptions { max_seq_length: 1024, train_on_responses_only: false });
+    let all = tokenize(
+        &tok,
+        &ex,
+        &TokenizeOptions { max_seq_length: 1024, train_on_responses_only: false, split_long: false },
+    );
     assert_eq!(masked.ids, all.ids);
     assert_eq!(all.labels, all.ids.iter().map(|&i| i as i32).collect::<Vec<_>>());
     assert!(masked.labels.iter().filter(|&&l| l == IGNORE).count() > 20);
@@ -597,4 +601,20 @@ fn conversation_without_assistant_turn_is_an_error() {
     let f = Formatter::new(Format::Chat { chat_template: Some("chatml".into()) }, &chatml_tokens(), true).unwrap();
     let msg = error_text(f.format(&recs[0]));
     assert!(msg.contains("u.jsonl:1: the conversation has no assistant turn to train on"), "{msg}");
+}
+
+#[test]
+fn split_long_keeps_every_token_in_pieces() {
+    let Some(tok) = tokenizer() else { return };
+    let f = Formatter::new(Format::Alpaca, &SpecialTokens::from_tokenizer(&tok), true).unwrap();
+    let examples: Vec<Example> = records("alpaca.jsonl").iter().map(|r| f.format(r).unwrap()).collect();
+    let whole = tokenize(&tok, &examples[1], &opts(usize::MAX));
+    let o = TokenizeOptions { max_seq_length: 16, train_on_responses_only: false, split_long: true };
+    let (pieces, stats) = tokenize_all(&tok, &examples[1..2], &o).unwrap();
+    assert_eq!(pieces.len(), whole.ids.len().div_ceil(16));
+    assert_eq!((stats.truncated, stats.dropped), (1, 0));
+    assert!(pieces.iter().all(|p| p.ids.len() <= 16));
+    assert_eq!(pieces.iter().flat_map(|p| p.ids.clone()).collect::<Vec<_>>(), whole.ids);
+    // EOS, at the very end of the example, is in the last piece's labels.
+    assert_eq!(pieces.last().unwrap().labels.last().copied(), tok.eos_id().map(|e| e as i32));
 }

@@ -29,13 +29,16 @@ pub struct TokenizeOptions {
     pub max_seq_length: usize,
     /// `false`: every token is trained, prompts and templates included (the segments' marks are ignored).
     pub train_on_responses_only: bool,
+    /// Cut an example longer than `max_seq_length` into consecutive pieces of that length instead of dropping its
+    /// tail (raw-text CPT with packing: a long document is trained on whole, as TRL's packing does).
+    pub split_long: bool,
 }
 
 /// What `tokenize_all` did to the dataset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TokenizeStats {
     pub examples: usize,
-    /// Examples cut to `max_seq_length`.
+    /// Examples cut to `max_seq_length` (with `split_long`: examples split into several pieces).
     pub truncated: usize,
     /// Examples dropped because no trained token was left after truncation.
     pub dropped: usize,
@@ -80,17 +83,35 @@ pub fn tokenize_all(
     let mut kept = Vec::with_capacity(examples.len());
     for ex in examples {
         let mut t = tokenize(tokenizer, ex, &TokenizeOptions { max_seq_length: usize::MAX, ..*options });
+        let mut pieces = Vec::new();
         if t.ids.len() > options.max_seq_length {
             stats.truncated += 1;
-            t.ids.truncate(options.max_seq_length);
-            t.labels.truncate(options.max_seq_length);
+            if options.split_long {
+                let m = options.max_seq_length;
+                pieces.extend(
+                    t.ids
+                        .chunks(m)
+                        .zip(t.labels.chunks(m))
+                        .map(|(ids, labels)| Tokenized { ids: ids.to_vec(), labels: labels.to_vec() }),
+                );
+            } else {
+                t.ids.truncate(options.max_seq_length);
+                t.labels.truncate(options.max_seq_length);
+                pieces.push(t);
+            }
+        } else {
+            pieces.push(t);
         }
-        if t.n_targets() == 0 {
+        let before = kept.len();
+        for p in pieces {
+            if p.n_targets() > 0 {
+                stats.target_tokens += p.n_targets();
+                kept.push(p);
+            }
+        }
+        if kept.len() == before {
             stats.dropped += 1;
-            continue;
         }
-        stats.target_tokens += t.n_targets();
-        kept.push(t);
     }
     if examples.is_empty() {
         return Err(Error::hinted("the dataset is empty: no examples to tokenize", "check the data paths"));

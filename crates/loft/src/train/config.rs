@@ -91,6 +91,8 @@ pub struct DataSection {
     pub add_eos: bool,
     pub train_on_responses_only: bool,
     pub validation_split: f64,
+    /// Lay examples end to end in rows of max_seq_length (attention and positions restart at each one); an
+    /// example longer than max_seq_length is then split into pieces instead of cut.
     pub packing: bool,
     pub shuffle: bool,
     /// Plain-text files: one record per blank-line-separated paragraph instead of one per file.

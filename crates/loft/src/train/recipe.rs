@@ -449,6 +449,7 @@ pub fn load_data(
     let options = TokenizeOptions {
         max_seq_length: config.model.max_seq_length,
         train_on_responses_only: d.train_on_responses_only,
+        split_long: d.packing,
     };
     let read = |files: &[String], limit: usize| -> Result<(Vec<Tokenized>, TokenizeStats)> {
         let paths: Vec<PathBuf> = files.iter().map(PathBuf::from).collect();
