@@ -75,8 +75,10 @@ if [ ! -f "$answers.complete" ]; then
         cpt-ift) adapters=(--adapter "$out/cpt/adapter" --adapter "$out/cpt-ift/adapter") ;;
       esac
       printf '\n[%s] %s\n' "$m" "$q" >&2
-      text="$("$loft" generate --model "$model" "${adapters[@]}" --raw --prompt "$prompt" --max-new-tokens 96 \
-        2> "$out/generate.err" | tee /dev/stderr)"
+      # Streamed to the terminal (stderr) and kept for the report.
+      "$loft" generate --model "$model" "${adapters[@]}" --raw --prompt "$prompt" --max-new-tokens 96 \
+        2> "$out/generate.err" | tee "$out/answer.txt" >&2
+      text="$(cat "$out/answer.txt")"
       stats="$(tail -n 1 "$out/generate.err")"
       python3 -c 'import json,sys; print(json.dumps({"model": sys.argv[1], "question": sys.argv[2], "answer": sys.argv[3], "stats": sys.argv[4]}, ensure_ascii=False))' \
         "$m" "$q" "$text" "$stats" >> "$answers"
