@@ -76,7 +76,8 @@ if [ ! -f "$answers.complete" ]; then
       esac
       printf '\n[%s] %s\n' "$m" "$q" >&2
       # Streamed to the terminal (stderr) and kept for the report.
-      "$loft" generate --model "$model" "${adapters[@]}" --raw --prompt "$prompt" --max-new-tokens 96 \
+      "$loft" generate --model "$model" "${adapters[@]}" --raw --prompt "$prompt" --max-new-tokens 160 \
+        --repetition-penalty 1.1 \
         2> "$out/generate.err" | tee "$out/answer.txt" >&2
       text="$(cat "$out/answer.txt")"
       stats="$(tail -n 1 "$out/generate.err")"

@@ -89,7 +89,7 @@ def main():
         "",
         "## The inference test",
         "",
-        "Each question in the IFT format (Alpaca's prompt), greedy, at most 96 new tokens. ⏹ = the model ended its",
+        "Each question in the IFT format (Alpaca's prompt), greedy with repetition penalty 1.1, at most 160 new tokens. ⏹ = the model ended its",
         "answer with EOS; ✂ = cut at the token limit.",
         "",
     ]

@@ -44,6 +44,10 @@ pub struct SamplingArgs {
     /// Random seed for sampling.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Penalise tokens already in the prompt or answer (transformers' repetition_penalty; 1.1–1.3 curbs the loops
+    /// small models fall into; 1: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f32,
 }
 
 impl SamplingArgs {
@@ -57,6 +61,12 @@ impl SamplingArgs {
                 "use 0 for greedy, or a positive value",
             ));
         }
+        if !self.repetition_penalty.is_finite() || self.repetition_penalty <= 0.0 {
+            return Err(Error::hinted(
+                format!("--repetition-penalty {} is out of range", self.repetition_penalty),
+                "use 1 for none, or a value such as 1.1",
+            ));
+        }
         Ok(GenerateOptions {
             max_new_tokens: self.max_new_tokens,
             sampling: SamplingParams {
@@ -64,6 +74,7 @@ impl SamplingArgs {
                 top_k: self.top_k,
                 top_p: self.top_p,
                 seed: self.seed,
+                repetition_penalty: self.repetition_penalty,
             },
             stop_ids: stop_ids(loaded),
         })

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use crate::error::Result;
-use crate::infer::sample::{Sampler, SamplingParams};
+use crate::infer::sample::{apply_repetition_penalty, Sampler, SamplingParams};
 use crate::model::{KvCache, Llama};
 
 #[derive(Clone, Debug)]
@@ -57,8 +57,19 @@ pub fn generate(
     let mut logits = model.logits(&hidden[hidden.len() - c..]);
     stats.prompt_seconds = start.elapsed().as_secs_f64();
     let decode_start = Instant::now();
+    let penalty = opts.sampling.repetition_penalty;
+    let mut seen = vec![false; if penalty == 1.0 { 0 } else { logits.len() }];
+    for &id in prompt {
+        if let Some(s) = seen.get_mut(id as usize) {
+            *s = true;
+        }
+    }
     loop {
+        apply_repetition_penalty(&mut logits, &seen, penalty);
         let next = sampler.sample(&logits);
+        if let Some(s) = seen.get_mut(next as usize) {
+            *s = true;
+        }
         out.push(next);
         stats.generated_tokens += 1;
         on_token(next)?;

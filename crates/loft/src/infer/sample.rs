@@ -10,11 +10,24 @@ pub struct SamplingParams {
     /// Keep the smallest set of tokens whose probabilities sum to at least p; 1 keeps all.
     pub top_p: f32,
     pub seed: u64,
+    /// transformers' `repetition_penalty`: the logit of every token already in the prompt or the answer is divided
+    /// by it when positive, multiplied when negative; 1 turns it off.
+    pub repetition_penalty: f32,
 }
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 }
+        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0, repetition_penalty: 1.0 }
+    }
+}
+
+/// Applies `penalty` (as [`SamplingParams::repetition_penalty`]) to the logits of the tokens marked in `seen`.
+pub fn apply_repetition_penalty(logits: &mut [f32], seen: &[bool], penalty: f32) {
+    if penalty == 1.0 {
+        return;
+    }
+    for (l, _) in logits.iter_mut().zip(seen).filter(|(_, &s)| s) {
+        *l = if *l > 0.0 { *l / penalty } else { *l * penalty };
     }
 }
 
@@ -109,14 +122,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn repetition_penalty_as_transformers() {
+        let mut l = vec![2.0, -2.0, 3.0];
+        apply_repetition_penalty(&mut l, &[true, true, false], 2.0);
+        assert_eq!(l, vec![1.0, -4.0, 3.0]);
+    }
+
+    #[test]
     fn greedy_takes_argmax_and_filters_restrict_choices() {
         let logits = [0.1, 3.0, 2.9, -1.0];
         assert_eq!(Sampler::new(SamplingParams::default()).sample(&logits), 1);
-        let mut top1 = Sampler::new(SamplingParams { temperature: 1.0, top_k: 1, top_p: 1.0, seed: 3 });
+        let mut top1 =
+            Sampler::new(SamplingParams { temperature: 1.0, top_k: 1, top_p: 1.0, seed: 3, repetition_penalty: 1.0 });
         assert!((0..50).all(|_| top1.sample(&logits) == 1));
-        let mut nucleus = Sampler::new(SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.9, seed: 3 });
+        let mut nucleus =
+            Sampler::new(SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.9, seed: 3, repetition_penalty: 1.0 });
         assert!((0..200).all(|_| matches!(nucleus.sample(&logits), 1 | 2)));
-        let mut all = Sampler::new(SamplingParams { temperature: 5.0, top_k: 0, top_p: 1.0, seed: 9 });
+        let mut all =
+            Sampler::new(SamplingParams { temperature: 5.0, top_k: 0, top_p: 1.0, seed: 9, repetition_penalty: 1.0 });
         let seen: std::collections::BTreeSet<u32> = (0..500).map(|_| all.sample(&logits)).collect();
         assert_eq!(seen.len(), 4);
     }
@@ -124,7 +147,7 @@ mod tests {
     #[test]
     fn same_seed_same_stream() {
         let logits: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin()).collect();
-        let p = SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, seed: 42 };
+        let p = SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, seed: 42, repetition_penalty: 1.0 };
         let (mut a, mut b) = (Sampler::new(p.clone()), Sampler::new(p));
         let xa: Vec<u32> = (0..20).map(|_| a.sample(&logits)).collect();
         let xb: Vec<u32> = (0..20).map(|_| b.sample(&logits)).collect();
