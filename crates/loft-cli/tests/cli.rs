@@ -2,6 +2,9 @@
 //! input. Text users see is compared with snapshots in tests/snapshots/ (rewrite them with UPDATE_SNAPSHOTS=1).
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
+mod common;
+
+use common::{default_model, workspace};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -11,22 +14,6 @@ fn loft(args: &[&str]) -> Output {
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn default_model() -> Option<String> {
-    let p = std::env::var_os("LOFT_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"));
-    if p.is_file() {
-        Some(p.display().to_string())
-    } else {
-        eprintln!("SKIPPED: {} is missing; run scripts/fetch.sh model (make test does)", p.display());
-        None
-    }
 }
 
 fn reference_dir() -> PathBuf {

@@ -3,25 +3,12 @@
 //! line and a hint.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{default_model, workspace};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn default_model() -> Option<PathBuf> {
-    let p = std::env::var_os("LOFT_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"));
-    if p.is_file() {
-        Some(p)
-    } else {
-        eprintln!("SKIPPED: {} is missing; run scripts/fetch.sh model (make test does)", p.display());
-        None
-    }
-}
 
 fn loft() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_loft"));
@@ -76,7 +63,7 @@ fn adapter_floats(dir: &Path) -> Vec<f32> {
 fn killed_and_resumed_equals_uninterrupted() {
     let Some(model) = default_model() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let config = setup(tmp.path(), &model);
+    let config = setup(tmp.path(), Path::new(&model));
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     let set_out = |d: &Path| format!("train.output_dir={:?}", d.display().to_string());
 
