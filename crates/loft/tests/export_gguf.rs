@@ -4,23 +4,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
+use common::gguf_py;
 use loft::export::{write_gguf_model, GgufQuant};
 use loft::model::LoadedModel;
-
-fn gguf_py() -> Option<PathBuf> {
-    let p = std::env::var_os("LOFT_GGUF_PY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| common::workspace().join(".cache/venv-gguf/bin/python"));
-    if p.is_file() {
-        Some(p)
-    } else {
-        eprintln!("SKIPPED (gguf-py part): {} is missing; run scripts/fetch.sh gguf-py (make test does)", p.display());
-        None
-    }
-}
 
 fn mean(v: Vec<f64>) -> f64 {
     v.iter().sum::<f64>() / v.len() as f64

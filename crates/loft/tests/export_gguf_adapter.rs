@@ -7,27 +7,15 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use common::tiny::{random_weights, write_gguf, TinyConfig};
+use common::{adapter_with_nonzero_b as adapter, gguf_py};
 use loft::export::{write_gguf_adapter, AdapterDtype};
-use loft::infer::sample::SplitMix64;
-use loft::lora::{Adapter, LoraConfig, TargetModule, TensorName};
+use loft::lora::{LoraConfig, TargetModule};
 use loft::model::weights::{permute_rope_rows, unpermute_rope_rows};
 use loft::model::{llama_from_gguf, Llama};
-
-fn gguf_py() -> Option<PathBuf> {
-    let p = std::env::var_os("LOFT_GGUF_PY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| common::workspace().join(".cache/venv-gguf/bin/python"));
-    if p.is_file() {
-        Some(p)
-    } else {
-        eprintln!("SKIPPED (gguf-py part): {} is missing; run scripts/fetch.sh gguf-py (make test does)", p.display());
-        None
-    }
-}
 
 /// gguf-py's view of a file: metadata key → JSON value (f32 as bit patterns), and the tensors.
 struct Dump {
@@ -84,17 +72,6 @@ fn tiny_model(dir: &Path) -> (Llama, gguf::GgufFile) {
     write_gguf(&path, &cfg, &random_weights(&cfg, 5));
     let file = gguf::GgufFile::open(&path).unwrap();
     (llama_from_gguf(&file).unwrap(), file)
-}
-
-fn adapter(model: &Llama, config: LoraConfig) -> Adapter {
-    let mut a = Adapter::new(config, model, 11).unwrap();
-    let mut rng = SplitMix64::new(3);
-    a.for_each_tensor_mut(|name, t| {
-        if matches!(name, TensorName::LoraB(..)) {
-            t.iter_mut().for_each(|v| *v = (rng.next_f64() as f32 - 0.5) * 0.4);
-        }
-    });
-    a
 }
 
 /// The llama.cpp name of module `m` of layer `l`: `blk.3.attn_q.weight`.

@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::adapter_with_nonzero_b as adapter;
 use common::tiny::{random_weights, write_gguf, TinyConfig};
 use loft::infer::sample::SplitMix64;
 use loft::lora::{Adapter, LoraConfig, TensorName};
@@ -18,18 +19,6 @@ fn tiny_model(seed: u64) -> Llama {
     let path = dir.path().join("tiny.gguf");
     write_gguf(&path, &cfg, &w);
     llama_from_gguf(&gguf::GgufFile::open(&path).unwrap()).unwrap()
-}
-
-/// An adapter with B ≠ 0, so that every A also gets a gradient.
-fn adapter(model: &Llama, config: LoraConfig) -> Adapter {
-    let mut a = Adapter::new(config, model, 11).unwrap();
-    let mut rng = SplitMix64::new(3);
-    a.for_each_tensor_mut(|name, t| {
-        if matches!(name, TensorName::LoraB(..)) {
-            t.iter_mut().for_each(|v| *v = (rng.next_f64() as f32 - 0.5) * 0.4);
-        }
-    });
-    a
 }
 
 fn batch(vocab: u32, b: usize, t: usize, seed: u64) -> Batch {

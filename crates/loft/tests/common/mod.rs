@@ -31,4 +31,31 @@ pub fn reference() -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
+/// llama.cpp's `gguf` Python package in the venv `scripts/fetch.sh gguf-py` makes (or LOFT_GGUF_PY). None, with a
+/// loud message, when it is missing.
+pub fn gguf_py() -> Option<PathBuf> {
+    let p = std::env::var_os("LOFT_GGUF_PY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join(".cache/venv-gguf/bin/python"));
+    if p.is_file() {
+        Some(p)
+    } else {
+        eprintln!("SKIPPED (gguf-py part): {} is missing; run scripts/fetch.sh gguf-py (make test does)", p.display());
+        None
+    }
+}
+
+/// A seeded adapter whose B matrices are not zero (a fresh PEFT adapter's are), so every A gets a gradient and a
+/// merge or export changes the weights.
+pub fn adapter_with_nonzero_b(model: &loft::model::Llama, config: loft::lora::LoraConfig) -> loft::lora::Adapter {
+    let mut a = loft::lora::Adapter::new(config, model, 11).unwrap();
+    let mut rng = loft::infer::sample::SplitMix64::new(3);
+    a.for_each_tensor_mut(|name, t| {
+        if matches!(name, loft::lora::TensorName::LoraB(..)) {
+            t.iter_mut().for_each(|v| *v = (rng.next_f64() as f32 - 0.5) * 0.4);
+        }
+    });
+    a
+}
+
 pub mod tiny;
