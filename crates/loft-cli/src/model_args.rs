@@ -29,6 +29,7 @@ impl ModelArgs {
             tokenizer_pre: self.tokenizer_pre.clone(),
             adapters: self.adapter.clone(),
             dequantize: false,
+            load_in_4bit: false,
         };
         let loaded = LoadedModel::load_with(&self.model, &options)?;
         let cfg = &loaded.model.config;

@@ -1,5 +1,6 @@
 //! The frozen base weights of a linear layer, behind one type so that the storage never leaks into the kernels
-//! that call it: f32, or a GGUF file's own quantized blocks (QLoRA keeps a 4-bit base as it is).
+//! that call it: f32, a GGUF file's own quantized blocks (QLoRA keeps a 4-bit base as it is), or bitsandbytes'
+//! NF4 blocks (a `*-bnb-4bit` checkpoint, or a 16-bit Hugging Face base quantized at load).
 //! Layout is torch's: [out, in] (rows = out features); a quantized row is a whole number of blocks.
 //!
 //! Quantized products never hold the whole f32 matrix: one row at a time (dot products, for a few input rows as
@@ -11,6 +12,7 @@ use gguf::GgmlType;
 use rayon::prelude::*;
 
 use super::matmul::{matmul_nn, matmul_nt_into_columns};
+use super::nf4::Nf4Blocks;
 use super::quant_dot;
 
 #[derive(Clone, Debug)]
@@ -29,6 +31,8 @@ enum Storage {
         data: Vec<u8>,
         row_bytes: usize,
     },
+    /// The row-major matrix flattened into bitsandbytes' NF4 blocks (a block may straddle two rows).
+    Nf4(Nf4Blocks),
 }
 
 /// Up to this many input rows, a quantized product runs row by row on the packed blocks (decode); above it,
@@ -58,11 +62,50 @@ impl FrozenMatrix {
         Some(FrozenMatrix { rows, cols, storage: Storage::Quantized { dtype, data, row_bytes } })
     }
 
-    /// The storage type: F32, or the ggml block type.
-    pub fn dtype(&self) -> GgmlType {
+    /// NF4 blocks of a [rows, cols] matrix flattened row-major. Returns None when they do not hold rows·cols
+    /// values (see [`Nf4Blocks::validate`] for why).
+    pub fn from_nf4(rows: usize, cols: usize, blocks: Nf4Blocks) -> Option<Self> {
+        if blocks.len != rows.checked_mul(cols)? || blocks.validate().is_err() {
+            return None;
+        }
+        Some(FrozenMatrix { rows, cols, storage: Storage::Nf4(blocks) })
+    }
+
+    /// The storage type as a ggml type: F32 or the block type; None for NF4, which ggml has no type for.
+    pub fn dtype(&self) -> Option<GgmlType> {
         match &self.storage {
-            Storage::F32(_) => GgmlType::F32,
-            Storage::Quantized { dtype, .. } => *dtype,
+            Storage::F32(_) => Some(GgmlType::F32),
+            Storage::Quantized { dtype, .. } => Some(*dtype),
+            Storage::Nf4(_) => None,
+        }
+    }
+
+    /// The storage type in words: `f32`, a ggml block type (`q4_0`, `bf16`), or `nf4`.
+    pub fn storage_name(&self) -> String {
+        match &self.storage {
+            Storage::F32(_) => "f32".into(),
+            Storage::Quantized { dtype, .. } => dtype.to_string().to_lowercase(),
+            Storage::Nf4(_) => "nf4".into(),
+        }
+    }
+
+    /// The NF4 blocks, when that is the storage.
+    pub fn nf4(&self) -> Option<&Nf4Blocks> {
+        match &self.storage {
+            Storage::Nf4(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// Weight rows [r0, r1) as f32 into `out[(r1 - r0) · cols]` (any storage).
+    fn rows_into(&self, r0: usize, r1: usize, out: &mut [f32]) {
+        let cols = self.cols;
+        match &self.storage {
+            Storage::F32(w) => out.copy_from_slice(&w[r0 * cols..r1 * cols]),
+            Storage::Quantized { dtype, data, row_bytes } => {
+                dequantize_rows(*dtype, &data[r0 * row_bytes..r1 * row_bytes], out)
+            }
+            Storage::Nf4(blocks) => blocks.dequantize(r0 * cols, out),
         }
     }
 
@@ -104,14 +147,14 @@ impl FrozenMatrix {
                     }
                 }
             }
-            Storage::Quantized { dtype, data, row_bytes } => {
+            Storage::Quantized { .. } | Storage::Nf4(_) => {
                 // Tiles of weight rows in parallel; tile t writes columns [r0, r1) of y only.
                 let y_addr = y.as_mut_ptr() as usize;
                 let y_len = y.len();
                 (0..rows.div_ceil(TILE_ROWS)).into_par_iter().for_each_init(Vec::new, |tile, t| {
                     let (r0, r1) = (t * TILE_ROWS, ((t + 1) * TILE_ROWS).min(rows));
                     tile.resize((r1 - r0) * cols, 0.0);
-                    dequantize_rows(*dtype, &data[r0 * row_bytes..r1 * row_bytes], tile);
+                    self.rows_into(r0, r1, tile);
                     // SAFETY: tiles write disjoint column ranges [r0, r1) of y; no two tasks alias an element.
                     let y = unsafe { std::slice::from_raw_parts_mut(y_addr as *mut f32, y_len) };
                     matmul_nt_into_columns(y, rows, r0, x, tile, n, cols, r1 - r0, accumulate);
@@ -126,7 +169,7 @@ impl FrozenMatrix {
         assert!(dx.len() >= n * cols && dy.len() >= n * rows, "FrozenMatrix::backward_input: operand too small");
         match &self.storage {
             Storage::F32(w) => matmul_nn(dx, dy, w, n, rows, cols, 1.0, accumulate),
-            Storage::Quantized { dtype, data, row_bytes } => {
+            Storage::Quantized { .. } | Storage::Nf4(_) => {
                 if !accumulate {
                     dx[..n * cols].fill(0.0);
                 }
@@ -136,7 +179,7 @@ impl FrozenMatrix {
                 for r0 in (0..rows).step_by(TILE_ROWS) {
                     let r1 = (r0 + TILE_ROWS).min(rows);
                     let k = r1 - r0;
-                    dequantize_rows(*dtype, &data[r0 * row_bytes..r1 * row_bytes], &mut tile[..k * cols]);
+                    self.rows_into(r0, r1, &mut tile[..k * cols]);
                     for i in 0..n {
                         dy_tile[i * k..(i + 1) * k].copy_from_slice(&dy[i * rows + r0..i * rows + r1]);
                     }
@@ -148,21 +191,16 @@ impl FrozenMatrix {
 
     /// Copies row `r` (an embedding lookup) into `out[cols]`.
     pub fn row_into(&self, r: usize, out: &mut [f32]) {
-        match &self.storage {
-            Storage::F32(w) => out.copy_from_slice(&w[r * self.cols..(r + 1) * self.cols]),
-            Storage::Quantized { dtype, data, row_bytes } => {
-                dequantize_rows(*dtype, &data[r * row_bytes..(r + 1) * row_bytes], out)
-            }
-        }
+        self.rows_into(r, r + 1, out)
     }
 
     /// The whole matrix in f32, row-major (a copy when quantized).
     pub fn to_f32(&self) -> Cow<'_, [f32]> {
         match &self.storage {
             Storage::F32(w) => Cow::Borrowed(w),
-            Storage::Quantized { dtype, data, .. } => {
+            Storage::Quantized { .. } | Storage::Nf4(_) => {
                 let mut out = vec![0.0f32; self.rows * self.cols];
-                dequantize_rows(*dtype, data, &mut out);
+                self.rows_into(0, self.rows, &mut out);
                 Cow::Owned(out)
             }
         }
@@ -178,6 +216,7 @@ impl FrozenMatrix {
         match &self.storage {
             Storage::F32(w) => w.len() * 4,
             Storage::Quantized { data, .. } => data.len(),
+            Storage::Nf4(blocks) => blocks.storage_bytes(),
         }
     }
 }
@@ -225,6 +264,45 @@ mod tests {
             let mut row = vec![0.0; cols];
             fq.row_into(7, &mut row);
             assert_eq!(&row[..], &twin.to_f32()[7 * cols..8 * cols]);
+        }
+    }
+
+    /// The input gradient through an NF4 layer equals the one through its dequantized f32 twin (the QLoRA
+    /// must-show), as do the forward products; rows of 96 values make 64-value blocks straddle rows.
+    #[test]
+    fn nf4_products_and_input_gradient_equal_the_dequantized_twin() {
+        use crate::engine::nf4::{Nf4Dtype, BLOCKSIZE};
+        for (rows, cols) in [(200, 96), (130, 64), (7, 33)] {
+            let w: Vec<f32> = rand(rows * cols, 3).iter().map(|v| v * 0.05).collect();
+            for (double_quant, dtype) in [(false, Nf4Dtype::F32), (true, Nf4Dtype::BF16), (true, Nf4Dtype::F16)] {
+                let blocks = Nf4Blocks::quantize(&w, BLOCKSIZE, double_quant, dtype);
+                let fq = FrozenMatrix::from_nf4(rows, cols, blocks).unwrap();
+                assert_eq!((fq.dtype(), fq.storage_name().as_str()), (None, "nf4"));
+                let n_blocks = (rows * cols).div_ceil(BLOCKSIZE);
+                let scales = if double_quant { n_blocks + 4 * n_blocks.div_ceil(256) + 1028 } else { 4 * n_blocks };
+                assert_eq!(fq.storage_bytes(), (rows * cols).div_ceil(2) + scales);
+                let twin = fq.to_f32_matrix();
+                let worst_twin_error =
+                    w.iter().zip(twin.to_f32().iter()).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+                assert!(worst_twin_error < 0.02, "NF4 error {worst_twin_error} is too large for weights of 0.05");
+                for n in [1, 3, 17] {
+                    let x = rand(n * cols, 2 + n as u64);
+                    let (mut a, mut b) = (vec![0.5; n * rows], vec![0.5; n * rows]);
+                    fq.forward(&mut a, &x, n, true);
+                    twin.forward(&mut b, &x, n, true);
+                    let worst = a.iter().zip(&b).map(|(p, q)| (p - q).abs() / (1.0 + q.abs())).fold(0.0, f32::max);
+                    assert!(worst < 1e-5, "[{rows}, {cols}] {dtype:?} n={n} forward differs by {worst}");
+                    let dy = rand(n * rows, 9);
+                    let (mut da, mut db) = (vec![0.25; n * cols], vec![0.25; n * cols]);
+                    fq.backward_input(&mut da, &dy, n, true);
+                    twin.backward_input(&mut db, &dy, n, true);
+                    let worst = da.iter().zip(&db).map(|(p, q)| (p - q).abs() / (1.0 + q.abs())).fold(0.0, f32::max);
+                    assert!(worst < 1e-5, "[{rows}, {cols}] {dtype:?} n={n} input gradient differs by {worst}");
+                }
+                let mut row = vec![0.0; cols];
+                fq.row_into(rows - 1, &mut row);
+                assert_eq!(&row[..], &twin.to_f32()[(rows - 1) * cols..]);
+            }
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod embedding;
 pub mod frozen;
 pub mod lora;
 pub mod matmul;
+pub mod nf4;
 pub mod quant_dot;
 pub mod rmsnorm;
 pub mod rope;

@@ -1,6 +1,7 @@
 //! Loading a Llama-family model from a GGUF file, a Hugging Face folder or a hub id, together with its tokenizer
 //! and chat template.
 
+pub mod bnb;
 pub mod config;
 pub mod gguf_source;
 pub mod hub;
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 pub use config::LlamaConfig;
 pub use llama::{KvCache, Llama};
+pub use safetensors_source::MatrixStorage;
 
 use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;
@@ -72,9 +74,13 @@ pub struct LoadOptions {
     /// PEFT LoRA adapter folders to merge into the weights after loading, in order (f32 for the adapted
     /// matrices); each is checked against the model as merged so far.
     pub adapters: Vec<PathBuf>,
-    /// Convert a GGUF's quantized weights to f32 at load (training on a full-precision base); by default they
-    /// stay in the file's blocks.
+    /// Convert a GGUF's quantized weights, or a bitsandbytes checkpoint's 4-bit ones, to f32 at load (training
+    /// on a full-precision base); by default they stay in the file's blocks.
     pub dequantize: bool,
+    /// QLoRA's 4-bit base from a Hugging Face folder: a bitsandbytes checkpoint keeps its NF4 blocks, and an
+    /// unquantized one has its linear layers quantized to NF4 at load ([`MatrixStorage::QLORA`]). A GGUF keeps
+    /// its own blocks either way (unless `dequantize`).
+    pub load_in_4bit: bool,
 }
 
 impl LoadedModel {
@@ -93,7 +99,14 @@ impl LoadedModel {
                         "a Hugging Face folder's tokenizer.json already names its pre-tokenizer",
                     ));
                 }
-                load_hf_folder(p)?
+                let storage = if options.load_in_4bit {
+                    MatrixStorage::QLORA
+                } else if options.dequantize {
+                    MatrixStorage::F32
+                } else {
+                    MatrixStorage::KeepNf4
+                };
+                load_hf_folder(p, storage)?
             }
         };
         let mut model = model;
@@ -136,7 +149,8 @@ pub fn llama_from_gguf_with(file: &gguf::GgufFile, keep_quantized: bool) -> Resu
     Ok(Llama::new(config, weights))
 }
 
-pub fn load_hf_folder(dir: &Path) -> Result<(Llama, Tokenizer)> {
+/// The model and tokenizer of a Hugging Face folder, its matrices held as `storage` says.
+pub fn load_hf_folder(dir: &Path, storage: MatrixStorage) -> Result<(Llama, Tokenizer)> {
     let config = LlamaConfig::from_hf_json(&dir.join("config.json"))?;
     let tokenizer_json = dir.join("tokenizer.json");
     if !tokenizer_json.is_file() {
@@ -148,25 +162,22 @@ pub fn load_hf_folder(dir: &Path) -> Result<(Llama, Tokenizer)> {
     let tokenizer_config = dir.join("tokenizer_config.json");
     let tokenizer =
         Tokenizer::from_hf_files(&tokenizer_json, tokenizer_config.is_file().then_some(tokenizer_config.as_path()))?;
-    let source = safetensors_source::SafetensorsSource::open(dir)?;
+    let source = safetensors_source::SafetensorsSource::open(dir)?.with_storage(storage);
     let weights = weights::LlamaWeights::load(&source, &config)?;
     Ok((Llama::new(config, weights), tokenizer))
 }
 
-/// The frozen base alone (no tokenizer), for training and benchmarks: a GGUF keeps its own quantized blocks when
-/// `keep_quantized` (QLoRA), or is converted to f32; a Hugging Face folder is read in f32.
+/// The frozen base alone (no tokenizer), for training and benchmarks. With `keep_quantized` (QLoRA's
+/// `load_in_4bit`) a GGUF keeps its own quantized blocks, a bitsandbytes checkpoint its NF4 blocks, and an
+/// unquantized Hugging Face folder is quantized to NF4 at load ([`MatrixStorage::QLORA`]); without it every
+/// matrix is f32.
 pub fn load_base(spec: &str, keep_quantized: bool) -> Result<Llama> {
     match ModelPath::resolve(spec)? {
         ModelPath::Gguf(p) => llama_from_gguf_with(&gguf::GgufFile::open(&p)?, keep_quantized),
         ModelPath::HfFolder(p) => {
-            if keep_quantized {
-                return Err(Error::hinted(
-                    format!("{}: a 4-bit base is read from GGUF files for now", p.display()),
-                    "use a GGUF base for 4-bit training, or train on this folder without --load-in-4bit",
-                ));
-            }
+            let storage = if keep_quantized { MatrixStorage::QLORA } else { MatrixStorage::F32 };
             let config = LlamaConfig::from_hf_json(&p.join("config.json"))?;
-            let source = safetensors_source::SafetensorsSource::open(&p)?;
+            let source = safetensors_source::SafetensorsSource::open(&p)?.with_storage(storage);
             Ok(Llama::new(config.clone(), weights::LlamaWeights::load(&source, &config)?))
         }
     }

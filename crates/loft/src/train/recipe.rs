@@ -146,15 +146,9 @@ pub fn train(config: &TrainConfig, options: &TrainOptions, observer: &mut dyn Ob
         tokenizer_pre: (!config.model.tokenizer_pre.is_empty()).then(|| config.model.tokenizer_pre.clone()),
         adapters: Vec::new(),
         dequantize: !config.model.load_in_4bit,
+        // A GGUF keeps its own blocks, a bitsandbytes checkpoint its NF4 ones; a 16-bit folder becomes NF4.
+        load_in_4bit: config.model.load_in_4bit,
     };
-    if config.model.load_in_4bit {
-        if let ModelPath::HfFolder(p) = ModelPath::resolve(&config.model.path)? {
-            return Err(Error::hinted(
-                format!("{}: load_in_4bit reads a GGUF base's own 4-bit blocks for now", p.display()),
-                "use a GGUF base (e.g. a q4_0 export) or set model.load_in_4bit = false",
-            ));
-        }
-    }
     let LoadedModel { model: mut base, tokenizer, .. } = LoadedModel::load_with(&config.model.path, &load)?;
     let lora = config.lora_config()?;
     let mut continued: Option<Adapter> = None;
