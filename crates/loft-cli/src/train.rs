@@ -104,13 +104,14 @@ impl Observer for Bar {
                 let m = &p.memory;
                 self.line(format!(
                     "memory estimate: {} = base {} + adapter {} + gradients {} + optimizer {} + activations {} \
-                     (batch {}×{}; {} with the other gradient_checkpointing setting)",
+                     + runtime {} (batch {}×{}; {} with the other gradient_checkpointing setting)",
                     human(m.total()),
                     human(m.base_weights),
                     human(m.adapter),
                     human(m.gradients),
                     human(m.optimizer),
                     human(m.activations),
+                    human(m.runtime),
                     m.arena_rows.0,
                     m.arena_rows.1,
                     human(m.activations_other)

@@ -201,7 +201,7 @@ impl Adapter {
     }
 
     /// Read-only twin of [`Adapter::for_each_tensor_mut`].
-    pub fn for_each_tensor(&self, mut f: impl FnMut(TensorName, &[f32])) {
+    pub fn for_each_tensor<'a>(&'a self, mut f: impl FnMut(TensorName, &'a [f32])) {
         for (l, mods) in self.layers.iter().enumerate() {
             for (m, w) in mods.iter().enumerate() {
                 if let Some(w) = w {

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use safetensors::tensor::{Dtype, TensorView};
+use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
 
@@ -163,6 +163,36 @@ pub fn load_peft_adapter(dir: &Path, model: &Llama) -> Result<Adapter> {
 /// Writes `adapter` (of a model with `hidden_size` channels) in PEFT's format into `dir` (created if needed);
 /// `base_model` goes to base_model_name_or_path.
 /// Both files are written under temporary names and renamed, so each is complete or absent.
+/// An f32 tensor borrowed for writing: safetensors stores little-endian bytes, which on a little-endian machine
+/// are the buffer itself.
+#[derive(Clone)]
+struct F32Tensor<'a> {
+    shape: Vec<usize>,
+    data: &'a [f32],
+}
+
+impl safetensors::View for F32Tensor<'_> {
+    fn dtype(&self) -> Dtype {
+        Dtype::F32
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        if cfg!(target_endian = "little") {
+            // SAFETY: any f32 is 4 initialised bytes; u8 has alignment 1; the length covers the same memory.
+            std::borrow::Cow::Borrowed(unsafe {
+                std::slice::from_raw_parts(self.data.as_ptr().cast::<u8>(), std::mem::size_of_val(self.data))
+            })
+        } else {
+            std::borrow::Cow::Owned(self.data.iter().flat_map(|v| v.to_le_bytes()).collect())
+        }
+    }
+    fn data_len(&self) -> usize {
+        std::mem::size_of_val(self.data)
+    }
+}
+
 pub fn save_peft_adapter(adapter: &Adapter, hidden_size: usize, dir: &Path, base_model: &str) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let c = &adapter.config;
@@ -191,7 +221,9 @@ pub fn save_peft_adapter(adapter: &Adapter, hidden_size: usize, dir: &Path, base
         "rank_pattern": {},
         "alpha_pattern": {},
     });
-    let mut tensors: BTreeMap<String, (Vec<usize>, Vec<u8>)> = BTreeMap::new();
+    // The tensors are written straight from the adapter's own buffers (no byte copies: a trained embedding is
+    // 100+ MB, and a save must not raise the run's peak memory).
+    let mut tensors: BTreeMap<String, F32Tensor<'_>> = BTreeMap::new();
     adapter.for_each_tensor(|name, t| {
         let shape = match name {
             TensorName::LoraA(l, m) => adapter.layers[l][m.index()].as_ref().map(|w| vec![w.r, w.in_features]),
@@ -199,7 +231,7 @@ pub fn save_peft_adapter(adapter: &Adapter, hidden_size: usize, dir: &Path, base
             TensorName::EmbedTokens | TensorName::LmHead => Some(vec![t.len() / hidden_size, hidden_size]),
         };
         let shape = shape.expect("for_each_tensor visits existing tensors");
-        tensors.insert(name.peft_key(), (shape, t.iter().flat_map(|v| v.to_le_bytes()).collect()));
+        tensors.insert(name.peft_key(), F32Tensor { shape, data: t });
     });
     // A tied model trained through one shared matrix: PEFT stores the head as its own copy.
     if c.train_lm_head && adapter.lm_head.is_none() {
@@ -207,14 +239,7 @@ pub fn save_peft_adapter(adapter: &Adapter, hidden_size: usize, dir: &Path, base
             tensors.insert(TensorName::LmHead.peft_key(), e);
         }
     }
-    let views: Vec<(String, TensorView<'_>)> = tensors
-        .iter()
-        .map(|(k, (shape, bytes))| {
-            TensorView::new(Dtype::F32, shape.clone(), bytes)
-                .map(|v| (k.clone(), v))
-                .map_err(|e| Error::Invalid(format!("tensor '{k}': {e}")))
-        })
-        .collect::<Result<_>>()?;
+    let views: Vec<(String, F32Tensor<'_>)> = tensors.into_iter().collect();
     let weights = dir.join(WEIGHTS_FILE);
     let tmp = dir.join(format!("{WEIGHTS_FILE}.tmp"));
     let meta: Option<HashMap<String, String>> = Some([("format".to_string(), "pt".to_string())].into());

@@ -97,9 +97,10 @@ fn write_optimizer(path: &Path, optimizer: &Optimizer) -> Result<()> {
         ("optim".to_string(), optimizer.config().kind.name().to_string()),
     ]
     .into();
-    let bytes = safetensors::tensor::serialize(views, Some(meta))
+    // Streamed to the file (an in-memory copy of the moments would raise the run's peak), then synced.
+    safetensors::tensor::serialize_to_file(views, Some(meta), path)
         .map_err(|e| Error::format(path, format!("cannot write safetensors: {e}")))?;
-    write_synced(path, &bytes)
+    std::fs::File::open(path).and_then(|f| f.sync_all()).map_err(|e| Error::io(path, e))
 }
 
 /// The complete checkpoints in `output_dir`, oldest first.
