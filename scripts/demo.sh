@@ -18,12 +18,14 @@ scale="${DEMO_SCALE:-small}"
 mkdir -p "$out"
 
 case "$scale" in
-  small) cpt_steps=12; ift_steps=12; ift_lr=1e-3; batch=2; accum=2; eval_every=6 ;;
-  full) cpt_steps=240; ift_steps=120; ift_lr=2e-4; batch=4; accum=2; eval_every=20 ;;
+  small) cpt_steps=8; ift_steps=8; ift_lr=1e-3; batch=2; accum=2; eval_every=8; save_every=4; val=0.03; answer_tokens=128 ;;
+  full) cpt_steps=240; ift_steps=120; ift_lr=2e-4; batch=4; accum=2; eval_every=20; save_every=20; val=0.1;
+        answer_tokens=256 ;;
   *) echo "error: DEMO_SCALE=$scale: expected small or full" >&2; exit 2 ;;
 esac
 common=(--set "train.per_device_train_batch_size=$batch" --set "train.gradient_accumulation_steps=$accum"
-        --set "train.eval_steps=$eval_every" --set "train.save_steps=$eval_every")
+        --set "train.eval_steps=$eval_every" --set "train.save_steps=$save_every" --set "data.validation_split=$val")
+started=$(date +%s)
 
 stage() { printf '\n== %s ==\n' "$*" >&2; }
 
@@ -66,7 +68,8 @@ if [ ! -f "$answers.complete" ]; then
   models=("base" "cpt" "ift" "cpt-ift")
   for q in "${questions[@]}"; do
     # The IFT format (Alpaca's prompt), fed as is to every model.
-    prompt="$(printf 'Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\n%s\n\n### Response:\n' "$q")"
+    # ($(...) drops trailing newlines: the one after "### Response:" is put back, as training saw it.)
+    prompt="$(printf 'Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\n%s\n\n### Response:' "$q")"$'\n'
     for m in "${models[@]}"; do
       adapters=()
       case "$m" in
@@ -76,7 +79,7 @@ if [ ! -f "$answers.complete" ]; then
       esac
       printf '\n[%s] %s\n' "$m" "$q" >&2
       # Streamed to the terminal (stderr) and kept for the report.
-      "$loft" generate --model "$model" "${adapters[@]}" --raw --prompt "$prompt" --max-new-tokens 160 \
+      "$loft" generate --model "$model" "${adapters[@]}" --raw --prompt "$prompt" --max-new-tokens "$answer_tokens" \
         --repetition-penalty 1.1 \
         2> "$out/generate.err" | tee "$out/answer.txt" >&2
       text="$(cat "$out/answer.txt")"
@@ -96,10 +99,21 @@ both=(--adapter "$out/cpt/adapter" --adapter "$out/cpt-ift/adapter")
 [ -f "$out/cpt-ift.q8_0.gguf" ] || "$loft" export gguf --model "$model" "${both[@]}" --quant q8_0 \
   --out "$out/cpt-ift.q8_0.gguf" --force
 check_q="Describe the planet Earth."
-check_prompt="$(printf 'Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\n%s\n\n### Response:\n' "$check_q")"
+check_prompt="$(printf 'Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\n%s\n\n### Response:' "$check_q")"$'\n'
 "$loft" generate --model "$out/merged" --raw --prompt "$check_prompt" --max-new-tokens 64 > "$out/check-merged.txt" 2>/dev/null
 "$loft" generate --model "$out/cpt-ift.q8_0.gguf" --raw --prompt "$check_prompt" --max-new-tokens 64 > "$out/check-gguf.txt" 2>/dev/null
+# The same text scored by the trained model (adapters on the 4-bit base), the merged folder and the GGUF.
+check_text=".cache/data/ko-law/kolaw-constitution.txt"
+{
+  printf '{"model": "base + adapters", "eval": %s}\n' \
+    "$("$loft" eval --model "$model" "${both[@]}" --text "$check_text" --max-tokens 1024 --json 2>/dev/null | tail -n 1)"
+  printf '{"model": "merged f16 folder", "eval": %s}\n' \
+    "$("$loft" eval --model "$out/merged" --text "$check_text" --max-tokens 1024 --json 2>/dev/null | tail -n 1)"
+  printf '{"model": "q8_0 GGUF", "eval": %s}\n' \
+    "$("$loft" eval --model "$out/cpt-ift.q8_0.gguf" --text "$check_text" --max-tokens 1024 --json 2>/dev/null | tail -n 1)"
+} > "$out/check-loss.jsonl"
 
 stage "6/6 report"
-python3 scripts/demo_report.py "$out" "$scale"
+echo "$(( $(date +%s) - started ))" > "$out/demo-seconds.txt"
+python3 scripts/demo_report.py "$out" "$scale" "$answer_tokens"
 echo "report: $out/report.md"

@@ -2,7 +2,7 @@
 data and settings of each stage, time and peak memory, validation loss before and after, the loss graphs, the
 answers of every model side by side, and where the exported files are.
 
-usage: demo_report.py RUN_DIR SCALE
+usage: demo_report.py RUN_DIR SCALE MAX_NEW_TOKENS
 """
 
 import json
@@ -11,8 +11,13 @@ import sys
 
 STAGES = [
     ("cpt", "CPT on Korean law text", "konlpy 0.6.0: the Korean constitution and 10 Korean bills (kolaw, kobill)"),
-    ("cpt-ift", "IFT from the CPT adapter", "champ-dataset 1.0.0: 270 maths problems with step-wise solutions"),
-    ("ift", "IFT from the base alone (ablation)", "champ-dataset 1.0.0 (the same split)"),
+    (
+        "cpt-ift",
+        "IFT from the CPT adapter",
+        "champ-dataset 1.0.0: 270 maths problems with step-wise solutions; chitchat-dataset 0.9.0: 267 questions "
+        "answered in a sentence (Alpaca records, scripts/prepare_data.py)",
+    ),
+    ("ift", "IFT from the base alone (ablation)", "the same data and split"),
 ]
 MODELS = [("base", "base"), ("cpt", "CPT"), ("ift", "IFT"), ("cpt-ift", "CPT+IFT")]
 
@@ -40,7 +45,7 @@ def cell(text):
 
 
 def main():
-    out, scale = sys.argv[1], sys.argv[2]
+    out, scale, tokens = sys.argv[1], sys.argv[2], sys.argv[3]
     lines = [f"# loft demo report ({scale} scale)", ""]
     lines += [
         "The home fine-tuning experiment on SmolLM2-135M-Instruct (Q4_1 GGUF, trained on its own 4-bit blocks):",
@@ -89,7 +94,7 @@ def main():
         "",
         "## The inference test",
         "",
-        "Each question in the IFT format (Alpaca's prompt), greedy with repetition penalty 1.1, at most 160 new tokens. ⏹ = the model ended its",
+        f"Each question in the IFT format (Alpaca's prompt), greedy with repetition penalty 1.1, at most {tokens} new tokens. ⏹ = the model ended its",
         "answer with EOS; ✂ = cut at the token limit.",
         "",
     ]
@@ -120,7 +125,16 @@ def main():
     )
     merged = open(os.path.join(out, "check-merged.txt"), encoding="utf-8").read().strip()
     gguf = open(os.path.join(out, "check-gguf.txt"), encoding="utf-8").read().strip()
-    same = "the same answer" if merged == gguf else "different answers"
+    common = 0
+    for a, b in zip(merged.split(), gguf.split()):
+        if a != b:
+            break
+        common += 1
+    same = (
+        "the same answer"
+        if merged == gguf
+        else f"answers that agree on their first {common} words (q8_0 rounding moves a greedy choice after that)"
+    )
     lines += [
         "",
         "## Exported files",
@@ -130,12 +144,26 @@ def main():
         f"- merged CPT+IFT model, Hugging Face folder in f16: `{out}/merged`",
         f"- q8_0 GGUF of CPT+IFT for llama.cpp / Ollama: `{out}/cpt-ift.q8_0.gguf`",
         "",
+        "The same text (the first 1,024 tokens of the Korean constitution) scored by the trained model and by both "
+        "exports, `loft eval`:",
+        "",
+        "| model | loss | perplexity |",
+        "|---|---|---|",
+    ]
+    for rec in load_jsonl(os.path.join(out, "check-loss.jsonl")):
+        lines.append(f"| {rec['model']} | {rec['eval']['loss']:.4f} | {rec['eval']['perplexity']:.3f} |")
+    lines += [
+        "",
         f"Loaded back with `loft generate`, greedy, \"Describe the planet Earth.\": the merged folder and the GGUF give {same}.",
         "",
         f"- merged: {cell(merged)}",
         f"- GGUF q8_0: {cell(gguf)}",
         "",
     ]
+    seconds_file = os.path.join(out, "demo-seconds.txt")
+    if os.path.exists(seconds_file):
+        secs = int(open(seconds_file).read().strip() or 0)
+        lines += [f"The run took {secs // 60} min {secs % 60} s after fetching and building (stages done before a re-run count as 0).", ""]
     with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
 

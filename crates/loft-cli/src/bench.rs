@@ -39,7 +39,8 @@ pub struct TrainArgs {
     /// Keep only each block's input and recompute the block in the backward.
     #[arg(long)]
     pub checkpointing: bool,
-    /// Keep the frozen base 4-bit (a GGUF's own blocks; Q4_0 for the random default model).
+    /// Keep the frozen base 4-bit: a GGUF's own blocks, a bitsandbytes checkpoint's NF4, a 16-bit Hugging Face folder
+    /// quantized to NF4 at load (Q4_0 for the random default model).
     #[arg(long)]
     pub load_in_4bit: bool,
     /// Optimizer: adamw or adamw_8bit.

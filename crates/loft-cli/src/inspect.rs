@@ -186,12 +186,33 @@ fn value_json(v: &gguf::Value) -> serde_json::Value {
     }
 }
 
+/// What `loft train --dry-run` estimates for this config (the model and adapter are built; nothing is written).
+fn memory_plan(config: &loft::train::TrainConfig) -> loft::Result<loft::train::recipe::MemoryPlan> {
+    struct Capture(Option<loft::train::recipe::MemoryPlan>);
+    impl loft::train::Observer for Capture {
+        fn event(&mut self, event: loft::train::Event<'_>) {
+            if let loft::train::Event::Plan(p) = event {
+                self.0 = Some(p.memory);
+            }
+        }
+    }
+    let mut capture = Capture(None);
+    let options = loft::train::TrainOptions { resume: false, overwrite: false, dry_run: true };
+    // A plan that does not fit still has its estimate (reported before the refusal): show it.
+    let result = loft::train::train(config, &options, &mut capture);
+    match capture.0 {
+        Some(plan) => Ok(plan),
+        None => result.map(|_| loft::train::recipe::MemoryPlan::default()),
+    }
+}
+
 /// `--data`: the dataset of a training config, formatted and tokenized exactly as `loft train` does.
 fn inspect_data(args: &Args) -> loft::Result<()> {
     use loft::train::recipe::{load_data, load_tokenizer};
     let config = loft::train::TrainConfig::load(&args.path, &args.set)?;
     let tokenizer = load_tokenizer(&config)?;
     let (train, validation, stats) = load_data(&config, &tokenizer)?;
+    let memory = memory_plan(&config)?;
     let marked = |t: &loft::data::Tokenized| -> String {
         // Runs of tokens with the same trained/untrained state, decoded together so characters stay whole.
         let mut out = String::new();
@@ -220,6 +241,13 @@ fn inspect_data(args: &Args) -> loft::Result<()> {
             "config": args.path.display().to_string(),
             "examples": stats.examples, "truncated": stats.truncated, "dropped": stats.dropped,
             "train": train.len(), "validation": validation.len(), "target_tokens": stats.target_tokens,
+            "memory_estimate": {
+                "total_bytes": memory.total(), "base_weights_bytes": memory.base_weights,
+                "adapter_bytes": memory.adapter, "gradients_bytes": memory.gradients,
+                "optimizer_bytes": memory.optimizer, "activations_bytes": memory.activations,
+                "runtime_bytes": memory.runtime, "activations_other_checkpointing_bytes": memory.activations_other,
+                "batch": memory.arena_rows.0, "seq": memory.arena_rows.1,
+            },
             "samples": samples,
         });
         println!("{out}");
@@ -240,6 +268,7 @@ fn inspect_data(args: &Args) -> loft::Result<()> {
         config.model.max_seq_length,
         stats.dropped
     );
+    println!("{}", memory.describe());
     for (i, t) in train.iter().take(args.samples).enumerate() {
         println!(
             "\n── sample {} of the training split: {} tokens, {} trained (⟦…⟧) ──",

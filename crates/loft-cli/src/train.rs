@@ -101,21 +101,7 @@ impl Observer for Bar {
                     "steps: {} ({} per epoch, {} micro-batches per epoch, {} warmup)",
                     p.total_steps, p.steps_per_epoch, p.micro_batches_per_epoch, p.warmup_steps
                 ));
-                let m = &p.memory;
-                self.line(format!(
-                    "memory estimate: {} = base {} + adapter {} + gradients {} + optimizer {} + activations {} \
-                     + runtime {} (batch {}×{}; {} with the other gradient_checkpointing setting)",
-                    human(m.total()),
-                    human(m.base_weights),
-                    human(m.adapter),
-                    human(m.gradients),
-                    human(m.optimizer),
-                    human(m.activations),
-                    human(m.runtime),
-                    m.arena_rows.0,
-                    m.arena_rows.1,
-                    human(m.activations_other)
-                ));
+                self.line(p.memory.describe());
                 if let Some((step, dir)) = &p.resumed_from {
                     self.line(format!("resuming from {} (step {step})", dir.display()));
                 }

@@ -82,6 +82,25 @@ impl MemoryPlan {
     pub fn total(&self) -> usize {
         self.base_weights + self.adapter + self.gradients + self.optimizer + self.activations + self.runtime
     }
+
+    /// One line: "memory estimate: 1.15 GiB = base 92 MiB + …".
+    pub fn describe(&self) -> String {
+        use crate::memory::human;
+        format!(
+            "memory estimate: {} = base {} + adapter {} + gradients {} + optimizer {} + activations {} + runtime {} \
+             (batch {}×{}; activations {} with the other gradient_checkpointing setting)",
+            human(self.total()),
+            human(self.base_weights),
+            human(self.adapter),
+            human(self.gradients),
+            human(self.optimizer),
+            human(self.activations),
+            human(self.runtime),
+            self.arena_rows.0,
+            self.arena_rows.1,
+            human(self.activations_other)
+        )
+    }
 }
 
 /// One logged training step (averages over the logging window).
