@@ -40,6 +40,9 @@ enum Storage {
 const DOT_MAX_ROWS: usize = 4;
 /// Weight rows dequantized at once per tile.
 const TILE_ROWS: usize = 64;
+/// Weight rows per tile of the input gradient, and rows each thread dequantizes at a time.
+const BACKWARD_TILE_ROWS: usize = 256;
+const DEQUANT_TASK_ROWS: usize = 16;
 
 impl FrozenMatrix {
     /// `data` is row-major [rows, cols]; the caller has checked its length.
@@ -173,13 +176,18 @@ impl FrozenMatrix {
                 if !accumulate {
                     dx[..n * cols].fill(0.0);
                 }
-                // dx += dy[:, r0..r1] · W[r0..r1, :], tile by tile (gemm threads inside each product).
-                let mut tile = vec![0.0f32; TILE_ROWS * cols];
-                let mut dy_tile = vec![0.0f32; n * TILE_ROWS];
-                for r0 in (0..rows).step_by(TILE_ROWS) {
-                    let r1 = (r0 + TILE_ROWS).min(rows);
+                // dx += dy[:, r0..r1] · W[r0..r1, :], tile by tile: each tile dequantized by all threads, then one
+                // product (gemm threads inside it). Tiles are deeper than the forward's so the product's inner
+                // dimension keeps gemm efficient.
+                let mut tile = vec![0.0f32; BACKWARD_TILE_ROWS * cols];
+                let mut dy_tile = vec![0.0f32; n * BACKWARD_TILE_ROWS];
+                for r0 in (0..rows).step_by(BACKWARD_TILE_ROWS) {
+                    let r1 = (r0 + BACKWARD_TILE_ROWS).min(rows);
                     let k = r1 - r0;
-                    self.rows_into(r0, r1, &mut tile[..k * cols]);
+                    tile[..k * cols].par_chunks_mut(DEQUANT_TASK_ROWS * cols).enumerate().for_each(|(j, part)| {
+                        let a = r0 + j * DEQUANT_TASK_ROWS;
+                        self.rows_into(a, a + part.len() / cols, part);
+                    });
                     for i in 0..n {
                         dy_tile[i * k..(i + 1) * k].copy_from_slice(&dy[i * rows + r0..i * rows + r1]);
                     }
@@ -241,7 +249,7 @@ mod tests {
 
     #[test]
     fn quantized_products_equal_the_dequantized_twin() {
-        let (rows, cols) = (200, 96);
+        let (rows, cols) = (300, 96); // two input-gradient tiles, the second partial
         let w = rand(rows * cols, 1);
         for dtype in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F16, GgmlType::BF16] {
             let q = gguf::quantize(dtype, &w, cols).unwrap();
