@@ -247,6 +247,32 @@ mod tests {
         (0..n).map(|_| s.next_f64() as f32 * 2.0 - 1.0).collect()
     }
 
+    /// Forward products (accumulating), the input gradient (overwriting and accumulating) and a row lookup of a
+    /// quantized matrix equal those of its dequantized f32 twin: ≤ 1e-5 relative.
+    fn assert_products_equal_the_twin(fq: &FrozenMatrix, label: &str) {
+        let (rows, cols) = (fq.rows, fq.cols);
+        let twin = fq.to_f32_matrix();
+        for n in [1, 3, 17] {
+            let x = rand(n * cols, 2 + n as u64);
+            let (mut a, mut b) = (vec![0.5; n * rows], vec![0.5; n * rows]);
+            fq.forward(&mut a, &x, n, true);
+            twin.forward(&mut b, &x, n, true);
+            let worst = a.iter().zip(&b).map(|(p, q)| (p - q).abs() / (1.0 + q.abs())).fold(0.0, f32::max);
+            assert!(worst < 1e-5, "{label} n={n} forward differs by {worst}");
+            let dy = rand(n * rows, 9);
+            for accumulate in [false, true] {
+                let (mut da, mut db) = (vec![0.25; n * cols], vec![0.25; n * cols]);
+                fq.backward_input(&mut da, &dy, n, accumulate);
+                twin.backward_input(&mut db, &dy, n, accumulate);
+                let worst = da.iter().zip(&db).map(|(p, q)| (p - q).abs() / (1.0 + q.abs())).fold(0.0, f32::max);
+                assert!(worst < 1e-5, "{label} n={n} accumulate={accumulate}: input gradient differs by {worst}");
+            }
+        }
+        let mut row = vec![0.0; cols];
+        fq.row_into(rows - 1, &mut row);
+        assert_eq!(&row[..], &twin.to_f32()[(rows - 1) * cols..]);
+    }
+
     #[test]
     fn quantized_products_equal_the_dequantized_twin() {
         let (rows, cols) = (300, 96); // two input-gradient tiles, the second partial
@@ -254,24 +280,7 @@ mod tests {
         for dtype in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F16, GgmlType::BF16] {
             let q = gguf::quantize(dtype, &w, cols).unwrap();
             let fq = FrozenMatrix::from_quantized(rows, cols, dtype, q).unwrap();
-            let twin = fq.to_f32_matrix();
-            for n in [1, 3, 17] {
-                let x = rand(n * cols, 2 + n as u64);
-                let (mut a, mut b) = (vec![0.5; n * rows], vec![0.5; n * rows]);
-                fq.forward(&mut a, &x, n, true);
-                twin.forward(&mut b, &x, n, true);
-                let worst = a.iter().zip(&b).map(|(p, q)| (p - q).abs() / (1.0 + q.abs())).fold(0.0, f32::max);
-                assert!(worst < 1e-5, "{dtype} n={n} forward differs by {worst}");
-                let dy = rand(n * rows, 9);
-                let (mut da, mut db) = (vec![0.0; n * cols], vec![0.0; n * cols]);
-                fq.backward_input(&mut da, &dy, n, false);
-                twin.backward_input(&mut db, &dy, n, false);
-                let worst = da.iter().zip(&db).map(|(p, q)| (p - q).abs() / (1.0 + q.abs())).fold(0.0, f32::max);
-                assert!(worst < 1e-5, "{dtype} n={n} backward differs by {worst}");
-            }
-            let mut row = vec![0.0; cols];
-            fq.row_into(7, &mut row);
-            assert_eq!(&row[..], &twin.to_f32()[7 * cols..8 * cols]);
+            assert_products_equal_the_twin(&fq, &format!("{dtype}"));
         }
     }
 
@@ -289,27 +298,9 @@ mod tests {
                 let n_blocks = (rows * cols).div_ceil(BLOCKSIZE);
                 let scales = if double_quant { n_blocks + 4 * n_blocks.div_ceil(256) + 1028 } else { 4 * n_blocks };
                 assert_eq!(fq.storage_bytes(), (rows * cols).div_ceil(2) + scales);
-                let twin = fq.to_f32_matrix();
-                let worst_twin_error =
-                    w.iter().zip(twin.to_f32().iter()).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+                let worst_twin_error = w.iter().zip(fq.to_f32().iter()).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
                 assert!(worst_twin_error < 0.02, "NF4 error {worst_twin_error} is too large for weights of 0.05");
-                for n in [1, 3, 17] {
-                    let x = rand(n * cols, 2 + n as u64);
-                    let (mut a, mut b) = (vec![0.5; n * rows], vec![0.5; n * rows]);
-                    fq.forward(&mut a, &x, n, true);
-                    twin.forward(&mut b, &x, n, true);
-                    let worst = a.iter().zip(&b).map(|(p, q)| (p - q).abs() / (1.0 + q.abs())).fold(0.0, f32::max);
-                    assert!(worst < 1e-5, "[{rows}, {cols}] {dtype:?} n={n} forward differs by {worst}");
-                    let dy = rand(n * rows, 9);
-                    let (mut da, mut db) = (vec![0.25; n * cols], vec![0.25; n * cols]);
-                    fq.backward_input(&mut da, &dy, n, true);
-                    twin.backward_input(&mut db, &dy, n, true);
-                    let worst = da.iter().zip(&db).map(|(p, q)| (p - q).abs() / (1.0 + q.abs())).fold(0.0, f32::max);
-                    assert!(worst < 1e-5, "[{rows}, {cols}] {dtype:?} n={n} input gradient differs by {worst}");
-                }
-                let mut row = vec![0.0; cols];
-                fq.row_into(rows - 1, &mut row);
-                assert_eq!(&row[..], &twin.to_f32()[(rows - 1) * cols..]);
+                assert_products_equal_the_twin(&fq, &format!("[{rows}, {cols}] {dtype:?}"));
             }
         }
     }
