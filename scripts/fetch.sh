@@ -47,7 +47,7 @@ fetch_vocab() {
     --wildcards 'llama_cpp_python-0.3.36/vendor/llama.cpp/models/ggml-vocab-*' \
                 'llama_cpp_python-0.3.36/vendor/llama.cpp/models/templates/*'
   rm -rf "$tmp"
-  echo "$stamp" > "$out/.complete"
+  touch "$out/.complete"
 }
 
 fetch_gguf_py() {
