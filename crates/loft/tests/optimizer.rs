@@ -391,39 +391,3 @@ fn optimizer_names() {
     assert!(OptimKind::NAMES.iter().all(|n| OptimKind::parse(n).is_some()));
     assert_eq!(OptimKind::parse("sgd"), None);
 }
-
-/// Step time at the default model's adapter size (16 layers × 7 modules, r = 16, ≈5.6M parameters):
-/// `cargo test -p loft --test optimizer step_time -- --ignored --nocapture`.
-#[test]
-#[ignore]
-fn step_time_at_default_size() {
-    let modules = [
-        (TargetModule::QProj, 1024, 1024),
-        (TargetModule::KProj, 256, 1024),
-        (TargetModule::VProj, 256, 1024),
-        (TargetModule::OProj, 1024, 1024),
-        (TargetModule::GateProj, 4096, 1024),
-        (TargetModule::UpProj, 4096, 1024),
-        (TargetModule::DownProj, 1024, 4096),
-    ];
-    let mut p = adapter(16, 16, &modules, None);
-    let mut rng = SplitMix64::new(1);
-    fill(&mut p, &mut rng, 0.1);
-    let mut g = p.zeros_like();
-    fill(&mut g, &mut rng, 0.01);
-    for kind in [OptimKind::AdamW, OptimKind::AdamW8bit] {
-        let mut opt = Optimizer::new(config(kind, 0.01), &p);
-        opt.step(&mut p, &g, 1e-4, 1e-5);
-        let t = std::time::Instant::now();
-        let n = 10;
-        for _ in 0..n {
-            opt.step(&mut p, &g, 1e-4, 1e-5);
-        }
-        let per_step = t.elapsed().as_secs_f64() * 1e3 / n as f64;
-        let clip = std::time::Instant::now();
-        clip_grad_norm(&mut g, 1.0).unwrap();
-        let clip_ms = clip.elapsed().as_secs_f64() * 1e3;
-        let (params, state) = (p.num_parameters(), opt.state_bytes() as f64 / 1e6);
-        eprintln!("{}: {params} params, {per_step:.2} ms/step, state {state:.1} MB; clip {clip_ms:.2} ms", kind.name());
-    }
-}
