@@ -29,6 +29,12 @@ started=$(date +%s)
 
 stage() { printf '\n== %s ==\n' "$*" >&2; }
 
+# Alpaca's prompt for one instruction, as `data.format = "alpaca"` renders it for training. $(...) drops trailing
+# newlines, so callers put back the one after "### Response:" that training saw.
+alpaca_prompt() {
+  printf 'Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\n%s\n\n### Response:' "$1"
+}
+
 # A stage is done when its run folder has its summary (written after the final adapter).
 train_stage() {
   local name="$1"; shift
@@ -68,8 +74,7 @@ if [ ! -f "$answers.complete" ]; then
   models=("base" "cpt" "ift" "cpt-ift")
   for q in "${questions[@]}"; do
     # The IFT format (Alpaca's prompt), fed as is to every model.
-    # ($(...) drops trailing newlines: the one after "### Response:" is put back, as training saw it.)
-    prompt="$(printf 'Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\n%s\n\n### Response:' "$q")"$'\n'
+    prompt="$(alpaca_prompt "$q")"$'\n'
     for m in "${models[@]}"; do
       adapters=()
       case "$m" in
@@ -99,7 +104,7 @@ both=(--adapter "$out/cpt/adapter" --adapter "$out/cpt-ift/adapter")
 [ -f "$out/cpt-ift.q8_0.gguf" ] || "$loft" export gguf --model "$model" "${both[@]}" --quant q8_0 \
   --out "$out/cpt-ift.q8_0.gguf" --force
 check_q="Describe the planet Earth."
-check_prompt="$(printf 'Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\n%s\n\n### Response:' "$check_q")"$'\n'
+check_prompt="$(alpaca_prompt "$check_q")"$'\n'
 "$loft" generate --model "$out/merged" --raw --prompt "$check_prompt" --max-new-tokens 64 > "$out/check-merged.txt" 2>/dev/null
 "$loft" generate --model "$out/cpt-ift.q8_0.gguf" --raw --prompt "$check_prompt" --max-new-tokens 64 > "$out/check-gguf.txt" 2>/dev/null
 # The same text scored by the trained model (adapters on the 4-bit base), the merged folder and the GGUF.

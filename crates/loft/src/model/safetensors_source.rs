@@ -141,9 +141,7 @@ impl SafetensorsSource {
 /// the head).
 fn is_block_linear(hf_name: &str) -> bool {
     hf_name.starts_with("model.layers.")
-        && ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-            .iter()
-            .any(|m| hf_name.ends_with(&format!(".{m}.weight")))
+        && crate::lora::TargetModule::ALL.iter().any(|m| hf_name.ends_with(&format!(".{}.weight", m.name())))
 }
 
 impl TensorSource for SafetensorsSource {
