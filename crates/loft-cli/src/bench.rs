@@ -81,7 +81,7 @@ fn decode(args: DecodeArgs) -> loft::Result<()> {
     let cfg = &loaded.model.config;
     // A deterministic prompt of ordinary token ids (no control tokens), the same on every run.
     let vocab = cfg.vocab_size as u64;
-    let mut rng = loft::infer::sample::SplitMix64::new(1234);
+    let mut rng = loft::rng::SplitMix64::new(1234);
     let prompt: Vec<u32> = (0..args.prompt_tokens.max(1))
         .map(|_| loop {
             let id = (rng.next_u64() % vocab) as u32;
@@ -128,10 +128,11 @@ fn decode(args: DecodeArgs) -> loft::Result<()> {
 }
 
 fn train(args: TrainArgs) -> loft::Result<()> {
+    use loft::data::Batch;
     use loft::lora::{Adapter, LoraConfig};
     use loft::memory;
-    use loft::model::llama_lora::{forward_backward, Batch, TrainArena};
     use loft::model::{load_base, Llama, LlamaConfig};
+    use loft::train::forward_backward::{forward_backward, TrainArena};
     use loft::train::optim::{clip_grad_norm, OptimConfig, OptimKind, Optimizer};
     use loft::Error;
 
@@ -191,7 +192,7 @@ fn train(args: TrainArgs) -> loft::Result<()> {
     let mut grads = adapter.zeros_like();
     let mut optimizer = Optimizer::new(OptimConfig { kind, ..Default::default() }, &adapter);
 
-    let mut rng = loft::infer::sample::SplitMix64::new(7);
+    let mut rng = loft::rng::SplitMix64::new(7);
     let rows: Vec<Vec<u32>> = (0..args.batch)
         .map(|_| (0..args.seq).map(|_| (rng.next_u64() % cfg.vocab_size as u64) as u32).collect())
         .collect();

@@ -25,13 +25,8 @@ impl ModelArgs {
     /// Loads the model, reporting the time taken on stderr.
     pub fn load(&self) -> loft::Result<LoadedModel> {
         let start = Instant::now();
-        let options = LoadOptions {
-            tokenizer_pre: self.tokenizer_pre.clone(),
-            adapters: self.adapter.clone(),
-            dequantize: false,
-            load_in_4bit: false,
-        };
-        let loaded = LoadedModel::load_with(&self.model, &options)?;
+        let options = LoadOptions { tokenizer_pre: self.tokenizer_pre.clone(), dequantize: false, load_in_4bit: false };
+        let loaded = loft::lora::load_merged(&self.model, &options, &self.adapter)?;
         let cfg = &loaded.model.config;
         eprintln!(
             "loaded {} ({} layers, {:.1}M parameters) in {:.2}s",

@@ -137,7 +137,7 @@ fn adapter_in_eval_equals_the_merged_folder() {
     let base = loft::model::load_base(&model, false).unwrap();
     let config = loft::lora::LoraConfig { r: 4, lora_alpha: 8.0, ..Default::default() };
     let mut adapter = loft::lora::Adapter::new(config, &base, 3).unwrap();
-    let mut rng = loft::infer::sample::SplitMix64::new(4);
+    let mut rng = loft::rng::SplitMix64::new(4);
     adapter.for_each_tensor_mut(|name, t| {
         if matches!(name, loft::lora::TensorName::LoraB(..)) {
             t.iter_mut().for_each(|v| *v = (rng.next_f64() as f32 - 0.5) * 0.2);

@@ -15,7 +15,7 @@ use loft::engine::lora::{lora_backward, lora_forward, lora_scale};
 use loft::engine::rmsnorm::{inv_rms, rmsnorm_backward, rmsnorm_forward, rmsnorm_forward_train};
 use loft::engine::swiglu::{swiglu_backward, swiglu_forward};
 use loft::engine::{FrozenMatrix, LoraDropout, LoraWeights, VocabMatrix};
-use loft::infer::sample::SplitMix64;
+use loft::rng::SplitMix64;
 
 const STEP: f32 = 1e-2;
 const TOL: f64 = 1e-3;

@@ -3,8 +3,8 @@
 //! gradient clipping; checkpoint state round trips.
 
 use loft::engine::LoraWeights;
-use loft::infer::sample::SplitMix64;
 use loft::lora::{Adapter, LoraConfig, TargetModule, TensorName};
+use loft::rng::SplitMix64;
 use loft::train::optim::{
     clip_grad_norm, create_dynamic_map, dequantize_blockwise, nearest_code, quantize_blockwise, OptimConfig, OptimKind,
     Optimizer, BLOCK_SIZE, MIN_8BIT_SIZE,

@@ -5,10 +5,11 @@
 
 use std::path::PathBuf;
 
+use loft::data::Batch;
 use loft::lora::peft::{load_peft_adapter, save_peft_adapter};
 use loft::lora::Adapter;
-use loft::model::llama_lora::{forward_backward, Batch, TrainArena};
 use loft::model::load_base;
+use loft::train::forward_backward::{forward_backward, TrainArena};
 use safetensors::SafeTensors;
 
 fn fixture() -> PathBuf {

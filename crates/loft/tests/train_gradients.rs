@@ -7,10 +7,11 @@ mod common;
 
 use common::adapter_with_nonzero_b as adapter;
 use common::tiny::{random_weights, write_gguf, TinyConfig};
-use loft::infer::sample::SplitMix64;
+use loft::data::Batch;
 use loft::lora::{Adapter, LoraConfig, TensorName};
-use loft::model::llama_lora::{forward_backward, loss, Batch, TrainArena};
 use loft::model::{llama_from_gguf, llama_from_gguf_with, Llama};
+use loft::rng::SplitMix64;
+use loft::train::forward_backward::{forward_backward, loss, TrainArena};
 
 fn tiny_model(seed: u64) -> Llama {
     let cfg = TinyConfig::default();

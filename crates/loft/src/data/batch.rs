@@ -3,45 +3,47 @@
 //! with its own positions and attention span, and no target that crosses from one example into the next).
 
 use super::tokenize::{Tokenized, IGNORE};
-use crate::model::llama_lora::Batch;
+use crate::rng::SplitMix64;
 use crate::{Error, Result};
 
-/// SplitMix64: small, seeded, and the same on every platform, so a seed names one split and one order.
-#[derive(Debug, Clone)]
-struct SplitMix64(u64);
+/// One micro-batch: B rows of T tokens. `targets[i]` is the token that row position i must predict (already
+/// shifted; negative = no loss). `positions` restart at each packed document; `doc_start[i]` is the first
+/// position (within the row) of token i's document, so attention stays inside documents.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    pub b: usize,
+    pub t: usize,
+    pub input_ids: Vec<u32>,
+    pub targets: Vec<i32>,
+    pub positions: Vec<u32>,
+    pub doc_start: Option<Vec<u32>>,
+}
 
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+impl Batch {
+    /// Plain causal-LM rows (no packing): each row predicts its own next tokens; the last position of a row has
+    /// no target. `labels` are transformers-style (same length as the ids, -100 = ignored), shifted here.
+    pub fn from_rows(rows: &[Vec<u32>], labels: &[Vec<i32>]) -> Self {
+        let (b, t) = (rows.len(), rows.first().map_or(0, |r| r.len()));
+        let mut input_ids = Vec::with_capacity(b * t);
+        let mut targets = Vec::with_capacity(b * t);
+        for (r, l) in rows.iter().zip(labels) {
+            assert!(r.len() == t && l.len() == t, "Batch::from_rows: ragged rows");
+            input_ids.extend_from_slice(r);
+            targets.extend(l[1..].iter().copied().chain(std::iter::once(-100)));
+        }
+        let positions = (0..b).flat_map(|_| 0..t as u32).collect();
+        Batch { b, t, input_ids, targets, positions, doc_start: None }
     }
 
-    /// Uniform in 0..n (n > 0), by rejection so there is no modulo bias.
-    fn below(&mut self, n: u64) -> u64 {
-        let zone = u64::MAX - u64::MAX % n;
-        loop {
-            let x = self.next_u64();
-            if x < zone {
-                return x % n;
-            }
-        }
-    }
-
-    fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            let j = self.below(i as u64 + 1) as usize;
-            items.swap(i, j);
-        }
+    pub fn n_targets(&self) -> usize {
+        self.targets.iter().filter(|&&t| t >= 0).count()
     }
 }
 
 /// A permutation of 0..n, fixed by (seed, epoch).
 pub fn shuffled_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
-    SplitMix64(seed ^ epoch.wrapping_mul(0xD1B5_4A32_D192_ED03)).shuffle(&mut order);
+    SplitMix64::new(seed ^ epoch.wrapping_mul(0xD1B5_4A32_D192_ED03)).shuffle(&mut order);
     order
 }
 

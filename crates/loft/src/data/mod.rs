@@ -6,7 +6,7 @@ pub mod source;
 pub mod template;
 pub mod tokenize;
 
-pub use batch::{shuffled_order, split_train_validation, Batcher, Packing};
+pub use batch::{shuffled_order, split_train_validation, Batch, Batcher, Packing};
 pub use source::{read_records, Record, SourceFormat, SourceOptions};
 pub use template::{Example, Format, Formatter, SpecialTokens};
 pub use tokenize::{tokenize, tokenize_all, TokenizeOptions, TokenizeStats, Tokenized, IGNORE};

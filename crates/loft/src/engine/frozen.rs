@@ -243,7 +243,7 @@ mod tests {
     use super::*;
 
     fn rand(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = crate::infer::sample::SplitMix64::new(seed);
+        let mut s = crate::rng::SplitMix64::new(seed);
         (0..n).map(|_| s.next_f64() as f32 * 2.0 - 1.0).collect()
     }
 

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use super::frozen::FrozenMatrix;
 use super::matmul::{matmul_nn, matmul_nt, matmul_tn};
-use crate::infer::sample::SplitMix64;
+use crate::rng::SplitMix64;
 
 /// The trained matrices of one adapted linear layer, with PEFT's names and layouts.
 #[derive(Clone, Debug)]

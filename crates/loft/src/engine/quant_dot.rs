@@ -223,7 +223,7 @@ mod tests {
     #[test]
     fn direct_kernels_equal_dequantize_then_dot() {
         let cols = 256;
-        let mut s = crate::infer::sample::SplitMix64::new(5);
+        let mut s = crate::rng::SplitMix64::new(5);
         let w: Vec<f32> = (0..cols).map(|_| s.next_f64() as f32 * 2.0 - 1.0).collect();
         let x: Vec<f32> = (0..cols).map(|_| s.next_f64() as f32 * 2.0 - 1.0).collect();
         for dtype in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K] {

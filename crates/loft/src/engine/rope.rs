@@ -4,7 +4,17 @@
 //!
 //! Legend: T = tokens, H = heads, D = head_dim.
 
-use crate::model::config::{LlamaConfig, RopeScaling};
+/// How RoPE frequencies are scaled for long contexts.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RopeScaling {
+    /// Llama 3.1's piecewise scaling (HF `rope_type = "llama3"`).
+    Llama3 { factor: f32, low_freq_factor: f32, high_freq_factor: f32, original_max_position_embeddings: usize },
+    /// Linear position interpolation (HF `rope_type = "linear"`).
+    Linear { factor: f32 },
+    /// Per-frequency divisors given outright (GGUF's `rope_freqs.weight`, which llama.cpp's converter computes from
+    /// the llama3 parameters).
+    FreqFactors(Vec<f32>),
+}
 
 /// Inverse frequencies of one head, with the model's scaling applied: inv_freq[D/2].
 #[derive(Clone, Debug)]
@@ -13,11 +23,12 @@ pub struct Rope {
 }
 
 impl Rope {
-    pub fn new(cfg: &LlamaConfig) -> Self {
-        let d = cfg.head_dim;
-        let base = cfg.rope_theta as f64;
+    /// The frequencies of a head of `head_dim` values at base `theta`, scaled as `scaling` says.
+    pub fn new(head_dim: usize, theta: f32, scaling: Option<&RopeScaling>) -> Self {
+        let d = head_dim;
+        let base = theta as f64;
         let mut inv_freq: Vec<f64> = (0..d / 2).map(|i| 1.0 / base.powf(2.0 * i as f64 / d as f64)).collect();
-        match &cfg.rope_scaling {
+        match scaling {
             None => {}
             Some(RopeScaling::Linear { factor }) => inv_freq.iter_mut().for_each(|f| *f /= *factor as f64),
             Some(RopeScaling::FreqFactors(factors)) => {
@@ -108,33 +119,17 @@ pub fn rope_backward(dx: &mut [f32], t: usize, h: usize, d: usize, cos: &[f32], 
 mod tests {
     use super::*;
 
-    fn config(rope_scaling: Option<RopeScaling>) -> LlamaConfig {
-        LlamaConfig {
-            vocab_size: 8,
-            hidden_size: 256,
-            intermediate_size: 8,
-            num_hidden_layers: 1,
-            num_attention_heads: 2,
-            num_key_value_heads: 2,
-            head_dim: 128,
-            rms_norm_eps: 1e-5,
-            rope_theta: 500_000.0,
-            rope_scaling,
-            max_position_embeddings: 131_072,
-            tie_word_embeddings: true,
-        }
-    }
-
     #[test]
     fn llama3_scaling_matches_transformers_formula() {
         // Values from transformers' `_compute_llama3_parameters` (Llama 3.1: factor 8, low 1, high 4, 8192),
         // evaluated in Python float64.
-        let rope = Rope::new(&config(Some(RopeScaling::Llama3 {
+        let llama31 = RopeScaling::Llama3 {
             factor: 8.0,
             low_freq_factor: 1.0,
             high_freq_factor: 4.0,
             original_max_position_embeddings: 8192,
-        })));
+        };
+        let rope = Rope::new(128, 500_000.0, Some(&llama31));
         let want = [
             (0, 1.0),
             (10, 0.12868737343265052),
@@ -149,13 +144,13 @@ mod tests {
             assert!((got - w).abs() <= 1e-6 * w, "inv_freq[{i}] = {got}, want {w}");
         }
         // Without scaling, the same index is the plain base^(-2i/D).
-        let plain = Rope::new(&config(None));
+        let plain = Rope::new(128, 500_000.0, None);
         assert!((plain.inv_freq()[63] as f64 - 500_000f64.powf(-126.0 / 128.0)).abs() < 1e-12);
     }
 
     #[test]
     fn backward_inverts_forward() {
-        let rope = Rope::new(&config(None));
+        let rope = Rope::new(128, 500_000.0, None);
         let (t, h, d) = (3, 2, 128);
         let x: Vec<f32> = (0..t * h * d).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
         let (cos, sin) = rope.tables(5..5 + t);

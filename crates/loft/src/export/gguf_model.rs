@@ -146,9 +146,8 @@ fn rope_factors(model: &Llama) -> Option<Vec<f32>> {
     match &model.config.rope_scaling {
         Some(RopeScaling::FreqFactors(f)) => Some(f.clone()),
         Some(RopeScaling::Llama3 { .. }) => {
-            let mut plain = model.config.clone();
-            plain.rope_scaling = None;
-            let base = crate::engine::rope::Rope::new(&plain);
+            let c = &model.config;
+            let base = crate::engine::rope::Rope::new(c.head_dim, c.rope_theta, None);
             Some(base.inv_freq().iter().zip(model.rope.inv_freq()).map(|(b, s)| b / s).collect())
         }
         _ => None,

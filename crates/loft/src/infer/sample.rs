@@ -1,6 +1,8 @@
 //! Choosing the next token from logits: greedy, or temperature with top-k and top-p (nucleus) filtering, from a
 //! seeded generator so a run can be repeated exactly.
 
+use crate::rng::SplitMix64;
+
 #[derive(Clone, Debug)]
 pub struct SamplingParams {
     /// 0 means greedy.
@@ -28,29 +30,6 @@ pub fn apply_repetition_penalty(logits: &mut [f32], seen: &[bool], penalty: f32)
     }
     for (l, _) in logits.iter_mut().zip(seen).filter(|(_, &s)| s) {
         *l = if *l > 0.0 { *l / penalty } else { *l * penalty };
-    }
-}
-
-/// SplitMix64: a tiny, well-studied generator whose stream is fixed by its seed on every platform and version.
-#[derive(Clone, Debug)]
-pub struct SplitMix64(u64);
-
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        SplitMix64(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 

@@ -40,7 +40,7 @@ pub fn merge_adapter(model: &mut Llama, adapter: &Adapter) -> Result<()> {
         }
     }
     let (v, c) = (cfg.vocab_size, cfg.hidden_size);
-    // A tied head keeps following the embedding, as it does in training (see `head_matrix` in llama_lora).
+    // A tied head keeps following the embedding, as it does in training (see `head_matrix` in train::forward_backward).
     if let Some(e) = &adapter.embed_tokens {
         model.weights.embed_tokens = FrozenMatrix::from_f32(v, c, e.clone());
     }

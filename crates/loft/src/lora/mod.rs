@@ -6,77 +6,20 @@ pub mod peft;
 
 use crate::engine::LoraWeights;
 use crate::error::{Error, Result};
-use crate::model::config::LlamaConfig;
-use crate::model::Llama;
+use std::path::PathBuf;
 
-/// The seven linear layers of a Llama block that LoRA can adapt, by their checkpoint names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum TargetModule {
-    QProj,
-    KProj,
-    VProj,
-    OProj,
-    GateProj,
-    UpProj,
-    DownProj,
-}
+pub use crate::model::TargetModule;
+use crate::model::{Llama, LoadOptions, LoadedModel};
 
-impl TargetModule {
-    pub const ALL: [TargetModule; 7] = [
-        TargetModule::QProj,
-        TargetModule::KProj,
-        TargetModule::VProj,
-        TargetModule::OProj,
-        TargetModule::GateProj,
-        TargetModule::UpProj,
-        TargetModule::DownProj,
-    ];
-
-    /// The module's name as PEFT's `target_modules` spells it.
-    pub fn name(self) -> &'static str {
-        match self {
-            TargetModule::QProj => "q_proj",
-            TargetModule::KProj => "k_proj",
-            TargetModule::VProj => "v_proj",
-            TargetModule::OProj => "o_proj",
-            TargetModule::GateProj => "gate_proj",
-            TargetModule::UpProj => "up_proj",
-            TargetModule::DownProj => "down_proj",
-        }
+/// Loads a model and merges PEFT adapter folders into it in order (a CPT adapter, then the IFT adapter trained on
+/// top of it); each is checked against the model as merged so far. Adapted matrices become f32.
+pub fn load_merged(spec: &str, options: &LoadOptions, adapters: &[PathBuf]) -> Result<LoadedModel> {
+    let mut loaded = LoadedModel::load_with(spec, options)?;
+    for dir in adapters {
+        let adapter = peft::load_peft_adapter(dir, &loaded.model)?;
+        merge::merge_adapter(&mut loaded.model, &adapter)?;
     }
-
-    /// The path inside a layer: `self_attn.q_proj`, `mlp.gate_proj`, ….
-    pub fn path(self) -> &'static str {
-        match self {
-            TargetModule::QProj => "self_attn.q_proj",
-            TargetModule::KProj => "self_attn.k_proj",
-            TargetModule::VProj => "self_attn.v_proj",
-            TargetModule::OProj => "self_attn.o_proj",
-            TargetModule::GateProj => "mlp.gate_proj",
-            TargetModule::UpProj => "mlp.up_proj",
-            TargetModule::DownProj => "mlp.down_proj",
-        }
-    }
-
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    pub fn parse(name: &str) -> Option<Self> {
-        TargetModule::ALL.into_iter().find(|t| t.name() == name)
-    }
-
-    /// (out_features, in_features) of this module in a model of `cfg`'s shape.
-    pub fn shape(self, cfg: &LlamaConfig) -> (usize, usize) {
-        let (c, f, q, kv) = (cfg.hidden_size, cfg.intermediate_size, cfg.q_dim(), cfg.kv_dim());
-        match self {
-            TargetModule::QProj => (q, c),
-            TargetModule::KProj | TargetModule::VProj => (kv, c),
-            TargetModule::OProj => (c, q),
-            TargetModule::GateProj | TargetModule::UpProj => (f, c),
-            TargetModule::DownProj => (c, f),
-        }
-    }
+    Ok(loaded)
 }
 
 /// What to adapt and how; names follow PEFT's `LoraConfig`.

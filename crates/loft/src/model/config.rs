@@ -4,19 +4,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+pub use crate::engine::rope::RopeScaling;
 use crate::error::{Error, Result};
-
-/// How RoPE frequencies are scaled for long contexts.
-#[derive(Clone, Debug, PartialEq)]
-pub enum RopeScaling {
-    /// Llama 3.1's piecewise scaling (HF `rope_type = "llama3"`).
-    Llama3 { factor: f32, low_freq_factor: f32, high_freq_factor: f32, original_max_position_embeddings: usize },
-    /// Linear position interpolation (HF `rope_type = "linear"`).
-    Linear { factor: f32 },
-    /// Per-frequency divisors given outright (GGUF's `rope_freqs.weight`, which llama.cpp's converter computes from
-    /// the llama3 parameters).
-    FreqFactors(Vec<f32>),
-}
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct LlamaConfig {

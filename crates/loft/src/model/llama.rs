@@ -40,7 +40,7 @@ impl KvCache {
 
 impl Llama {
     pub fn new(config: LlamaConfig, weights: LlamaWeights) -> Self {
-        let rope = Rope::new(&config);
+        let rope = Rope::new(config.head_dim, config.rope_theta, config.rope_scaling.as_ref());
         Llama { config, weights, rope }
     }
 

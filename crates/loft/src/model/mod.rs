@@ -6,7 +6,6 @@ pub mod config;
 pub mod gguf_source;
 pub mod hub;
 pub mod llama;
-pub mod llama_lora;
 pub mod safetensors_source;
 pub mod weights;
 
@@ -15,6 +14,7 @@ use std::path::{Path, PathBuf};
 pub use config::LlamaConfig;
 pub use llama::{KvCache, Llama};
 pub use safetensors_source::MatrixStorage;
+pub use weights::TargetModule;
 
 use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;
@@ -71,9 +71,6 @@ pub struct LoadOptions {
     /// Replaces a GGUF's `tokenizer.ggml.pre` (e.g. "gpt-2" reproduces transformers' GGUF loader, which ignores
     /// the pre-tokenizer name; by default loft splits text as llama.cpp does).
     pub tokenizer_pre: Option<String>,
-    /// PEFT LoRA adapter folders to merge into the weights after loading, in order (f32 for the adapted
-    /// matrices); each is checked against the model as merged so far.
-    pub adapters: Vec<PathBuf>,
     /// Convert a GGUF's quantized weights, or a bitsandbytes checkpoint's 4-bit ones, to f32 at load (training
     /// on a full-precision base); by default they stay in the file's blocks.
     pub dequantize: bool,
@@ -109,11 +106,6 @@ impl LoadedModel {
                 load_hf_folder(p, storage)?
             }
         };
-        let mut model = model;
-        for dir in &options.adapters {
-            let adapter = crate::lora::peft::load_peft_adapter(dir, &model)?;
-            crate::lora::merge::merge_adapter(&mut model, &adapter)?;
-        }
         Ok(LoadedModel { path, model, tokenizer })
     }
 }

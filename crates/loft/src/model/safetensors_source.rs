@@ -141,7 +141,7 @@ impl SafetensorsSource {
 /// the head).
 fn is_block_linear(hf_name: &str) -> bool {
     hf_name.starts_with("model.layers.")
-        && crate::lora::TargetModule::ALL.iter().any(|m| hf_name.ends_with(&format!(".{}.weight", m.name())))
+        && crate::model::TargetModule::ALL.iter().any(|m| hf_name.ends_with(&format!(".{}.weight", m.name())))
 }
 
 impl TensorSource for SafetensorsSource {

@@ -28,6 +28,76 @@ pub trait TensorSource {
     }
 }
 
+/// The seven linear layers of a Llama block that LoRA can adapt, by their checkpoint names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TargetModule {
+    QProj,
+    KProj,
+    VProj,
+    OProj,
+    GateProj,
+    UpProj,
+    DownProj,
+}
+
+impl TargetModule {
+    pub const ALL: [TargetModule; 7] = [
+        TargetModule::QProj,
+        TargetModule::KProj,
+        TargetModule::VProj,
+        TargetModule::OProj,
+        TargetModule::GateProj,
+        TargetModule::UpProj,
+        TargetModule::DownProj,
+    ];
+
+    /// The module's name as PEFT's `target_modules` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            TargetModule::QProj => "q_proj",
+            TargetModule::KProj => "k_proj",
+            TargetModule::VProj => "v_proj",
+            TargetModule::OProj => "o_proj",
+            TargetModule::GateProj => "gate_proj",
+            TargetModule::UpProj => "up_proj",
+            TargetModule::DownProj => "down_proj",
+        }
+    }
+
+    /// The path inside a layer: `self_attn.q_proj`, `mlp.gate_proj`, ….
+    pub fn path(self) -> &'static str {
+        match self {
+            TargetModule::QProj => "self_attn.q_proj",
+            TargetModule::KProj => "self_attn.k_proj",
+            TargetModule::VProj => "self_attn.v_proj",
+            TargetModule::OProj => "self_attn.o_proj",
+            TargetModule::GateProj => "mlp.gate_proj",
+            TargetModule::UpProj => "mlp.up_proj",
+            TargetModule::DownProj => "mlp.down_proj",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        TargetModule::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    /// (out_features, in_features) of this module in a model of `cfg`'s shape.
+    pub fn shape(self, cfg: &LlamaConfig) -> (usize, usize) {
+        let (c, f, q, kv) = (cfg.hidden_size, cfg.intermediate_size, cfg.q_dim(), cfg.kv_dim());
+        match self {
+            TargetModule::QProj => (q, c),
+            TargetModule::KProj | TargetModule::VProj => (kv, c),
+            TargetModule::OProj => (c, q),
+            TargetModule::GateProj | TargetModule::UpProj => (f, c),
+            TargetModule::DownProj => (c, f),
+        }
+    }
+}
+
 pub struct LlamaLayer {
     pub input_layernorm: Vec<f32>,
     pub q_proj: FrozenMatrix,
@@ -49,8 +119,8 @@ pub struct NamedTensor<'a> {
 
 impl LlamaLayer {
     /// The frozen weight of one of the seven linear modules.
-    pub fn module(&self, m: crate::lora::TargetModule) -> &FrozenMatrix {
-        use crate::lora::TargetModule as T;
+    pub fn module(&self, m: TargetModule) -> &FrozenMatrix {
+        use TargetModule as T;
         match m {
             T::QProj => &self.q_proj,
             T::KProj => &self.k_proj,
@@ -62,8 +132,8 @@ impl LlamaLayer {
         }
     }
 
-    pub fn module_mut(&mut self, m: crate::lora::TargetModule) -> &mut FrozenMatrix {
-        use crate::lora::TargetModule as T;
+    pub fn module_mut(&mut self, m: TargetModule) -> &mut FrozenMatrix {
+        use TargetModule as T;
         match m {
             T::QProj => &mut self.q_proj,
             T::KProj => &mut self.k_proj,
@@ -120,7 +190,7 @@ impl LlamaWeights {
     /// standard deviation transformers initialises with (0.02), norms at 1. With `quantize`, every matrix is
     /// stored in that block type (as a 4-bit base would be).
     pub fn random(cfg: &LlamaConfig, seed: u64, quantize: Option<gguf::GgmlType>) -> Result<Self> {
-        let mut rng = crate::infer::sample::SplitMix64::new(seed);
+        let mut rng = crate::rng::SplitMix64::new(seed);
         let bound = 0.02f64 * 3f64.sqrt();
         let mut matrix = |rows: usize, cols: usize| -> Result<FrozenMatrix> {
             let data: Vec<f32> = (0..rows * cols).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32).collect();

@@ -1,8 +1,9 @@
-//! Training: the recipe loop (`recipe`), its config (`config`), learning-rate schedules, checkpoints, metrics
-//! and TensorBoard logs, and the optimizer.
+//! Training: the recipe loop (`recipe`), its config (`config`), the model's forward and backward
+//! (`forward_backward`), learning-rate schedules, checkpoints, metrics and TensorBoard logs, and the optimizer.
 
 pub mod checkpoint;
 pub mod config;
+pub mod forward_backward;
 pub mod optim;
 pub mod recipe;
 pub mod schedule;

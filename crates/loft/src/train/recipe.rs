@@ -10,6 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::data::Batch;
 use crate::data::{
     pad_id, read_records, split_train_validation, tokenize_all, Batcher, Formatter, SourceOptions, SpecialTokens,
     TokenizeOptions, TokenizeStats, Tokenized,
@@ -18,10 +19,10 @@ use crate::error::{Error, Result};
 use crate::lora::merge::merge_adapter;
 use crate::lora::peft::{load_peft_adapter, save_peft_adapter};
 use crate::lora::Adapter;
-use crate::model::llama_lora::{forward_backward, loss, Batch, TrainArena};
 use crate::model::{LoadOptions, LoadedModel, ModelPath};
 use crate::train::checkpoint::{self, TrainerState};
 use crate::train::config::TrainConfig;
+use crate::train::forward_backward::{forward_backward, loss, TrainArena};
 use crate::train::optim::{clip_grad_norm, Optimizer};
 use crate::train::schedule::Schedule;
 use crate::train::tensorboard::TensorBoardWriter;
@@ -170,7 +171,6 @@ pub fn train(config: &TrainConfig, options: &TrainOptions, observer: &mut dyn Ob
     // The frozen base, with an earlier adapter merged in when asked.
     let load = LoadOptions {
         tokenizer_pre: (!config.model.tokenizer_pre.is_empty()).then(|| config.model.tokenizer_pre.clone()),
-        adapters: Vec::new(),
         dequantize: !config.model.load_in_4bit,
         // A GGUF keeps its own blocks, a bitsandbytes checkpoint its NF4 ones; a 16-bit folder becomes NF4.
         load_in_4bit: config.model.load_in_4bit,

@@ -49,7 +49,7 @@ pub fn gguf_py() -> Option<PathBuf> {
 /// merge or export changes the weights.
 pub fn adapter_with_nonzero_b(model: &loft::model::Llama, config: loft::lora::LoraConfig) -> loft::lora::Adapter {
     let mut a = loft::lora::Adapter::new(config, model, 11).unwrap();
-    let mut rng = loft::infer::sample::SplitMix64::new(3);
+    let mut rng = loft::rng::SplitMix64::new(3);
     a.for_each_tensor_mut(|name, t| {
         if matches!(name, loft::lora::TensorName::LoraB(..)) {
             t.iter_mut().for_each(|v| *v = (rng.next_f64() as f32 - 0.5) * 0.4);

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use gguf::{GgmlType, GgufWriter, Value};
-use loft::infer::sample::SplitMix64;
 use loft::model::weights::permute_rope_rows;
+use loft::rng::SplitMix64;
 
 #[derive(Clone, Debug)]
 pub struct TinyConfig {

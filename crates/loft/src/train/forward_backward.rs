@@ -6,6 +6,7 @@
 //! Legend: B = batch, T = time, N = B·T rows, C = hidden_size, F = intermediate_size, V = vocab_size,
 //! NH/NKV = query/key-value heads, D = head_dim, Q = NH·D, KV = NKV·D, R = LoRA rank, L = layers.
 
+use crate::data::Batch;
 use crate::engine::attention::{attention_backward, attention_forward};
 use crate::engine::cross_entropy::{cross_entropy_forward, cross_entropy_forward_backward, CrossEntropyScratch};
 use crate::engine::embedding::{embedding_backward, embedding_forward, VocabMatrix};
@@ -15,44 +16,10 @@ use crate::engine::rope::{rope_backward, rope_forward};
 use crate::engine::swiglu::{swiglu_backward, swiglu_forward};
 use crate::engine::{LoraDropout, LoraWeights};
 use crate::error::{Error, Result};
-use crate::infer::sample::SplitMix64;
-use crate::lora::{Adapter, TargetModule};
+use crate::lora::Adapter;
 use crate::model::weights::LlamaLayer;
-use crate::model::Llama;
-
-/// One micro-batch: B rows of T tokens. `targets[i]` is the token that row position i must predict (already
-/// shifted; negative = no loss). `positions` restart at each packed document; `doc_start[i]` is the first
-/// position (within the row) of token i's document, so attention stays inside documents.
-#[derive(Clone, Debug)]
-pub struct Batch {
-    pub b: usize,
-    pub t: usize,
-    pub input_ids: Vec<u32>,
-    pub targets: Vec<i32>,
-    pub positions: Vec<u32>,
-    pub doc_start: Option<Vec<u32>>,
-}
-
-impl Batch {
-    /// Plain causal-LM rows (no packing): each row predicts its own next tokens; the last position of a row has
-    /// no target. `labels` are transformers-style (same length as the ids, -100 = ignored), shifted here.
-    pub fn from_rows(rows: &[Vec<u32>], labels: &[Vec<i32>]) -> Self {
-        let (b, t) = (rows.len(), rows.first().map_or(0, |r| r.len()));
-        let mut input_ids = Vec::with_capacity(b * t);
-        let mut targets = Vec::with_capacity(b * t);
-        for (r, l) in rows.iter().zip(labels) {
-            assert!(r.len() == t && l.len() == t, "Batch::from_rows: ragged rows");
-            input_ids.extend_from_slice(r);
-            targets.extend(l[1..].iter().copied().chain(std::iter::once(-100)));
-        }
-        let positions = (0..b).flat_map(|_| 0..t as u32).collect();
-        Batch { b, t, input_ids, targets, positions, doc_start: None }
-    }
-
-    pub fn n_targets(&self) -> usize {
-        self.targets.iter().filter(|&&t| t >= 0).count()
-    }
-}
+use crate::model::{Llama, TargetModule};
+use crate::rng::SplitMix64;
 
 /// What one layer keeps from its forward for the backward. Each buffer's shape is stated where it is allocated.
 struct LayerActs {
