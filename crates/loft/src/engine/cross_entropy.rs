@@ -37,6 +37,15 @@ impl CrossEntropyScratch {
             rows: Vec::with_capacity(chunk),
         }
     }
+
+    /// 4-byte words the scratch of [`CrossEntropyScratch::new`] holds (a row index counts as two).
+    pub fn floats(chunk: usize, c: usize, v: usize) -> usize {
+        chunk * (2 * c + v + 2)
+    }
+
+    pub fn floats_held(&self) -> usize {
+        self.h.len() + self.logits.len() + self.dh.len() + 2 * self.rows.capacity()
+    }
 }
 
 /// Loss only (evaluation): returns (Σ over target rows of −log softmax(h·Wᵀ)[target], number of target rows).

@@ -21,63 +21,24 @@ use crate::model::weights::LlamaLayer;
 use crate::model::{Llama, TargetModule};
 use crate::rng::SplitMix64;
 
-/// What one layer keeps from its forward for the backward. Each buffer's shape is stated where it is allocated.
-struct LayerActs {
-    rstd1: Vec<f32>,   // [N]
-    h1: Vec<f32>,      // [N, C]   rmsnorm(x_in)
-    q: Vec<f32>,       // [N, Q]   after RoPE
-    k: Vec<f32>,       // [N, KV]  after RoPE
-    v: Vec<f32>,       // [N, KV]
-    att: Vec<f32>,     // [N, Q]   attention output
-    lse: Vec<f32>,     // [B, NH, T]
-    x_mid: Vec<f32>,   // [N, C]   x_in + o_proj(att)
-    rstd2: Vec<f32>,   // [N]
-    h2: Vec<f32>,      // [N, C]   rmsnorm(x_mid)
-    gate: Vec<f32>,    // [N, F]
-    up: Vec<f32>,      // [N, F]
-    act: Vec<f32>,     // [N, F]   silu(gate)·up
-    xa: [Vec<f32>; 7], // [N, R] per adapted module (empty when not adapted)
-}
-
-impl LayerActs {
-    fn new(n: usize, b: usize, t: usize, dims: &Dims, adapted: &[bool; 7]) -> Self {
-        let z = |len: usize| vec![0.0f32; len];
-        LayerActs {
-            rstd1: z(n),
-            h1: z(n * dims.c),
-            q: z(n * dims.q),
-            k: z(n * dims.kv),
-            v: z(n * dims.kv),
-            att: z(n * dims.q),
-            lse: z(b * dims.nh * t),
-            x_mid: z(n * dims.c),
-            rstd2: z(n),
-            h2: z(n * dims.c),
-            gate: z(n * dims.f),
-            up: z(n * dims.f),
-            act: z(n * dims.f),
-            xa: std::array::from_fn(|m| if adapted[m] { z(n * dims.r) } else { Vec::new() }),
-        }
-    }
-
-    fn floats(&self) -> usize {
-        let fixed = [
-            &self.rstd1,
-            &self.h1,
-            &self.q,
-            &self.k,
-            &self.v,
-            &self.att,
-            &self.lse,
-            &self.x_mid,
-            &self.rstd2,
-            &self.h2,
-            &self.gate,
-            &self.up,
-            &self.act,
-        ];
-        fixed.iter().map(|v| v.len()).sum::<usize>() + self.xa.iter().map(|v| v.len()).sum::<usize>()
-    }
+/// A buffer's width in floats per token row (N = B·T rows): the one place a buffer's shape is stated.
+#[derive(Clone, Copy, Debug)]
+enum Width {
+    One,
+    C,
+    F,
+    Q,
+    Kv,
+    /// One value per query head (the attention's logsumexp).
+    Nh,
+    /// D/2: a RoPE cos or sin table.
+    HalfD,
+    /// The LoRA rank.
+    R,
+    /// The LoRA rank where module `m` is adapted, else nothing.
+    Rank(TargetModule),
+    /// The widest LoRA input, max(C, F, Q), when dropout is on (dropped-out input), else nothing.
+    Dropout,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -90,22 +51,124 @@ struct Dims {
     nkv: usize,
     d: usize,
     r: usize,
+    adapted: [bool; 7],
+    dropout: bool,
 }
 
-/// Gradient-side scratch, reused by every layer.
-struct GradScratch {
-    dx: Vec<f32>,       // [N, C] gradient of the residual stream
-    dh: Vec<f32>,       // [N, C] gradient of a norm's output
-    d_att: Vec<f32>,    // [N, Q]
-    dq: Vec<f32>,       // [N, Q]
-    dk: Vec<f32>,       // [N, KV]
-    dv: Vec<f32>,       // [N, KV]
-    dk_heads: Vec<f32>, // [B, NH, T, D]
-    dv_heads: Vec<f32>, // [B, NH, T, D]
-    d_act: Vec<f32>,    // [N, F]
-    dgate: Vec<f32>,    // [N, F]
-    dup: Vec<f32>,      // [N, F]
-    dxa: Vec<f32>,      // [N, R]
+impl Dims {
+    fn width(&self, w: Width) -> usize {
+        match w {
+            Width::One => 1,
+            Width::C => self.c,
+            Width::F => self.f,
+            Width::Q => self.q,
+            Width::Kv => self.kv,
+            Width::Nh => self.nh,
+            Width::HalfD => self.d / 2,
+            Width::R => self.r,
+            Width::Rank(m) => {
+                if self.adapted[m.index()] {
+                    self.r
+                } else {
+                    0
+                }
+            }
+            Width::Dropout => {
+                if self.dropout {
+                    self.c.max(self.f).max(self.q)
+                } else {
+                    0
+                }
+            }
+        }
+    }
+}
+
+/// Declares a group of arena buffers, one line each (`name: Width, // what it holds`); allocation, `fit`, byte
+/// counts and the memory estimate are all derived from that line.
+macro_rules! buffers {
+    ($(#[$doc:meta])* struct $group:ident { $($name:ident: $width:expr,)* }) => {
+        $(#[$doc])*
+        struct $group {
+            $($name: Vec<f32>,)*
+        }
+
+        impl $group {
+            const WIDTHS: &'static [Width] = &[$($width),*];
+
+            fn new(rows: usize, d: &Dims) -> Self {
+                $group { $($name: vec![0.0; rows * d.width($width)],)* }
+            }
+
+            /// Resizes every buffer for `rows` rows, within the capacity it was allocated with.
+            fn fit(&mut self, rows: usize, d: &Dims) {
+                $(self.$name.resize(rows * d.width($width), 0.0);)*
+            }
+
+            fn floats(&self) -> usize {
+                0 $(+ self.$name.len())*
+            }
+
+            fn floats_for(rows: usize, d: &Dims) -> usize {
+                rows * Self::WIDTHS.iter().map(|&w| d.width(w)).sum::<usize>()
+            }
+        }
+    };
+}
+
+buffers! {
+    /// What one layer keeps from its forward for the backward.
+    struct LayerActs {
+        rstd1: Width::One,                         // 1 / rms(x_in)
+        h1: Width::C,                              // rmsnorm(x_in)
+        q: Width::Q,                               // after RoPE
+        k: Width::Kv,                              // after RoPE
+        v: Width::Kv,
+        att: Width::Q,                             // attention output
+        lse: Width::Nh,                            // [B, NH, T] logsumexp of the attention rows
+        x_mid: Width::C,                           // x_in + o_proj(att)
+        rstd2: Width::One,                         // 1 / rms(x_mid)
+        h2: Width::C,                              // rmsnorm(x_mid)
+        gate: Width::F,
+        up: Width::F,
+        act: Width::F,                             // silu(gate)·up
+        xa_q: Width::Rank(TargetModule::QProj),    // x·Aᵀ of each adapted module
+        xa_k: Width::Rank(TargetModule::KProj),
+        xa_v: Width::Rank(TargetModule::VProj),
+        xa_o: Width::Rank(TargetModule::OProj),
+        xa_gate: Width::Rank(TargetModule::GateProj),
+        xa_up: Width::Rank(TargetModule::UpProj),
+        xa_down: Width::Rank(TargetModule::DownProj),
+    }
+}
+
+buffers! {
+    /// Gradient-side scratch, reused by every layer.
+    struct GradScratch {
+        dx: Width::C,       // gradient of the residual stream
+        dh: Width::C,       // gradient of a norm's output
+        d_att: Width::Q,
+        dq: Width::Q,
+        dk: Width::Kv,
+        dv: Width::Kv,
+        dk_heads: Width::Q, // [B, NH, T, D] per query head, before the GQA sum
+        dv_heads: Width::Q,
+        d_act: Width::F,
+        dgate: Width::F,
+        dup: Width::F,
+        dxa: Width::R,
+    }
+}
+
+buffers! {
+    /// Buffers used once per micro-batch, outside the blocks.
+    struct Shared {
+        rstd_f: Width::One, // 1 / rms of the last block's output
+        h_f: Width::C,      // final norm output
+        cos: Width::HalfD,  // RoPE tables at each row's position
+        sin: Width::HalfD,
+        xd: Width::Dropout, // dropped-out LoRA input
+    }
 }
 
 /// The activation arena of one (B, T) shape, allocated once and reused by every micro-batch of that shape.
@@ -120,11 +183,7 @@ pub struct TrainArena {
     xs: Vec<Vec<f32>>,
     /// Per layer (or one, recomputed per layer, with checkpointing).
     acts: Vec<LayerActs>,
-    rstd_f: Vec<f32>, // [N]
-    h_f: Vec<f32>,    // [N, C] final norm output
-    cos: Vec<f32>,    // [N, D/2]
-    sin: Vec<f32>,    // [N, D/2]
-    xd: Vec<f32>,     // [N, max(C, F, Q)] dropout scratch
+    shared: Shared,
     grads: GradScratch,
     ce: CrossEntropyScratch,
 }
@@ -133,54 +192,33 @@ pub struct TrainArena {
 const HEAD_CHUNK: usize = 256;
 
 impl TrainArena {
-    /// Bytes the arena would take for this shape, without allocating it.
+    /// Bytes the arena takes for this shape, without allocating it: the same sum `bytes()` makes of the buffers.
     pub fn estimate_bytes(model: &Llama, adapter: &Adapter, b: usize, t: usize, checkpointing: bool) -> usize {
-        let (dims, adapted) = dims_of(model, adapter);
-        let n = b * t;
-        let per_layer = {
-            let fixed = n * (2 + 4 * dims.c + 2 * dims.q + 2 * dims.kv + 3 * dims.f) + b * dims.nh * t;
-            fixed + adapted.iter().filter(|&&a| a).count() * n * dims.r
-        };
-        let layers = if checkpointing { 1 } else { model.config.num_hidden_layers };
-        let xs = (model.config.num_hidden_layers + 1) * n * dims.c;
-        let misc = n * (1 + dims.c + dims.d + dims.c.max(dims.f).max(dims.q));
-        let grads = n * (2 * dims.c + 2 * dims.q + 2 * dims.kv + 2 * dims.q + 3 * dims.f + dims.r);
-        let ce = HEAD_CHUNK.min(n) * (2 * dims.c + model.config.vocab_size);
-        4 * (per_layer * layers + xs + misc + grads + ce)
+        let d = dims_of(model, adapter);
+        let (n, layers) = (b * t, model.config.num_hidden_layers);
+        let kept = if checkpointing { 1 } else { layers };
+        let floats = kept * LayerActs::floats_for(n, &d)
+            + (layers + 1) * n * d.c
+            + Shared::floats_for(n, &d)
+            + GradScratch::floats_for(n, &d)
+            + CrossEntropyScratch::floats(HEAD_CHUNK.min(n), d.c, model.config.vocab_size);
+        4 * floats
     }
 
     pub fn new(model: &Llama, adapter: &Adapter, b: usize, t: usize, checkpointing: bool) -> Self {
-        let (dims, adapted) = dims_of(model, adapter);
-        let n = b * t;
-        let layers = if checkpointing { 1 } else { model.config.num_hidden_layers };
-        let z = |len: usize| vec![0.0f32; len];
+        let dims = dims_of(model, adapter);
+        let (n, layers) = (b * t, model.config.num_hidden_layers);
+        let kept = if checkpointing { 1 } else { layers };
         TrainArena {
             b,
             t,
             capacity: n,
             dims,
             checkpointing,
-            xs: (0..=model.config.num_hidden_layers).map(|_| z(n * dims.c)).collect(),
-            acts: (0..layers).map(|_| LayerActs::new(n, b, t, &dims, &adapted)).collect(),
-            rstd_f: z(n),
-            h_f: z(n * dims.c),
-            cos: z(n * dims.d / 2),
-            sin: z(n * dims.d / 2),
-            xd: if adapter.config.lora_dropout > 0.0 { z(n * dims.c.max(dims.f).max(dims.q)) } else { Vec::new() },
-            grads: GradScratch {
-                dx: z(n * dims.c),
-                dh: z(n * dims.c),
-                d_att: z(n * dims.q),
-                dq: z(n * dims.q),
-                dk: z(n * dims.kv),
-                dv: z(n * dims.kv),
-                dk_heads: z(n * dims.q),
-                dv_heads: z(n * dims.q),
-                d_act: z(n * dims.f),
-                dgate: z(n * dims.f),
-                dup: z(n * dims.f),
-                dxa: z(n * dims.r),
-            },
+            xs: (0..=layers).map(|_| vec![0.0; n * dims.c]).collect(),
+            acts: (0..kept).map(|_| LayerActs::new(n, &dims)).collect(),
+            shared: Shared::new(n, &dims),
+            grads: GradScratch::new(n, &dims),
             ce: CrossEntropyScratch::new(HEAD_CHUNK.min(n), dims.c, model.config.vocab_size),
         }
     }
@@ -204,75 +242,33 @@ impl TrainArena {
             return Ok(());
         }
         let d = self.dims;
-        let set = |v: &mut Vec<f32>, len: usize| {
-            if !v.is_empty() || len == 0 {
-                v.resize(len, 0.0);
-            }
-        };
         for x in &mut self.xs {
-            set(x, n * d.c);
+            x.resize(n * d.c, 0.0);
         }
         for a in &mut self.acts {
-            set(&mut a.rstd1, n);
-            set(&mut a.h1, n * d.c);
-            set(&mut a.q, n * d.q);
-            set(&mut a.k, n * d.kv);
-            set(&mut a.v, n * d.kv);
-            set(&mut a.att, n * d.q);
-            set(&mut a.lse, n * d.nh);
-            set(&mut a.x_mid, n * d.c);
-            set(&mut a.rstd2, n);
-            set(&mut a.h2, n * d.c);
-            set(&mut a.gate, n * d.f);
-            set(&mut a.up, n * d.f);
-            set(&mut a.act, n * d.f);
-            for xa in &mut a.xa {
-                set(xa, n * d.r);
-            }
+            a.fit(n, &d);
         }
-        set(&mut self.rstd_f, n);
-        set(&mut self.h_f, n * d.c);
-        set(&mut self.cos, n * d.d / 2);
-        set(&mut self.sin, n * d.d / 2);
-        set(&mut self.xd, n * d.c.max(d.f).max(d.q));
-        let g = &mut self.grads;
-        for (v, w) in [
-            (&mut g.dx, d.c),
-            (&mut g.dh, d.c),
-            (&mut g.d_att, d.q),
-            (&mut g.dq, d.q),
-            (&mut g.dk, d.kv),
-            (&mut g.dv, d.kv),
-            (&mut g.dk_heads, d.q),
-            (&mut g.dv_heads, d.q),
-            (&mut g.d_act, d.f),
-            (&mut g.dgate, d.f),
-            (&mut g.dup, d.f),
-            (&mut g.dxa, d.r),
-        ] {
-            set(v, n * w);
-        }
+        self.shared.fit(n, &d);
+        self.grads.fit(n, &d);
         (self.b, self.t) = (b, t);
         Ok(())
     }
 
     /// Bytes actually held (for the memory report).
     pub fn bytes(&self) -> usize {
-        let acts: usize = self.acts.iter().map(|a| a.floats()).sum();
-        let xs: usize = self.xs.iter().map(|x| x.len()).sum();
-        let g = &self.grads;
-        let grads =
-            [&g.dx, &g.dh, &g.d_att, &g.dq, &g.dk, &g.dv, &g.dk_heads, &g.dv_heads, &g.d_act, &g.dgate, &g.dup, &g.dxa]
-                .iter()
-                .map(|v| v.len())
-                .sum::<usize>();
-        4 * (acts + xs + grads + self.rstd_f.len() + self.h_f.len() + self.cos.len() * 2 + self.xd.len())
+        let acts: usize = self.acts.iter().map(LayerActs::floats).sum();
+        let xs: usize = self.xs.iter().map(Vec::len).sum();
+        4 * (acts + xs + self.shared.floats() + self.grads.floats() + self.ce.floats_held())
     }
 }
 
-fn dims_of(model: &Llama, adapter: &Adapter) -> (Dims, [bool; 7]) {
+fn dims_of(model: &Llama, adapter: &Adapter) -> Dims {
     let cfg = &model.config;
-    let dims = Dims {
+    let mut adapted = [false; 7];
+    for t in &adapter.config.target_modules {
+        adapted[t.index()] = true;
+    }
+    Dims {
         c: cfg.hidden_size,
         f: cfg.intermediate_size,
         q: cfg.q_dim(),
@@ -281,12 +277,9 @@ fn dims_of(model: &Llama, adapter: &Adapter) -> (Dims, [bool; 7]) {
         nkv: cfg.num_key_value_heads,
         d: cfg.head_dim,
         r: adapter.config.r,
-    };
-    let mut adapted = [false; 7];
-    for t in &adapter.config.target_modules {
-        adapted[t.index()] = true;
+        adapted,
+        dropout: adapter.config.lora_dropout > 0.0,
     }
-    (dims, adapted)
 }
 
 /// The [V, C] matrices the embedding and the head read: trained copies where the adapter has them.
@@ -377,24 +370,56 @@ fn block_forward(
     let cfg = &model.config;
     let layer = &model.weights.layers[l];
     let lora = &adapter.layers[l];
-    let dm = &dims_of(model, adapter).0;
+    let dm = &dims_of(model, adapter);
     let (n, b, t) = (batch.b * batch.t, batch.b, batch.t);
     let drop = |m: TargetModule| dropout_for(adapter, seed, l, m.index());
     let a = acts;
-    let [xa_q, xa_k, xa_v, xa_o, xa_gate, xa_up, xa_down] = &mut a.xa;
 
     // x_mid = x_in + o_proj(attention(rope(q_proj(h1)), rope(k_proj(h1)), v_proj(h1))), h1 = rmsnorm(x_in)
     rmsnorm_forward_train(&mut a.h1, &mut a.rstd1, x_in, &layer.input_layernorm, n, dm.c, cfg.rms_norm_eps);
-    linear_forward(&mut a.q, xa_q, xd, &a.h1, layer, lora, TargetModule::QProj, drop(TargetModule::QProj), n, false);
-    linear_forward(&mut a.k, xa_k, xd, &a.h1, layer, lora, TargetModule::KProj, drop(TargetModule::KProj), n, false);
-    linear_forward(&mut a.v, xa_v, xd, &a.h1, layer, lora, TargetModule::VProj, drop(TargetModule::VProj), n, false);
+    linear_forward(
+        &mut a.q,
+        &mut a.xa_q,
+        xd,
+        &a.h1,
+        layer,
+        lora,
+        TargetModule::QProj,
+        drop(TargetModule::QProj),
+        n,
+        false,
+    );
+    linear_forward(
+        &mut a.k,
+        &mut a.xa_k,
+        xd,
+        &a.h1,
+        layer,
+        lora,
+        TargetModule::KProj,
+        drop(TargetModule::KProj),
+        n,
+        false,
+    );
+    linear_forward(
+        &mut a.v,
+        &mut a.xa_v,
+        xd,
+        &a.h1,
+        layer,
+        lora,
+        TargetModule::VProj,
+        drop(TargetModule::VProj),
+        n,
+        false,
+    );
     rope_forward(&mut a.q, n, dm.nh, dm.d, cos, sin);
     rope_forward(&mut a.k, n, dm.nkv, dm.d, cos, sin);
     attention_forward(&mut a.att, &mut a.lse, &a.q, &a.k, &a.v, batch.doc_start.as_deref(), b, t, dm.nh, dm.nkv, dm.d);
     a.x_mid.copy_from_slice(x_in);
     linear_forward(
         &mut a.x_mid,
-        xa_o,
+        &mut a.xa_o,
         xd,
         &a.att,
         layer,
@@ -416,12 +441,12 @@ fn block_forward(
         cfg.rms_norm_eps,
     );
     let (g, u) = (TargetModule::GateProj, TargetModule::UpProj);
-    linear_forward(&mut a.gate, xa_gate, xd, &a.h2, layer, lora, g, drop(g), n, false);
-    linear_forward(&mut a.up, xa_up, xd, &a.h2, layer, lora, u, drop(u), n, false);
+    linear_forward(&mut a.gate, &mut a.xa_gate, xd, &a.h2, layer, lora, g, drop(g), n, false);
+    linear_forward(&mut a.up, &mut a.xa_up, xd, &a.h2, layer, lora, u, drop(u), n, false);
     swiglu_forward(&mut a.act, &a.gate, &a.up);
     x_out.copy_from_slice(&a.x_mid);
     let dn = TargetModule::DownProj;
-    linear_forward(x_out, xa_down, xd, &a.act, layer, lora, dn, drop(dn), n, true);
+    linear_forward(x_out, &mut a.xa_down, xd, &a.act, layer, lora, dn, drop(dn), n, true);
 }
 
 /// Backward of [`block_forward`]. On entry g.dx holds ∂loss/∂x_out; on return, ∂loss/∂x_in.
@@ -443,22 +468,49 @@ fn block_backward(
     let layer = &model.weights.layers[l];
     let lora = &adapter.layers[l];
     let lgrads = &mut grads.layers[l];
-    let dm = &dims_of(model, adapter).0;
+    let dm = &dims_of(model, adapter);
     let (n, b, t) = (batch.b * batch.t, batch.b, batch.t);
     let drop = |m: TargetModule| dropout_for(adapter, Some(seed), l, m.index());
-    let [xa_q, xa_k, xa_v, xa_o, xa_gate, xa_up, xa_down] = &a.xa;
 
     // MLP: x_out = x_mid + down(act), act = silu(gate)·up, gate/up = lin(h2), h2 = rmsnorm(x_mid)
     let (dn, gt, up) = (TargetModule::DownProj, TargetModule::GateProj, TargetModule::UpProj);
-    linear_backward(&mut g.d_act, lgrads, &mut g.dxa, xd, &g.dx, &a.act, xa_down, layer, lora, dn, drop(dn), n, false);
+    linear_backward(
+        &mut g.d_act,
+        lgrads,
+        &mut g.dxa,
+        xd,
+        &g.dx,
+        &a.act,
+        &a.xa_down,
+        layer,
+        lora,
+        dn,
+        drop(dn),
+        n,
+        false,
+    );
     swiglu_backward(&mut g.dgate, &mut g.dup, &g.d_act, &a.gate, &a.up);
-    linear_backward(&mut g.dh, lgrads, &mut g.dxa, xd, &g.dgate, &a.h2, xa_gate, layer, lora, gt, drop(gt), n, false);
-    linear_backward(&mut g.dh, lgrads, &mut g.dxa, xd, &g.dup, &a.h2, xa_up, layer, lora, up, drop(up), n, true);
+    linear_backward(
+        &mut g.dh,
+        lgrads,
+        &mut g.dxa,
+        xd,
+        &g.dgate,
+        &a.h2,
+        &a.xa_gate,
+        layer,
+        lora,
+        gt,
+        drop(gt),
+        n,
+        false,
+    );
+    linear_backward(&mut g.dh, lgrads, &mut g.dxa, xd, &g.dup, &a.h2, &a.xa_up, layer, lora, up, drop(up), n, true);
     rmsnorm_backward(&mut g.dx, None, &g.dh, &a.x_mid, &layer.post_attention_layernorm, &a.rstd2, n, dm.c);
 
     // Attention: x_mid = x_in + o(att), att = attention(q, k, v), q/k/v = rope/lin(h1), h1 = rmsnorm(x_in)
     let (o, q, k, v) = (TargetModule::OProj, TargetModule::QProj, TargetModule::KProj, TargetModule::VProj);
-    linear_backward(&mut g.d_att, lgrads, &mut g.dxa, xd, &g.dx, &a.att, xa_o, layer, lora, o, drop(o), n, false);
+    linear_backward(&mut g.d_att, lgrads, &mut g.dxa, xd, &g.dx, &a.att, &a.xa_o, layer, lora, o, drop(o), n, false);
     attention_backward(
         &mut g.dq,
         &mut g.dk,
@@ -480,9 +532,9 @@ fn block_backward(
     );
     rope_backward(&mut g.dq, n, dm.nh, dm.d, cos, sin);
     rope_backward(&mut g.dk, n, dm.nkv, dm.d, cos, sin);
-    linear_backward(&mut g.dh, lgrads, &mut g.dxa, xd, &g.dq, &a.h1, xa_q, layer, lora, q, drop(q), n, false);
-    linear_backward(&mut g.dh, lgrads, &mut g.dxa, xd, &g.dk, &a.h1, xa_k, layer, lora, k, drop(k), n, true);
-    linear_backward(&mut g.dh, lgrads, &mut g.dxa, xd, &g.dv, &a.h1, xa_v, layer, lora, v, drop(v), n, true);
+    linear_backward(&mut g.dh, lgrads, &mut g.dxa, xd, &g.dq, &a.h1, &a.xa_q, layer, lora, q, drop(q), n, false);
+    linear_backward(&mut g.dh, lgrads, &mut g.dxa, xd, &g.dk, &a.h1, &a.xa_k, layer, lora, k, drop(k), n, true);
+    linear_backward(&mut g.dh, lgrads, &mut g.dxa, xd, &g.dv, &a.h1, &a.xa_v, layer, lora, v, drop(v), n, true);
     rmsnorm_backward(&mut g.dx, None, &g.dh, x_in, &layer.input_layernorm, &a.rstd1, n, dm.c);
 }
 
@@ -512,8 +564,8 @@ fn check_batch(model: &Llama, arena: &TrainArena, batch: &Batch) -> Result<()> {
 fn forward_blocks(model: &Llama, adapter: &Adapter, arena: &mut TrainArena, batch: &Batch, seed: Option<u64>) {
     let c = model.config.hidden_size;
     let (cos, sin) = model.rope.tables(batch.positions.iter().map(|&p| p as usize));
-    arena.cos.copy_from_slice(&cos);
-    arena.sin.copy_from_slice(&sin);
+    arena.shared.cos.copy_from_slice(&cos);
+    arena.shared.sin.copy_from_slice(&sin);
     embedding_forward(&mut arena.xs[0], &batch.input_ids, embedding_matrix(model, adapter), c);
     for l in 0..model.config.num_hidden_layers {
         let (before, after) = arena.xs.split_at_mut(l + 1);
@@ -523,19 +575,19 @@ fn forward_blocks(model: &Llama, adapter: &Adapter, arena: &mut TrainArena, batc
             adapter,
             l,
             acts,
-            &mut arena.xd,
+            &mut arena.shared.xd,
             &before[l],
             &mut after[0],
-            &arena.cos,
-            &arena.sin,
+            &arena.shared.cos,
+            &arena.shared.sin,
             batch,
             seed,
         );
     }
     let last = &arena.xs[model.config.num_hidden_layers];
     rmsnorm_forward_train(
-        &mut arena.h_f,
-        &mut arena.rstd_f,
+        &mut arena.shared.h_f,
+        &mut arena.shared.rstd_f,
         last,
         &model.weights.norm,
         batch.b * batch.t,
@@ -549,7 +601,7 @@ pub fn loss(model: &Llama, adapter: &Adapter, arena: &mut TrainArena, batch: &Ba
     check_batch(model, arena, batch)?;
     forward_blocks(model, adapter, arena, batch, None);
     let c = model.config.hidden_size;
-    Ok(cross_entropy_forward(&mut arena.ce, &arena.h_f, head_matrix(model, adapter), &batch.targets, c))
+    Ok(cross_entropy_forward(&mut arena.ce, &arena.shared.h_f, head_matrix(model, adapter), &batch.targets, c))
 }
 
 /// Forward and backward of one micro-batch. Gradients are ACCUMULATED into `grads` (same shapes as the adapter),
@@ -582,7 +634,7 @@ pub fn forward_backward(
         &mut g.dh,
         dhead,
         &mut arena.ce,
-        &arena.h_f,
+        &arena.shared.h_f,
         head_matrix(model, adapter),
         &batch.targets,
         c,
@@ -595,27 +647,27 @@ pub fn forward_backward(
         ));
     }
     g.dx.fill(0.0);
-    rmsnorm_backward(&mut g.dx, None, &g.dh, &arena.xs[layers], &model.weights.norm, &arena.rstd_f, n, c);
+    rmsnorm_backward(&mut g.dx, None, &g.dh, &arena.xs[layers], &model.weights.norm, &arena.shared.rstd_f, n, c);
 
     for l in (0..layers).rev() {
         let a = if arena.checkpointing {
             // Recompute this block from its saved input; its output (already in xs[l+1]) is not needed again.
-            let mut scratch_out = std::mem::take(&mut arena.h_f);
+            let mut scratch_out = std::mem::take(&mut arena.shared.h_f);
             let acts = &mut arena.acts[0];
             block_forward(
                 model,
                 adapter,
                 l,
                 acts,
-                &mut arena.xd,
+                &mut arena.shared.xd,
                 &arena.xs[l],
                 &mut scratch_out,
-                &arena.cos,
-                &arena.sin,
+                &arena.shared.cos,
+                &arena.shared.sin,
                 batch,
                 Some(seed),
             );
-            arena.h_f = scratch_out;
+            arena.shared.h_f = scratch_out;
             &arena.acts[0]
         } else {
             &arena.acts[l]
@@ -627,10 +679,10 @@ pub fn forward_backward(
             l,
             a,
             &mut arena.grads,
-            &mut arena.xd,
+            &mut arena.shared.xd,
             &arena.xs[l],
-            &arena.cos,
-            &arena.sin,
+            &arena.shared.cos,
+            &arena.shared.sin,
             batch,
             seed,
         );
@@ -641,4 +693,53 @@ pub fn forward_backward(
         }
     }
     Ok((loss_sum, count))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lora::LoraConfig;
+    use crate::model::config::LlamaConfig;
+    use crate::model::weights::LlamaWeights;
+
+    fn tiny() -> Llama {
+        let cfg = LlamaConfig {
+            vocab_size: 50,
+            hidden_size: 24,
+            intermediate_size: 40,
+            num_hidden_layers: 3,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            head_dim: 6,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            rope_scaling: None,
+            max_position_embeddings: 64,
+            tie_word_embeddings: true,
+        };
+        let weights = LlamaWeights::random(&cfg, 1, None).expect("random weights");
+        Llama::new(cfg, weights)
+    }
+
+    #[test]
+    fn the_estimate_is_the_arena_it_allocates() {
+        let model = tiny();
+        for (targets, dropout, checkpointing) in [
+            (TargetModule::ALL.to_vec(), 0.0, false),
+            (TargetModule::ALL.to_vec(), 0.1, true),
+            (vec![TargetModule::QProj, TargetModule::DownProj], 0.05, false),
+        ] {
+            let config = LoraConfig { r: 3, lora_dropout: dropout, target_modules: targets, ..LoraConfig::default() };
+            let adapter = Adapter::new(config, &model, 1).expect("adapter");
+            let (b, t) = (3, 7);
+            let mut arena = TrainArena::new(&model, &adapter, b, t, checkpointing);
+            assert_eq!(arena.bytes(), TrainArena::estimate_bytes(&model, &adapter, b, t, checkpointing));
+            // A smaller batch fits within the allocation and holds what an arena of its size would.
+            arena.fit(2, 5).expect("fit");
+            let small = TrainArena::estimate_bytes(&model, &adapter, 2, 5, checkpointing);
+            let ce_diff = 4 * (CrossEntropyScratch::floats(b * t, 24, 50) - CrossEntropyScratch::floats(10, 24, 50));
+            assert_eq!(arena.bytes(), small + ce_diff);
+            assert!(arena.fit(4, 6).is_err());
+        }
+    }
 }
