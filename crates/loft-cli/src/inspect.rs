@@ -187,7 +187,7 @@ fn value_json(v: &gguf::Value) -> serde_json::Value {
 }
 
 /// What `loft train --dry-run` estimates for this config (the model and adapter are built; nothing is written).
-fn memory_plan(config: &loft::train::TrainConfig) -> loft::Result<loft::train::recipe::MemoryPlan> {
+fn memory_plan(config: &loft::train::RunConfig) -> loft::Result<loft::train::recipe::MemoryPlan> {
     struct Capture(Option<loft::train::recipe::MemoryPlan>);
     impl loft::train::Observer for Capture {
         fn event(&mut self, event: loft::train::Event<'_>) {
@@ -208,10 +208,9 @@ fn memory_plan(config: &loft::train::TrainConfig) -> loft::Result<loft::train::r
 
 /// `--data`: the dataset of a training config, formatted and tokenized exactly as `loft train` does.
 fn inspect_data(args: &Args) -> loft::Result<()> {
-    use loft::train::recipe::{load_data, load_tokenizer};
-    let config = loft::train::TrainConfig::load(&args.path, &args.set)?;
-    let tokenizer = load_tokenizer(&config)?;
-    let (train, validation, stats) = load_data(&config, &tokenizer)?;
+    let config = loft::train::TrainConfig::load(&args.path, &args.set)?.resolve()?;
+    let tokenizer = loft::model::load_tokenizer(&config.model, config.tokenizer_pre.as_deref())?;
+    let (train, validation, stats) = loft::train::recipe::prepare_data(&config, &tokenizer)?;
     let memory = memory_plan(&config)?;
     let marked = |t: &loft::data::Tokenized| -> String {
         // Runs of tokens with the same trained/untrained state, decoded together so characters stay whole.
@@ -265,7 +264,7 @@ fn inspect_data(args: &Args) -> loft::Result<()> {
         trained,
         validation.len(),
         stats.truncated,
-        config.model.max_seq_length,
+        config.max_seq_length,
         stats.dropped
     );
     println!("{}", memory.describe());

@@ -28,7 +28,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> loft::Result<()> {
     let started = std::time::Instant::now();
-    let config = TrainConfig::load(&args.config, &args.set)?;
+    let config = TrainConfig::load(&args.config, &args.set)?.resolve()?;
     let options = TrainOptions { resume: args.resume, overwrite: args.overwrite, dry_run: args.dry_run };
     let mut bar = Bar::new();
     let summary = loft::train::train(&config, &options, &mut bar);
@@ -36,7 +36,7 @@ pub fn run(args: Args) -> loft::Result<()> {
     let summary = summary?;
     if summary.dry_run {
         if args.dry_run {
-            println!("{}", config.to_toml());
+            println!("{}", config.toml);
         }
         return Ok(());
     }

@@ -40,6 +40,17 @@ impl Error {
         Error::Hinted { message: message.into(), hint: hint.into() }
     }
 
+    /// The same error, said of `path` (a config file's checks name the file).
+    pub fn in_file(self, path: &Path) -> Self {
+        match self {
+            Error::Invalid(message) => Error::format(path, message),
+            Error::Hinted { message, hint } => {
+                Error::Hinted { message: format!("{}: {message}", path.display()), hint }
+            }
+            e => e,
+        }
+    }
+
     /// The hint to print after the message, if this error carries one.
     pub fn hint(&self) -> Option<&str> {
         match self {

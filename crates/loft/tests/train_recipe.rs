@@ -7,7 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use loft::train::{train, Quiet, TrainConfig, TrainOptions};
+use loft::train::{train, Quiet, RunConfig, TrainConfig, TrainOptions};
 
 /// Alpaca records of varied lengths (so padded micro-batches differ in length).
 fn write_alpaca(dir: &Path, n: usize) -> PathBuf {
@@ -28,7 +28,7 @@ fn write_alpaca(dir: &Path, n: usize) -> PathBuf {
     p
 }
 
-fn config(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> TrainConfig {
+fn config(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> RunConfig {
     let base = format!(
         "[model]\npath = {:?}\nmax_seq_length = 64\n\
          [lora]\nr = 8\nlora_alpha = 16\n\
@@ -39,7 +39,7 @@ fn config(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> TrainConfig 
         out.display().to_string()
     );
     let sets: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-    TrainConfig::parse(&base, &sets).unwrap()
+    TrainConfig::parse(&base, &sets).unwrap().resolve().unwrap()
 }
 
 fn losses(out: &Path, key: &str) -> Vec<(u64, f64)> {

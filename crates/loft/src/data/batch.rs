@@ -99,8 +99,7 @@ pub struct Batcher {
 impl Batcher {
     /// The batches of one epoch; the last may hold fewer rows.
     pub fn epoch(&self, examples: &[Tokenized], epoch: u64) -> Vec<Batch> {
-        let order: Vec<usize> =
-            if self.shuffle { shuffled_order(examples.len(), self.seed, epoch) } else { (0..examples.len()).collect() };
+        let order = self.order(examples.len(), epoch);
         let batch_size = self.batch_size.max(1);
         match self.packing {
             Packing::Padded => order
@@ -114,6 +113,23 @@ impl Batcher {
                 let rows = self.pack_rows(examples, &order);
                 rows.chunks(batch_size).map(|chunk| self.packed(examples, chunk)).collect()
             }
+        }
+    }
+
+    /// How many batches `epoch` holds, without building them.
+    pub fn batch_count(&self, examples: &[Tokenized], epoch: u64) -> usize {
+        let rows = match self.packing {
+            Packing::Padded => examples.len(),
+            Packing::Packed => self.pack_rows(examples, &self.order(examples.len(), epoch)).len(),
+        };
+        rows.div_ceil(self.batch_size.max(1))
+    }
+
+    fn order(&self, n: usize, epoch: u64) -> Vec<usize> {
+        if self.shuffle {
+            shuffled_order(n, self.seed, epoch)
+        } else {
+            (0..n).collect()
         }
     }
 

@@ -65,6 +65,8 @@ pub struct SourceOptions {
     pub format: Option<SourceFormat>,
     /// Text files: one record per paragraph (split on blank lines) instead of one per file.
     pub split_paragraphs: bool,
+    /// Only the first N records of all the files, in order.
+    pub max_records: Option<usize>,
 }
 
 /// The records of every file the paths name, in order (a path may hold `*` and `?` in its file-name part;
@@ -77,6 +79,12 @@ pub fn read_records(paths: &[PathBuf], options: &SourceOptions) -> Result<Vec<Re
     }
     for f in &files {
         records.extend(read_file(f, options)?);
+        if let Some(n) = options.max_records {
+            if records.len() >= n {
+                records.truncate(n);
+                break;
+            }
+        }
     }
     if records.is_empty() {
         let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();

@@ -112,15 +112,36 @@ impl LoadedModel {
 
 pub fn load_gguf(path: &Path, options: &LoadOptions) -> Result<(Llama, Tokenizer)> {
     let file = gguf::GgufFile::open(path)?;
-    let tokenizer = match &options.tokenizer_pre {
-        None => Tokenizer::from_gguf(&file)?,
-        Some(pre) => {
-            let mut vocab = crate::tokenizer::GgufVocab::from_gguf(&file)?;
-            vocab.pre = Some(pre.clone());
-            Tokenizer::from_vocab(vocab)?
-        }
-    };
+    let tokenizer = gguf_tokenizer(&file, options.tokenizer_pre.as_deref())?;
     Ok((llama_from_gguf_with(&file, !options.dequantize)?, tokenizer))
+}
+
+/// A model's tokenizer without its weights (`loft inspect --data`, the data pipeline); `tokenizer_pre` replaces a
+/// GGUF's pre-tokenizer name.
+pub fn load_tokenizer(spec: &str, tokenizer_pre: Option<&str>) -> Result<Tokenizer> {
+    match ModelPath::resolve(spec)? {
+        ModelPath::Gguf(p) => gguf_tokenizer(&gguf::GgufFile::open(&p)?, tokenizer_pre),
+        ModelPath::HfFolder(p) => folder_tokenizer(&p),
+    }
+}
+
+fn gguf_tokenizer(file: &gguf::GgufFile, tokenizer_pre: Option<&str>) -> Result<Tokenizer> {
+    let Some(pre) = tokenizer_pre else { return Ok(Tokenizer::from_gguf(file)?) };
+    let mut vocab = crate::tokenizer::GgufVocab::from_gguf(file)?;
+    vocab.pre = Some(pre.to_string());
+    Ok(Tokenizer::from_vocab(vocab)?)
+}
+
+fn folder_tokenizer(dir: &Path) -> Result<Tokenizer> {
+    let tokenizer_json = dir.join("tokenizer.json");
+    if !tokenizer_json.is_file() {
+        return Err(Error::hinted(
+            format!("{}: no tokenizer.json", dir.display()),
+            "loft reads the fast-tokenizer file that transformers writes with save_pretrained",
+        ));
+    }
+    let tokenizer_config = dir.join("tokenizer_config.json");
+    Ok(Tokenizer::from_hf_files(&tokenizer_json, tokenizer_config.is_file().then_some(tokenizer_config.as_path()))?)
 }
 
 /// The model of a GGUF file, without its tokenizer, its weights kept in the file's own block types.
@@ -144,16 +165,7 @@ pub fn llama_from_gguf_with(file: &gguf::GgufFile, keep_quantized: bool) -> Resu
 /// The model and tokenizer of a Hugging Face folder, its matrices held as `storage` says.
 pub fn load_hf_folder(dir: &Path, storage: MatrixStorage) -> Result<(Llama, Tokenizer)> {
     let config = LlamaConfig::from_hf_json(&dir.join("config.json"))?;
-    let tokenizer_json = dir.join("tokenizer.json");
-    if !tokenizer_json.is_file() {
-        return Err(Error::hinted(
-            format!("{}: no tokenizer.json", dir.display()),
-            "loft reads the fast-tokenizer file that transformers writes with save_pretrained",
-        ));
-    }
-    let tokenizer_config = dir.join("tokenizer_config.json");
-    let tokenizer =
-        Tokenizer::from_hf_files(&tokenizer_json, tokenizer_config.is_file().then_some(tokenizer_config.as_path()))?;
+    let tokenizer = folder_tokenizer(dir)?;
     let source = safetensors_source::SafetensorsSource::open(dir)?.with_storage(storage);
     let weights = weights::LlamaWeights::load(&source, &config)?;
     Ok((Llama::new(config, weights), tokenizer))

@@ -7,7 +7,8 @@ pub mod forward_backward;
 pub mod optim;
 pub mod recipe;
 pub mod schedule;
+pub mod steps;
 pub mod tensorboard;
 
-pub use config::TrainConfig;
+pub use config::{RunConfig, TrainConfig};
 pub use recipe::{train, Event, Observer, Plan, Quiet, Summary, TrainOptions};

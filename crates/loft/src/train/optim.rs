@@ -59,7 +59,7 @@ impl OptimKind {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct OptimConfig {
     pub kind: OptimKind,
     pub beta1: f32,

@@ -10,21 +10,21 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::data::Batch;
 use crate::data::{
-    pad_id, read_records, split_train_validation, tokenize_all, Batcher, Formatter, SourceOptions, SpecialTokens,
-    TokenizeOptions, TokenizeStats, Tokenized,
+    pad_id, split_train_validation, Batch, Batcher, Packing, SourceOptions, TokenizeOptions, TokenizeStats, Tokenized,
 };
 use crate::error::{Error, Result};
 use crate::lora::merge::merge_adapter;
 use crate::lora::peft::{load_peft_adapter, save_peft_adapter};
 use crate::lora::Adapter;
-use crate::model::{LoadOptions, LoadedModel, ModelPath};
+use crate::model::{Llama, LoadOptions, LoadedModel};
+use crate::tokenizer::Tokenizer;
 use crate::train::checkpoint::{self, TrainerState};
-use crate::train::config::TrainConfig;
+use crate::train::config::{InitAdapterMode, RunConfig};
 use crate::train::forward_backward::{forward_backward, loss, TrainArena};
 use crate::train::optim::{clip_grad_norm, Optimizer};
 use crate::train::schedule::Schedule;
+use crate::train::steps::StepPlan;
 use crate::train::tensorboard::TensorBoardWriter;
 
 pub const METRICS_FILE: &str = "metrics.jsonl";
@@ -163,268 +163,92 @@ pub struct Summary {
 }
 
 /// Runs the recipe `config` describes.
-pub fn train(config: &TrainConfig, options: &TrainOptions, observer: &mut dyn Observer) -> Result<Summary> {
+pub fn train(config: &RunConfig, options: &TrainOptions, observer: &mut dyn Observer) -> Result<Summary> {
     let run_started = Instant::now();
-    let out = config.output_dir();
-    prepare_output_dir(&out, options)?;
-
-    // The frozen base, with an earlier adapter merged in when asked.
-    let load = LoadOptions {
-        tokenizer_pre: (!config.model.tokenizer_pre.is_empty()).then(|| config.model.tokenizer_pre.clone()),
-        dequantize: !config.model.load_in_4bit,
-        // A GGUF keeps its own blocks, a bitsandbytes checkpoint its NF4 ones; a 16-bit folder becomes NF4.
-        load_in_4bit: config.model.load_in_4bit,
-    };
-    let LoadedModel { model: mut base, tokenizer, .. } = LoadedModel::load_with(&config.model.path, &load)?;
-    let lora = config.lora_config()?;
-    let mut continued: Option<Adapter> = None;
-    if !config.lora.init_adapter.is_empty() {
-        let dir = PathBuf::from(&config.lora.init_adapter);
-        let init = load_peft_adapter(&dir, &base)?;
-        if config.lora.init_adapter_mode == "continue" {
-            continued = Some(init);
-        } else {
-            merge_adapter(&mut base, &init)?;
-            observer.event(Event::Note(format!("merged {} into the frozen base", dir.display())));
-        }
-    }
-    let model = base;
-
-    // Data.
-    let (train_set, val_set, stats) = load_data(config, &tokenizer)?;
-    let batcher = Batcher {
-        batch_size: config.train.per_device_train_batch_size,
-        max_seq_length: config.model.max_seq_length,
-        packing: config.packing(),
-        pad_id: pad_id(&tokenizer),
-        seed: config.train.seed,
-        shuffle: config.data.shuffle,
-    };
-    let eval_batcher = Batcher { batch_size: config.eval_batch_size(), shuffle: false, ..batcher.clone() };
-
-    // Steps.
-    let accumulation = config.train.gradient_accumulation_steps;
-    let micro_per_epoch = batcher.epoch(&train_set, 0).len();
-    let steps_per_epoch = micro_per_epoch.div_ceil(accumulation).max(1);
-    let total_steps = if config.train.max_steps > 0 {
-        config.train.max_steps as usize
-    } else {
-        ((config.train.num_train_epochs * steps_per_epoch as f64).ceil() as usize).max(1)
-    };
-    let schedule =
-        Schedule::new(config.scheduler()?, total_steps, config.train.warmup_steps, config.train.warmup_ratio);
-
-    // The adapter and optimizer, fresh or from the newest checkpoint.
-    let mut adapter = match continued {
-        Some(a) => a,
-        None => Adapter::new(lora, &model, config.train.seed)?,
-    };
-    let mut optimizer = Optimizer::new(config.optim_config()?, &adapter);
+    let out = &config.output_dir;
+    prepare_output_dir(out, options)?;
+    let Setup {
+        model,
+        train_set,
+        val_set,
+        batcher,
+        eval_batcher,
+        steps,
+        schedule,
+        mut adapter,
+        mut optimizer,
+        plan,
+        resumed,
+    } = setup(config, options, observer)?;
     let fingerprint = fingerprint(config, &model, &adapter);
-    let mut start_step = 0usize;
-    let mut tokens_seen = 0u64;
-    let mut resumed_from = None;
-    if options.resume {
-        let (step, dir) = checkpoint::list_checkpoints(&out)?.pop().ok_or_else(|| {
-            Error::hinted(
-                format!("--resume: no complete checkpoint in {}", out.display()),
-                "start the run without --resume (add --overwrite to replace what is there)",
-            )
-        })?;
-        let restored = checkpoint::load_checkpoint(&dir, &model)?;
-        if restored.state.fingerprint != fingerprint {
-            return Err(Error::hinted(
-                format!(
-                    "{}: this checkpoint belongs to another run ({}), not this config ({fingerprint})",
-                    dir.display(),
-                    restored.state.fingerprint
-                ),
-                "resume with the config the run was started with (it is saved as config.toml in the checkpoint)",
-            ));
-        }
-        adapter = restored.adapter;
-        optimizer.load_state_tensors(&restored.optimizer_tensors, restored.optimizer_steps)?;
-        start_step = restored.state.global_step as usize;
-        tokens_seen = restored.state.tokens_seen;
-        truncate_metrics(&out.join(METRICS_FILE), start_step)?;
-        resumed_from = Some((step, dir));
-    }
-
-    // Memory: one arena for the longest micro-batch, checked against what the machine has before allocating.
-    let checkpointing = config.train.gradient_checkpointing;
-    let longest = train_set.iter().chain(&val_set).map(|t| t.ids.len()).max().unwrap_or(2);
-    let rows_t =
-        if config.data.packing { config.model.max_seq_length } else { longest.min(config.model.max_seq_length) };
-    let rows_b =
-        config.train.per_device_train_batch_size.max(if val_set.is_empty() { 0 } else { eval_batcher.batch_size });
-    let n_params = adapter.num_parameters();
-    let memory = MemoryPlan {
-        base_weights: model.weights.storage_bytes(),
-        adapter: 4 * n_params,
-        gradients: 4 * n_params,
-        optimizer: optimizer.state_bytes(),
-        activations: TrainArena::estimate_bytes(&model, &adapter, rows_b, rows_t, checkpointing),
-        activations_other: TrainArena::estimate_bytes(&model, &adapter, rows_b, rows_t, !checkpointing),
-        runtime: RUNTIME_BYTES
-            + train_set.iter().chain(&val_set).map(|t| 8 * t.ids.len()).sum::<usize>()
-            + if config.train.save_steps > 0 { optimizer.state_bytes() } else { 0 },
-        arena_rows: (rows_b, rows_t),
-    };
-    let plan = Plan {
-        train_examples: train_set.len(),
-        validation_examples: val_set.len(),
-        stats,
-        micro_batches_per_epoch: micro_per_epoch,
-        steps_per_epoch,
-        total_steps,
-        warmup_steps: schedule.warmup_steps,
-        trainable_parameters: n_params,
-        all_parameters: model.config.num_parameters() + adapter_lora_parameters(&adapter),
-        memory,
-        resumed_from,
-    };
     observer.event(Event::Plan(&plan));
-    check_fits(&memory, config)?;
+    check_fits(&plan.memory, config)?;
     let adapter_dir = out.join(ADAPTER_DIR);
     if options.dry_run {
         return Ok(Summary { steps: 0, final_loss: f64::NAN, eval: None, adapter_dir, dry_run: true });
     }
-    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
-    let config_toml = config.to_toml();
-    std::fs::write(out.join(checkpoint::CONFIG_FILE), &config_toml).map_err(|e| Error::io(&out, e))?;
-
-    let mut arena = TrainArena::new(&model, &adapter, rows_b, rows_t, checkpointing);
+    let mut report = Reporter::create(config, observer)?;
+    let (rows_b, rows_t) = plan.memory.arena_rows;
+    let mut arena = TrainArena::new(&model, &adapter, rows_b, rows_t, config.gradient_checkpointing);
     let mut grads = adapter.zeros_like();
-    let mut metrics = MetricsFile::open(&out.join(METRICS_FILE))?;
-    let mut tensorboard = if config.tensorboard() { Some(TensorBoardWriter::create(&out)?) } else { None };
-    let base_lr = config.train.learning_rate;
-    let embedding_lr =
-        if config.train.embedding_learning_rate > 0.0 { config.train.embedding_learning_rate } else { base_lr };
+    let (start_step, mut tokens_seen) = resumed.as_ref().map_or((0, 0), |r| (r.step as usize, r.tokens_seen));
+    let mut last_saved = resumed.as_ref().map(|r| r.step);
     let mut epoch_batches: (u64, Vec<Batch>) = (u64::MAX, Vec::new());
-    let mut window = LogWindow::default();
-    let mut last_loss = f64::NAN;
-    let mut last_eval = None;
-    let mut last_saved: Option<u64> = plan.resumed_from.as_ref().map(|(s, _)| *s);
-    let hidden = model.config.hidden_size;
+    let (total_steps, mut last_loss, mut last_eval) = (steps.total(), f64::NAN, None);
+    let has_eval = !val_set.is_empty();
 
     // The starting point of the validation curve (the model before this run's first update).
-    if start_step == 0 && !val_set.is_empty() && config.train.eval_steps > 0 {
-        let e = evaluate(&model, &adapter, &mut arena, &eval_batcher, &val_set, 0)?;
-        metrics.eval(&e)?;
-        if let Some(tb) = &mut tensorboard {
-            tb.add_scalar("eval/loss", 0, e.eval_loss)?;
-            tb.flush()?;
-        }
-        observer.event(Event::Evaluated(&e));
+    if start_step == 0 && has_eval && config.eval_steps > 0 {
+        report.evaluated(&evaluate(&model, &adapter, &mut arena, &eval_batcher, &val_set, 0)?)?;
     }
-
     for step in start_step..total_steps {
         let started = Instant::now();
-        let epoch = (step / steps_per_epoch) as u64;
+        let (epoch, range) = steps.step(step);
         if epoch_batches.0 != epoch {
             epoch_batches = (epoch, batcher.epoch(&train_set, epoch));
         }
-        let k = step % steps_per_epoch;
-        let micro = &epoch_batches.1[k * accumulation..((k + 1) * accumulation).min(epoch_batches.1.len())];
-        let count: usize = micro.iter().map(Batch::n_targets).sum();
+        let micro = &epoch_batches.1[range];
         let at_step = |e: Error| step_error(e, step + 1, last_saved);
-        grads.for_each_tensor_mut(|_, t| t.fill(0.0));
-        let mut loss_sum = 0.0;
-        let mut tokens = 0usize;
-        for (i, batch) in micro.iter().enumerate() {
-            arena.fit(batch.b, batch.t)?;
-            let seed = dropout_seed(config.train.seed, step, i);
-            let (l, _) =
-                forward_backward(&model, &adapter, &mut grads, &mut arena, batch, 1.0 / count.max(1) as f32, seed)
-                    .map_err(at_step)?;
-            loss_sum += l;
-            tokens += batch.b * batch.t;
-        }
-        let step_loss = loss_sum / count.max(1) as f64;
-        let grad_norm = clip_grad_norm(&mut grads, config.train.max_grad_norm as f32).map_err(at_step)?;
+        let (step_loss, tokens) =
+            accumulate(&model, &adapter, &mut grads, &mut arena, micro, dropout_seeds(config.seed, step))
+                .map_err(at_step)?;
+        let grad_norm = clip_grad_norm(&mut grads, config.max_grad_norm as f32).map_err(at_step)?;
         let factor = schedule.factor(step);
-        let lr = base_lr * factor;
-        optimizer.step(&mut adapter, &grads, lr as f32, (embedding_lr * factor) as f32);
+        let lr = config.learning_rate * factor;
+        optimizer.step(&mut adapter, &grads, lr as f32, (config.embedding_learning_rate * factor) as f32);
         tokens_seen += tokens as u64;
         last_loss = step_loss;
-        let secs = started.elapsed().as_secs_f64();
         let done = step + 1;
-        observer.event(Event::Progress {
-            step: done,
-            total_steps,
-            loss: step_loss,
-            learning_rate: lr,
-            tokens_per_second: tokens as f64 / secs.max(1e-9),
-        });
-        window.add(step_loss, grad_norm as f64, tokens, secs);
-        if done % config.train.logging_steps.max(1) == 0 || done == total_steps {
-            let log = StepLog {
-                step: done,
-                total_steps,
-                epoch: done as f64 / steps_per_epoch as f64,
-                loss: window.loss(),
-                learning_rate: lr,
-                grad_norm: window.grad_norm(),
-                tokens_per_second: window.tokens_per_second(),
-            };
-            window = LogWindow::default();
-            metrics.train(&log)?;
-            if let Some(tb) = &mut tensorboard {
-                tb.add_scalar("train/loss", done as u64, log.loss)?;
-                tb.add_scalar("train/learning_rate", done as u64, log.learning_rate)?;
-                tb.add_scalar("train/grad_norm", done as u64, log.grad_norm)?;
-                tb.flush()?;
-            }
-            observer.event(Event::Logged(&log));
-        }
-        let eval_now = config.train.eval_steps > 0 && done % config.train.eval_steps == 0;
-        if !val_set.is_empty() && (eval_now || done == total_steps) {
+        let secs = started.elapsed().as_secs_f64();
+        report.stepped(done, total_steps, steps.epochs_done(done), step_loss, lr, grad_norm as f64, tokens, secs)?;
+        let eval_due = config.eval_steps > 0 && done % config.eval_steps == 0;
+        if has_eval && (eval_due || done == total_steps) {
             let e = evaluate(&model, &adapter, &mut arena, &eval_batcher, &val_set, done)?;
-            metrics.eval(&e)?;
-            if let Some(tb) = &mut tensorboard {
-                tb.add_scalar("eval/loss", done as u64, e.eval_loss)?;
-                tb.flush()?;
-            }
-            observer.event(Event::Evaluated(&e));
+            report.evaluated(&e)?;
             last_eval = Some(e);
         }
-        if config.train.save_steps > 0 && done % config.train.save_steps == 0 {
+        if config.save_steps > 0 && done % config.save_steps == 0 {
             let state = TrainerState {
                 global_step: done as u64,
                 total_steps: total_steps as u64,
-                epoch: done as f64 / steps_per_epoch as f64,
+                epoch: steps.epochs_done(done),
                 fingerprint: fingerprint.clone(),
                 tokens_seen,
             };
-            let dir = checkpoint::save_checkpoint(
-                &out,
-                &adapter,
-                hidden,
-                &config.model.path,
-                &optimizer,
-                &state,
-                &config_toml,
-            )?;
-            checkpoint::prune_checkpoints(&out, config.train.save_total_limit)?;
+            let hidden = model.config.hidden_size;
+            let dir =
+                checkpoint::save_checkpoint(out, &adapter, hidden, &config.model, &optimizer, &state, &config.toml)?;
+            checkpoint::prune_checkpoints(out, config.save_total_limit)?;
             last_saved = Some(done as u64);
-            observer.event(Event::Saved(&dir));
+            report.saved(&dir);
         }
     }
 
-    // The final adapter, written beside and then swapped in, so an old one is replaced only by a complete one.
-    let tmp = out.join(format!("{ADAPTER_DIR}.partial"));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    }
-    save_peft_adapter(&adapter, hidden, &tmp, &config.model.path)?;
-    if adapter_dir.exists() {
-        std::fs::remove_dir_all(&adapter_dir).map_err(|e| Error::io(&adapter_dir, e))?;
-    }
-    std::fs::rename(&tmp, &adapter_dir).map_err(|e| Error::io(&adapter_dir, e))?;
-    observer.event(Event::Saved(&adapter_dir));
+    save_final_adapter(&adapter, model.config.hidden_size, &config.model, &adapter_dir)?;
+    report.saved(&adapter_dir);
     let summary = serde_json::json!({
         "steps": total_steps,
-        "resumed_from_step": plan.resumed_from.as_ref().map(|(s, _)| *s),
+        "resumed_from_step": resumed.as_ref().map(|r| r.step),
         "seconds": run_started.elapsed().as_secs_f64(),
         "peak_rss_bytes": crate::memory::peak_rss_bytes(),
         "memory_estimate_bytes": plan.memory.total(),
@@ -443,62 +267,198 @@ pub fn train(config: &TrainConfig, options: &TrainOptions, observer: &mut dyn Ob
     Ok(Summary { steps: total_steps, final_loss: last_loss, eval: last_eval, adapter_dir, dry_run: false })
 }
 
-/// The tokenizer of the config's model, without loading its weights (`loft inspect --data`).
-pub fn load_tokenizer(config: &TrainConfig) -> Result<crate::tokenizer::Tokenizer> {
-    use crate::tokenizer::{GgufVocab, Tokenizer};
-    match ModelPath::resolve(&config.model.path)? {
-        ModelPath::Gguf(p) => {
-            let file = gguf::GgufFile::open(&p)?;
-            let mut vocab = GgufVocab::from_gguf(&file)?;
-            if !config.model.tokenizer_pre.is_empty() {
-                vocab.pre = Some(config.model.tokenizer_pre.clone());
+/// Everything the loop needs, built before its first step.
+struct Setup {
+    model: Llama,
+    train_set: Vec<Tokenized>,
+    val_set: Vec<Tokenized>,
+    batcher: Batcher,
+    eval_batcher: Batcher,
+    steps: StepPlan,
+    schedule: Schedule,
+    adapter: Adapter,
+    optimizer: Optimizer,
+    plan: Plan,
+    resumed: Option<Resumed>,
+}
+
+/// Loads the base (folding in an earlier adapter when asked), prepares the data, plans the steps, attaches LoRA
+/// (fresh or from the newest checkpoint) and estimates the memory.
+fn setup(config: &RunConfig, options: &TrainOptions, observer: &mut dyn Observer) -> Result<Setup> {
+    let load = LoadOptions {
+        tokenizer_pre: config.tokenizer_pre.clone(),
+        dequantize: !config.load_in_4bit,
+        // A GGUF keeps its own blocks, a bitsandbytes checkpoint its NF4 ones; a 16-bit folder becomes NF4.
+        load_in_4bit: config.load_in_4bit,
+    };
+    let LoadedModel { model: mut base, tokenizer, .. } = LoadedModel::load_with(&config.model, &load)?;
+    let mut continued = None;
+    if let Some(init) = &config.init_adapter {
+        let adapter = load_peft_adapter(&init.dir, &base)?;
+        match init.mode {
+            InitAdapterMode::Continue => continued = Some(adapter),
+            InitAdapterMode::Merge => {
+                merge_adapter(&mut base, &adapter)?;
+                observer.event(Event::Note(format!("merged {} into the frozen base", init.dir.display())));
             }
-            Ok(Tokenizer::from_vocab(vocab)?)
-        }
-        ModelPath::HfFolder(p) => {
-            let cfg = p.join("tokenizer_config.json");
-            Ok(Tokenizer::from_hf_files(&p.join("tokenizer.json"), cfg.is_file().then_some(cfg.as_path()))?)
         }
     }
+    let model = base;
+
+    let (train_set, val_set, stats) = prepare_data(config, &tokenizer)?;
+    let batcher = Batcher {
+        batch_size: config.batch_size,
+        max_seq_length: config.max_seq_length,
+        packing: config.data.packing,
+        pad_id: pad_id(&tokenizer),
+        seed: config.seed,
+        shuffle: config.data.shuffle,
+    };
+    let eval_batcher = Batcher { batch_size: config.eval_batch_size, shuffle: false, ..batcher.clone() };
+    let steps = StepPlan::new(&batcher, &train_set, config.accumulation, config.length)?;
+    let schedule = Schedule::new(config.scheduler, steps.total(), config.warmup_steps, config.warmup_ratio);
+
+    let mut adapter = match continued {
+        Some(a) => a,
+        None => Adapter::new(config.lora.clone(), &model, config.seed)?,
+    };
+    let mut optimizer = Optimizer::new(config.optim, &adapter);
+    let resumed = if options.resume { Some(resume(config, &model, &mut adapter, &mut optimizer)?) } else { None };
+
+    // One arena for the longest micro-batch (training or evaluation).
+    let longest = train_set.iter().chain(&val_set).map(|t| t.ids.len()).max().unwrap_or(2);
+    let rows_t =
+        if config.data.packing == Packing::Packed { config.max_seq_length } else { longest.min(config.max_seq_length) };
+    let rows_b = config.batch_size.max(if val_set.is_empty() { 0 } else { config.eval_batch_size });
+    let n_params = adapter.num_parameters();
+    let checkpointing = config.gradient_checkpointing;
+    let memory = MemoryPlan {
+        base_weights: model.weights.storage_bytes(),
+        adapter: 4 * n_params,
+        gradients: 4 * n_params,
+        optimizer: optimizer.state_bytes(),
+        activations: TrainArena::estimate_bytes(&model, &adapter, rows_b, rows_t, checkpointing),
+        activations_other: TrainArena::estimate_bytes(&model, &adapter, rows_b, rows_t, !checkpointing),
+        runtime: RUNTIME_BYTES
+            + train_set.iter().chain(&val_set).map(|t| 8 * t.ids.len()).sum::<usize>()
+            + if config.save_steps > 0 { optimizer.state_bytes() } else { 0 },
+        arena_rows: (rows_b, rows_t),
+    };
+    let (steps_per_epoch, micro_batches_per_epoch) = steps.first_epoch();
+    let plan = Plan {
+        train_examples: train_set.len(),
+        validation_examples: val_set.len(),
+        stats,
+        micro_batches_per_epoch,
+        steps_per_epoch,
+        total_steps: steps.total(),
+        warmup_steps: schedule.warmup_steps,
+        trainable_parameters: n_params,
+        all_parameters: model.config.num_parameters() + adapter_lora_parameters(&adapter),
+        memory,
+        resumed_from: resumed.as_ref().map(|r| (r.step, r.dir.clone())),
+    };
+    Ok(Setup { model, train_set, val_set, batcher, eval_batcher, steps, schedule, adapter, optimizer, plan, resumed })
+}
+
+/// Where a resumed run picks up.
+#[derive(Clone, Debug)]
+pub struct Resumed {
+    pub step: u64,
+    pub dir: PathBuf,
+    pub tokens_seen: u64,
+}
+
+/// Loads the newest complete checkpoint into the adapter and optimizer, refusing one from another run.
+fn resume(config: &RunConfig, model: &Llama, adapter: &mut Adapter, optimizer: &mut Optimizer) -> Result<Resumed> {
+    let out = &config.output_dir;
+    let (step, dir) = checkpoint::list_checkpoints(out)?.pop().ok_or_else(|| {
+        Error::hinted(
+            format!("--resume: no complete checkpoint in {}", out.display()),
+            "start the run without --resume (add --overwrite to replace what is there)",
+        )
+    })?;
+    let restored = checkpoint::load_checkpoint(&dir, model)?;
+    let fingerprint = fingerprint(config, model, adapter);
+    if restored.state.fingerprint != fingerprint {
+        return Err(Error::hinted(
+            format!(
+                "{}: this checkpoint belongs to another run ({}), not this config ({fingerprint})",
+                dir.display(),
+                restored.state.fingerprint
+            ),
+            "resume with the config the run was started with (it is saved as config.toml in the checkpoint)",
+        ));
+    }
+    *adapter = restored.adapter;
+    optimizer.load_state_tensors(&restored.optimizer_tensors, restored.optimizer_steps)?;
+    truncate_metrics(&out.join(METRICS_FILE), restored.state.global_step as usize)?;
+    Ok(Resumed { step, dir, tokens_seen: restored.state.tokens_seen })
+}
+
+/// One optimizer step's micro-batches, forward and backward, gradients summed into `grads` (zeroed first) and
+/// scaled so that they add up to the gradient of the mean loss over the step's target tokens. Returns that mean
+/// loss and the tokens processed.
+fn accumulate(
+    model: &Llama,
+    adapter: &Adapter,
+    grads: &mut Adapter,
+    arena: &mut TrainArena,
+    micro: &[Batch],
+    seeds: impl Fn(usize) -> u64,
+) -> Result<(f64, usize)> {
+    let count: usize = micro.iter().map(Batch::n_targets).sum();
+    grads.for_each_tensor_mut(|_, t| t.fill(0.0));
+    let (mut loss_sum, mut tokens) = (0.0, 0);
+    for (i, batch) in micro.iter().enumerate() {
+        arena.fit(batch.b, batch.t)?;
+        let (l, _) = forward_backward(model, adapter, grads, arena, batch, 1.0 / count.max(1) as f32, seeds(i))?;
+        loss_sum += l;
+        tokens += batch.b * batch.t;
+    }
+    Ok((loss_sum / count.max(1) as f64, tokens))
+}
+
+/// Writes the final adapter beside the old one, then swaps it in: an old adapter is replaced only by a complete one.
+fn save_final_adapter(adapter: &Adapter, hidden: usize, base: &str, dir: &Path) -> Result<()> {
+    let tmp = dir.with_file_name(format!("{ADAPTER_DIR}.partial"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    save_peft_adapter(adapter, hidden, &tmp, base)?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))
 }
 
 /// Reads, formats, tokenizes and splits the data: (train, validation, stats of the training files).
-pub fn load_data(
-    config: &TrainConfig,
-    tokenizer: &crate::tokenizer::Tokenizer,
+pub fn prepare_data(
+    config: &RunConfig,
+    tokenizer: &Tokenizer,
 ) -> Result<(Vec<Tokenized>, Vec<Tokenized>, TokenizeStats)> {
     let d = &config.data;
-    let source = SourceOptions { format: None, split_paragraphs: d.split_paragraphs };
-    let formatter = Formatter::new(config.format()?, &SpecialTokens::from_tokenizer(tokenizer), d.add_eos)?;
     let options = TokenizeOptions {
-        max_seq_length: config.model.max_seq_length,
+        max_seq_length: config.max_seq_length,
         train_on_responses_only: d.train_on_responses_only,
-        split_long: d.packing,
+        split_long: d.packing == Packing::Packed,
     };
-    let read = |files: &[String], limit: usize| -> Result<(Vec<Tokenized>, TokenizeStats)> {
-        let paths: Vec<PathBuf> = files.iter().map(PathBuf::from).collect();
-        let mut records = read_records(&paths, &source)?;
-        if limit > 0 {
-            records.truncate(limit);
-        }
-        if let Some(first) = records.first() {
-            formatter.check(first)?;
-        }
-        let examples = records.iter().map(|r| formatter.format(r)).collect::<Result<Vec<_>>>()?;
-        tokenize_all(tokenizer, &examples, &options)
+    let read = |files: &[PathBuf], max_records: Option<usize>| {
+        let source = SourceOptions { format: None, split_paragraphs: d.split_paragraphs, max_records };
+        crate::data::prepare(files, &source, d.format.clone(), d.add_eos, tokenizer, &options)
     };
     let (all, stats) = read(&d.train_files, d.max_samples)?;
     if !d.validation_files.is_empty() {
-        let (val, _) = read(&d.validation_files, 0)?;
+        let (val, _) = read(&d.validation_files, None)?;
         return Ok((all, val, stats));
     }
-    let (train, val) = split_train_validation(all, d.validation_split, config.train.seed)?;
+    let (train, val) = split_train_validation(all, d.validation_split, config.seed)?;
     Ok((train, val, stats))
 }
 
 /// Mean loss over the validation set, one micro-batch at a time in the training arena (memory stays bounded).
 fn evaluate(
-    model: &crate::model::Llama,
+    model: &Llama,
     adapter: &Adapter,
     arena: &mut TrainArena,
     batcher: &Batcher,
@@ -552,27 +512,27 @@ fn prepare_output_dir(out: &Path, options: &TrainOptions) -> Result<()> {
 }
 
 /// What must stay the same for a checkpoint to continue this run.
-fn fingerprint(config: &TrainConfig, model: &crate::model::Llama, adapter: &Adapter) -> String {
+fn fingerprint(config: &RunConfig, model: &Llama, adapter: &Adapter) -> String {
     let c = &model.config;
     let a = &adapter.config;
     let targets: Vec<&str> = a.target_modules.iter().map(|t| t.name()).collect();
     format!(
         "model {} (layers {}, hidden {}, vocab {}, 4-bit {}); lora r {} targets {} embed {} head {}; \
          batch {}×{} max_seq_length {} packing {} seed {}",
-        config.model.path,
+        config.model,
         c.num_hidden_layers,
         c.hidden_size,
         c.vocab_size,
-        config.model.load_in_4bit,
+        config.load_in_4bit,
         a.r,
         targets.join(","),
         a.train_embed_tokens,
         a.train_lm_head,
-        config.train.per_device_train_batch_size,
-        config.train.gradient_accumulation_steps,
-        config.model.max_seq_length,
-        config.data.packing,
-        config.train.seed,
+        config.batch_size,
+        config.accumulation,
+        config.max_seq_length,
+        config.data.packing == Packing::Packed,
+        config.seed,
     )
 }
 
@@ -587,9 +547,11 @@ fn adapter_lora_parameters(adapter: &Adapter) -> usize {
     n
 }
 
-/// The dropout masks of micro-batch `i` of step `step`.
-fn dropout_seed(seed: u64, step: usize, i: usize) -> u64 {
-    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((step as u64) << 16 | i as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9)
+/// The dropout masks of each micro-batch `i` of step `step`.
+fn dropout_seeds(seed: u64, step: usize) -> impl Fn(usize) -> u64 {
+    move |i| {
+        seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((step as u64) << 16 | i as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9)
+    }
 }
 
 /// A failed step names itself and the checkpoint that is still good.
@@ -602,7 +564,7 @@ fn step_error(e: Error, step: usize, last_saved: Option<u64>) -> Error {
 }
 
 /// Errors before allocating when the plan cannot fit in the memory the machine has free.
-fn check_fits(memory: &MemoryPlan, config: &TrainConfig) -> Result<()> {
+fn check_fits(memory: &MemoryPlan, config: &RunConfig) -> Result<()> {
     let Some(available) = crate::memory::available_bytes() else { return Ok(()) };
     if memory.total() <= available {
         return Ok(());
@@ -624,7 +586,7 @@ fn check_fits(memory: &MemoryPlan, config: &TrainConfig) -> Result<()> {
             crate::memory::human(memory.total()),
             b,
             t,
-            if config.train.gradient_checkpointing { ", with checkpointing" } else { "" },
+            if config.gradient_checkpointing { ", with checkpointing" } else { "" },
             crate::memory::human(available)
         ),
         hint,
@@ -660,41 +622,111 @@ impl LogWindow {
     }
 }
 
-/// `metrics.jsonl`: one JSON object per line, flushed as written.
-struct MetricsFile {
-    path: PathBuf,
-    file: std::fs::File,
+/// The one place a run reports: metrics.jsonl (one JSON object per line, flushed as written), TensorBoard event
+/// files when asked, and the observer (the CLI's progress bar). Train lines average the steps since the last one.
+struct Reporter<'a> {
+    metrics_path: PathBuf,
+    metrics: std::fs::File,
+    tensorboard: Option<TensorBoardWriter>,
+    observer: &'a mut dyn Observer,
+    logging_steps: usize,
+    window: LogWindow,
 }
 
-impl MetricsFile {
-    fn open(path: &Path) -> Result<Self> {
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e))?;
-        Ok(MetricsFile { path: path.to_path_buf(), file })
+impl<'a> Reporter<'a> {
+    /// Saves the config beside the run and opens its logs (appending, so a resumed run continues them).
+    fn create(config: &RunConfig, observer: &'a mut dyn Observer) -> Result<Self> {
+        let out = &config.output_dir;
+        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+        let config_path = out.join(checkpoint::CONFIG_FILE);
+        std::fs::write(&config_path, &config.toml).map_err(|e| Error::io(&config_path, e))?;
+        let metrics_path = out.join(METRICS_FILE);
+        let metrics = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&metrics_path)
+            .map_err(|e| Error::io(&metrics_path, e))?;
+        let tensorboard = if config.tensorboard { Some(TensorBoardWriter::create(out)?) } else { None };
+        Ok(Reporter {
+            metrics_path,
+            metrics,
+            tensorboard,
+            observer,
+            logging_steps: config.logging_steps,
+            window: LogWindow::default(),
+        })
     }
 
-    fn line(&mut self, value: serde_json::Value) -> Result<()> {
-        writeln!(self.file, "{value}").map_err(|e| Error::io(&self.path, e))?;
-        self.file.flush().map_err(|e| Error::io(&self.path, e))
+    fn write(&mut self, line: serde_json::Value, scalars: &[(&str, f64)], step: usize) -> Result<()> {
+        writeln!(self.metrics, "{line}").map_err(|e| Error::io(&self.metrics_path, e))?;
+        self.metrics.flush().map_err(|e| Error::io(&self.metrics_path, e))?;
+        if let Some(tb) = &mut self.tensorboard {
+            for (tag, value) in scalars {
+                tb.add_scalar(tag, step as u64, *value)?;
+            }
+            tb.flush()?;
+        }
+        Ok(())
     }
 
-    fn train(&mut self, l: &StepLog) -> Result<()> {
-        self.line(serde_json::json!({
-            "step": l.step,
-            "epoch": l.epoch,
-            "loss": l.loss,
-            "learning_rate": l.learning_rate,
-            "grad_norm": l.grad_norm,
-            "tokens_per_second": l.tokens_per_second,
-        }))
+    /// After every optimizer step: the progress bar, and a train line every `logging_steps` and at the end.
+    #[allow(clippy::too_many_arguments)]
+    fn stepped(
+        &mut self,
+        step: usize,
+        total_steps: usize,
+        epoch: f64,
+        loss: f64,
+        learning_rate: f64,
+        grad_norm: f64,
+        tokens: usize,
+        secs: f64,
+    ) -> Result<()> {
+        let tokens_per_second = tokens as f64 / secs.max(1e-9);
+        self.observer.event(Event::Progress { step, total_steps, loss, learning_rate, tokens_per_second });
+        self.window.add(loss, grad_norm, tokens, secs);
+        if step % self.logging_steps != 0 && step != total_steps {
+            return Ok(());
+        }
+        let w = std::mem::take(&mut self.window);
+        let log = StepLog {
+            step,
+            total_steps,
+            epoch,
+            loss: w.loss(),
+            learning_rate,
+            grad_norm: w.grad_norm(),
+            tokens_per_second: w.tokens_per_second(),
+        };
+        let line = serde_json::json!({
+            "step": log.step,
+            "epoch": log.epoch,
+            "loss": log.loss,
+            "learning_rate": log.learning_rate,
+            "grad_norm": log.grad_norm,
+            "tokens_per_second": log.tokens_per_second,
+        });
+        let scalars =
+            [("train/loss", log.loss), ("train/learning_rate", learning_rate), ("train/grad_norm", log.grad_norm)];
+        self.write(line, &scalars, step)?;
+        self.observer.event(Event::Logged(&log));
+        Ok(())
     }
 
-    fn eval(&mut self, e: &EvalLog) -> Result<()> {
-        self.line(serde_json::json!({
+    fn evaluated(&mut self, e: &EvalLog) -> Result<()> {
+        let line = serde_json::json!({
             "step": e.step,
             "eval_loss": e.eval_loss,
             "eval_perplexity": e.eval_perplexity,
             "eval_tokens": e.tokens,
-        }))
+        });
+        self.write(line, &[("eval/loss", e.eval_loss)], e.step)?;
+        self.observer.event(Event::Evaluated(e));
+        Ok(())
+    }
+
+    fn saved(&mut self, dir: &Path) {
+        self.observer.event(Event::Saved(dir));
     }
 }
 
