@@ -4,6 +4,7 @@
 use crate::engine::attention::{attention_forward, attention_forward_cached};
 use crate::engine::rmsnorm::rmsnorm_forward;
 use crate::engine::rope::{rope_forward, Rope};
+use crate::engine::swiglu::swiglu_forward;
 use crate::error::{Error, Result};
 use crate::model::config::LlamaConfig;
 use crate::model::weights::LlamaWeights;
@@ -73,6 +74,7 @@ impl Llama {
         let mut att = vec![0.0f32; t * qd]; // [T, NH·D]
         let mut gate = vec![0.0f32; t * f]; // [T, F]
         let mut up = vec![0.0f32; t * f]; // [T, F]
+        let mut act = vec![0.0f32; t * f]; // [T, F]
         let mut lse = vec![0.0f32; if p0 == 0 { nh * t } else { 0 }]; // [NH, T], unused here
         for (layer, (kc, vc)) in w.layers.iter().zip(cache.k.iter_mut().zip(cache.v.iter_mut())) {
             // x = x + o_proj(attention(rope(q_proj(h)), rope(k_proj(h)), v_proj(h))), h = rmsnorm(x)
@@ -95,10 +97,8 @@ impl Llama {
             rmsnorm_forward(&mut h, &x, &layer.post_attention_layernorm, c, cfg.rms_norm_eps);
             layer.gate_proj.forward(&mut gate, &h, t, false);
             layer.up_proj.forward(&mut up, &h, t, false);
-            for (g, &u) in gate.iter_mut().zip(&up) {
-                *g = silu(*g) * u;
-            }
-            layer.down_proj.forward(&mut x, &gate, t, true);
+            swiglu_forward(&mut act, &gate, &up);
+            layer.down_proj.forward(&mut x, &act, t, true);
         }
         cache.len = p0 + t;
         rmsnorm_forward(&mut h, &x, &w.norm, c, cfg.rms_norm_eps);
@@ -135,11 +135,6 @@ impl Llama {
         }
         Ok(nll)
     }
-}
-
-#[inline]
-pub fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
 }
 
 /// log Σ exp(row), in f64 for a stable mean over thousands of positions.
