@@ -15,4 +15,4 @@ pub mod model;
 pub mod tokenizer;
 pub mod train;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, ResultExt};

@@ -343,14 +343,12 @@ fn parquet_value(field: &parquet::record::Field) -> Value {
 }
 
 fn parquet_error(path: &Path, e: parquet::errors::ParquetError) -> Error {
-    let message = e.to_string();
-    if message.contains("codec") || message.contains("Codec") {
-        Error::hinted(
-            format!("{}: {message}", path.display()),
-            "loft reads uncompressed and Snappy Parquet; rewrite the file with Snappy or as JSONL",
-        )
+    let codec = e.to_string().to_lowercase().contains("codec");
+    let e = Error::caused(format!("{}: not a readable Parquet file", path.display()), e);
+    if codec {
+        e.with_hint("loft reads uncompressed and Snappy Parquet; rewrite the file with Snappy or as JSONL")
     } else {
-        Error::format(path, format!("not a readable Parquet file: {message}"))
+        e
     }
 }
 

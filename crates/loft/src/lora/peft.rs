@@ -10,7 +10,7 @@ use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::LoraWeights;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, ResultExt};
 use crate::lora::{Adapter, LoraConfig, TensorName};
 use crate::model::safetensors_source::decode_floats;
 use crate::model::Llama;
@@ -72,7 +72,7 @@ pub fn load_peft_adapter(dir: &Path, model: &Llama) -> Result<Adapter> {
         _ => return bad("missing key 'target_modules'".into()),
     };
     let target_modules =
-        LoraConfig::parse_targets(&names).map_err(|e| Error::format(&config_path, format!("target_modules: {e}")))?;
+        LoraConfig::parse_targets(&names).at(format_args!("{}: target_modules", config_path.display()))?;
     let modules_to_save = raw.modules_to_save.unwrap_or_default();
     for m in &modules_to_save {
         if !matches!(m.as_str(), "embed_tokens" | "lm_head" | "model.embed_tokens") {

@@ -200,7 +200,11 @@ impl Tokenizer {
             (Some(engine), _) => engine,
             (None, Some(spec)) => {
                 let pre = spec.compile().map_err(|e| {
-                    TokenizerError::invalid(path, format!("pre-tokenizer regex does not compile: {e}"), "a loft bug")
+                    TokenizerError::invalid(
+                        path,
+                        format!("pre-tokenizer regex does not compile: {e}"),
+                        "a bug in loft; another pre-tokenizer (--tokenizer-pre, model.tokenizer_pre) may avoid it",
+                    )
                 })?;
                 Engine::Bpe(Box::new(Bpe::new(&token_to_id, &vocab.merges, pre, spec.ignore_merges)))
             }

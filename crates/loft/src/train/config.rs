@@ -252,10 +252,8 @@ impl TrainConfig {
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         Self::parse(&text, overrides).map_err(|e| match e {
-            Error::Hinted { message, hint } => {
-                Error::Hinted { message: format!("{}: {message}", path.display()), hint }
-            }
             Error::Invalid(message) => Error::format(path, message),
+            e @ Error::Hinted { .. } => e.at(path.display()),
             e => e,
         })
     }
@@ -352,12 +350,12 @@ impl TrainConfig {
                 _ => modules.push(m.clone()),
             }
         }
-        let target_modules = LoraConfig::parse_targets(&modules).map_err(|e| match e {
-            Error::Hinted { message, hint } => Error::Hinted {
-                message: format!("lora.target_modules: {message}"),
-                hint: format!("{hint}, embed_tokens, lm_head"),
-            },
-            e => e,
+        let target_modules = LoraConfig::parse_targets(&modules).map_err(|e| match e.hint() {
+            Some(hint) => {
+                let hint = format!("{hint}, embed_tokens, lm_head");
+                e.at("lora.target_modules").with_hint(hint)
+            }
+            None => e,
         })?;
         Ok(LoraConfig {
             r: l.r,
