@@ -375,7 +375,7 @@ fn bad_vocabularies_are_refused_with_the_key_named() {
         Some("loft reads \"gpt2\" (byte-level BPE) and \"llama\" (SentencePiece) tokenizers")
     );
     assert!(err(GgufVocab { pre: Some("klingon".into()), ..tiny() })
-        .starts_with("<vocab>: tokenizer.ggml.pre = Some(\"klingon\") is not a pre-tokenizer loft knows"));
+        .starts_with("<vocab>: tokenizer.ggml.pre = \"klingon\" is not a pre-tokenizer loft knows"));
     assert_eq!(
         err(GgufVocab { bos: Some(7), ..tiny() }),
         "<vocab>: tokenizer.ggml.bos_token_id = 7 is outside the vocabulary of 3 tokens"

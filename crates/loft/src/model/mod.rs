@@ -47,7 +47,7 @@ impl ModelPath {
         }
         Err(Error::hinted(
             format!("{spec}: no such file or folder"),
-            "--model takes a .gguf file, a Hugging Face folder, or a hub id like HuggingFaceTB/SmolLM2-135M-Instruct",
+            "a model is a .gguf file, a Hugging Face folder, or a hub id like HuggingFaceTB/SmolLM2-135M-Instruct",
         ))
     }
 
@@ -120,14 +120,7 @@ impl LoadedModel {
 
 pub fn load_gguf(path: &Path, options: &LoadOptions) -> Result<(Llama, Tokenizer)> {
     let file = gguf::GgufFile::open(path)?;
-    let tokenizer = match &options.tokenizer_pre {
-        None => Tokenizer::from_gguf(&file)?,
-        Some(pre) => {
-            let mut vocab = crate::tokenizer::GgufVocab::from_gguf(&file)?;
-            vocab.pre = Some(pre.clone());
-            Tokenizer::from_vocab(vocab)?
-        }
-    };
+    let tokenizer = Tokenizer::from_gguf_with_pre(&file, options.tokenizer_pre.as_deref())?;
     Ok((llama_from_gguf_with(&file, !options.dequantize)?, tokenizer))
 }
 
