@@ -131,7 +131,14 @@ fn parse_jsonl(path: &Path, text: &str) -> Result<Vec<Record>> {
         if raw.trim().is_empty() {
             continue;
         }
-        let value: Value = serde_json::from_str(raw).map_err(|e| Error::format(at(path, line), e.to_string()))?;
+        let value: Value = serde_json::from_str(raw).map_err(|e| {
+            // serde_json counts lines within the one line it was given: report file:line:column instead.
+            let message = e.to_string();
+            let message =
+                message.strip_suffix(&format!(" at line {} column {}", e.line(), e.column())).unwrap_or(&message);
+            Error::format(format!("{}:{line}:{}", path.display(), e.column()), message)
+                .with_hint("a .jsonl file holds one JSON object per line")
+        })?;
         out.push(Record { file: path.to_path_buf(), line, fields: into_object(path, line, value)? });
     }
     Ok(out)
