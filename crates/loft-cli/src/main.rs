@@ -15,7 +15,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Fine-tune Llama-family models with LoRA and QLoRA on a CPU or an NVIDIA GPU; run, merge and export them.
+/// Fine-tune Llama-family models with LoRA and QLoRA on the CPU; run, merge and export them.
 #[derive(Parser)]
 #[command(name = "loft", version)]
 struct Cli {
@@ -38,7 +38,7 @@ enum Command {
     Eval(eval::Args),
     /// Draw the loss curves of training runs (their metrics.jsonl) into a PNG or SVG: --out FILE.png|svg.
     Plot(plot::Args),
-    /// Show what a model file or folder holds: metadata, tokenizer, tensors.
+    /// Show what a model, a PEFT adapter or checkpoint, or (with --data) a training set holds.
     Inspect(inspect::Args),
     /// Merge a LoRA adapter into its base and write a Hugging Face folder (--adapter, --out, --dtype).
     Merge(merge::Args),
@@ -115,7 +115,7 @@ mod tests {
 
     #[test]
     fn causes_come_one_a_line_between_the_error_and_the_hint() {
-        let io = std::io::Error::new(std::io::ErrorKind::Other, "connection reset");
+        let io = std::io::Error::other("connection reset");
         let e = Error::caused("cannot download 'config.json'", io).at("org/model").with_hint("check the network");
         assert_eq!(
             error_report(&e),
