@@ -40,6 +40,22 @@ pub enum Error {
 }
 
 impl Error {
+    /// What to do about it, for a command line to print on its own line; `None` where the message says it all.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            Error::Malformed { .. } => {
+                Some("the file is damaged, cut short, or not a GGUF file; download or convert it again")
+            }
+            Error::MissingKey { .. } | Error::WrongType { .. } => {
+                Some("reconvert the model with a current llama.cpp (convert_hf_to_gguf.py)")
+            }
+            Error::MissingTensor { .. } => {
+                Some("is it a complete conversion of the expected architecture? reconvert it with llama.cpp")
+            }
+            Error::Io { .. } | Error::Tensor { .. } | Error::Codec(_) | Error::Writer(_) => None,
+        }
+    }
+
     pub(crate) fn malformed(path: &std::path::Path, what: impl Into<String>) -> Self {
         Error::Malformed { path: path.to_path_buf(), what: what.into() }
     }

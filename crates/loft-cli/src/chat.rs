@@ -22,9 +22,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> loft::Result<()> {
+    args.sampling.check()?;
     let loaded = args.model.load()?;
     let template = chat_template(&loaded)?;
-    let opts = args.sampling.options(&loaded)?;
+    let opts = args.sampling.options(&loaded);
     let capacity = loaded.model.config.max_position_embeddings;
     let mut cache = KvCache::new(&loaded.model.config, capacity.min(8192));
     let mut cached: Vec<u32> = Vec::new(); // the ids whose keys/values are in the cache

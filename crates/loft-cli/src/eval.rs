@@ -14,7 +14,7 @@ pub struct Args {
     /// A UTF-8 text file; its first --max-tokens tokens are scored (no BOS is added).
     #[arg(long)]
     pub text: PathBuf,
-    /// How many tokens of the file to use (default: all, up to the model's context).
+    /// How many tokens of the file to use (default: all of them; more than the model's context is an error).
     #[arg(long)]
     pub max_tokens: Option<usize>,
     /// Print one JSON object: {"tokens": N, "loss": x, "perplexity": y}.

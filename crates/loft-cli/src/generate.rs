@@ -51,7 +51,8 @@ pub struct SamplingArgs {
 }
 
 impl SamplingArgs {
-    pub fn options(&self, loaded: &LoadedModel) -> loft::Result<GenerateOptions> {
+    /// Refuses values out of range, before a model is loaded for nothing.
+    pub fn check(&self) -> loft::Result<()> {
         if self.top_p.is_nan() || self.top_p <= 0.0 || self.top_p > 1.0 {
             return Err(Error::hinted(format!("--top-p {} is out of range", self.top_p), "use a value in (0, 1]"));
         }
@@ -67,7 +68,12 @@ impl SamplingArgs {
                 "use 1 for none, or a value such as 1.1",
             ));
         }
-        Ok(GenerateOptions {
+        Ok(())
+    }
+
+    /// The options of a checked `SamplingArgs` for `loaded`.
+    pub fn options(&self, loaded: &LoadedModel) -> GenerateOptions {
+        GenerateOptions {
             max_new_tokens: self.max_new_tokens,
             sampling: SamplingParams {
                 temperature: self.temperature,
@@ -77,7 +83,7 @@ impl SamplingArgs {
                 repetition_penalty: self.repetition_penalty,
             },
             stop_ids: stop_ids(loaded),
-        })
+        }
     }
 }
 
@@ -102,6 +108,7 @@ pub fn chat_template(loaded: &LoadedModel) -> loft::Result<ChatTemplate> {
 }
 
 pub fn run(args: Args) -> loft::Result<()> {
+    args.sampling.check()?;
     let loaded = args.model.load()?;
     let ids = if args.raw {
         loaded.tokenizer.encode(&args.prompt, true, true)
@@ -114,7 +121,7 @@ pub fn run(args: Args) -> loft::Result<()> {
         let text = chat_template(&loaded)?.render(&messages, true)?;
         loaded.tokenizer.encode(&text, false, true)
     };
-    let opts = args.sampling.options(&loaded)?;
+    let opts = args.sampling.options(&loaded);
     let capacity = (ids.len() + opts.max_new_tokens).min(loaded.model.config.max_position_embeddings);
     if ids.len() >= capacity {
         return Err(Error::hinted(

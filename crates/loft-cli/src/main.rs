@@ -15,7 +15,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Fine-tune Llama-family models with LoRA and QLoRA on a CPU or an NVIDIA GPU; run, merge and export them.
+/// Fine-tune Llama-family models with LoRA and QLoRA on the CPU; run, merge and export them.
 #[derive(Parser)]
 #[command(name = "loft", version)]
 struct Cli {
@@ -38,7 +38,7 @@ enum Command {
     Eval(eval::Args),
     /// Draw the loss curves of training runs (their metrics.jsonl) into a PNG or SVG: --out FILE.png|svg.
     Plot(plot::Args),
-    /// Show what a model file or folder holds: metadata, tokenizer, tensors.
+    /// Show what a model, a PEFT adapter or checkpoint, or (with --data) a training set holds.
     Inspect(inspect::Args),
     /// Merge a LoRA adapter into its base and write a Hugging Face folder (--adapter, --out, --dtype).
     Merge(merge::Args),
@@ -84,18 +84,49 @@ fn main() -> ExitCode {
     }
 }
 
-/// `error: …`, then each cause on a `Caused by:` line, then `hint: …`.
+/// `error: …`, then each cause on a `Caused by:` line, then `hint: …`. A cause whose text the line above already
+/// shows (an io error after `path: No such file…`) is not repeated.
 fn render_error(e: &loft::Error) {
-    eprintln!("error: {e}");
+    eprint!("{}", error_report(e));
+}
+
+fn error_report(e: &loft::Error) -> String {
+    let mut out = format!("error: {e}\n");
+    let mut above = e.to_string();
     let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !e.to_string().contains(&text) {
-            eprintln!("Caused by: {text}");
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !above.contains(&text) {
+            out += &format!("Caused by: {text}\n");
         }
-        source = s.source();
+        above = text;
+        source = cause.source();
     }
-    if let Some(h) = e.hint() {
-        eprintln!("hint: {h}");
+    if let Some(hint) = e.hint() {
+        out += &format!("hint: {hint}\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_report;
+    use loft::Error;
+
+    #[test]
+    fn causes_come_one_a_line_between_the_error_and_the_hint() {
+        let io = std::io::Error::other("connection reset");
+        let e = Error::caused("cannot download 'config.json'", io).at("org/model").with_hint("check the network");
+        assert_eq!(
+            error_report(&e),
+            "error: org/model: cannot download 'config.json'\nCaused by: connection reset\nhint: check the network\n"
+        );
+    }
+
+    #[test]
+    fn a_cause_the_message_already_shows_is_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory (os error 2)");
+        let e = Error::io("/m.gguf", io);
+        assert_eq!(error_report(&e), "error: /m.gguf: No such file or directory (os error 2)\n");
     }
 }

@@ -23,6 +23,7 @@ fn reference_dir() -> PathBuf {
 fn snapshot(name: &str, actual: &str) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots").join(name);
     if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, actual).unwrap();
         return;
     }
@@ -31,11 +32,139 @@ fn snapshot(name: &str, actual: &str) {
     assert_eq!(actual, want, "snapshot {name} changed; rerun with UPDATE_SNAPSHOTS=1 if intended");
 }
 
+/// The default model, or a failed test that says how to get it.
+fn require_default_model() -> String {
+    default_model().unwrap_or_else(|| panic!("the default model is missing: run scripts/fetch.sh model"))
+}
+
+/// The subcommands `loft PATH… --help` lists under "Commands:" (clap's own `help` left out).
+fn subcommands(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|l| *l != "Commands:")
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .map(str::to_string)
+        .collect()
+}
+
+/// `loft --help` and the help of every subcommand, nested ones included, found by walking the "Commands:" lists;
+/// a command without a snapshot, or a snapshot without a command, fails.
 #[test]
-fn help_lists_the_commands() {
-    let out = loft(&["--help"]);
-    assert!(out.status.success());
-    snapshot("help.txt", &text(&out.stdout));
+fn help_of_every_command() {
+    let mut pending = vec![Vec::<String>::new()];
+    let mut written = Vec::new();
+    while let Some(path) = pending.pop() {
+        let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
+        args.push("--help");
+        let out = loft(&args);
+        assert!(out.status.success(), "loft {}: {}", args.join(" "), text(&out.stderr));
+        let help = text(&out.stdout);
+        let name = std::iter::once("loft").chain(path.iter().map(String::as_str)).collect::<Vec<_>>().join("-");
+        snapshot(&format!("help/{name}.txt"), &help);
+        written.push(format!("{name}.txt"));
+        for sub in subcommands(&help) {
+            pending.push(path.iter().cloned().chain([sub]).collect());
+        }
+    }
+    assert!(written.len() >= 14, "only {written:?}");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots/help");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let file = entry.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(written.contains(&file), "tests/snapshots/help/{file} belongs to no command; delete it");
+    }
+}
+
+/// What a user sees when `loft ARGS…` fails in `dir`: the command, the exit code and stderr, with `dir` written
+/// `<tmp>` and the default model's path `<model>`.
+fn error_output(dir: &Path, args: &[&str], model: Option<&str>) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_loft")).args(args).current_dir(dir).output().expect("run loft");
+    let stderr = text(&out.stderr);
+    let shown = format!("$ loft {}\nexit code: {}\n{stderr}", args.join(" "), out.status.code().unwrap_or(-1));
+    let shown = match model {
+        Some(m) => shown.replace(m, "<model>"),
+        None => shown,
+    };
+    let shown = shown.replace(dir.to_str().unwrap(), "<tmp>");
+    assert!(!out.status.success(), "{shown}");
+    assert!(!stderr.contains("panicked"), "{shown}");
+    assert!(stderr.starts_with("error: "), "{shown}");
+    shown
+}
+
+/// One case of the error snapshots: its name, the arguments, whether a hint is expected.
+type ErrorCase<'a> = (&'a str, Vec<&'a str>, bool);
+
+fn check_error_snapshots(dir: &Path, cases: &[ErrorCase<'_>], model: Option<&str>) {
+    for (name, args, hinted) in cases {
+        let shown = error_output(dir, args, model);
+        assert_eq!(shown.contains("\nhint: "), *hinted, "{name}: {shown}");
+        snapshot(&format!("errors/{name}.txt"), &shown);
+    }
+}
+
+/// Errors on bad input that need no model: one `error:` line, a `Caused by:` line per cause, a `hint:`.
+#[test]
+fn error_output_on_bad_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let write = |name: &str, bytes: &[u8]| std::fs::write(dir.join(name), bytes).unwrap();
+    std::fs::create_dir(dir.join("empty")).unwrap();
+    write("junk.gguf", b"GGUF\x03\x00\x00\x00trunc");
+    write("magic.gguf", b"NOPE\x03\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00");
+    write("exists.gguf", b"");
+    std::fs::create_dir(dir.join("merged")).unwrap();
+    let config = "[model]\npath = \"m.gguf\"\n[data]\ntrain_files = [\"train.jsonl\"]\n";
+    write("run.toml", config.as_bytes());
+    write("unknown-key.toml", format!("{config}[train]\nlerning_rate = 1e-4\n").as_bytes());
+    write("target.toml", format!("{config}[lora]\ntarget_modules = [\"q_prj\"]\n").as_bytes());
+    let cases: Vec<ErrorCase> = vec![
+        ("model-missing", vec!["generate", "--model", "nope.gguf", "--prompt", "hi"], true),
+        ("model-folder-without-config", vec!["generate", "--model", "empty", "--prompt", "hi"], true),
+        ("gguf-cut-short", vec!["inspect", "junk.gguf"], true),
+        ("gguf-wrong-magic", vec!["eval", "--model", "magic.gguf", "--text", "run.toml"], true),
+        ("config-missing", vec!["train", "missing.toml"], false),
+        ("config-unknown-key", vec!["train", "unknown-key.toml"], true),
+        ("config-unknown-target-module", vec!["train", "target.toml"], true),
+        ("set-without-value", vec!["train", "run.toml", "--set", "train.learning_rate"], true),
+        ("set-unknown-key", vec!["train", "run.toml", "--set", "train.lerning_rate=1e-4"], true),
+        ("export-output-exists", vec!["export", "gguf", "--model", "m.gguf", "--out", "exists.gguf"], true),
+        ("merge-output-exists", vec!["merge", "--model", "m.gguf", "--adapter", "empty", "--out", "merged"], true),
+        ("merge-unknown-dtype", vec!["merge", "--model", "m.gguf", "--out", "new", "--dtype", "f8"], true),
+        ("plot-without-metrics", vec!["plot", "empty", "--out", "loss.png"], true),
+        ("top-p-out-of-range", vec!["generate", "--model", "m.gguf", "--prompt", "hi", "--top-p", "0"], true),
+    ];
+    check_error_snapshots(dir, &cases, None);
+}
+
+/// Errors that show once the default model loads: adapters, tokenizer, data files.
+#[test]
+fn error_output_with_the_default_model() {
+    let model = require_default_model();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let write = |name: &str, bytes: &[u8]| std::fs::write(dir.join(name), bytes).unwrap();
+    std::fs::create_dir(dir.join("empty")).unwrap();
+    write("bad.jsonl", b"{\"text\": \"ok\"}\n{\"text\": \"unterminated}\n");
+    write("data.xml", b"<text>hi</text>\n");
+    write("data.parquet", b"PAR1 not really\n");
+    let data_config = |name: &str, file: &str| {
+        let text = format!("[model]\npath = {model:?}\n[data]\ntrain_files = [{file:?}]\nformat = \"text\"\n");
+        write(name, text.as_bytes());
+    };
+    data_config("bad-json.toml", "bad.jsonl");
+    data_config("xml.toml", "data.xml");
+    data_config("parquet.toml", "data.parquet");
+    let m = model.as_str();
+    let cases: Vec<ErrorCase> = vec![
+        ("adapter-without-config", vec!["generate", "--model", m, "--adapter", "empty", "--prompt", "hi"], true),
+        ("tokenizer-unknown-pre", vec!["generate", "--model", m, "--tokenizer-pre", "klingon", "--prompt", "hi"], true),
+        ("data-bad-json-line", vec!["inspect", "--data", "bad-json.toml"], true),
+        ("data-unknown-format", vec!["inspect", "--data", "xml.toml"], true),
+        ("data-unreadable-parquet", vec!["inspect", "--data", "parquet.toml"], false),
+    ];
+    check_error_snapshots(dir, &cases, Some(m));
 }
 
 #[test]

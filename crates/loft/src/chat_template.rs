@@ -80,6 +80,26 @@ pub enum ChatTemplateError {
     Render(minijinja::Error),
 }
 
+impl ChatTemplateError {
+    /// What to do about it, printed by the CLI on its own `hint:` line.
+    pub fn hint(&self) -> Option<&str> {
+        Some(match self {
+            ChatTemplateError::Syntax(_) => {
+                "loft renders templates with minijinja; use a built-in one (data.chat_template = \"chatml\", \
+                 \"llama3\" or \"alpaca\"), or pass --raw to generate"
+            }
+            ChatTemplateError::Raised { .. } => {
+                "the model's template refuses this conversation (many accept no system message, or need user and \
+                 assistant turns to alternate)"
+            }
+            ChatTemplateError::Render(_) => {
+                "the template is rendered with messages, add_generation_prompt, bos_token and eos_token; use a \
+                 built-in one (data.chat_template = \"chatml\", \"llama3\" or \"alpaca\") if it needs more"
+            }
+        })
+    }
+}
+
 fn at_line(line: &Option<usize>) -> String {
     match line {
         Some(line) => format!(" (in {TEMPLATE_NAME}:{line})"),

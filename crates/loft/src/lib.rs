@@ -32,4 +32,4 @@ pub mod rng;
 pub mod tokenizer;
 pub mod train;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, ResultExt};

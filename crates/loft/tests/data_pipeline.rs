@@ -125,7 +125,7 @@ fn malformed_jsonl_line_names_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let p = write(dir.path(), "bad.jsonl", "{\"text\": \"ok\"}\n{\"text\": \"unterminated}\n");
     let msg = error_text(read_records(&[p], &SourceOptions::default()));
-    assert!(msg.contains("bad.jsonl:2: "), "{msg}");
+    assert!(msg.contains("bad.jsonl:2:23: "), "{msg}");
     assert!(msg.contains("EOF while parsing"), "{msg}");
     assert!(!msg.contains('\n') || msg.lines().nth(1).unwrap().starts_with("hint:"), "{msg}");
 }

@@ -139,7 +139,14 @@ fn parse_jsonl(path: &Path, text: &str) -> Result<Vec<Record>> {
         if raw.trim().is_empty() {
             continue;
         }
-        let value: Value = serde_json::from_str(raw).map_err(|e| Error::format(at(path, line), e.to_string()))?;
+        let value: Value = serde_json::from_str(raw).map_err(|e| {
+            // serde_json counts lines within the one line it was given: report file:line:column instead.
+            let message = e.to_string();
+            let message =
+                message.strip_suffix(&format!(" at line {} column {}", e.line(), e.column())).unwrap_or(&message);
+            Error::format(format!("{}:{line}:{}", path.display(), e.column()), message)
+                .with_hint("a .jsonl file holds one JSON object per line")
+        })?;
         out.push(Record { file: path.to_path_buf(), line, fields: into_object(path, line, value)? });
     }
     Ok(out)
@@ -351,14 +358,12 @@ fn parquet_value(field: &parquet::record::Field) -> Value {
 }
 
 fn parquet_error(path: &Path, e: parquet::errors::ParquetError) -> Error {
-    let message = e.to_string();
-    if message.contains("codec") || message.contains("Codec") {
-        Error::hinted(
-            format!("{}: {message}", path.display()),
-            "loft reads uncompressed and Snappy Parquet; rewrite the file with Snappy or as JSONL",
-        )
+    let codec = e.to_string().to_lowercase().contains("codec");
+    let e = Error::caused(format!("{}: not a readable Parquet file", path.display()), e);
+    if codec {
+        e.with_hint("loft reads uncompressed and Snappy Parquet; rewrite the file with Snappy or as JSONL")
     } else {
-        Error::format(path, format!("not a readable Parquet file: {message}"))
+        e
     }
 }
 

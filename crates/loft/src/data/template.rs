@@ -7,7 +7,7 @@ use serde_json::Value;
 use super::source::Record;
 use crate::chat_template::{ChatTemplate, Message};
 use crate::tokenizer::Tokenizer;
-use crate::{Error, Result};
+use crate::{Error, Result, ResultExt};
 
 /// Alpaca's prompts (tatsu-lab/stanford_alpaca, `PROMPT_DICT`), with and without an input.
 pub const ALPACA_PROMPT_WITH_INPUT: &str = "Below is an instruction that describes a task, paired with an input that \
@@ -179,9 +179,7 @@ impl Formatter {
     fn format_chat(&self, record: &Record, ex: &mut Example) -> Result<()> {
         let Some(chat) = &self.chat else { return Ok(()) };
         let messages = chat_messages(record)?;
-        let render = |msgs: &[Message], gen: bool| {
-            chat.render(msgs, gen).map_err(|e| Error::format(record.location(), e.to_string()))
-        };
+        let render = |msgs: &[Message], gen: bool| chat.render(msgs, gen).at(record.location());
         let mut done = String::new();
         for (i, m) in messages.iter().enumerate() {
             if m.role != "assistant" {

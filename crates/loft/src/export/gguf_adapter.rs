@@ -17,7 +17,7 @@ use std::path::Path;
 use gguf::names as n;
 use gguf::{GgmlType, GgufWriter, Value};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, ResultExt};
 use crate::lora::{Adapter, TargetModule};
 use crate::model::weights::permute_rope_rows;
 use crate::model::Llama;
@@ -104,7 +104,7 @@ pub fn write_gguf_adapter(
     g.add(n::ADAPTER_LORA_ALPHA, Value::F32(alpha));
 
     let encode = |t: &str, data: &[f32], row_len: usize| -> Result<Vec<u8>> {
-        gguf::quantize(dtype.ggml(), data, row_len).map_err(|e| Error::Invalid(format!("tensor '{t}': {e}")))
+        gguf::quantize(dtype.ggml(), data, row_len).at(format_args!("tensor '{t}'"))
     };
     let mut pairs = 0;
     for (l, mods) in adapter.layers.iter().enumerate() {

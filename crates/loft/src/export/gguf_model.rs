@@ -11,7 +11,7 @@ use gguf::{GgmlType, GgufWriter, Value, ValueType};
 
 pub use super::quant_plan::GgufQuant;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, ResultExt};
 use crate::model::config::RopeScaling;
 use crate::model::weights::permute_rope_rows;
 use crate::model::Llama;
@@ -105,7 +105,7 @@ pub fn write_gguf_model(
     let mut add_matrix = |g: &mut GgufWriter, gname: String, rows: usize, cols: usize, data: &[f32]| -> Result<()> {
         let (dtype, fallback) = quant.matrix_type(&gname, cols, cfg.num_hidden_layers, tied);
         fallbacks.extend(fallback);
-        let bytes = gguf::quantize(dtype, data, cols).map_err(|e| Error::Invalid(format!("tensor '{gname}': {e}")))?;
+        let bytes = gguf::quantize(dtype, data, cols).at(format_args!("tensor '{gname}'"))?;
         g.add_tensor(gname, vec![cols as u64, rows as u64], dtype, bytes)?;
         Ok(())
     };

@@ -10,7 +10,7 @@ use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::LoraWeights;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, ResultExt};
 use crate::lora::{Adapter, LoraConfig, TensorName};
 use crate::model::safetensors_source::decode_floats;
 use crate::model::Llama;
@@ -45,7 +45,18 @@ struct PeftConfigFile {
 /// Reads a PEFT LoRA adapter for `model`, checking every tensor's shape against the model's.
 pub fn load_peft_adapter(dir: &Path, model: &Llama) -> Result<Adapter> {
     let config_path = dir.join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+    let text = std::fs::read_to_string(&config_path).map_err(|e| {
+        let missing = e.kind() == std::io::ErrorKind::NotFound;
+        let e = Error::io(&config_path, e);
+        if missing {
+            e.with_hint(format!(
+                "an adapter folder holds {CONFIG_FILE} and {WEIGHTS_FILE}, as PEFT and `loft train` write them \
+                 (a run's adapter/ or checkpoint-N/)"
+            ))
+        } else {
+            e
+        }
+    })?;
     let raw: PeftConfigFile =
         serde_json::from_str(&text).map_err(|e| Error::format(&config_path, format!("invalid JSON: {e}")))?;
     let bad = |m: String| Err(Error::format(&config_path, m));
@@ -72,7 +83,7 @@ pub fn load_peft_adapter(dir: &Path, model: &Llama) -> Result<Adapter> {
         _ => return bad("missing key 'target_modules'".into()),
     };
     let target_modules =
-        LoraConfig::parse_targets(&names).map_err(|e| Error::format(&config_path, format!("target_modules: {e}")))?;
+        LoraConfig::parse_targets(&names).at(format_args!("{}: target_modules", config_path.display()))?;
     let modules_to_save = raw.modules_to_save.unwrap_or_default();
     for m in &modules_to_save {
         if !matches!(m.as_str(), "embed_tokens" | "lm_head" | "model.embed_tokens") {

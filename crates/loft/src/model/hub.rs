@@ -21,11 +21,12 @@ pub fn download(repo_id: &str) -> Result<PathBuf> {
     let api = hf_hub::api::sync::ApiBuilder::from_env()
         .with_progress(true)
         .build()
-        .map_err(|e| Error::hinted(format!("{repo_id}: cannot start the hub client: {e}"), offline_hint))?;
+        .map_err(|e| Error::caused(format!("{repo_id}: cannot start the hub client"), e).with_hint(offline_hint))?;
     let repo = api.model(repo_id.to_string());
     let fetch = |file: &str| {
         repo.get(file).map_err(|e| {
-            Error::hinted(format!("{repo_id}: cannot download '{file}' from the Hugging Face hub: {e}"), offline_hint)
+            Error::caused(format!("{repo_id}: cannot download '{file}' from the Hugging Face hub"), e)
+                .with_hint(offline_hint)
         })
     };
     let config = fetch("config.json")?;

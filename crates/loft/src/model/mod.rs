@@ -47,7 +47,7 @@ impl ModelPath {
         }
         Err(Error::hinted(
             format!("{spec}: no such file or folder"),
-            "--model takes a .gguf file, a Hugging Face folder, or a hub id like HuggingFaceTB/SmolLM2-135M-Instruct",
+            "a model is a .gguf file, a Hugging Face folder, or a hub id like HuggingFaceTB/SmolLM2-135M-Instruct",
         ))
     }
 
@@ -126,10 +126,7 @@ pub fn load_tokenizer(spec: &str, tokenizer_pre: Option<&str>) -> Result<Tokeniz
 }
 
 fn gguf_tokenizer(file: &gguf::GgufFile, tokenizer_pre: Option<&str>) -> Result<Tokenizer> {
-    let Some(pre) = tokenizer_pre else { return Ok(Tokenizer::from_gguf(file)?) };
-    let mut vocab = crate::tokenizer::GgufVocab::from_gguf(file)?;
-    vocab.pre = Some(pre.to_string());
-    Ok(Tokenizer::from_vocab(vocab)?)
+    Ok(Tokenizer::from_gguf_with_pre(file, tokenizer_pre)?)
 }
 
 fn folder_tokenizer(dir: &Path) -> Result<Tokenizer> {

@@ -19,6 +19,9 @@ const HF_CONTRACTIONS: &str = "(?i:'s|'t|'re|'ve|'m|'ll|'d)";
 const LOFT_CONTRACTIONS: &str = "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])";
 const GPT2_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 
+/// The hint for a tokenizer.json whose content is not what transformers writes.
+const RESAVE: &str = "re-save the tokenizer with transformers' save_pretrained";
+
 fn read_json(path: &Path) -> Result<(String, Value), TokenizerError> {
     let text =
         std::fs::read_to_string(path).map_err(|source| TokenizerError::Io { path: path.to_path_buf(), source })?;
@@ -79,7 +82,7 @@ pub(super) fn load(tokenizer_json: &Path, config_json: Option<&Path>) -> Result<
     let path = tokenizer_json;
     let (text, json) = read_json(path)?;
     let lib = <tokenizers::Tokenizer as std::str::FromStr>::from_str(&text)
-        .map_err(|e| TokenizerError::Hf { path: path.to_path_buf(), message: e.to_string() })?;
+        .map_err(|source| TokenizerError::Hf { path: path.to_path_buf(), source })?;
     let mut literal = lib.clone();
     literal.set_encode_special_tokens(true);
 
@@ -99,20 +102,21 @@ pub(super) fn load(tokenizer_json: &Path, config_json: Option<&Path>) -> Result<
     let mut entries: Vec<(u32, String, i32)> = Vec::with_capacity(vocab_map.len() + added.len());
     for (token, id) in vocab_map {
         let id = id.as_u64().and_then(|i| u32::try_from(i).ok());
-        let id = id.ok_or_else(|| TokenizerError::invalid(path, format!("model.vocab[{token:?}] is not an id"), ""))?;
+        let id =
+            id.ok_or_else(|| TokenizerError::invalid(path, format!("model.vocab[{token:?}] is not an id"), RESAVE))?;
         entries.push((id, token.clone(), token_type::NORMAL));
     }
     for a in &added {
         let (Some(id), Some(content)) = (a["id"].as_u64().and_then(|i| u32::try_from(i).ok()), a["content"].as_str())
         else {
-            return Err(TokenizerError::invalid(path, format!("added_tokens entry {a} lacks id or content"), ""));
+            return Err(TokenizerError::invalid(path, format!("added_tokens entry {a} lacks id or content"), RESAVE));
         };
         let ty = if a["special"] == true { token_type::CONTROL } else { token_type::USER_DEFINED };
         entries.push((id, content.to_owned(), ty));
     }
     let n = entries.iter().map(|e| e.0 as usize + 1).max().unwrap_or(0);
     if n > 4 * entries.len() + 1024 {
-        return Err(TokenizerError::invalid(path, format!("token ids reach {n} for {} tokens", entries.len()), ""));
+        return Err(TokenizerError::invalid(path, format!("token ids reach {n} for {} tokens", entries.len()), RESAVE));
     }
     let mut tokens: Vec<String> = (0..n).map(|i| format!("[PAD{i}]")).collect();
     let mut types = vec![token_type::UNUSED; n];

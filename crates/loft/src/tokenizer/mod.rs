@@ -11,6 +11,7 @@ mod pretokenizer;
 mod spm;
 mod vocab;
 
+use gguf::names::TOKENIZER_PRE;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -104,6 +105,10 @@ pub struct Tokenizer {
     add_space_prefix: bool,
 }
 
+/// The hint for an unknown pre-tokenizer name.
+const KNOWN_PRE_TOKENIZERS: &str = "known: default, llama-bpe, qwen2, qwen35, gpt-2, smollm, starcoder, falcon, \
+                                    deepseek-coder, gpt-4o, tekken and their llama.cpp aliases";
+
 enum Fragment {
     Text(usize, usize),
     Token(u32),
@@ -112,7 +117,21 @@ enum Fragment {
 impl Tokenizer {
     /// Reads `tokenizer.*` from a GGUF file.
     pub fn from_gguf(file: &gguf::GgufFile) -> Result<Self, TokenizerError> {
-        let vocab = GgufVocab::from_gguf(file)?;
+        Self::from_gguf_with_pre(file, None)
+    }
+
+    /// Reads `tokenizer.*` from a GGUF file, splitting text with the pre-tokenizer `pre` instead of the file's
+    /// `tokenizer.ggml.pre` when one is given.
+    pub fn from_gguf_with_pre(file: &gguf::GgufFile, pre: Option<&str>) -> Result<Self, TokenizerError> {
+        let mut vocab = GgufVocab::from_gguf(file)?;
+        if let Some(pre) = pre {
+            if PreTokenizerSpec::for_name(Some(pre)).is_none() {
+                let what =
+                    format!("the pre-tokenizer \"{pre}\" given in place of {TOKENIZER_PRE} is not one loft knows");
+                return Err(TokenizerError::invalid(&file.path, what, KNOWN_PRE_TOKENIZERS));
+            }
+            vocab.pre = Some(pre.to_string());
+        }
         Self::build(vocab, &file.path, None)
     }
 
@@ -188,19 +207,20 @@ impl Tokenizer {
             None
         } else {
             Some(PreTokenizerSpec::for_name(vocab.pre.as_deref()).ok_or_else(|| {
-                TokenizerError::invalid(
-                    path,
-                    format!("{} = {:?} is not a pre-tokenizer loft knows", gguf::names::TOKENIZER_PRE, vocab.pre),
-                    "known: default, llama-bpe, qwen2, qwen35, gpt-2, smollm, starcoder, falcon, deepseek-coder, \
-                     gpt-4o, tekken and their llama.cpp aliases",
-                )
+                let name = vocab.pre.as_deref().unwrap_or_default();
+                let what = format!("{TOKENIZER_PRE} = \"{name}\" is not a pre-tokenizer loft knows");
+                TokenizerError::invalid(path, what, KNOWN_PRE_TOKENIZERS)
             })?)
         };
         let engine = match (engine, &pre_spec) {
             (Some(engine), _) => engine,
             (None, Some(spec)) => {
                 let pre = spec.compile().map_err(|e| {
-                    TokenizerError::invalid(path, format!("pre-tokenizer regex does not compile: {e}"), "a loft bug")
+                    TokenizerError::invalid(
+                        path,
+                        format!("pre-tokenizer regex does not compile: {e}"),
+                        "a bug in loft; another pre-tokenizer (--tokenizer-pre, model.tokenizer_pre) may avoid it",
+                    )
                 })?;
                 Engine::Bpe(Box::new(Bpe::new(&token_to_id, &vocab.merges, pre, spec.ignore_merges)))
             }

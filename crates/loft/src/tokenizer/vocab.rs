@@ -41,14 +41,14 @@ pub struct GgufVocab {
     pub chat_template: Option<String>,
 }
 
-/// What went wrong building a tokenizer; every message is one line naming the file and key, with a hint.
+/// What went wrong building a tokenizer: a message of one line naming the file and key, and a hint (`hint()`).
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
-    #[error("{}: {key} is missing (hint: {hint})", path.display())]
+    #[error("{}: {key} is missing", path.display())]
     Missing { path: PathBuf, key: &'static str, hint: &'static str },
     #[error("{}: {key} is {found}, expected {expected}", path.display())]
     WrongType { path: PathBuf, key: &'static str, found: String, expected: &'static str },
-    #[error("{}: {message} (hint: {hint})", path.display())]
+    #[error("{}: {message}", path.display())]
     Invalid { path: PathBuf, message: String, hint: String },
     #[error("{}: {source}", path.display())]
     Io {
@@ -62,13 +62,32 @@ pub enum TokenizerError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("{}: the tokenizers library rejected it: {message}", path.display())]
-    Hf { path: PathBuf, message: String },
+    #[error("{}: the tokenizers library rejected it", path.display())]
+    Hf {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl TokenizerError {
     pub(crate) fn invalid(path: &Path, message: impl Into<String>, hint: impl Into<String>) -> Self {
         TokenizerError::Invalid { path: path.to_path_buf(), message: message.into(), hint: hint.into() }
+    }
+
+    /// What to do about it, printed by the CLI on its own `hint:` line.
+    pub fn hint(&self) -> Option<&str> {
+        match self {
+            TokenizerError::Missing { hint, .. } => Some(hint),
+            TokenizerError::Invalid { hint, .. } => Some(hint.as_str()).filter(|h| !h.is_empty()),
+            TokenizerError::WrongType { .. } => {
+                Some("reconvert the model with llama.cpp's convert_hf_to_gguf.py, which writes these keys")
+            }
+            TokenizerError::Json { .. } | TokenizerError::Hf { .. } => {
+                Some("loft reads the tokenizer.json that transformers' save_pretrained writes")
+            }
+            TokenizerError::Io { .. } => None,
+        }
     }
 }
 

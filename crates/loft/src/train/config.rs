@@ -276,7 +276,11 @@ impl TrainConfig {
     /// word that is not TOML taken as a string), then checks it.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::parse(&text, overrides).map_err(|e| e.in_file(path))
+        Self::parse(&text, overrides).map_err(|e| match e {
+            Error::Invalid(message) => Error::format(path, message),
+            e @ Error::Hinted { .. } => e.at(path.display()),
+            e => e,
+        })
     }
 
     /// `load` on a string.
@@ -469,12 +473,12 @@ impl TrainConfig {
                 _ => modules.push(m.clone()),
             }
         }
-        let target_modules = LoraConfig::parse_targets(&modules).map_err(|e| {
-            let valid: Vec<&str> = TargetModule::ALL.iter().map(|t| t.name()).collect();
-            Error::hinted(
-                format!("lora.target_modules: {e}"),
-                format!("valid modules: {}, embed_tokens, lm_head", valid.join(", ")),
-            )
+        let target_modules = LoraConfig::parse_targets(&modules).map_err(|e| match e.hint() {
+            Some(hint) => {
+                let hint = format!("{hint}, embed_tokens, lm_head");
+                e.at("lora.target_modules").with_hint(hint)
+            }
+            None => e,
         })?;
         Ok(LoraConfig {
             r: l.r,

@@ -560,7 +560,8 @@ fn step_error(e: Error, step: usize, last_saved: Option<u64>) -> Error {
         Some(s) => format!("checkpoint-{s} is the last good checkpoint; the weights were not updated"),
         None => "no checkpoint was saved yet; the weights were not updated".into(),
     };
-    Error::hinted(format!("step {step}: {e}"), format!("{kept}. {}", e.hint().unwrap_or("")).trim().to_string())
+    let hint = format!("{kept}. {}", e.hint().unwrap_or("")).trim().to_string();
+    e.at(format!("step {step}")).with_hint(hint)
 }
 
 /// Errors before allocating when the plan cannot fit in the memory the machine has free.
