@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{default_model, workspace};
+use common::{default_model, reference_dir};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -14,10 +14,6 @@ fn loft(args: &[&str]) -> Output {
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-fn reference_dir() -> PathBuf {
-    workspace().join("../shared/reference")
 }
 
 fn snapshot(name: &str, actual: &str) {
@@ -40,7 +36,7 @@ fn help_lists_the_commands() {
 
 #[test]
 fn eval_matches_pytorch_on_the_apache_license() {
-    let Some(model) = default_model() else { return };
+    let model = default_model();
     let file = reference_dir().join("apache-2.0.txt");
     // transformers, which produced the reference, ignores the GGUF's `smollm` pre-tokenizer and splits text as
     // GPT-2 does; --tokenizer-pre gpt-2 reproduces its ids (the tokenizer tests check them one by one).
@@ -66,7 +62,7 @@ fn eval_matches_pytorch_on_the_apache_license() {
 
 #[test]
 fn generate_answers_the_reference_question_greedily() {
-    let Some(model) = default_model() else { return };
+    let model = default_model();
     let out = loft(&["generate", "--model", &model, "--prompt", "What is the capital of France?"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "The capital of France is Paris.\n");
@@ -76,7 +72,7 @@ fn generate_answers_the_reference_question_greedily() {
 
 #[test]
 fn inspect_shows_metadata_and_tensors() {
-    let Some(model) = default_model() else { return };
+    let model = default_model();
     let out = loft(&["inspect", &model, "--json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
@@ -113,26 +109,25 @@ fn bad_input_gives_one_line_errors() {
     let out = loft(&["eval", "--model", wrong_magic.to_str().unwrap(), "--text", "Cargo.toml"]);
     assert_clean_error(&out, &["magic.gguf"]);
 
-    if let Some(model) = default_model() {
-        // A truncated copy of the real model: the tensor data runs past the end.
-        let bytes = std::fs::read(&model).unwrap();
-        let cut = dir.path().join("cut.gguf");
-        std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
-        let out = loft(&["generate", "--model", cut.to_str().unwrap(), "--prompt", "hi"]);
-        assert_clean_error(&out, &["cut.gguf"]);
+    let model = default_model();
+    // A truncated copy of the real model: the tensor data runs past the end.
+    let bytes = std::fs::read(&model).unwrap();
+    let cut = dir.path().join("cut.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let out = loft(&["generate", "--model", cut.to_str().unwrap(), "--prompt", "hi"]);
+    assert_clean_error(&out, &["cut.gguf"]);
 
-        let long = "word ".repeat(9000);
-        let out = loft(&["generate", "--model", &model, "--raw", "--prompt", &long]);
-        assert_clean_error(&out, &["context"]);
+    let long = "word ".repeat(9000);
+    let out = loft(&["generate", "--model", &model, "--raw", "--prompt", &long]);
+    assert_clean_error(&out, &["context"]);
 
-        let out = loft(&["generate", "--model", &model, "--prompt", "hi", "--top-p", "0"]);
-        assert_clean_error(&out, &["--top-p"]);
-    }
+    let out = loft(&["generate", "--model", &model, "--prompt", "hi", "--top-p", "0"]);
+    assert_clean_error(&out, &["--top-p"]);
 }
 
 #[test]
 fn adapter_in_eval_equals_the_merged_folder() {
-    let Some(model) = default_model() else { return };
+    let model = default_model();
     // An adapter for the default model with non-zero B, written in PEFT's format.
     let base = loft::model::load_base(&model, false).unwrap();
     let config = loft::lora::LoraConfig { r: 4, lora_alpha: 8.0, ..Default::default() };

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{default_model, workspace};
+use common::{default_model, reference_dir, tensorboard_py, workspace};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -61,7 +61,7 @@ fn adapter_floats(dir: &Path) -> Vec<f32> {
 
 #[test]
 fn killed_and_resumed_equals_uninterrupted() {
-    let Some(model) = default_model() else { return };
+    let model = default_model();
     let tmp = tempfile::tempdir().unwrap();
     let config = setup(tmp.path(), Path::new(&model));
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
@@ -123,11 +123,8 @@ fn killed_and_resumed_equals_uninterrupted() {
     assert_eq!(steps, (1..=8).collect::<Vec<_>>());
 
     // TensorBoard's own reader sees the uninterrupted run's loss curve as metrics.jsonl has it.
-    let py = std::env::var_os("LOFT_TENSORBOARD_PY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join(".cache/venv-tb/bin/python"));
-    assert!(py.is_file(), "{} is missing; run scripts/fetch.sh tensorboard (make test does)", py.display());
-    let out = Command::new(py).arg(workspace().join("scripts/read_tensorboard.py")).arg(&a).output().unwrap();
+    let out =
+        Command::new(tensorboard_py()).arg(workspace().join("scripts/read_tensorboard.py")).arg(&a).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let tb: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let metrics: Vec<(u64, f64)> = std::fs::read_to_string(a.join("metrics.jsonl"))
@@ -176,9 +173,9 @@ fn bad_configs_fail_with_one_line_and_a_hint() {
 /// gradient checkpointing.
 #[test]
 fn the_memory_estimate_is_within_15_percent_of_the_measured_peak() {
-    let Some(model) = default_model() else { return };
+    let model = default_model();
     let dir = tempfile::tempdir().unwrap();
-    let text = workspace().join("../shared/reference/apache-2.0.txt");
+    let text = reference_dir().join("apache-2.0.txt");
     for checkpointing in [false, true] {
         let out = dir.path().join(format!("run-{checkpointing}"));
         let config = format!(

@@ -81,7 +81,7 @@ fn relative_l2(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f64 {
 
 #[test]
 fn batch_times_accumulation_gives_the_same_steps() {
-    let Some(model) = common::default_model() else { return };
+    let model = common::default_model();
     let tmp = tempfile::tempdir().unwrap();
     let data = write_alpaca(tmp.path(), 8);
     let mut runs = Vec::new();
@@ -119,7 +119,7 @@ fn batch_times_accumulation_gives_the_same_steps() {
 
 #[test]
 fn same_seed_same_bytes_and_validation_loss_falls() {
-    let Some(model) = common::default_model() else { return };
+    let model = common::default_model();
     let tmp = tempfile::tempdir().unwrap();
     let data = write_alpaca(tmp.path(), 12);
     let run = |name: &str| {
@@ -155,7 +155,7 @@ fn same_seed_same_bytes_and_validation_loss_falls() {
 
 #[test]
 fn output_dir_rules_and_checkpoints() {
-    let Some(model) = common::default_model() else { return };
+    let model = common::default_model();
     let tmp = tempfile::tempdir().unwrap();
     let data = write_alpaca(tmp.path(), 8);
     let out = tmp.path().join("run");
@@ -198,7 +198,7 @@ fn output_dir_rules_and_checkpoints() {
 
 #[test]
 fn bad_data_is_named() {
-    let Some(model) = common::default_model() else { return };
+    let model = common::default_model();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("bad.jsonl");
     std::fs::write(&data, "{\"instruction\": \"a\", \"output\": \"b\"}\n{\"instruction\": \n").unwrap();
@@ -216,7 +216,7 @@ fn bad_data_is_named() {
 
 #[test]
 fn init_adapter_merges_or_continues() {
-    let Some(model) = common::default_model() else { return };
+    let model = common::default_model();
     let tmp = tempfile::tempdir().unwrap();
     let data = write_alpaca(tmp.path(), 4);
     let run = |name: &str, extra: &[&str]| {
@@ -244,7 +244,7 @@ fn init_adapter_merges_or_continues() {
 
 #[test]
 fn a_diverging_run_stops_at_the_step_and_keeps_the_last_checkpoint() {
-    let Some(model) = common::default_model() else { return };
+    let model = common::default_model();
     let tmp = tempfile::tempdir().unwrap();
     let data = write_alpaca(tmp.path(), 4);
     let out = tmp.path().join("run");
