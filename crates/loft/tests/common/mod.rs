@@ -2,7 +2,7 @@
 //! the PyTorch reference numbers, and the tiny models the tests build themselves.
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -123,6 +123,20 @@ pub fn adapter_with_nonzero_b(model: &loft::model::Llama, config: loft::lora::Lo
         }
     });
     a
+}
+
+/// Merges kept in the tiny models' tokenizer: enough that common English words are one or two tokens.
+pub const TINY_BPE_MERGES: usize = 2000;
+
+/// A tiny Llama ([`tiny::bpe_config`]) with random weights and the default model's tokenizer cut to its first
+/// [`TINY_BPE_MERGES`] merges ([`tiny::bpe_cut`]: specials, chat template and EOS as the default model has them),
+/// written to `dir/tiny-bpe.gguf`. For tests of plumbing, where the 135M model's numbers add nothing but time.
+pub fn tiny_bpe_model(dir: &Path) -> PathBuf {
+    let source = gguf::GgufFile::open(default_model()).unwrap();
+    let vocab = loft::tokenizer::GgufVocab::from_gguf(&source).unwrap();
+    let path = dir.join("tiny-bpe.gguf");
+    tiny::write_bpe_model(&path, &vocab, TINY_BPE_MERGES, 5);
+    path
 }
 
 pub mod tiny;
