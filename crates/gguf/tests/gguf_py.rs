@@ -1,7 +1,8 @@
 //! Checks the reader and the codecs against llama.cpp's gguf-py, an independent implementation:
 //! `scripts/gguf_py_dump.py` dumps metadata and gguf-py's dequantization of every tensor, and every value here
 //! must match. Run on the real default model and on a file of every type this crate quantizes to.
-//! Needs `scripts/fetch.sh gguf-py model` (the Makefile's `make test` runs it); skips loudly otherwise.
+//! Needs `scripts/fetch.sh gguf-py model` (the Makefile's `make test` runs it); fails, naming what is missing,
+//! otherwise.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,28 +14,28 @@ fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn python() -> Option<PathBuf> {
-    let py = std::env::var_os("LOFT_GGUF_PY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join(".cache/venv-gguf/bin/python"));
-    if py.exists() {
-        Some(py)
-    } else {
-        eprintln!("\n*** SKIPPED: gguf-py venv {} not found: run scripts/fetch.sh gguf-py model ***\n", py.display());
-        None
+/// The path in `env`, else `default` under the workspace; a missing one fails the test with one line naming it
+/// and the `scripts/fetch.sh` target that fetches it.
+fn fixture(env: &str, default: &str, what: &str, fetch_target: &str) -> PathBuf {
+    let (p, from) = match std::env::var_os(env) {
+        Some(p) => (PathBuf::from(p), format!(", {env} is set")),
+        None => (workspace().join(default), String::new()),
+    };
+    if !p.exists() {
+        panic!(
+            "missing test fixture {} ({what}{from}): run `scripts/fetch.sh {fetch_target}` (`make test` does)",
+            p.display()
+        );
     }
+    p
 }
 
-fn model() -> Option<PathBuf> {
-    let m = std::env::var_os("LOFT_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"));
-    if m.exists() {
-        Some(m)
-    } else {
-        eprintln!("\n*** SKIPPED: model {} not found: run scripts/fetch.sh gguf-py model ***\n", m.display());
-        None
-    }
+fn python() -> PathBuf {
+    fixture("LOFT_GGUF_PY", ".cache/venv-gguf/bin/python", "a venv with llama.cpp's gguf package", "gguf-py")
+}
+
+fn model() -> PathBuf {
+    fixture("LOFT_MODEL", ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf", "the default model", "model")
 }
 
 fn run_dump(py: &Path, args: &[&std::ffi::OsStr]) -> Vec<u8> {
@@ -143,7 +144,7 @@ fn compare_with_gguf_py(py: &Path, path: &Path) -> Vec<String> {
 
 #[test]
 fn default_model_matches_gguf_py() {
-    let (Some(py), Some(model)) = (python(), model()) else { return };
+    let (py, model) = (python(), model());
     for line in compare_with_gguf_py(&py, &model) {
         eprintln!("{}: {line}", model.display());
     }
@@ -182,7 +183,7 @@ fn random_blocks(dtype: GgmlType, n_blocks: usize, seed: &mut u64) -> Vec<u8> {
 
 #[test]
 fn every_codec_matches_gguf_py() {
-    let Some(py) = python() else { return };
+    let py = python();
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("codecs.gguf");
     let mut w = GgufWriter::new();
@@ -229,7 +230,7 @@ fn every_codec_matches_gguf_py() {
 
 #[test]
 fn quantizers_match_gguf_py() {
-    let Some(py) = python() else { return };
+    let py = python();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut seed = 0x2545_F491_4F6C_DD1Du64;
     let data: Vec<f32> = (0..4 * 512)
@@ -260,7 +261,7 @@ fn quantizers_match_gguf_py() {
 
 #[test]
 fn names_match_gguf_py() {
-    let Some(py) = python() else { return };
+    let py = python();
     let hf: Vec<String> =
         gguf::names::TENSOR_NAMES_HF.iter().map(|(_, hf)| format!("{}.weight", hf.replace("{bid}", "7"))).collect();
     let mut args: Vec<&std::ffi::OsStr> = vec!["--names".as_ref()];

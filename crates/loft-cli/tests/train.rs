@@ -1,11 +1,12 @@
-//! `loft train` end to end on the real default model: a run killed with SIGKILL and resumed ends with the same
-//! adapter as an uninterrupted one, TensorBoard's own reader sees the logged loss, and bad configs fail with one
-//! line and a hint.
+//! `loft train` end to end: a run killed with SIGKILL and resumed ends with the same adapter as an uninterrupted
+//! one and TensorBoard's own reader sees the logged loss (plumbing: on a tiny model with the default model's
+//! tokenizer cut down), bad configs fail with one line and a hint, and the memory estimate holds on the real
+//! default model.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use common::{default_model, workspace};
+use common::{default_model, reference_dir, tensorboard_py, tiny_bpe_model, workspace};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -21,7 +22,11 @@ fn ok(out: Output) -> Output {
     out
 }
 
-/// A chat dataset and a config training on it, checkpointing every 2 of 8 steps.
+/// Steps of the run that is killed and resumed: enough that it is still running when the test sees checkpoint-4
+/// (a step of the tiny model takes milliseconds).
+const STEPS: u64 = 100;
+
+/// A chat dataset and a config training on it for [`STEPS`] steps, checkpointing every 2.
 fn setup(dir: &Path, model: &Path) -> PathBuf {
     let mut data = String::new();
     for i in 0..16 {
@@ -35,7 +40,7 @@ fn setup(dir: &Path, model: &Path) -> PathBuf {
     let config = format!(
         "[model]\npath = {:?}\nmax_seq_length = 128\n\n[lora]\nr = 4\nlora_alpha = 8\nlora_dropout = 0.05\n\n\
          [data]\ntrain_files = [{:?}]\nformat = \"chat\"\ntrain_on_responses_only = true\n\n\
-         [train]\nper_device_train_batch_size = 2\ngradient_accumulation_steps = 1\nmax_steps = 8\n\
+         [train]\nper_device_train_batch_size = 2\ngradient_accumulation_steps = 1\nmax_steps = {STEPS}\n\
          learning_rate = 5e-4\nsave_steps = 2\nsave_total_limit = 2\nreport_to = \"tensorboard\"\n",
         model.display().to_string(),
         dir.join("chat.jsonl").display().to_string()
@@ -59,17 +64,32 @@ fn adapter_floats(dir: &Path) -> Vec<f32> {
         .collect()
 }
 
+/// The newest complete checkpoint's step, and the checkpoint folders, in step order.
+fn checkpoints(run: &Path) -> (Option<u64>, Vec<String>) {
+    let mut steps: Vec<u64> = std::fs::read_dir(run)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix("checkpoint-")?.parse().ok())
+        .collect();
+    steps.sort_unstable();
+    let complete = steps.iter().rev().find(|s| run.join(format!("checkpoint-{s}/checkpoint_complete")).is_file());
+    (complete.copied(), steps.iter().map(|s| format!("checkpoint-{s}")).collect())
+}
+
+/// Plumbing, the same whatever the weights: a tiny Llama with the default model's tokenizer cut down (its chat
+/// template included), whose steps take milliseconds.
 #[test]
 fn killed_and_resumed_equals_uninterrupted() {
-    let Some(model) = default_model() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let config = setup(tmp.path(), Path::new(&model));
+    let model = tiny_bpe_model(tmp.path());
+    let config = setup(tmp.path(), &model);
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     let set_out = |d: &Path| format!("train.output_dir={:?}", d.display().to_string());
 
     ok(loft().arg("train").arg(&config).args(["--set", &set_out(&a)]).output().unwrap());
 
-    // The same run, killed once checkpoint-4 is complete.
+    // The same run, killed once checkpoint-4 is complete (by then it may have written later ones, the last perhaps
+    // half).
     let mut child = loft()
         .arg("train")
         .arg(&config)
@@ -87,15 +107,17 @@ fn killed_and_resumed_equals_uninterrupted() {
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     assert!(!b.join("adapter").exists(), "the killed run got to the end");
+    let last = checkpoints(&b).0.unwrap();
+    eprintln!("killed after checkpoint-{last} of {STEPS} steps");
 
-    // Without --resume the folder is refused; with it the run continues from checkpoint-4.
+    // Without --resume the folder is refused; with it the run continues from the last complete checkpoint.
     let out = loft().arg("train").arg(&config).args(["--set", &set_out(&b)]).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("holds another run") && err.contains("hint: continue it with --resume"), "{err}");
     let out = ok(loft().arg("train").arg(&config).args(["--set", &set_out(&b), "--resume"]).output().unwrap());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("checkpoint-4 (step 4)"), "{err}");
+    assert!(err.contains(&format!("checkpoint-{last} (step {last})")), "{err}");
 
     let (x, y) = (adapter_floats(&a), adapter_floats(&b));
     assert_eq!(x.len(), y.len());
@@ -103,16 +125,10 @@ fn killed_and_resumed_equals_uninterrupted() {
     let norm: f64 = x.iter().map(|p| (*p as f64).powi(2)).sum::<f64>().sqrt();
     assert!(diff / norm <= 1e-6, "resumed adapter differs by {:e}", diff / norm);
 
-    // save_total_limit = 2: checkpoints 6 and 8 remain in both runs.
+    // save_total_limit = 2: the last two checkpoints remain in both runs.
     for run in [&a, &b] {
-        let mut ck: Vec<String> = std::fs::read_dir(run)
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with("checkpoint-"))
-            .collect();
-        ck.sort();
-        assert_eq!(ck, vec!["checkpoint-6", "checkpoint-8"], "{}", run.display());
+        let want = vec![format!("checkpoint-{}", STEPS - 2), format!("checkpoint-{STEPS}")];
+        assert_eq!(checkpoints(run).1, want, "{}", run.display());
     }
     // metrics.jsonl of the resumed run has each step once.
     let steps: Vec<u64> = std::fs::read_to_string(b.join("metrics.jsonl"))
@@ -120,14 +136,11 @@ fn killed_and_resumed_equals_uninterrupted() {
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
         .collect();
-    assert_eq!(steps, (1..=8).collect::<Vec<_>>());
+    assert_eq!(steps, (1..=STEPS).collect::<Vec<_>>());
 
     // TensorBoard's own reader sees the uninterrupted run's loss curve as metrics.jsonl has it.
-    let py = std::env::var_os("LOFT_TENSORBOARD_PY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join(".cache/venv-tb/bin/python"));
-    assert!(py.is_file(), "{} is missing; run scripts/fetch.sh tensorboard (make test does)", py.display());
-    let out = Command::new(py).arg(workspace().join("scripts/read_tensorboard.py")).arg(&a).output().unwrap();
+    let out =
+        Command::new(tensorboard_py()).arg(workspace().join("scripts/read_tensorboard.py")).arg(&a).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let tb: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let metrics: Vec<(u64, f64)> = std::fs::read_to_string(a.join("metrics.jsonl"))
@@ -176,9 +189,9 @@ fn bad_configs_fail_with_one_line_and_a_hint() {
 /// gradient checkpointing.
 #[test]
 fn the_memory_estimate_is_within_15_percent_of_the_measured_peak() {
-    let Some(model) = default_model() else { return };
+    let model = default_model();
     let dir = tempfile::tempdir().unwrap();
-    let text = workspace().join("../shared/reference/apache-2.0.txt");
+    let text = reference_dir().join("apache-2.0.txt");
     for checkpointing in [false, true] {
         let out = dir.path().join(format!("run-{checkpointing}"));
         let config = format!(

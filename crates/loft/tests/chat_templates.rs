@@ -1,13 +1,11 @@
 //! Chat templates rendered as transformers' `apply_chat_template` renders them: the default model's
 //! own template, every real template llama.cpp collects, the built-in ones, and the errors users see.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 
 use loft::chat_template::{ChatTemplate, ChatTemplateError, Message};
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 fn msg(role: &str, content: &str) -> Message {
     Message::new(role, content)
@@ -25,11 +23,7 @@ fn render(source: &str, messages: &[Message], add_generation_prompt: bool) -> St
 /// transformers renders and tokenizes for this conversation.
 #[test]
 fn smollm2_template_from_gguf_matches_reference_prompt() {
-    let path = workspace_root().join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !path.exists() {
-        eprintln!("SKIPPED: {} is missing; run scripts/fetch.sh model", path.display());
-        return;
-    }
+    let path = common::default_model();
     let gguf = gguf::GgufFile::open(&path).unwrap_or_else(|e| panic!("{e}"));
     let source = gguf
         .get("tokenizer.chat_template")
@@ -116,14 +110,8 @@ fn check_template(name: &str, source: &str) -> Outcome {
 
 #[test]
 fn llama_cpp_templates_render_standard_conversations() {
-    let llama_cpp = std::env::var_os("LOFT_LLAMA_CPP_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join(".cache/llama.cpp"));
-    let dir = llama_cpp.join("models/templates");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        eprintln!("SKIPPED: {} is missing; run scripts/fetch.sh vocab", dir.display());
-        return;
-    };
+    let dir = common::LLAMA_CPP.join("models/templates");
+    let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     let mut paths: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|ext| ext == "jinja"))

@@ -26,9 +26,9 @@ fn records(name: &str) -> Vec<Record> {
     read_records(&[fixture(name)], &SourceOptions::default()).unwrap()
 }
 
-fn tokenizer() -> Option<Tokenizer> {
-    let path = common::default_model()?;
-    Some(Tokenizer::from_gguf(&gguf::GgufFile::open(&path).unwrap()).unwrap())
+/// The default model's tokenizer.
+fn tokenizer() -> Tokenizer {
+    Tokenizer::from_gguf(&gguf::GgufFile::open(common::default_model()).unwrap()).unwrap()
 }
 
 /// ChatML-style tokens without a model, for tests that only look at text.
@@ -255,7 +255,7 @@ fn chat_without_a_template_or_messages() {
 /// The prompt's labels are -100, the response's are its ids, and the trained span ends with EOS.
 #[test]
 fn alpaca_on_the_default_tokenizer() {
-    let Some(tok) = tokenizer() else { return };
+    let tok = tokenizer();
     let recs = records("alpaca.jsonl");
     let f = Formatter::new(Format::Alpaca, &SpecialTokens::from_tokenizer(&tok), true).unwrap();
     let ex = f.format(&recs[0]).unwrap();
@@ -275,7 +275,7 @@ fn alpaca_on_the_default_tokenizer() {
 
 #[test]
 fn chat_on_the_default_tokenizer_uses_its_template() {
-    let Some(tok) = tokenizer() else { return };
+    let tok = tokenizer();
     let recs = records("chat.json");
     let f = Formatter::new(Format::Chat { chat_template: None }, &SpecialTokens::from_tokenizer(&tok), true).unwrap();
     let ex = f.format(&recs[0]).unwrap();
@@ -302,7 +302,7 @@ fn chat_on_the_default_tokenizer_uses_its_template() {
 
 #[test]
 fn eos_ends_every_trained_response() {
-    let Some(tok) = tokenizer() else { return };
+    let tok = tokenizer();
     let recs = records("chat.json");
     let f = Formatter::new(Format::Chat { chat_template: None }, &SpecialTokens::from_tokenizer(&tok), true).unwrap();
     for r in &recs {
@@ -318,7 +318,7 @@ fn eos_ends_every_trained_response() {
 
 #[test]
 fn responses_only_off_trains_every_token() {
-    let Some(tok) = tokenizer() else { return };
+    let tok = tokenizer();
     let f = Formatter::new(Format::Alpaca, &SpecialTokens::from_tokenizer(&tok), true).unwrap();
     let ex = f.format(&records("alpaca.jsonl")[1]).unwrap();
     let masked = tokenize(&tok, &ex, &opts(1024));
@@ -334,7 +334,7 @@ fn responses_only_off_trains_every_token() {
 
 #[test]
 fn truncation_and_dropping_are_counted() {
-    let Some(tok) = tokenizer() else { return };
+    let tok = tokenizer();
     let f = Formatter::new(Format::Alpaca, &SpecialTokens::from_tokenizer(&tok), true).unwrap();
     let recs = records("alpaca.jsonl");
     let examples: Vec<Example> = recs.iter().map(|r| f.format(r).unwrap()).collect();
@@ -438,7 +438,7 @@ fn packing_resets_positions_and_never_targets_across_examples() {
 
 #[test]
 fn packing_a_real_dataset_keeps_every_target() {
-    let Some(tok) = tokenizer() else { return };
+    let tok = tokenizer();
     let f = Formatter::new(Format::Chat { chat_template: None }, &SpecialTokens::from_tokenizer(&tok), true).unwrap();
     let mut recs = records("chat.json");
     recs.extend(records("chat.json"));
@@ -458,12 +458,7 @@ fn packing_a_real_dataset_keeps_every_target() {
 /// unless the rendered text already starts with it.
 #[test]
 fn bos_is_added_once_where_the_tokenizer_asks() {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/llama.cpp/models/ggml-vocab-llama-bpe.gguf");
-    if !path.is_file() {
-        eprintln!("SKIPPED: {} is missing; run scripts/fetch.sh vocab", path.display());
-        return;
-    }
+    let path = common::LLAMA_CPP.join("models/ggml-vocab-llama-bpe.gguf");
     let tok = Tokenizer::from_gguf(&gguf::GgufFile::open(&path).unwrap()).unwrap();
     assert!(tok.add_bos());
     let (bos, eos) = (tok.bos_id().unwrap(), tok.eos_id().unwrap());
@@ -497,7 +492,7 @@ fn json_array_syntax_error_names_line() {
 
 #[test]
 fn prepare_runs_every_stage() {
-    let Some(tok) = tokenizer() else { return };
+    let tok = tokenizer();
     let (examples, stats) = loft::data::prepare(
         &[fixture("alpaca.jsonl")],
         &SourceOptions::default(),
@@ -605,7 +600,7 @@ fn conversation_without_assistant_turn_is_an_error() {
 
 #[test]
 fn split_long_keeps_every_token_in_pieces() {
-    let Some(tok) = tokenizer() else { return };
+    let tok = tokenizer();
     let f = Formatter::new(Format::Alpaca, &SpecialTokens::from_tokenizer(&tok), true).unwrap();
     let examples: Vec<Example> = records("alpaca.jsonl").iter().map(|r| f.format(r).unwrap()).collect();
     let whole = tokenize(&tok, &examples[1], &opts(usize::MAX));

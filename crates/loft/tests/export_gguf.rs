@@ -65,7 +65,7 @@ fn check_with_gguf_py(py: &Path, file: &Path) {
 
 #[test]
 fn exported_gguf_reads_back_everywhere() {
-    let Some(path) = common::default_model() else { return };
+    let path = common::default_model();
     let src = LoadedModel::load(path.to_str().unwrap()).unwrap();
     let ids: Vec<u32> = common::reference()["apache_2_0_text"]["token_ids"]
         .as_array()
@@ -89,9 +89,7 @@ fn exported_gguf_reads_back_everywhere() {
         let loss = mean(back.model.next_token_nll(&ids).unwrap());
         eprintln!("{quant:?}: loss {loss:.6} vs source {base:.6}");
         assert!((loss - base).abs() < tolerance, "{quant:?}: loss {loss} vs {base}");
-        if let Some(py) = gguf_py() {
-            check_with_gguf_py(&py, &out);
-        }
+        check_with_gguf_py(&gguf_py(), &out);
     }
 }
 
@@ -118,7 +116,7 @@ fn smollm2_q4_k_m_type(name: &str) -> gguf::GgmlType {
 
 #[test]
 fn q4_k_m_export_follows_llama_cpps_mix() {
-    let Some(path) = common::default_model() else { return };
+    let path = common::default_model();
     let src = LoadedModel::load(path.to_str().unwrap()).unwrap();
     let ids: Vec<u32> = common::reference()["apache_2_0_text"]["token_ids"]
         .as_array()
@@ -144,7 +142,5 @@ fn q4_k_m_export_follows_llama_cpps_mix() {
     let loss = mean(back.model.next_token_nll(&ids).unwrap());
     eprintln!("Q4_K_M: loss {loss:.6} vs source {base:.6}");
     assert!((loss - base).abs() < 0.15, "Q4_K_M: loss {loss} vs {base}");
-    if let Some(py) = gguf_py() {
-        check_with_gguf_py(&py, &out);
-    }
+    check_with_gguf_py(&gguf_py(), &out);
 }

@@ -8,7 +8,7 @@ use loft::model::{llama_from_gguf, KvCache};
 
 #[test]
 fn apache_loss_matches_pytorch() {
-    let Some(model_path) = common::default_model() else { return };
+    let model_path = common::default_model();
     let reference = common::reference();
     let ids: Vec<u32> = reference["apache_2_0_text"]["token_ids"]
         .as_array()
@@ -38,7 +38,7 @@ fn apache_loss_matches_pytorch() {
 
 #[test]
 fn greedy_answer_matches_pytorch_and_cache_equals_full_forward() {
-    let Some(model_path) = common::default_model() else { return };
+    let model_path = common::default_model();
     let reference = common::reference();
     let ids = |key: &str| -> Vec<u32> {
         reference["chat_greedy"][key].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()

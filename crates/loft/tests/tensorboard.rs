@@ -4,24 +4,14 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use loft::train::tensorboard::TensorBoardWriter;
 
-/// The venv's Python. The test fails, rather than skips, without it: the point of it is the independent reader.
-fn tensorboard_python() -> PathBuf {
-    let p = std::env::var_os("LOFT_TENSORBOARD_PY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| common::workspace().join(".cache/venv-tb/bin/python"));
-    assert!(p.is_file(), "{} is missing; run scripts/fetch.sh tensorboard (make test does)", p.display());
-    p
-}
-
 /// TensorBoard's view of a run folder: tag → [(step, value)].
 fn read_with_tensorboard(dir: &std::path::Path) -> serde_json::Map<String, serde_json::Value> {
     let script = common::workspace().join("scripts/read_tensorboard.py");
-    let out = Command::new(tensorboard_python()).arg(&script).arg(dir).output().unwrap();
+    let out = Command::new(common::tensorboard_py()).arg(&script).arg(dir).output().unwrap();
     assert!(out.status.success(), "read_tensorboard.py failed: {}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     v.as_object().unwrap().clone()

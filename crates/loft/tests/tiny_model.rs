@@ -115,3 +115,48 @@ fn prompt_longer_than_context_is_an_error() {
     let err = model.forward(&[999], &mut cache).unwrap_err().to_string();
     assert!(err.contains("outside the vocabulary"), "{err}");
 }
+
+/// The tokenizer of the tiny models that tests of plumbing train (common::tiny_bpe_model) is a real byte-level BPE:
+/// the default model's specials, byte tokens and first merges, with its pre-tokenizer, special ids and chat
+/// template. Text round-trips, splits more finely than with the full vocabulary but far from into bytes, and words
+/// whose pieces the cut holds split as the full tokenizer splits them.
+#[test]
+fn the_tiny_bpe_model_carries_a_cut_of_the_default_tokenizer() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = loft::model::LoadedModel::load(common::tiny_bpe_model(dir.path()).to_str().unwrap()).unwrap();
+    let full = loft::tokenizer::Tokenizer::from_gguf(&gguf::GgufFile::open(common::default_model()).unwrap()).unwrap();
+    let (tok, cfg) = (&tiny.tokenizer, &tiny.model.config);
+    assert_eq!(cfg.vocab_size, tok.vocab_size());
+    assert!(tok.vocab_size() < full.vocab_size() / 10, "{} tokens", tok.vocab_size());
+    let shape = (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads);
+    assert_eq!(shape, (2, 64, 4, 2));
+    assert!(cfg.tie_word_embeddings);
+
+    let (vocab, full_vocab) = (tok.to_vocab().unwrap(), full.to_vocab().unwrap());
+    assert_eq!((&vocab.model, &vocab.pre), (&full_vocab.model, &full_vocab.pre));
+    assert_eq!(vocab.merges[..], full_vocab.merges[..vocab.merges.len()], "the cut keeps a prefix of the merges");
+    assert_eq!((tok.bos_token(), tok.eos_token()), (full.bos_token(), full.eos_token()));
+    assert_eq!(tok.eos_token(), Some("<|im_end|>"));
+    assert!(tok.chat_template().is_some() && tok.chat_template() == full.chat_template());
+    assert_eq!(tok.encode("<|im_start|>user", false, true)[0], tok.bos_id().unwrap());
+
+    let text = std::fs::read_to_string(common::reference_dir().join("apache-2.0.txt")).unwrap();
+    let ids = tok.encode(&text, false, false);
+    assert_eq!(tok.decode(&ids, false), text);
+    let full_len = full.encode(&text, false, false).len();
+    assert!(ids.len() > full_len && ids.len() < text.len() / 2, "{} tokens ({full_len} in full)", ids.len());
+
+    let pieces = |t: &loft::tokenizer::Tokenizer, s: &str| -> Vec<String> {
+        t.encode(s, false, false).iter().map(|&id| t.id_to_token(id).unwrap().to_string()).collect()
+    };
+    let mut alike = 0;
+    for word in text.split_whitespace().filter(|w| w.chars().all(char::is_alphabetic)) {
+        let word = format!(" {word}");
+        let want = pieces(&full, &word);
+        if want.iter().all(|p| tok.token_to_id(p).is_some()) {
+            assert_eq!(pieces(tok, &word), want, "{word:?}");
+            alike += 1;
+        }
+    }
+    assert!(alike > 500, "only {alike} words of the Apache licence have all their pieces in the cut");
+}

@@ -5,22 +5,7 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use loft::tokenizer::{GgufVocab, StreamDecoder, Tokenizer};
-
-fn llama_cpp_models() -> Option<PathBuf> {
-    let dir = std::env::var_os("LOFT_LLAMA_CPP_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/llama.cpp"))
-        .join("models");
-    if dir.join("ggml-vocab-llama-bpe.gguf").is_file() {
-        Some(dir)
-    } else {
-        eprintln!("SKIPPED: {} has no ggml-vocab-*.gguf; run scripts/fetch.sh vocab", dir.display());
-        None
-    }
-}
 
 /// The test strings and expected ids of one vocabulary, split as test-tokenizer-0.cpp splits them.
 fn vocab_cases(dir: &std::path::Path, name: &str) -> Vec<(String, Vec<u32>)> {
@@ -57,7 +42,7 @@ fn check_vocab(dir: &std::path::Path, name: &str) -> Result<Vec<String>, String>
 
 #[test]
 fn llama_cpp_vocab_tests_pass_for_the_required_vocabularies() {
-    let Some(dir) = llama_cpp_models() else { return };
+    let dir = common::llama_cpp_models();
     let mut all = Vec::new();
     for name in ["llama-bpe", "llama-spm", "gpt-2", "qwen2"] {
         match check_vocab(&dir, name) {
@@ -72,7 +57,7 @@ fn llama_cpp_vocab_tests_pass_for_the_required_vocabularies() {
 /// gemma-4 (`gemma4` model), deepseek-llm (its pre-tokenizer is not in loft's table).
 #[test]
 fn llama_cpp_vocab_tests_pass_for_the_other_supported_vocabularies() {
-    let Some(dir) = llama_cpp_models() else { return };
+    let dir = common::llama_cpp_models();
     let mut all = Vec::new();
     for name in PASSING_OTHERS {
         match check_vocab(&dir, name) {
@@ -89,7 +74,7 @@ const PASSING_OTHERS: &[&str] =
 /// Prints, for every vocabulary with tests, how many pass (run with --nocapture); asserts nothing.
 #[test]
 fn llama_cpp_vocab_report() {
-    let Some(dir) = llama_cpp_models() else { return };
+    let dir = common::llama_cpp_models();
     let mut names: Vec<String> = std::fs::read_dir(&dir)
         .expect("list models")
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -106,22 +91,20 @@ fn llama_cpp_vocab_report() {
     }
 }
 
-fn default_tokenizer() -> Option<Tokenizer> {
-    let path = common::default_model()?;
-    let file = gguf::GgufFile::open(&path).expect("open the default model");
-    Some(Tokenizer::from_gguf(&file).expect("tokenizer of the default model"))
+fn default_tokenizer() -> Tokenizer {
+    let file = gguf::GgufFile::open(common::default_model()).expect("open the default model");
+    Tokenizer::from_gguf(&file).expect("tokenizer of the default model")
 }
 
 /// The default model's tokenizer as transformers builds it from the GGUF, which produced the reference ids:
 /// transformers ignores `tokenizer.ggml.pre` and pre-tokenizes every `gpt2` vocabulary with GPT-2's regex,
 /// where llama.cpp (and SmolLM2's own tokenizer.json) first isolate each digit (`smollm`).
-fn transformers_gguf_tokenizer() -> Option<Tokenizer> {
-    let path = common::default_model()?;
-    let file = gguf::GgufFile::open(&path).expect("open the default model");
+fn transformers_gguf_tokenizer() -> Tokenizer {
+    let file = gguf::GgufFile::open(common::default_model()).expect("open the default model");
     let mut vocab = GgufVocab::from_gguf(&file).expect("vocab of the default model");
     assert_eq!(vocab.pre.as_deref(), Some("smollm"));
     vocab.pre = Some("gpt-2".into());
-    Some(Tokenizer::from_vocab(vocab).expect("tokenizer"))
+    Tokenizer::from_vocab(vocab).expect("tokenizer")
 }
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
@@ -152,7 +135,7 @@ fn first_2000(ids: &[u32]) -> &[u32] {
 
 #[test]
 fn default_model_matches_transformers_ids() {
-    let Some(tok) = transformers_gguf_tokenizer() else { return };
+    let tok = transformers_gguf_tokenizer();
     for (text, want) in reference_texts() {
         let got = tok.encode(&text, false, true);
         let got = if want.len() == 2000 { first_2000(&got) } else { &got[..] };
@@ -168,7 +151,7 @@ fn default_model_matches_transformers_ids() {
 /// and `"\n\n  "`, `" 1"` in the reference.
 #[test]
 fn default_model_differs_from_transformers_only_before_digits() {
-    let Some(tok) = default_tokenizer() else { return };
+    let tok = default_tokenizer();
     for (text, want) in reference_texts() {
         let got = tok.encode(&text, false, true);
         assert_eq!(tok.decode(&got, false), text);
@@ -203,7 +186,7 @@ fn default_model_differs_from_transformers_only_before_digits() {
 
 #[test]
 fn default_model_chat_prompt_round_trips_with_special_tokens() {
-    let Some(tok) = default_tokenizer() else { return };
+    let tok = default_tokenizer();
     let want = ids(&common::reference()["chat_greedy"]["prompt_ids"]);
     let text = tok.decode(&want, false);
     assert!(text.starts_with("<|im_start|>system\n"), "{text:?}");
@@ -216,7 +199,7 @@ fn default_model_chat_prompt_round_trips_with_special_tokens() {
 
 #[test]
 fn default_model_special_tokens() {
-    let Some(tok) = default_tokenizer() else { return };
+    let tok = default_tokenizer();
     assert_eq!(tok.vocab_size(), 49152);
     assert_eq!((tok.bos_id(), tok.eos_id(), tok.eot_id(), tok.pad_id()), (Some(1), Some(2), Some(2), Some(2)));
     assert_eq!((tok.bos_token(), tok.eos_token()), (Some("<|im_start|>"), Some("<|im_end|>")));
@@ -231,7 +214,7 @@ fn default_model_special_tokens() {
 
 #[test]
 fn stream_decoder_holds_back_partial_characters() {
-    let Some(tok) = default_tokenizer() else { return };
+    let tok = default_tokenizer();
     let text = "Grüße, 東京 🦙 and ✅ done.";
     let ids = tok.encode(text, false, false);
     let mut decoder = StreamDecoder::new(&tok);
@@ -255,7 +238,7 @@ fn stream_decoder_holds_back_partial_characters() {
 
 #[test]
 fn hf_tokenizer_json_round_trip_gives_the_same_ids() {
-    let Some(tok) = default_tokenizer() else { return };
+    let tok = default_tokenizer();
     let dir = tempfile::tempdir().expect("tempdir");
     let json_path = dir.path().join("tokenizer.json");
     std::fs::write(&json_path, serde_json::to_string_pretty(&tok.hf_tokenizer_json()).expect("json")).expect("write");
@@ -284,7 +267,7 @@ fn hf_tokenizer_json_round_trip_gives_the_same_ids() {
 
 #[test]
 fn hf_tokenizer_json_round_trip_for_llama_cpp_vocabularies() {
-    let Some(dir) = llama_cpp_models() else { return };
+    let dir = common::llama_cpp_models();
     for name in ["llama-bpe", "qwen2", "gpt-2"] {
         let tok = load_vocab(&dir, name).expect("load");
         let tmp = tempfile::tempdir().expect("tempdir");
@@ -300,7 +283,7 @@ fn hf_tokenizer_json_round_trip_for_llama_cpp_vocabularies() {
 
 #[test]
 fn decode_inverts_encode_on_llama_cpp_test_strings() {
-    let Some(dir) = llama_cpp_models() else { return };
+    let dir = common::llama_cpp_models();
     for name in ["llama-bpe", "llama-spm", "gpt-2", "qwen2", "phi-3"] {
         let tok = load_vocab(&dir, name).expect("load");
         for (text, want) in vocab_cases(&dir, name) {
@@ -321,7 +304,7 @@ fn decode_inverts_encode_on_llama_cpp_test_strings() {
 
 #[test]
 fn sentencepiece_adds_bos_and_prefix_space() {
-    let Some(dir) = llama_cpp_models() else { return };
+    let dir = common::llama_cpp_models();
     let tok = load_vocab(&dir, "llama-spm").expect("load");
     assert!(tok.add_bos());
     let ids = tok.encode("Hello world", true, false);
@@ -338,7 +321,7 @@ fn sentencepiece_adds_bos_and_prefix_space() {
 /// transformers does for Llama; the `tokenizers` library must then encode llama.cpp's test strings the same.
 #[test]
 fn sentencepiece_tokenizer_json_round_trip() {
-    let Some(dir) = llama_cpp_models() else { return };
+    let dir = common::llama_cpp_models();
     let tok = load_vocab(&dir, "llama-spm").expect("load");
     let tmp = tempfile::tempdir().expect("tempdir");
     let path = tmp.path().join("tokenizer.json");

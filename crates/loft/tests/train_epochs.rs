@@ -28,8 +28,9 @@ fn write_texts(path: &Path) {
 
 #[test]
 fn packed_shuffled_epochs_use_every_batch_and_log_exact_losses() {
-    let model_path = common::default_model().unwrap();
     let dir = tempfile::tempdir().unwrap();
+    // Plumbing: a tiny Llama with the default model's BPE (cut) is enough.
+    let model_path = common::tiny_bpe_model(dir.path());
     let data = dir.path().join("texts.jsonl");
     write_texts(&data);
     let out = dir.path().join("run");
@@ -37,7 +38,7 @@ fn packed_shuffled_epochs_use_every_batch_and_log_exact_losses() {
         "[model]\npath = {:?}\nmax_seq_length = 48\n\
          [lora]\nr = 4\nlora_alpha = 8\n\
          [data]\ntrain_files = [{:?}]\nformat = \"text\"\npacking = true\nshuffle = true\n\
-         [train]\noutput_dir = {:?}\nper_device_train_batch_size = 1\ngradient_accumulation_steps = 2\n\
+         [train]\noutput_dir = {:?}\nper_device_train_batch_size = 1\ngradient_accumulation_steps = 3\n\
          num_train_epochs = 2\nlearning_rate = 1e-9\nlr_scheduler_type = \"constant\"\nlogging_steps = 1\nseed = 11\n",
         model_path.display().to_string(),
         data.display().to_string(),
@@ -59,17 +60,17 @@ fn packed_shuffled_epochs_use_every_batch_and_log_exact_losses() {
     };
     let epochs: Vec<_> = (0..2).map(|e| batcher.epoch(&train_set, e)).collect();
     let counts: Vec<usize> = epochs.iter().map(Vec::len).collect();
-    let steps: Vec<usize> = counts.iter().map(|c| c.div_ceil(2)).collect();
+    let steps: Vec<usize> = counts.iter().map(|c| c.div_ceil(3)).collect();
     assert!(steps.iter().any(|&s| s != steps[0]), "the epochs must pack into different step counts: {counts:?}");
     eprintln!("batches per epoch: {counts:?}");
 
-    // Expected per-step losses: each epoch's batches in groups of 2, the model as loaded (lr 1e-9 leaves it).
+    // Expected per-step losses: each epoch's batches in groups of 3, the model as loaded (lr 1e-9 leaves it).
     let adapter = Adapter::new(config.lora.clone(), &loaded.model, 11).unwrap();
     let mut arena = TrainArena::new(&loaded.model, &adapter, 1, 48, false);
     let mut want = Vec::new();
     let mut tokens = 0u64;
     for batches in &epochs {
-        for group in batches.chunks(2) {
+        for group in batches.chunks(3) {
             let (mut sum, mut n) = (0f64, 0usize);
             for b in group {
                 arena.fit(b.b, b.t).unwrap();
@@ -84,7 +85,7 @@ fn packed_shuffled_epochs_use_every_batch_and_log_exact_losses() {
     }
 
     let summary = train(&config, &TrainOptions::default(), &mut Quiet).unwrap();
-    assert_eq!(summary.steps, want.len(), "steps: one per group of 2 batches in each of the 2 epochs {counts:?}");
+    assert_eq!(summary.steps, want.len(), "steps: one per group of 3 batches in each of the 2 epochs {counts:?}");
     let logged: Vec<f64> = std::fs::read_to_string(out.join("metrics.jsonl"))
         .unwrap()
         .lines()

@@ -1,6 +1,8 @@
-//! The training recipe on the real default model: batch × accumulation equivalence, determinism, evaluation,
-//! checkpoints and the output folder rules. (Resume after SIGKILL and TensorBoard are checked through the CLI in
-//! loft-cli's tests/train.rs.)
+//! The training recipe: batch × accumulation equivalence, determinism, evaluation, checkpoints, init adapters,
+//! divergence and the output folder rules. All of it is plumbing, the same whatever the weights, so it runs on a
+//! tiny Llama with the default model's byte-level BPE cut down (common::tiny_bpe_model) rather than on the 135M
+//! model. (Resume after SIGKILL and TensorBoard are checked through the CLI in loft-cli's tests/train.rs; the
+//! memory estimate, which needs the real model's shapes, there too.)
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -81,8 +83,8 @@ fn relative_l2(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f64 {
 
 #[test]
 fn batch_times_accumulation_gives_the_same_steps() {
-    let Some(model) = common::default_model() else { return };
     let tmp = tempfile::tempdir().unwrap();
+    let model = common::tiny_bpe_model(tmp.path());
     let data = write_alpaca(tmp.path(), 8);
     let mut runs = Vec::new();
     for (b, a) in [(4, 1), (2, 2), (1, 4)] {
@@ -119,8 +121,8 @@ fn batch_times_accumulation_gives_the_same_steps() {
 
 #[test]
 fn same_seed_same_bytes_and_validation_loss_falls() {
-    let Some(model) = common::default_model() else { return };
     let tmp = tempfile::tempdir().unwrap();
+    let model = common::tiny_bpe_model(tmp.path());
     let data = write_alpaca(tmp.path(), 12);
     let run = |name: &str| {
         let out = tmp.path().join(name);
@@ -155,8 +157,8 @@ fn same_seed_same_bytes_and_validation_loss_falls() {
 
 #[test]
 fn output_dir_rules_and_checkpoints() {
-    let Some(model) = common::default_model() else { return };
     let tmp = tempfile::tempdir().unwrap();
+    let model = common::tiny_bpe_model(tmp.path());
     let data = write_alpaca(tmp.path(), 8);
     let out = tmp.path().join("run");
     let cfg = config(
@@ -198,8 +200,8 @@ fn output_dir_rules_and_checkpoints() {
 
 #[test]
 fn bad_data_is_named() {
-    let Some(model) = common::default_model() else { return };
     let tmp = tempfile::tempdir().unwrap();
+    let model = common::tiny_bpe_model(tmp.path());
     let data = tmp.path().join("bad.jsonl");
     std::fs::write(&data, "{\"instruction\": \"a\", \"output\": \"b\"}\n{\"instruction\": \n").unwrap();
     let cfg = config(&model, &data, &tmp.path().join("o"), &[]);
@@ -216,8 +218,8 @@ fn bad_data_is_named() {
 
 #[test]
 fn init_adapter_merges_or_continues() {
-    let Some(model) = common::default_model() else { return };
     let tmp = tempfile::tempdir().unwrap();
+    let model = common::tiny_bpe_model(tmp.path());
     let data = write_alpaca(tmp.path(), 4);
     let run = |name: &str, extra: &[&str]| {
         let out = tmp.path().join(name);
@@ -244,8 +246,8 @@ fn init_adapter_merges_or_continues() {
 
 #[test]
 fn a_diverging_run_stops_at_the_step_and_keeps_the_last_checkpoint() {
-    let Some(model) = common::default_model() else { return };
     let tmp = tempfile::tempdir().unwrap();
+    let model = common::tiny_bpe_model(tmp.path());
     let data = write_alpaca(tmp.path(), 4);
     let out = tmp.path().join("run");
     // An absurd learning rate: after the first update the activations overflow f32.

@@ -1,22 +1,13 @@
-//! Paths shared by the CLI's integration tests.
-#![allow(dead_code)]
+//! What the CLI's integration tests share: the library tests' fixtures and tiny models (crates/loft/tests/common),
+//! so a missing fixture fails here as it does there, with the model path as the CLI takes it.
+#![allow(dead_code, unused_imports)]
 
-use std::path::PathBuf;
+#[path = "../../../loft/tests/common/mod.rs"]
+mod library;
 
-pub fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+pub use library::{reference_dir, tensorboard_py, tiny_bpe_model, workspace};
 
-/// The default model (fetched by `scripts/fetch.sh model`; `make test` does it first). None, with a loud
-/// message, when it is missing.
-pub fn default_model() -> Option<String> {
-    let p = std::env::var_os("LOFT_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"));
-    if p.is_file() {
-        Some(p.display().to_string())
-    } else {
-        eprintln!("SKIPPED: {} is missing; run scripts/fetch.sh model (make test does)", p.display());
-        None
-    }
+/// The default model (`scripts/fetch.sh model`, or LOFT_MODEL); a missing one fails the test, naming it.
+pub fn default_model() -> String {
+    library::default_model().display().to_string()
 }

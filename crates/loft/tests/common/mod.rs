@@ -1,48 +1,115 @@
-//! Paths to the default model and the reference numbers, shared by the integration tests.
+//! What the integration tests share: the fixtures `make test` fetches (a missing one fails the test, naming it),
+//! the PyTorch reference numbers, and the tiny models the tests build themselves.
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// The default model (fetched by `scripts/fetch.sh model`; `make test` does it first). None, with a loud
-/// message, when it is missing.
-pub fn default_model() -> Option<PathBuf> {
-    let p = std::env::var_os("LOFT_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"));
-    if p.is_file() {
-        Some(p)
-    } else {
-        eprintln!("SKIPPED: {} is missing; run scripts/fetch.sh model (make test does)", p.display());
-        None
+/// A file or folder the tests need, fetched by `scripts/fetch.sh <target>` (`make test` fetches them all first):
+/// the path in the environment variable `env` when it is set, else `default`. A missing one fails the test with
+/// one line naming the path and the command that fetches it.
+pub struct Fixture {
+    pub env: &'static str,
+    pub default: &'static str,
+    pub what: &'static str,
+    pub fetch_target: &'static str,
+}
+
+/// SmolLM2-135M-Instruct, Q4_1.
+pub const DEFAULT_MODEL: Fixture = Fixture {
+    env: "LOFT_MODEL",
+    default: ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf",
+    what: "the default model",
+    fetch_target: "model",
+};
+/// llama.cpp's test vocabularies (`ggml-vocab-*.gguf` with `.inp`/`.out`) and `templates/*.jinja`, from the
+/// llama-cpp-python sdist; the folder that holds `models/`.
+pub const LLAMA_CPP: Fixture = Fixture {
+    env: "LOFT_LLAMA_CPP_DIR",
+    default: ".cache/llama.cpp",
+    what: "llama.cpp's test vocabularies and chat templates",
+    fetch_target: "vocab",
+};
+/// The Python of a venv with llama.cpp's `gguf` package and numpy.
+pub const GGUF_PY: Fixture = Fixture {
+    env: "LOFT_GGUF_PY",
+    default: ".cache/venv-gguf/bin/python",
+    what: "a venv with llama.cpp's gguf package",
+    fetch_target: "gguf-py",
+};
+/// The Python of a venv with TensorBoard.
+pub const TENSORBOARD_PY: Fixture = Fixture {
+    env: "LOFT_TENSORBOARD_PY",
+    default: ".cache/venv-tb/bin/python",
+    what: "a venv with TensorBoard",
+    fetch_target: "tensorboard",
+};
+
+impl Fixture {
+    /// `relative` inside the fixture (empty for the fixture itself), which must exist.
+    pub fn join(&self, relative: &str) -> PathBuf {
+        let (base, from) = match std::env::var_os(self.env) {
+            Some(p) => (PathBuf::from(p), format!(", {} is set", self.env)),
+            None => (workspace().join(self.default), String::new()),
+        };
+        let p = if relative.is_empty() { base } else { base.join(relative) };
+        if !p.exists() {
+            panic!(
+                "missing test fixture {} ({}{from}): run `scripts/fetch.sh {}` (`make test` does)",
+                p.display(),
+                self.what,
+                self.fetch_target
+            );
+        }
+        p
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.join("")
     }
 }
 
+pub fn default_model() -> PathBuf {
+    DEFAULT_MODEL.path()
+}
+
+pub fn gguf_py() -> PathBuf {
+    GGUF_PY.path()
+}
+
+pub fn tensorboard_py() -> PathBuf {
+    TENSORBOARD_PY.path()
+}
+
+/// llama.cpp's `models/` folder, checked by one file in it.
+pub fn llama_cpp_models() -> PathBuf {
+    LLAMA_CPP.join("models/ggml-vocab-llama-bpe.gguf");
+    LLAMA_CPP.join("models")
+}
+
+/// The numbers measured with PyTorch (`smollm2-135m.json`, `apache-2.0.txt`): `../shared/reference` beside the
+/// workspace, or LOFT_REFERENCE_DIR. No package ships them, so `make test` cannot fetch them.
 pub fn reference_dir() -> PathBuf {
-    std::env::var_os("LOFT_REFERENCE_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("../shared/reference"))
+    let dir = std::env::var_os("LOFT_REFERENCE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("../shared/reference"));
+    if !dir.join("smollm2-135m.json").is_file() {
+        panic!(
+            "missing test fixture {} (the PyTorch reference numbers): point LOFT_REFERENCE_DIR at the folder holding \
+             smollm2-135m.json and apache-2.0.txt",
+            dir.display()
+        );
+    }
+    dir
 }
 
 pub fn reference() -> serde_json::Value {
     let p = reference_dir().join("smollm2-135m.json");
     let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     serde_json::from_str(&text).unwrap()
-}
-
-/// llama.cpp's `gguf` Python package in the venv `scripts/fetch.sh gguf-py` makes (or LOFT_GGUF_PY). None, with a
-/// loud message, when it is missing.
-pub fn gguf_py() -> Option<PathBuf> {
-    let p = std::env::var_os("LOFT_GGUF_PY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join(".cache/venv-gguf/bin/python"));
-    if p.is_file() {
-        Some(p)
-    } else {
-        eprintln!("SKIPPED (gguf-py part): {} is missing; run scripts/fetch.sh gguf-py (make test does)", p.display());
-        None
-    }
 }
 
 /// A seeded adapter whose B matrices are not zero (a fresh PEFT adapter's are), so every A gets a gradient and a
@@ -56,6 +123,20 @@ pub fn adapter_with_nonzero_b(model: &loft::model::Llama, config: loft::lora::Lo
         }
     });
     a
+}
+
+/// Merges kept in the tiny models' tokenizer: enough that common English words are one or two tokens.
+pub const TINY_BPE_MERGES: usize = 2000;
+
+/// A tiny Llama ([`tiny::bpe_config`]) with random weights and the default model's tokenizer cut to its first
+/// [`TINY_BPE_MERGES`] merges ([`tiny::bpe_cut`]: specials, chat template and EOS as the default model has them),
+/// written to `dir/tiny-bpe.gguf`. For tests of plumbing, where the 135M model's numbers add nothing but time.
+pub fn tiny_bpe_model(dir: &Path) -> PathBuf {
+    let source = gguf::GgufFile::open(default_model()).unwrap();
+    let vocab = loft::tokenizer::GgufVocab::from_gguf(&source).unwrap();
+    let path = dir.join("tiny-bpe.gguf");
+    tiny::write_bpe_model(&path, &vocab, TINY_BPE_MERGES, 5);
+    path
 }
 
 pub mod tiny;

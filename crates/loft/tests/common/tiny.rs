@@ -1,12 +1,15 @@
 //! Tiny random Llama models built inside the tests, written as GGUF (Q/K rows permuted as llama.cpp's converter
-//! does), plus a plain f64 reference forward written from the transformers definition, loop by loop.
+//! does), plus a plain f64 reference forward written from the transformers definition, loop by loop. The tests of
+//! plumbing (training, checkpoints, the CLI) use one with a real byte-level BPE cut from the default model's.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
-use gguf::{GgmlType, GgufWriter, Value};
+use gguf::names as n;
+use gguf::{GgmlType, GgufWriter, Value, ValueType};
 use loft::model::weights::permute_rope_rows;
 use loft::rng::SplitMix64;
+use loft::tokenizer::{token_type, GgufVocab};
 
 #[derive(Clone, Debug)]
 pub struct TinyConfig {
@@ -75,9 +78,23 @@ pub fn random_weights(cfg: &TinyConfig, seed: u64) -> Weights {
     w
 }
 
-/// Writes the model as an F32 GGUF with llama.cpp's names, metadata and Q/K permutation, and a byte-level
-/// vocabulary of `vocab` single-character tokens.
+/// Writes the model as an F32 GGUF with llama.cpp's names, metadata and Q/K permutation, and a vocabulary of
+/// `vocab` single-character tokens without merges (enough to load the weights; not a tokenizer loft accepts).
 pub fn write_gguf(path: &Path, cfg: &TinyConfig, weights: &Weights) {
+    let chars = GgufVocab {
+        model: "gpt2".into(),
+        pre: Some("gpt-2".into()),
+        tokens: (0..cfg.vocab).map(|i| char::from(b'!' + i as u8).to_string()).collect(),
+        token_types: vec![token_type::NORMAL; cfg.vocab],
+        ..GgufVocab::default()
+    };
+    write_gguf_with_vocab(path, cfg, weights, &chars);
+}
+
+/// Writes the model as an F32 GGUF with llama.cpp's names, metadata and Q/K permutation, and `vocab` as its
+/// tokenizer (`tokenizer.*`, as llama.cpp's converter writes it).
+pub fn write_gguf_with_vocab(path: &Path, cfg: &TinyConfig, weights: &Weights, vocab: &GgufVocab) {
+    assert_eq!(vocab.tokens.len(), cfg.vocab, "the vocabulary and the embedding disagree");
     let mut g = GgufWriter::new();
     g.add("general.architecture", Value::String("llama".into()));
     g.add("llama.block_count", Value::U32(cfg.layers as u32));
@@ -89,12 +106,40 @@ pub fn write_gguf(path: &Path, cfg: &TinyConfig, weights: &Weights) {
     g.add("llama.attention.layer_norm_rms_epsilon", Value::F32(cfg.eps));
     g.add("llama.rope.freq_base", Value::F32(cfg.rope_theta));
     g.add("llama.rope.dimension_count", Value::U32(cfg.head_dim() as u32));
-    let tokens: Vec<Value> = (0..cfg.vocab).map(|i| Value::String(char::from(b'!' + i as u8).to_string())).collect();
-    g.add("tokenizer.ggml.model", Value::String("gpt2".into()));
-    g.add("tokenizer.ggml.pre", Value::String("gpt-2".into()));
-    g.add("tokenizer.ggml.tokens", Value::Array(gguf::ValueType::String, tokens));
-    g.add("tokenizer.ggml.token_type", Value::Array(gguf::ValueType::I32, vec![Value::I32(1); cfg.vocab]));
-    g.add("tokenizer.ggml.merges", Value::Array(gguf::ValueType::String, vec![]));
+    let strings = |v: &[String]| Value::Array(ValueType::String, v.iter().map(|s| Value::String(s.clone())).collect());
+    g.add(n::TOKENIZER_MODEL, Value::String(vocab.model.clone()));
+    if let Some(pre) = &vocab.pre {
+        g.add(n::TOKENIZER_PRE, Value::String(pre.clone()));
+    }
+    g.add(n::TOKENIZER_TOKENS, strings(&vocab.tokens));
+    g.add(
+        n::TOKENIZER_TOKEN_TYPE,
+        Value::Array(ValueType::I32, vocab.token_types.iter().map(|&t| Value::I32(t)).collect()),
+    );
+    g.add(n::TOKENIZER_MERGES, strings(&vocab.merges));
+    for (key, id) in [
+        (n::TOKENIZER_BOS_ID, vocab.bos),
+        (n::TOKENIZER_EOS_ID, vocab.eos),
+        (n::TOKENIZER_UNK_ID, vocab.unk),
+        (n::TOKENIZER_PAD_ID, vocab.pad),
+        (n::TOKENIZER_EOT_ID, vocab.eot),
+    ] {
+        if let Some(id) = id {
+            g.add(key, Value::U32(id));
+        }
+    }
+    for (key, flag) in [
+        (n::TOKENIZER_ADD_BOS, vocab.add_bos),
+        (n::TOKENIZER_ADD_EOS, vocab.add_eos),
+        (n::TOKENIZER_ADD_PREFIX, vocab.add_space_prefix),
+    ] {
+        if let Some(f) = flag {
+            g.add(key, Value::Bool(f));
+        }
+    }
+    if let Some(t) = &vocab.chat_template {
+        g.add(n::TOKENIZER_CHAT_TEMPLATE, Value::String(t.clone()));
+    }
     for (name, (shape, values)) in weights {
         let gname = gguf::names::hf_to_gguf(name).expect("llama tensor name");
         let cols = *shape.last().unwrap();
@@ -110,6 +155,65 @@ pub fn write_gguf(path: &Path, cfg: &TinyConfig, weights: &Weights) {
         g.add_tensor(gname, ne, GgmlType::F32, bytes).unwrap();
     }
     g.write(path).unwrap();
+}
+
+/// A real byte-level BPE cut down from `source` (a `gpt2` vocabulary such as the default model's): its special
+/// tokens, its single-byte tokens and the tokens its first `merges` merges produce, in `source`'s order and
+/// renumbered from 0 (special ids follow), with its merges among those tokens, pre-tokenizer, flags and chat
+/// template. Text tokenizes as `source` would tokenize it if training had stopped after those merges.
+pub fn bpe_cut(source: &GgufVocab, merges: usize) -> GgufVocab {
+    assert_eq!(source.model, "gpt2", "bpe_cut takes a byte-level BPE vocabulary");
+    let id_of: HashMap<&str, usize> = source.tokens.iter().enumerate().map(|(i, t)| (t.as_str(), i)).collect();
+    let special = |i: usize| source.token_types.get(i).is_some_and(|&t| t != token_type::NORMAL);
+    let mut keep: HashSet<usize> =
+        (0..source.tokens.len()).filter(|&i| special(i) || source.tokens[i].chars().count() == 1).collect();
+    let special_ids = [source.bos, source.eos, source.eot, source.pad, source.unk];
+    keep.extend(special_ids.into_iter().flatten().map(|id| id as usize));
+    let mut kept_merges = Vec::new();
+    for merge in source.merges.iter().take(merges) {
+        let (left, right) = merge.split_once(' ').expect("a merge is two tokens");
+        let (Some(&l), Some(&r), Some(&product)) =
+            (id_of.get(left), id_of.get(right), id_of.get(format!("{left}{right}").as_str()))
+        else {
+            continue;
+        };
+        if keep.contains(&l) && keep.contains(&r) {
+            keep.insert(product);
+            kept_merges.push(merge.clone());
+        }
+    }
+    let mut old_ids: Vec<usize> = keep.into_iter().collect();
+    old_ids.sort_unstable();
+    let new_id: HashMap<usize, u32> = old_ids.iter().enumerate().map(|(new, &old)| (old, new as u32)).collect();
+    let remap = |id: Option<u32>| id.map(|id| new_id[&(id as usize)]);
+    GgufVocab {
+        tokens: old_ids.iter().map(|&i| source.tokens[i].clone()).collect(),
+        token_types: old_ids
+            .iter()
+            .map(|&i| source.token_types.get(i).copied().unwrap_or(token_type::NORMAL))
+            .collect(),
+        scores: Vec::new(),
+        merges: kept_merges,
+        bos: remap(source.bos),
+        eos: remap(source.eos),
+        eot: remap(source.eot),
+        pad: remap(source.pad),
+        unk: remap(source.unk),
+        ..source.clone()
+    }
+}
+
+/// The shape of the tiny BPE models: 2 layers, hidden 64, 4 query and 2 key/value heads, tied embeddings.
+pub fn bpe_config(vocab: usize) -> TinyConfig {
+    TinyConfig { vocab, hidden: 64, ffn: 128, layers: 2, heads: 4, kv_heads: 2, ..TinyConfig::default() }
+}
+
+/// Writes a tiny Llama with random weights (seeded) and [`bpe_cut`] of `source`'s tokenizer to `path`.
+pub fn write_bpe_model(path: &Path, source: &GgufVocab, merges: usize, seed: u64) -> TinyConfig {
+    let vocab = bpe_cut(source, merges);
+    let cfg = bpe_config(vocab.tokens.len());
+    write_gguf_with_vocab(path, &cfg, &random_weights(&cfg, seed), &vocab);
+    cfg
 }
 
 /// Logits [T, V] of the whole sequence, in f64, straight from the transformers definition.
