@@ -4,6 +4,8 @@
 //!
 //! Legend: T = tokens, H = heads, D = head_dim.
 
+#![forbid(unsafe_code)]
+
 use crate::model::config::{LlamaConfig, RopeScaling};
 
 /// Inverse frequencies of one head, with the model's scaling applied: inv_freq[D/2].
