@@ -2,12 +2,13 @@
 //! bitsandbytes' dynamic maps and blockwise quantization; 8-bit AdamW tracking 32-bit AdamW on a quadratic bowl;
 //! gradient clipping; checkpoint state round trips.
 
+use loft::engine::dynamic_map::{create_dynamic_map, nearest_code};
 use loft::engine::LoraWeights;
 use loft::lora::{Adapter, LoraConfig, TargetModule, TensorName};
 use loft::rng::SplitMix64;
 use loft::train::optim::{
-    clip_grad_norm, create_dynamic_map, dequantize_blockwise, nearest_code, quantize_blockwise, OptimConfig, OptimKind,
-    Optimizer, BLOCK_SIZE, MIN_8BIT_SIZE,
+    clip_grad_norm, dequantize_blockwise, quantize_blockwise, OptimConfig, OptimKind, Optimizer, BLOCK_SIZE,
+    MIN_8BIT_SIZE,
 };
 
 /// An adapter over `layers` layers with LoRA on the given modules (shape (out, in) each), rank `r`, and optionally

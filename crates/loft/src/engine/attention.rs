@@ -2,7 +2,12 @@
 //! Legend: T = new tokens, P = positions in the cache (past + new), NH = query heads, NKV = key/value heads,
 //! D = head_dim. Query head h reads key/value head h / (NH / NKV).
 
+#![forbid(unsafe_code)]
+
+use gemm::Parallelism;
 use rayon::prelude::*;
+
+use super::matmul::gemm_strided;
 
 /// out[T, NH·D] = softmax(q·kᵀ/√D, causal) · v for queries at positions p0..p0+T against k, v [P, NKV·D]
 /// (P ≥ p0 + T; query t sees keys 0..=p0+t). One task per query row; each keeps one score row.
@@ -103,12 +108,22 @@ pub fn attention_forward(
     assert!(out.len() == b * t * s.qd && q.len() == b * t * s.qd, "attention_forward: q/out are not [B, T, NH·D]");
     assert!(k.len() == b * t * s.kvd && v.len() == b * t * s.kvd, "attention_forward: k/v are not [B, T, NKV·D]");
     assert_eq!(lse.len(), b * nh * t, "attention_forward: lse is not [B, NH, T]");
-    let tiles = t.div_ceil(TILE);
-    let (out_w, lse_w) = (Disjoint::new(out), Disjoint::new(lse));
+    if t == 0 {
+        return;
+    }
+    // Each task owns one contiguous block: rows [i0, i1) of one (sequence, head) of a head-major copy of out,
+    // out_heads [B, NH, T, D], and the same rows of lse [B, NH, T]. out's rows interleave the heads, so the
+    // block is copied into out's [B, T, NH·D] rows at the end.
+    let mut out_heads = vec![0.0f32; out.len()];
+    let mut tasks: Vec<(usize, usize, &mut [f32], &mut [f32])> = Vec::with_capacity(b * nh * t.div_ceil(TILE));
+    for (bh, (oh, lh)) in out_heads.chunks_mut(t * d).zip(lse.chunks_mut(t)).enumerate() {
+        // Later tiles (more keys) come first for better balance.
+        for (qt, (o_tile, lse_tile)) in oh.chunks_mut(TILE * d).zip(lh.chunks_mut(TILE)).enumerate().rev() {
+            tasks.push((bh, qt, o_tile, lse_tile));
+        }
+    }
     let init = || (vec![0.0f32; TILE * TILE], vec![0.0f32; TILE * d], vec![0.0f32; TILE], vec![0.0f32; TILE]);
-    // One task per (sequence, head, query tile); later tiles (more keys) come first for better balance.
-    (0..b * nh * tiles).into_par_iter().for_each_init(init, |(sc, acc, mx, l), task| {
-        let (bh, qt) = (task / tiles, tiles - 1 - task % tiles);
+    tasks.into_par_iter().for_each_init(init, |(sc, acc, mx, l), (bh, qt, o_tile, lse_tile)| {
         let (bi, h) = (bh / nh, bh % nh);
         let (i0, i1) = (qt * TILE, ((qt + 1) * TILE).min(t));
         let br = i1 - i0;
@@ -146,13 +161,19 @@ pub fn attention_forward(
             // acc[br, D] += p · v_tile
             tile_gemm(br, d, bc, acc, (d, 1), true, sc, (bc, 1), &v[ko..], (s.kvd, 1), 1.0);
         }
-        // SAFETY: task (b, h, query tile) alone writes rows [i0, i1) of head h in out, and lse[b, h, i0..i1].
-        let lse_tile = unsafe { lse_w.slice(s.lse_at(bi, h, i0), br) };
         for r in 0..br {
             let inv = 1.0 / l[r];
-            let orow = unsafe { out_w.slice(s.q_at(bi, i0 + r, h), d) };
+            let orow = &mut o_tile[r * d..(r + 1) * d];
             orow.iter_mut().zip(&acc[r * d..(r + 1) * d]).for_each(|(o, &a)| *o = a * inv);
             lse_tile[r] = mx[r] + l[r].ln();
+        }
+    });
+    // out[b, i, h] = out_heads[b, h, i]
+    out.par_chunks_mut(s.qd).enumerate().with_min_len(16).for_each(|(row, orow)| {
+        let (bi, i) = (row / t, row % t);
+        for (h, o) in orow.chunks_exact_mut(d).enumerate() {
+            let src = ((bi * nh + h) * t + i) * d;
+            o.copy_from_slice(&out_heads[src..src + d]);
         }
     });
 }
@@ -188,82 +209,80 @@ pub fn attention_backward(
     assert!(dk.len() == nk && dv.len() == nk && k.len() == nk && v.len() == nk, "attention_backward: k/v shapes");
     assert!(dk_heads.len() == nq && dv_heads.len() == nq, "attention_backward: head scratch is not [B, NH, T, D]");
     assert_eq!(lse.len(), b * nh * t, "attention_backward: lse is not [B, NH, T]");
-    let dq_w = Disjoint::new(dq);
-    let init = || {
-        let block = || vec![0.0f32; TILE * TILE];
-        (block(), block(), vec![0.0f32; TILE * d], vec![0.0f32; TILE])
-    };
-    // One task per (sequence, query head): it owns dq of that head and its own dk/dv share, so nothing races.
-    dk_heads.par_chunks_mut(t * d).zip(dv_heads.par_chunks_mut(t * d)).enumerate().for_each_init(
-        init,
-        |(p, ds, dq_acc, delta), (bh, (dkh, dvh))| {
-            let (bi, h) = (bh / nh, bh % nh);
-            let g = h / s.group;
-            dkh.fill(0.0);
-            dvh.fill(0.0);
-            for i0 in (0..t).step_by(TILE) {
-                let i1 = (i0 + TILE).min(t);
-                let br = i1 - i0;
-                let qo = s.q_at(bi, i0, h);
-                let (dq_acc, delta) = (&mut dq_acc[..br * d], &mut delta[..br]);
-                dq_acc.fill(0.0);
-                for (r, dl) in delta.iter_mut().enumerate() {
-                    let o = s.q_at(bi, i0 + r, h);
-                    *dl = dot(&dout[o..o + d], &out[o..o + d]);
-                }
-                for j0 in (s.first_key(bi, i0, i1)..i1).step_by(TILE) {
-                    let j1 = (j0 + TILE).min(i1);
-                    let bc = j1 - j0;
-                    let (p, ds) = (&mut p[..br * bc], &mut ds[..br * bc]);
-                    let ko = s.kv_at(bi, j0, g);
-                    // p = exp(scale · q·kᵀ − lse), zero outside the mask
-                    tile_gemm(br, bc, d, p, (bc, 1), false, &q[qo..], (s.qd, 1), &k[ko..], (1, s.kvd), s.scale);
-                    for r in 0..br {
-                        let (ja, jb) = s.key_range(bi, i0 + r, j0, j1);
-                        let row_lse = lse[s.lse_at(bi, h, i0 + r)];
-                        for (jj, x) in p[r * bc..(r + 1) * bc].iter_mut().enumerate() {
-                            *x = if jj >= ja && jj < jb { (*x - row_lse).exp() } else { 0.0 };
-                        }
-                    }
-                    // dv_tile[bc, D] += pᵀ · dout_tile
-                    let dvo = j0 * d;
-                    tile_gemm(bc, d, br, &mut dvh[dvo..], (d, 1), true, p, (1, bc), &dout[qo..], (s.qd, 1), 1.0);
-                    // ds = dout_tile · v_tileᵀ, then ds = p ⊙ (ds − Δ) · scale
-                    tile_gemm(br, bc, d, ds, (bc, 1), false, &dout[qo..], (s.qd, 1), &v[ko..], (1, s.kvd), 1.0);
-                    for ((ds_row, p_row), &dl) in ds.chunks_exact_mut(bc).zip(p.chunks_exact(bc)).zip(delta.iter()) {
-                        for (x, &pp) in ds_row.iter_mut().zip(p_row) {
-                            *x = pp * (*x - dl) * s.scale;
-                        }
-                    }
-                    // dq_tile[br, D] += ds · k_tile;  dk_tile[bc, D] += dsᵀ · q_tile
-                    tile_gemm(br, d, bc, dq_acc, (d, 1), true, ds, (bc, 1), &k[ko..], (s.kvd, 1), 1.0);
-                    tile_gemm(bc, d, br, &mut dkh[dvo..], (d, 1), true, ds, (1, bc), &q[qo..], (s.qd, 1), 1.0);
-                }
+    if t == 0 {
+        return;
+    }
+    // dq_heads [B, NH, T, D]: dq with the heads outermost, so each task owns its head's rows as one block; copied
+    // into dq's [B, T, NH·D] rows at the end.
+    let mut dq_heads = vec![0.0f32; nq];
+    let init = || (vec![0.0f32; TILE * TILE], vec![0.0f32; TILE * TILE], vec![0.0f32; TILE]);
+    // One task per (sequence, query head): it owns that head's dq and its own dk/dv share, so nothing races.
+    let per_head =
+        dk_heads.par_chunks_mut(t * d).zip(dv_heads.par_chunks_mut(t * d)).zip(dq_heads.par_chunks_mut(t * d));
+    per_head.enumerate().for_each_init(init, |(p, ds, delta), (bh, ((dkh, dvh), dqh))| {
+        let (bi, h) = (bh / nh, bh % nh);
+        let g = h / s.group;
+        dkh.fill(0.0);
+        dvh.fill(0.0);
+        for i0 in (0..t).step_by(TILE) {
+            let i1 = (i0 + TILE).min(t);
+            let br = i1 - i0;
+            let qo = s.q_at(bi, i0, h);
+            let (dq_tile, delta) = (&mut dqh[i0 * d..i1 * d], &mut delta[..br]);
+            for (r, dl) in delta.iter_mut().enumerate() {
+                let o = s.q_at(bi, i0 + r, h);
+                *dl = dot(&dout[o..o + d], &out[o..o + d]);
+            }
+            for j0 in (s.first_key(bi, i0, i1)..i1).step_by(TILE) {
+                let j1 = (j0 + TILE).min(i1);
+                let bc = j1 - j0;
+                let (p, ds) = (&mut p[..br * bc], &mut ds[..br * bc]);
+                let ko = s.kv_at(bi, j0, g);
+                // p = exp(scale · q·kᵀ − lse), zero outside the mask
+                tile_gemm(br, bc, d, p, (bc, 1), false, &q[qo..], (s.qd, 1), &k[ko..], (1, s.kvd), s.scale);
                 for r in 0..br {
-                    // SAFETY: task (b, h) alone writes head h's rows of sequence b in dq.
-                    let row = unsafe { dq_w.slice(s.q_at(bi, i0 + r, h), d) };
-                    row.copy_from_slice(&dq_acc[r * d..(r + 1) * d]);
+                    let (ja, jb) = s.key_range(bi, i0 + r, j0, j1);
+                    let row_lse = lse[s.lse_at(bi, h, i0 + r)];
+                    for (jj, x) in p[r * bc..(r + 1) * bc].iter_mut().enumerate() {
+                        *x = if jj >= ja && jj < jb { (*x - row_lse).exp() } else { 0.0 };
+                    }
                 }
+                // dv_tile[bc, D] += pᵀ · dout_tile
+                let dvo = j0 * d;
+                tile_gemm(bc, d, br, &mut dvh[dvo..], (d, 1), true, p, (1, bc), &dout[qo..], (s.qd, 1), 1.0);
+                // ds = dout_tile · v_tileᵀ, then ds = p ⊙ (ds − Δ) · scale
+                tile_gemm(br, bc, d, ds, (bc, 1), false, &dout[qo..], (s.qd, 1), &v[ko..], (1, s.kvd), 1.0);
+                for ((ds_row, p_row), &dl) in ds.chunks_exact_mut(bc).zip(p.chunks_exact(bc)).zip(delta.iter()) {
+                    for (x, &pp) in ds_row.iter_mut().zip(p_row) {
+                        *x = pp * (*x - dl) * s.scale;
+                    }
+                }
+                // dq_tile[br, D] += ds · k_tile;  dk_tile[bc, D] += dsᵀ · q_tile
+                tile_gemm(br, d, bc, dq_tile, (d, 1), true, ds, (bc, 1), &k[ko..], (s.kvd, 1), 1.0);
+                tile_gemm(bc, d, br, &mut dkh[dvo..], (d, 1), true, ds, (1, bc), &q[qo..], (s.qd, 1), 1.0);
             }
-        },
-    );
-    // dk[b, j, g] = Σ over the query heads h of group g of dk_heads[b, h, j]
+        }
+    });
+    // dq[b, j, h] = dq_heads[b, h, j];  dk[b, j, g] = Σ over the query heads h of group g of dk_heads[b, h, j]
     let (dk_heads, dv_heads) = (&*dk_heads, &*dv_heads);
-    dk.par_chunks_mut(s.kvd).zip(dv.par_chunks_mut(s.kvd)).enumerate().with_min_len(16).for_each(
-        |(row, (dkr, dvr))| {
-            let (bi, j) = (row / t, row % t);
-            for g in 0..nkv {
-                let (dkg, dvg) = (&mut dkr[g * d..(g + 1) * d], &mut dvr[g * d..(g + 1) * d]);
-                dkg.fill(0.0);
-                dvg.fill(0.0);
-                for h in g * s.group..(g + 1) * s.group {
-                    let o = ((bi * nh + h) * t + j) * d;
-                    dkg.iter_mut().zip(&dk_heads[o..o + d]).for_each(|(a, &x)| *a += x);
-                    dvg.iter_mut().zip(&dv_heads[o..o + d]).for_each(|(a, &x)| *a += x);
-                }
+    let rows = dq.par_chunks_mut(s.qd).zip(dk.par_chunks_mut(s.kvd)).zip(dv.par_chunks_mut(s.kvd));
+    rows.enumerate().with_min_len(16).for_each(|(row, ((dqr, dkr), dvr))| {
+        let (bi, j) = (row / t, row % t);
+        for (h, dqh) in dqr.chunks_exact_mut(d).enumerate() {
+            let o = ((bi * nh + h) * t + j) * d;
+            dqh.copy_from_slice(&dq_heads[o..o + d]);
+        }
+        for g in 0..nkv {
+            let (dkg, dvg) = (&mut dkr[g * d..(g + 1) * d], &mut dvr[g * d..(g + 1) * d]);
+            dkg.fill(0.0);
+            dvg.fill(0.0);
+            for h in g * s.group..(g + 1) * s.group {
+                let o = ((bi * nh + h) * t + j) * d;
+                dkg.iter_mut().zip(&dk_heads[o..o + d]).for_each(|(a, &x)| *a += x);
+                dvg.iter_mut().zip(&dv_heads[o..o + d]).for_each(|(a, &x)| *a += x);
             }
-        },
-    );
+        }
+    });
 }
 
 /// Sizes and offsets shared by the forward and backward.
@@ -280,7 +299,10 @@ struct Shape<'a> {
 
 impl<'a> Shape<'a> {
     fn new(b: usize, t: usize, nh: usize, nkv: usize, d: usize, doc_start: Option<&'a [u32]>) -> Self {
-        assert!(nkv > 0 && nh.is_multiple_of(nkv) && d > 0, "attention: NH = {nh} is not a multiple of NKV = {nkv}");
+        assert!(
+            nkv > 0 && nh >= nkv && nh.is_multiple_of(nkv) && d > 0,
+            "attention: NH = {nh} is not a positive multiple of NKV = {nkv}, or D = 0"
+        );
         if let Some(ds) = doc_start {
             assert_eq!(ds.len(), b * t, "attention: doc_start is not [B, T]");
             assert!(ds.iter().enumerate().all(|(i, &s)| s as usize <= i % t), "attention: doc_start after its token");
@@ -320,32 +342,6 @@ impl<'a> Shape<'a> {
     }
 }
 
-/// An output buffer that parallel tasks write in disjoint parts.
-#[derive(Clone, Copy)]
-struct Disjoint {
-    ptr: *mut f32,
-    len: usize,
-}
-
-// SAFETY: the pointer is only dereferenced through `slice`, whose callers guarantee disjoint ranges per task.
-unsafe impl Send for Disjoint {}
-unsafe impl Sync for Disjoint {}
-
-impl Disjoint {
-    fn new(buf: &mut [f32]) -> Self {
-        Disjoint { ptr: buf.as_mut_ptr(), len: buf.len() }
-    }
-
-    /// # Safety
-    /// No other live reference may overlap [start, start + len) while the returned slice is used.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn slice(&self, start: usize, len: usize) -> &mut [f32] {
-        assert!(start + len <= self.len, "Disjoint::slice out of bounds");
-        // SAFETY: in bounds (checked above); exclusivity is the caller's promise.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), len) }
-    }
-}
-
 /// dst[m, n] = (accumulate ? dst : 0) + alpha · lhs[m, k] · rhs[k, n], every operand given by (row, column)
 /// strides from the start of its slice; single-threaded (the callers are already parallel tasks).
 #[allow(clippy::too_many_arguments)]
@@ -362,35 +358,5 @@ fn tile_gemm(
     rhs_s: (usize, usize),
     alpha: f32,
 ) {
-    let extent = |rows: usize, cols: usize, (rs, cs): (usize, usize)| (rows - 1) * rs + (cols - 1) * cs + 1;
-    assert!(m > 0 && n > 0 && k > 0, "tile_gemm: empty product");
-    assert!(
-        dst.len() >= extent(m, n, dst_s) && lhs.len() >= extent(m, k, lhs_s) && rhs.len() >= extent(k, n, rhs_s),
-        "tile_gemm: operand out of bounds"
-    );
-    // SAFETY: every strided index reached lies inside its slice (checked above); dst does not alias lhs or rhs
-    // (it is a distinct &mut).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            dst_s.1 as isize,
-            dst_s.0 as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_s.1 as isize,
-            lhs_s.0 as isize,
-            rhs.as_ptr(),
-            rhs_s.1 as isize,
-            rhs_s.0 as isize,
-            1.0,
-            alpha,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
+    gemm_strided(m, n, k, dst, dst_s, accumulate, lhs, lhs_s, rhs, rhs_s, alpha, Parallelism::None)
 }

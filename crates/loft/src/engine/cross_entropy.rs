@@ -5,6 +5,8 @@
 //! for them and their input gradient is zero. The remaining rows are gathered into chunks, so a prompt masked out
 //! of the loss costs nothing in the head.
 
+#![forbid(unsafe_code)]
+
 use rayon::prelude::*;
 
 use super::embedding::VocabMatrix;

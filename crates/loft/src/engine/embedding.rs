@@ -1,6 +1,8 @@
 //! Token embedding lookup, and the [V, C] matrix type shared with the output head (a tied head is the same
 //! table). Legend: N = tokens, C = hidden_size, V = vocab_size.
 
+#![forbid(unsafe_code)]
+
 use rayon::prelude::*;
 
 use super::frozen::FrozenMatrix;

@@ -6,12 +6,15 @@
 //! Quantized products never hold the whole f32 matrix: one row at a time (dot products, for a few input rows as
 //! in decoding) or a tile of rows dequantized into per-thread scratch and multiplied with `gemm`.
 
+#![forbid(unsafe_code)]
+
 use std::borrow::Cow;
+use std::sync::{Mutex, PoisonError};
 
 use gguf::GgmlType;
 use rayon::prelude::*;
 
-use super::matmul::{matmul_nn, matmul_nt_into_columns};
+use super::matmul::{matmul_nn, matmul_nt_single};
 use super::nf4::Nf4Blocks;
 use super::quant_dot;
 
@@ -151,16 +154,27 @@ impl FrozenMatrix {
                 }
             }
             Storage::Quantized { .. } | Storage::Nf4(_) => {
-                // Tiles of weight rows in parallel; tile t writes columns [r0, r1) of y only.
-                let y_addr = y.as_mut_ptr() as usize;
-                let y_len = y.len();
-                (0..rows.div_ceil(TILE_ROWS)).into_par_iter().for_each_init(Vec::new, |tile, t| {
+                // Tiles of weight rows in parallel: a task dequantizes rows [r0, r1) and multiplies them into its
+                // own [N, r1 - r0] buffer, then copies that into columns [r0, r1) of y under the lock (the copy is
+                // about 1/(2·cols) of the product's work, so the tasks rarely wait for it).
+                let y = Mutex::new(&mut y[..n * rows]);
+                let scratch = || (Vec::new(), Vec::new());
+                (0..rows.div_ceil(TILE_ROWS)).into_par_iter().for_each_init(scratch, |(tile, part), t| {
                     let (r0, r1) = (t * TILE_ROWS, ((t + 1) * TILE_ROWS).min(rows));
-                    tile.resize((r1 - r0) * cols, 0.0);
+                    let m = r1 - r0;
+                    tile.resize(m * cols, 0.0);
                     self.rows_into(r0, r1, tile);
-                    // SAFETY: tiles write disjoint column ranges [r0, r1) of y; no two tasks alias an element.
-                    let y = unsafe { std::slice::from_raw_parts_mut(y_addr as *mut f32, y_len) };
-                    matmul_nt_into_columns(y, rows, r0, x, tile, n, cols, r1 - r0, accumulate);
+                    part.resize(n * m, 0.0);
+                    matmul_nt_single(part, x, tile, n, cols, m);
+                    let mut y = y.lock().unwrap_or_else(PoisonError::into_inner);
+                    for (y_row, p_row) in y.chunks_exact_mut(rows).zip(part.chunks_exact(m)) {
+                        let dst = &mut y_row[r0..r1];
+                        if accumulate {
+                            dst.iter_mut().zip(p_row).for_each(|(d, &v)| *d += v);
+                        } else {
+                            dst.copy_from_slice(p_row);
+                        }
+                    }
                 });
             }
         }
@@ -247,18 +261,20 @@ mod tests {
         (0..n).map(|_| s.next_f64() as f32 * 2.0 - 1.0).collect()
     }
 
-    /// Forward products (accumulating), the input gradient (overwriting and accumulating) and a row lookup of a
-    /// quantized matrix equal those of its dequantized f32 twin: ≤ 1e-5 relative.
+    /// Forward products and the input gradient (each overwriting and accumulating) and a row lookup of a quantized
+    /// matrix equal those of its dequantized f32 twin: ≤ 1e-5 relative.
     fn assert_products_equal_the_twin(fq: &FrozenMatrix, label: &str) {
         let (rows, cols) = (fq.rows, fq.cols);
         let twin = fq.to_f32_matrix();
         for n in [1, 3, 17] {
             let x = rand(n * cols, 2 + n as u64);
-            let (mut a, mut b) = (vec![0.5; n * rows], vec![0.5; n * rows]);
-            fq.forward(&mut a, &x, n, true);
-            twin.forward(&mut b, &x, n, true);
-            let worst = a.iter().zip(&b).map(|(p, q)| (p - q).abs() / (1.0 + q.abs())).fold(0.0, f32::max);
-            assert!(worst < 1e-5, "{label} n={n} forward differs by {worst}");
+            for accumulate in [false, true] {
+                let (mut a, mut b) = (vec![0.5; n * rows], vec![0.5; n * rows]);
+                fq.forward(&mut a, &x, n, accumulate);
+                twin.forward(&mut b, &x, n, accumulate);
+                let worst = a.iter().zip(&b).map(|(p, q)| (p - q).abs() / (1.0 + q.abs())).fold(0.0, f32::max);
+                assert!(worst < 1e-5, "{label} n={n} accumulate={accumulate}: forward differs by {worst}");
+            }
             let dy = rand(n * rows, 9);
             for accumulate in [false, true] {
                 let (mut da, mut db) = (vec![0.25; n * cols], vec![0.25; n * cols]);

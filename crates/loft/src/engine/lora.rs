@@ -5,6 +5,8 @@
 //! Dropout masks are not stored: each is regenerated from its seed in the backward (one SplitMix64 stream per row),
 //! so the forward and backward of one micro-batch must be given the same [`LoraDropout`].
 
+#![forbid(unsafe_code)]
+
 use rayon::prelude::*;
 
 use super::frozen::FrozenMatrix;

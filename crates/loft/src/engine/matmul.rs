@@ -20,63 +20,66 @@ fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
     }
 }
 
-/// dst[m,n] = (accumulate ? dst : 0) + alpha · lhs[m,k] · rhs[k,n], with explicit (row, column) strides.
-///
-/// # Safety
-/// Every index `i*rs + j*cs` reached by the three operands must lie inside their slices; the public wrappers below
-/// check it for the contiguous layouts they use.
+/// dst[m,n] = (accumulate ? dst : 0) + alpha · lhs[m,k] · rhs[k,n], every operand given by its (row, column)
+/// strides from the start of its slice. The one call into `gemm` (an unsafe fn): the strided extent of each
+/// operand is checked against its slice first, so a wrong stride panics instead of reading out of bounds.
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_strided(
+pub fn gemm_strided(
     m: usize,
     n: usize,
     k: usize,
     dst: &mut [f32],
-    dst_rs: usize,
-    dst_cs: usize,
+    dst_s: (usize, usize),
     accumulate: bool,
     lhs: &[f32],
-    lhs_rs: usize,
-    lhs_cs: usize,
+    lhs_s: (usize, usize),
     rhs: &[f32],
-    rhs_rs: usize,
-    rhs_cs: usize,
+    rhs_s: (usize, usize),
     alpha: f32,
+    parallelism: Parallelism,
 ) {
     if m == 0 || n == 0 {
         return;
     }
+    let extent = |rows: usize, cols: usize, (rs, cs): (usize, usize)| (rows - 1) * rs + (cols - 1) * cs + 1;
+    assert!(dst.len() >= extent(m, n, dst_s), "gemm_strided: dst out of bounds");
     if k == 0 {
         if !accumulate {
             for i in 0..m {
                 for j in 0..n {
-                    dst[i * dst_rs + j * dst_cs] = 0.0;
+                    dst[i * dst_s.0 + j * dst_s.1] = 0.0;
                 }
             }
         }
         return;
     }
-    // SAFETY: the caller guarantees the strided extents lie inside the slices.
+    assert!(
+        lhs.len() >= extent(m, k, lhs_s) && rhs.len() >= extent(k, n, rhs_s),
+        "gemm_strided: operand out of bounds"
+    );
+    // SAFETY: every strided index reached lies inside its slice (checked above); dst does not alias lhs or rhs
+    // (it is a distinct &mut).
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
             dst.as_mut_ptr(),
-            dst_cs as isize,
-            dst_rs as isize,
+            dst_s.1 as isize,
+            dst_s.0 as isize,
             accumulate,
             lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
+            lhs_s.1 as isize,
+            lhs_s.0 as isize,
             rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
+            rhs_s.1 as isize,
+            rhs_s.0 as isize,
             1.0,
             alpha,
             false,
             false,
             false,
-            parallelism(m, n, k),
+            parallelism,
         )
     }
 }
@@ -85,69 +88,27 @@ unsafe fn gemm_strided(
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_nt(y: &mut [f32], x: &[f32], w: &[f32], n: usize, k: usize, m: usize, alpha: f32, accumulate: bool) {
     assert!(y.len() >= n * m && x.len() >= n * k && w.len() >= m * k, "matmul_nt: operand too small");
-    // SAFETY: lengths checked above for the contiguous row-major layouts.
-    unsafe { gemm_strided(n, m, k, y, m, 1, accumulate, x, k, 1, w, 1, k, alpha) }
+    gemm_strided(n, m, k, y, (m, 1), accumulate, x, (k, 1), w, (1, k), alpha, parallelism(n, m, k))
+}
+
+/// y[N,M] = x[N,K] · w[M,K]ᵀ on the calling thread (callers run several such products in parallel).
+pub fn matmul_nt_single(y: &mut [f32], x: &[f32], w: &[f32], n: usize, k: usize, m: usize) {
+    assert!(y.len() >= n * m && x.len() >= n * k && w.len() >= m * k, "matmul_nt_single: operand too small");
+    gemm_strided(n, m, k, y, (m, 1), false, x, (k, 1), w, (1, k), 1.0, Parallelism::None)
 }
 
 /// y[N,K] = (accumulate ? y : 0) + alpha · x[N,M] · w[M,K]
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_nn(y: &mut [f32], x: &[f32], w: &[f32], n: usize, m: usize, k: usize, alpha: f32, accumulate: bool) {
     assert!(y.len() >= n * k && x.len() >= n * m && w.len() >= m * k, "matmul_nn: operand too small");
-    // SAFETY: lengths checked above for the contiguous row-major layouts.
-    unsafe { gemm_strided(n, k, m, y, k, 1, accumulate, x, m, 1, w, k, 1, alpha) }
+    gemm_strided(n, k, m, y, (k, 1), accumulate, x, (m, 1), w, (k, 1), alpha, parallelism(n, k, m))
 }
 
 /// y[M,K] = (accumulate ? y : 0) + alpha · x[N,M]ᵀ · z[N,K]
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_tn(y: &mut [f32], x: &[f32], z: &[f32], n: usize, m: usize, k: usize, alpha: f32, accumulate: bool) {
     assert!(y.len() >= m * k && x.len() >= n * m && z.len() >= n * k, "matmul_tn: operand too small");
-    // SAFETY: lengths checked above for the contiguous row-major layouts.
-    unsafe { gemm_strided(m, k, n, y, k, 1, accumulate, x, 1, m, z, k, 1, alpha) }
-}
-
-/// Columns [c0, c0+M) of y[N, ld] = (accumulate ? y : 0) + x[N,K] · w[M,K]ᵀ, on the calling thread (callers
-/// run several column ranges in parallel).
-#[allow(clippy::too_many_arguments)]
-pub fn matmul_nt_into_columns(
-    y: &mut [f32],
-    ld: usize,
-    c0: usize,
-    x: &[f32],
-    w: &[f32],
-    n: usize,
-    k: usize,
-    m: usize,
-    accumulate: bool,
-) {
-    assert!(n == 0 || (c0 + m <= ld && (n - 1) * ld + c0 + m <= y.len()), "matmul_nt_into_columns: y too small");
-    assert!(x.len() >= n * k && w.len() >= m * k, "matmul_nt_into_columns: operand too small");
-    if n == 0 || m == 0 {
-        return;
-    }
-    // SAFETY: the strided extent of y starting at c0 was checked above; x and w are contiguous and checked.
-    unsafe {
-        gemm::gemm(
-            n,
-            m,
-            k,
-            y.as_mut_ptr().add(c0),
-            1,
-            ld as isize,
-            accumulate,
-            x.as_ptr(),
-            1,
-            k as isize,
-            w.as_ptr(),
-            k as isize,
-            1,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        )
-    }
+    gemm_strided(m, k, n, y, (k, 1), accumulate, x, (1, m), z, (k, 1), alpha, parallelism(m, k, n))
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 
 pub mod attention;
 pub mod cross_entropy;
+pub mod dynamic_map;
 pub mod embedding;
 pub mod frozen;
 pub mod lora;

@@ -13,6 +13,10 @@
 //! in f32, in that order, as bitsandbytes dequantizes; `dtype` is the checkpoint's own (its `quant_state` says
 //! `bfloat16` for a bf16 model): bitsandbytes hands the layer that type, so loft rounds to it too.
 
+#![forbid(unsafe_code)]
+
+use super::dynamic_map::{create_dynamic_map, nearest_code};
+
 /// bitsandbytes' NF4 table (`get_4bit_type("nf4")`), ascending; index 7 is zero.
 pub const NF4_CODE: [f32; 16] = [
     -1.0,
@@ -209,7 +213,7 @@ impl Nf4Blocks {
 /// then 8-bit blockwise quantization (blocks of 256) with the signed dynamic map.
 fn nest_absmax(absmax: &[f32]) -> Absmax {
     let offset = (absmax.iter().map(|&a| a as f64).sum::<f64>() / absmax.len().max(1) as f64) as f32;
-    let map = dynamic_map();
+    let map = create_dynamic_map(true);
     let centred: Vec<f32> = absmax.iter().map(|a| a - offset).collect();
     let mut codes = Vec::with_capacity(centred.len());
     let mut scales = Vec::with_capacity(centred.len().div_ceil(NESTED_BLOCKSIZE));
@@ -224,48 +228,6 @@ fn nest_absmax(absmax: &[f32]) -> Absmax {
         codes.extend(block.iter().map(|v| nearest_code(&map, (v * inv).clamp(-1.0, 1.0))));
     }
     Absmax::Nested { codes, quant_map: Box::new(map), absmax: scales, blocksize: NESTED_BLOCKSIZE, offset }
-}
-
-/// The index of the entry of the sorted `map` nearest to `v` (the lower one on a tie).
-fn nearest_code(map: &[f32; 256], v: f32) -> u8 {
-    let right = map.partition_point(|&c| c < v);
-    if right == 0 {
-        return 0;
-    }
-    if right == map.len() {
-        return 255;
-    }
-    let (left, r) = (map[right - 1], map[right]);
-    if (r - v).abs() < (v - left).abs() {
-        right as u8
-    } else {
-        (right - 1) as u8
-    }
-}
-
-/// bitsandbytes' `create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8)`, sorted: for exponent i,
-/// the midpoints of `linspace(0.1, 1, 2^i + 1)` times 10^(i-6) in f32, both signs, then 0 and 1. A checkpoint
-/// stores its own copy (`nested_quant_map`), which is what loading reads; this one is for quantizing here, and
-/// can differ from torch's in the last bit of a few entries (torch's f32 linspace rounds by vector lane).
-pub fn dynamic_map() -> [f32; 256] {
-    let mut data: Vec<f32> = Vec::with_capacity(256);
-    for i in 0..7i32 {
-        let items = (1usize << i) + 1;
-        let step = 0.9f64 / (items - 1) as f64;
-        let bounds: Vec<f32> = (0..items).map(|k| (0.1 + step * k as f64) as f32).collect();
-        let scale = 10f64.powi(i - 6) as f32;
-        for w in bounds.windows(2) {
-            let mean = (w[0] + w[1]) / 2.0;
-            data.push(scale * mean);
-            data.push(-(scale * mean));
-        }
-    }
-    data.push(0.0);
-    data.push(1.0);
-    data.sort_by(f32::total_cmp);
-    let mut out = [0f32; 256];
-    out.copy_from_slice(&data);
-    out
 }
 
 #[cfg(test)]
@@ -292,13 +254,5 @@ mod tests {
             q.dequantize(101, &mut part);
             assert_eq!(&part[..], &back[101..434]);
         }
-    }
-
-    #[test]
-    fn dynamic_map_matches_bitsandbytes() {
-        // Entries printed by `bitsandbytes.functional.create_dynamic_map()` (0.50.2).
-        let m = dynamic_map();
-        assert_eq!((m[0], m[127], m[128], m[255]), (-0.992_968_75, 0.0, 5.500_000_4e-7, 1.0));
-        assert!(m.windows(2).all(|w| w[0] <= w[1]));
     }
 }

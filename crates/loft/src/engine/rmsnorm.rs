@@ -1,5 +1,7 @@
 //! RMSNorm: y = x / sqrt(mean(x²) + eps) · w, row by row. Legend: N = rows, C = channels.
 
+#![forbid(unsafe_code)]
+
 use rayon::prelude::*;
 
 /// y[N, C] = rmsnorm(x[N, C]) · w[C]; returns nothing else (inference). The training forward also keeps

@@ -3,6 +3,7 @@
 //! that, so every kernel here sees Hugging Face's layout.
 //!
 //! Legend: T = tokens, H = heads, D = head_dim.
+#![forbid(unsafe_code)]
 
 /// How RoPE frequencies are scaled for long contexts.
 #[derive(Clone, Debug, PartialEq)]

@@ -1,6 +1,8 @@
 //! SwiGLU, the gate of Llama's MLP: out = silu(gate) · up, elementwise. Legend: N = rows, F = intermediate_size;
 //! every buffer here is [N, F] (any length works: the op is elementwise).
 
+#![forbid(unsafe_code)]
+
 use rayon::prelude::*;
 
 /// Elements per parallel task: small enough to split a [1024, 1536] activation over the cores.

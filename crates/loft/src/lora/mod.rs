@@ -4,10 +4,11 @@
 pub mod merge;
 pub mod peft;
 
-use crate::engine::LoraWeights;
-use crate::error::{Error, Result};
 use std::path::PathBuf;
 
+use crate::engine::LoraWeights;
+use crate::error::{Error, Result};
+use crate::model::config::LlamaConfig;
 pub use crate::model::TargetModule;
 use crate::model::{Llama, LoadOptions, LoadedModel};
 
@@ -70,6 +71,56 @@ impl LoraConfig {
     pub fn scale(&self) -> f32 {
         crate::engine::lora::lora_scale(self.lora_alpha, self.r, self.use_rslora)
     }
+
+    /// Checks the numbers against a model of `cfg`'s shape, before anything of size r is allocated: r at least 1
+    /// and at most the smaller side of every adapted module (B·A cannot have a higher rank, so a larger r adds
+    /// parameters and no capacity; the bound also keeps an adapter no larger than the layers it adapts), a finite
+    /// lora_alpha, and lora_dropout in [0, 1).
+    pub fn check(&self, cfg: &LlamaConfig) -> std::result::Result<(), LoraConfigProblem> {
+        let problem = |field, message: String, hint: String| Err(LoraConfigProblem { field, message, hint });
+        let r = self.r;
+        if r == 0 {
+            return problem("r", "r = 0 is not a rank".into(), "r is the adapter rank; use e.g. 8, 16 or 32".into());
+        }
+        let smallest = self.target_modules.iter().map(|&t| (t, t.shape(cfg))).min_by_key(|(_, (o, i))| (*o).min(*i));
+        if let Some((t, (o, i))) = smallest {
+            if r > o.min(i) {
+                return problem(
+                    "r",
+                    format!(
+                        "r = {r} is larger than {} [{o}, {i}] can use (its rank is at most {})",
+                        t.name(),
+                        o.min(i)
+                    ),
+                    format!("use r ≤ {}; 8, 16 or 32 are usual", o.min(i)),
+                );
+            }
+        }
+        if !self.lora_alpha.is_finite() {
+            return problem(
+                "lora_alpha",
+                format!("lora_alpha = {} is not a finite number", self.lora_alpha),
+                "lora_alpha scales the update by lora_alpha / r; use e.g. 2·r".into(),
+            );
+        }
+        if !(0.0..1.0).contains(&self.lora_dropout) {
+            return problem(
+                "lora_dropout",
+                format!("lora_dropout = {} is out of range", self.lora_dropout),
+                "use 0 ≤ p < 1 (0 turns dropout off)".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Why a [`LoraConfig`] does not fit a model: the field at fault, a message that starts with it (`r = 0 is …`),
+/// and a hint. The caller adds where the value came from (a file, a config section).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoraConfigProblem {
+    pub field: &'static str,
+    pub message: String,
+    pub hint: String,
 }
 
 /// The trained tensors: per layer, an optional LoRA pair for each of the seven modules; the embedding and head
@@ -90,13 +141,20 @@ impl Adapter {
     /// head when they are trained.
     pub fn new(config: LoraConfig, model: &Llama, seed: u64) -> Result<Self> {
         let cfg = &model.config;
-        if config.r == 0 {
-            return Err(Error::hinted("lora r = 0", "r is the adapter rank; use e.g. 8, 16 or 32"));
-        }
-        if !(0.0..1.0).contains(&config.lora_dropout) {
+        config.check(cfg).map_err(|p| Error::hinted(format!("lora.{}", p.message), p.hint))?;
+        // Refused before allocating when the LoRA matrices alone would not fit (the trainer checks gradients,
+        // optimizer state and activations on top, once the adapter exists).
+        let per_layer: usize = config.target_modules.iter().map(|t| t.shape(cfg)).map(|(o, i)| o + i).sum();
+        let bytes = per_layer.saturating_mul(config.r).saturating_mul(cfg.num_hidden_layers).saturating_mul(4);
+        if let Some(available) = crate::memory::available_bytes().filter(|&a| bytes > a) {
             return Err(Error::hinted(
-                format!("lora_dropout = {} is out of range", config.lora_dropout),
-                "use 0 ≤ p < 1",
+                format!(
+                    "lora.r = {}: the LoRA matrices alone need {}, and {} of memory are available",
+                    config.r,
+                    crate::memory::human(bytes),
+                    crate::memory::human(available)
+                ),
+                "use a smaller r (8, 16 or 32 are usual)",
             ));
         }
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);

@@ -10,8 +10,8 @@ use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::LoraWeights;
-use crate::error::{Error, Result, ResultExt};
-use crate::lora::{Adapter, LoraConfig, TensorName};
+use crate::error::{Error, Result};
+use crate::lora::{Adapter, LoraConfig, TargetModule, TensorName};
 use crate::model::safetensors_source::decode_floats;
 use crate::model::Llama;
 
@@ -42,7 +42,9 @@ struct PeftConfigFile {
     bias: Option<String>,
 }
 
-/// Reads a PEFT LoRA adapter for `model`, checking every tensor's shape against the model's.
+/// Reads a PEFT LoRA adapter for `model`. Every field of the config is checked against the model before anything
+/// is allocated (r against the adapted modules' shapes, see [`LoraConfig::check`]), and every tensor's shape,
+/// dtype and values before it is used; a bad one is an error naming the file and the field or tensor.
 pub fn load_peft_adapter(dir: &Path, model: &Llama) -> Result<Adapter> {
     let config_path = dir.join(CONFIG_FILE);
     let text = std::fs::read_to_string(&config_path).map_err(|e| {
@@ -57,37 +59,60 @@ pub fn load_peft_adapter(dir: &Path, model: &Llama) -> Result<Adapter> {
             e
         }
     })?;
-    let raw: PeftConfigFile =
-        serde_json::from_str(&text).map_err(|e| Error::format(&config_path, format!("invalid JSON: {e}")))?;
-    let bad = |m: String| Err(Error::format(&config_path, m));
+    let bad = |message: String, hint: &str| Err(Error::hinted(format!("{}: {message}", config_path.display()), hint));
+    let raw: PeftConfigFile = match serde_json::from_str(&text) {
+        Ok(raw) => raw,
+        Err(e) => return bad(format!("invalid JSON: {e}"), "PEFT writes this file with save_pretrained"),
+    };
     match raw.peft_type.as_deref() {
         Some("LORA") => {}
-        Some(other) => return bad(format!("peft_type is '{other}'; loft reads LORA adapters")),
-        None => return bad("missing key 'peft_type' (expected \"LORA\")".into()),
+        Some(other) => return bad(format!("peft_type is '{other}'"), "loft reads LORA adapters"),
+        None => return bad("missing key 'peft_type'".into(), "PEFT writes \"peft_type\": \"LORA\""),
     }
-    let Some(r) = raw.r else { return bad("missing key 'r'".into()) };
-    let Some(lora_alpha) = raw.lora_alpha else { return bad("missing key 'lora_alpha'".into()) };
+    let Some(r) = raw.r else { return bad("missing key 'r'".into(), "r is the adapter rank, e.g. \"r\": 16") };
+    let Some(lora_alpha) = raw.lora_alpha else {
+        return bad("missing key 'lora_alpha'".into(), "lora_alpha scales the update by lora_alpha / r, e.g. 32");
+    };
     if raw.use_dora || raw.fan_in_fan_out || !raw.rank_pattern.is_empty() || !raw.alpha_pattern.is_empty() {
-        return bad("DoRA, fan_in_fan_out, rank_pattern and alpha_pattern are not supported".into());
+        return bad(
+            "DoRA, fan_in_fan_out, rank_pattern and alpha_pattern are not supported".into(),
+            "loft reads plain LoRA with one r and one lora_alpha for all modules",
+        );
     }
     if raw.layers_to_transform.as_ref().is_some_and(|v| !v.is_null())
         || raw.bias.as_deref().is_some_and(|b| b != "none")
     {
-        return bad("layers_to_transform and LoRA biases are not supported".into());
+        return bad(
+            "layers_to_transform and LoRA biases are not supported".into(),
+            "loft reads LoRA on every layer, with bias \"none\"",
+        );
     }
+    let valid: Vec<&str> = TargetModule::ALL.iter().map(|t| t.name()).collect();
+    let valid = format!("valid modules: {}", valid.join(", "));
     let names: Vec<String> = match &raw.target_modules {
-        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
-        Some(serde_json::Value::String(s)) => {
-            return bad(format!("target_modules is a pattern ('{s}'); loft reads a list of module names"))
+        Some(serde_json::Value::Array(a)) => {
+            let mut names = Vec::with_capacity(a.len());
+            for v in a {
+                match v.as_str() {
+                    Some(n) => names.push(n.to_string()),
+                    None => return bad(format!("target_modules holds {v}, not a module name"), &valid),
+                }
+            }
+            names
         }
-        _ => return bad("missing key 'target_modules'".into()),
+        Some(serde_json::Value::String(s)) => {
+            return bad(format!("target_modules is a pattern ('{s}'); loft reads a list of module names"), &valid)
+        }
+        _ => return bad("missing key 'target_modules'".into(), &valid),
     };
-    let target_modules =
-        LoraConfig::parse_targets(&names).at(format_args!("{}: target_modules", config_path.display()))?;
+    let target_modules = match LoraConfig::parse_targets(&names) {
+        Ok(t) => t,
+        Err(e) => return bad(format!("target_modules: {e}"), &valid),
+    };
     let modules_to_save = raw.modules_to_save.unwrap_or_default();
     for m in &modules_to_save {
         if !matches!(m.as_str(), "embed_tokens" | "lm_head" | "model.embed_tokens") {
-            return bad(format!("modules_to_save holds '{m}'; loft trains embed_tokens and lm_head in full"));
+            return bad(format!("modules_to_save holds '{m}'"), "loft trains embed_tokens and lm_head in full");
         }
     }
     let config = LoraConfig {
@@ -99,68 +124,83 @@ pub fn load_peft_adapter(dir: &Path, model: &Llama) -> Result<Adapter> {
         train_embed_tokens: modules_to_save.iter().any(|m| m.ends_with("embed_tokens")),
         train_lm_head: modules_to_save.iter().any(|m| m == "lm_head"),
     };
+    let cfg = &model.config;
+    if let Err(p) = config.check(cfg) {
+        return bad(p.message, &p.hint);
+    }
 
     let weights_path = dir.join(WEIGHTS_FILE);
     let bytes = std::fs::read(&weights_path).map_err(|e| Error::io(&weights_path, e))?;
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| Error::format(&weights_path, format!("not a valid safetensors file: {e}")))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+        Error::hinted(
+            format!("{}: not a valid safetensors file: {e}", weights_path.display()),
+            "the file is truncated or was not written by safetensors; save the adapter again",
+        )
+    })?;
+    let tensor_error = |key: &str, message: String, hint: &str| {
+        Error::hinted(format!("{}: tensor '{key}' {message}", weights_path.display()), hint)
+    };
+    // The tensor `key` of `shape` (decoded to f32 only once its shape is right), or None when absent.
     let read = |key: &str, shape: &[usize]| -> Result<Option<Vec<f32>>> {
         let Ok(view) = st.tensor(key) else { return Ok(None) };
         if view.shape() != shape {
-            return Err(Error::format(
-                &weights_path,
-                format!("tensor '{key}' has shape {:?}, the model needs {shape:?}", view.shape()),
+            return Err(tensor_error(
+                key,
+                format!("has shape {:?}, the model needs {shape:?} (r = {r})", view.shape()),
+                "the adapter was trained for another model, or adapter_config.json's r does not match its tensors",
             ));
         }
-        let data = decode_floats(view.dtype(), view.data())
-            .ok_or_else(|| Error::format(&weights_path, format!("tensor '{key}' has dtype {:?}", view.dtype())))?;
+        let data = decode_floats(view.dtype(), view.data()).ok_or_else(|| {
+            tensor_error(key, format!("has dtype {:?}", view.dtype()), "loft reads F32, F16 and BF16 adapters")
+        })?;
+        if let Some((i, v)) = data.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(tensor_error(
+                key,
+                format!("holds {v} at index {i}"),
+                "the run that saved it diverged; use an earlier checkpoint or a lower learning rate",
+            ));
+        }
         Ok(Some(data))
     };
-    let cfg = &model.config;
+    let missing = |k: &str, why: &str| tensor_error(k, "is missing".into(), why);
+    let scale = config.scale();
     let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
     let mut used = 0usize;
     for l in 0..cfg.num_hidden_layers {
         let mut mods: [Option<LoraWeights>; 7] = Default::default();
         for &t in &config.target_modules {
             let (o, i) = t.shape(cfg);
-            let mut w = LoraWeights::zeros(r, i, o, lora_alpha, config.use_rslora);
             let (ka, kb) = (TensorName::LoraA(l, t).peft_key(), TensorName::LoraB(l, t).peft_key());
-            let missing = |k: &str| Error::format(&weights_path, format!("tensor '{k}' is missing"));
-            w.a = read(&ka, &[r, i])?.ok_or_else(|| missing(&ka))?;
-            w.b = read(&kb, &[o, r])?.ok_or_else(|| missing(&kb))?;
+            let why = "target_modules names this module; the adapter has fewer layers or modules than the model";
+            let a = read(&ka, &[r, i])?.ok_or_else(|| missing(&ka, why))?;
+            let b = read(&kb, &[o, r])?.ok_or_else(|| missing(&kb, why))?;
             used += 2;
-            mods[t.index()] = Some(w);
+            mods[t.index()] = Some(LoraWeights { a, b, r, in_features: i, out_features: o, scale });
         }
         layers.push(mods);
     }
     let (v, c) = (cfg.vocab_size, cfg.hidden_size);
     let embed_tokens = if config.train_embed_tokens {
         used += 1;
-        Some(read(&TensorName::EmbedTokens.peft_key(), &[v, c])?.ok_or_else(|| {
-            Error::format(&weights_path, "modules_to_save names embed_tokens but its tensor is missing")
-        })?)
+        let key = TensorName::EmbedTokens.peft_key();
+        Some(read(&key, &[v, c])?.ok_or_else(|| missing(&key, "modules_to_save names embed_tokens"))?)
     } else {
         None
     };
     // PEFT keeps its own copy of a trained lm_head even when the base ties it to the embedding.
-    let lm_head =
-        if config.train_lm_head {
-            used += 1;
-            Some(read(&TensorName::LmHead.peft_key(), &[v, c])?.ok_or_else(|| {
-                Error::format(&weights_path, "modules_to_save names lm_head but its tensor is missing")
-            })?)
-        } else {
-            None
-        };
+    let lm_head = if config.train_lm_head {
+        used += 1;
+        let key = TensorName::LmHead.peft_key();
+        Some(read(&key, &[v, c])?.ok_or_else(|| missing(&key, "modules_to_save names lm_head"))?)
+    } else {
+        None
+    };
     if st.len() > used {
-        let known: Vec<String> = {
-            let mut k = Vec::new();
-            let a = Adapter { config: config.clone(), layers: layers.clone(), embed_tokens: None, lm_head: None };
-            a.for_each_tensor(|n, _| k.push(n.peft_key()));
-            k.push(TensorName::EmbedTokens.peft_key());
-            k.push(TensorName::LmHead.peft_key());
-            k
-        };
+        let pairs = (0..cfg.num_hidden_layers).flat_map(|l| {
+            config.target_modules.iter().flat_map(move |&t| [TensorName::LoraA(l, t), TensorName::LoraB(l, t)])
+        });
+        let known: Vec<String> =
+            pairs.chain([TensorName::EmbedTokens, TensorName::LmHead]).map(TensorName::peft_key).collect();
         if let Some(extra) = st.names().into_iter().find(|n| !known.iter().any(|k| k == *n)) {
             return Err(Error::hinted(
                 format!("{}: tensor '{extra}' is not part of a LoRA adapter loft understands", weights_path.display()),
