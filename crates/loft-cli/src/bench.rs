@@ -2,8 +2,9 @@
 
 use std::time::Instant;
 
+use loft::engine::Cpu;
 use loft::infer::{generate, GenerateOptions, SamplingParams};
-use loft::model::KvCache;
+use loft::model::Runner;
 
 use crate::model_args::ModelArgs;
 
@@ -96,12 +97,13 @@ fn decode(args: DecodeArgs) -> loft::Result<()> {
         stop_ids: vec![],
     };
     let capacity = prompt.len() + opts.max_new_tokens;
-    let mut cache = KvCache::new(cfg, capacity);
+    let runner = Runner::new(&Cpu, &loaded.model)?;
+    let mut cache = runner.cache(capacity)?;
     let (mut best_prompt, mut best_decode) = (0.0f64, 0.0f64);
     let total = Instant::now();
     for _ in 0..args.repeat.max(1) {
         cache.clear();
-        let (_, stats) = generate(&loaded.model, &prompt, &opts, &mut cache, |_| Ok(()))?;
+        let (_, stats) = generate(&runner, &prompt, &opts, &mut cache, |_| Ok(()))?;
         best_prompt = best_prompt.max(stats.prompt_tokens_per_second());
         best_decode = best_decode.max(stats.decode_tokens_per_second());
     }

@@ -4,7 +4,8 @@
 use std::io::{BufRead, Write};
 
 use loft::chat_template::Message;
-use loft::model::KvCache;
+use loft::engine::Cpu;
+use loft::model::Runner;
 use loft::Error;
 
 use crate::generate::{chat_template, stream, SamplingArgs};
@@ -27,7 +28,8 @@ pub fn run(args: Args) -> loft::Result<()> {
     let template = chat_template(&loaded)?;
     let opts = args.sampling.options(&loaded);
     let capacity = loaded.model.config.max_position_embeddings;
-    let mut cache = KvCache::new(&loaded.model.config, capacity.min(8192));
+    let runner = Runner::new(&Cpu, &loaded.model)?;
+    let mut cache = runner.cache(capacity.min(8192))?;
     let mut cached: Vec<u32> = Vec::new(); // the ids whose keys/values are in the cache
     let mut messages: Vec<Message> = Vec::new();
     let system = args.system.clone();
@@ -68,7 +70,7 @@ pub fn run(args: Args) -> loft::Result<()> {
         let keep = cached.iter().zip(&ids).take_while(|(a, b)| a == b).count().min(ids.len() - 1);
         cache.len = keep;
         cached.truncate(keep);
-        let (answer, stats) = stream(&loaded, &ids[keep..], &opts, &mut cache)?;
+        let (answer, stats) = stream(&runner, &loaded.tokenizer, &ids[keep..], &opts, &mut cache)?;
         println!();
         cached.extend_from_slice(&ids[keep..]);
         cached.extend_from_slice(&answer[..answer.len().saturating_sub(1)]);

@@ -3,9 +3,11 @@
 use std::io::Write;
 
 use loft::chat_template::{ChatTemplate, Message};
+use loft::engine::{Backend, Cpu};
 use loft::infer::{generate, GenerateOptions, SamplingParams};
-use loft::model::{KvCache, LoadedModel};
+use loft::model::{KvCache, LoadedModel, Runner};
 use loft::tokenizer::StreamDecoder;
+use loft::tokenizer::Tokenizer;
 use loft::Error;
 
 use crate::model_args::ModelArgs;
@@ -133,8 +135,9 @@ pub fn run(args: Args) -> loft::Result<()> {
             "shorten the prompt",
         ));
     }
-    let mut cache = KvCache::new(&loaded.model.config, capacity);
-    let (_, stats) = stream(&loaded, &ids, &opts, &mut cache)?;
+    let runner = Runner::new(&Cpu, &loaded.model)?;
+    let mut cache = runner.cache(capacity)?;
+    let (_, stats) = stream(&runner, &loaded.tokenizer, &ids, &opts, &mut cache)?;
     println!();
     eprintln!(
         "prompt: {} tokens, {:.1} tok/s | generated: {} tokens, {:.1} tok/s{}",
@@ -149,16 +152,16 @@ pub fn run(args: Args) -> loft::Result<()> {
 
 /// Generates and prints each piece of text to stdout as soon as it is complete UTF-8. Control tokens (EOS, end of
 /// turn) are not printed.
-pub fn stream(
-    loaded: &LoadedModel,
+pub fn stream<B: Backend>(
+    runner: &Runner<'_, B>,
+    tok: &Tokenizer,
     ids: &[u32],
     opts: &GenerateOptions,
-    cache: &mut KvCache,
+    cache: &mut KvCache<B>,
 ) -> loft::Result<(Vec<u32>, loft::infer::GenerationStats)> {
-    let tok = &loaded.tokenizer;
     let mut decoder = StreamDecoder::new(tok);
     let mut stdout = std::io::stdout().lock();
-    generate(&loaded.model, ids, opts, cache, |id| {
+    generate(runner, ids, opts, cache, |id| {
         if tok.is_control(id) {
             return Ok(());
         }

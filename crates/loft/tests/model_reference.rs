@@ -48,7 +48,8 @@ fn greedy_answer_matches_pytorch_and_cache_equals_full_forward() {
     let model = llama_from_gguf(&file).unwrap();
     let opts = loft::infer::GenerateOptions { max_new_tokens: 20, sampling: Default::default(), stop_ids: vec![2] };
     let mut cache = KvCache::new(&model.config, 128);
-    let (got, stats) = loft::infer::generate(&model, &prompt, &opts, &mut cache, |_| Ok(())).unwrap();
+    let runner = loft::model::Runner::new(&loft::engine::Cpu, &model).unwrap();
+    let (got, stats) = loft::infer::generate(&runner, &prompt, &opts, &mut cache, |_| Ok(())).unwrap();
     assert_eq!(got, want);
     assert!(stats.stopped);
 

@@ -1,6 +1,7 @@
 //! The numerical engine: kernels whose forward and backward sit side by side, and the frozen-weight type.
 
 pub mod attention;
+pub mod backend;
 pub mod cross_entropy;
 pub mod dynamic_map;
 pub mod embedding;
@@ -13,6 +14,7 @@ pub mod rmsnorm;
 pub mod rope;
 pub mod swiglu;
 
+pub use backend::{Backend, Cpu};
 pub use embedding::VocabMatrix;
 pub use frozen::FrozenMatrix;
 pub use lora::{LoraDropout, LoraWeights};

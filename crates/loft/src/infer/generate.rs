@@ -3,9 +3,10 @@
 
 use std::time::Instant;
 
+use crate::engine::Backend;
 use crate::error::Result;
 use crate::infer::sample::{apply_repetition_penalty, Sampler, SamplingParams};
-use crate::model::{KvCache, Llama};
+use crate::model::{KvCache, Runner};
 
 #[derive(Clone, Debug)]
 pub struct GenerateOptions {
@@ -38,11 +39,11 @@ impl GenerationStats {
 
 /// Generates up to `max_new_tokens` after `prompt` (the cache must be empty or hold exactly the positions
 /// before `prompt`). `on_token` receives each generated id in order.
-pub fn generate(
-    model: &Llama,
+pub fn generate<B: Backend>(
+    model: &Runner<'_, B>,
     prompt: &[u32],
     opts: &GenerateOptions,
-    cache: &mut KvCache,
+    cache: &mut KvCache<B>,
     mut on_token: impl FnMut(u32) -> Result<()>,
 ) -> Result<(Vec<u32>, GenerationStats)> {
     let mut sampler = Sampler::new(opts.sampling.clone());
@@ -53,8 +54,7 @@ pub fn generate(
     }
     let start = Instant::now();
     let hidden = model.forward(prompt, cache)?;
-    let c = model.config.hidden_size;
-    let mut logits = model.logits(&hidden[hidden.len() - c..]);
+    let mut logits = model.logits(&hidden, prompt.len() - 1, 1)?;
     stats.prompt_seconds = start.elapsed().as_secs_f64();
     let decode_start = Instant::now();
     let penalty = opts.sampling.repetition_penalty;
@@ -81,7 +81,7 @@ pub fn generate(
             break;
         }
         let hidden = model.forward(&[next], cache)?;
-        logits = model.logits(&hidden);
+        logits = model.logits(&hidden, 0, 1)?;
     }
     stats.decode_seconds = decode_start.elapsed().as_secs_f64();
     Ok((out, stats))

@@ -1,10 +1,8 @@
 //! The Llama forward pass for inference, with a KV cache. Legend: T = new tokens, C = hidden_size,
 //! F = intermediate_size, V = vocab_size, NH/NKV = query/key-value heads, D = head_dim.
 
-use crate::engine::attention::{attention_forward, attention_forward_cached};
-use crate::engine::rmsnorm::rmsnorm_forward;
-use crate::engine::rope::{rope_forward, Rope};
-use crate::engine::swiglu::swiglu_forward;
+use crate::engine::rope::Rope;
+use crate::engine::{Backend, Cpu};
 use crate::error::{Error, Result};
 use crate::model::config::LlamaConfig;
 use crate::model::weights::LlamaWeights;
@@ -15,15 +13,15 @@ pub struct Llama {
     pub rope: Rope,
 }
 
-/// Keys and values of every layer for the positions seen so far: k[layer]: [capacity, NKV·D].
-pub struct KvCache {
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+/// Keys and values of every layer for the positions seen so far: per layer [capacity, NKV·D], on the backend.
+pub struct KvCache<B: Backend = Cpu> {
+    k: Vec<B::Buf>,
+    v: Vec<B::Buf>,
     pub len: usize,
     pub capacity: usize,
 }
 
-impl KvCache {
+impl KvCache<Cpu> {
     pub fn new(cfg: &LlamaConfig, capacity: usize) -> Self {
         let per_layer = capacity * cfg.kv_dim();
         KvCache {
@@ -33,22 +31,95 @@ impl KvCache {
             capacity,
         }
     }
+}
+
+impl<B: Backend> KvCache<B> {
+    /// An empty cache of `capacity` positions on `backend`.
+    pub fn on(backend: &B, cfg: &LlamaConfig, capacity: usize) -> Result<Self> {
+        let per_layer = capacity * cfg.kv_dim();
+        let mut k = Vec::with_capacity(cfg.num_hidden_layers);
+        let mut v = Vec::with_capacity(cfg.num_hidden_layers);
+        for _ in 0..cfg.num_hidden_layers {
+            k.push(backend.zeros(per_layer)?);
+            v.push(backend.zeros(per_layer)?);
+        }
+        Ok(KvCache { k, v, len: 0, capacity })
+    }
 
     pub fn clear(&mut self) {
         self.len = 0;
     }
 }
 
-impl Llama {
-    pub fn new(config: LlamaConfig, weights: LlamaWeights) -> Self {
-        let rope = Rope::new(config.head_dim, config.rope_theta, config.rope_scaling.as_ref());
-        Llama { config, weights, rope }
+/// One block's frozen weights as a backend holds them (field names as the checkpoint's).
+struct DeviceLayer<'w, B: Backend + 'w> {
+    input_layernorm: B::Vector<'w>,
+    q_proj: B::Matrix<'w>,
+    k_proj: B::Matrix<'w>,
+    v_proj: B::Matrix<'w>,
+    o_proj: B::Matrix<'w>,
+    post_attention_layernorm: B::Vector<'w>,
+    gate_proj: B::Matrix<'w>,
+    up_proj: B::Matrix<'w>,
+    down_proj: B::Matrix<'w>,
+}
+
+/// A model on a backend: the host model's config and RoPE, and the backend's copy of its weights (borrowed on the
+/// CPU; uploaded once, in their own block types, on a GPU). The inference forward is written once, here.
+pub struct Runner<'w, B: Backend + 'w> {
+    backend: &'w B,
+    model: &'w Llama,
+    embed_tokens: B::Matrix<'w>,
+    layers: Vec<DeviceLayer<'w, B>>,
+    norm: B::Vector<'w>,
+    /// None when tied to the embedding.
+    lm_head: Option<B::Matrix<'w>>,
+}
+
+impl<'w, B: Backend + 'w> Runner<'w, B> {
+    pub fn new(backend: &'w B, model: &'w Llama) -> Result<Self> {
+        let w = &model.weights;
+        let mut layers = Vec::with_capacity(w.layers.len());
+        for l in &w.layers {
+            layers.push(DeviceLayer {
+                input_layernorm: backend.vector(&l.input_layernorm)?,
+                q_proj: backend.matrix(&l.q_proj)?,
+                k_proj: backend.matrix(&l.k_proj)?,
+                v_proj: backend.matrix(&l.v_proj)?,
+                o_proj: backend.matrix(&l.o_proj)?,
+                post_attention_layernorm: backend.vector(&l.post_attention_layernorm)?,
+                gate_proj: backend.matrix(&l.gate_proj)?,
+                up_proj: backend.matrix(&l.up_proj)?,
+                down_proj: backend.matrix(&l.down_proj)?,
+            });
+        }
+        Ok(Runner {
+            backend,
+            model,
+            embed_tokens: backend.matrix(&w.embed_tokens)?,
+            layers,
+            norm: backend.vector(&w.norm)?,
+            lm_head: w.lm_head.as_ref().map(|h| backend.matrix(h)).transpose()?,
+        })
+    }
+
+    pub fn backend(&self) -> &B {
+        self.backend
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.model.config
+    }
+
+    /// An empty KV cache of `capacity` positions on this runner's backend.
+    pub fn cache(&self, capacity: usize) -> Result<KvCache<B>> {
+        KvCache::on(self.backend, &self.model.config, capacity)
     }
 
     /// Runs `tokens` at positions cache.len.. and appends their keys and values to the cache. Returns the final
-    /// normalised hidden states [T, C]; [`Llama::logits`] turns rows of it into logits.
-    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
-        let cfg = &self.config;
+    /// normalised hidden states [T, C]; [`Runner::logits`] turns rows of it into logits.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache<B>) -> Result<B::Buf> {
+        let (cfg, be) = (&self.model.config, self.backend);
         let (t, c, f) = (tokens.len(), cfg.hidden_size, cfg.intermediate_size);
         let (nh, nkv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
         let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
@@ -62,50 +133,86 @@ impl Llama {
         if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= cfg.vocab_size) {
             return Err(Error::Invalid(format!("token id {bad} is outside the vocabulary of {}", cfg.vocab_size)));
         }
-        let w = &self.weights;
-        // x: [T, C], the residual stream.
-        let mut x = vec![0.0f32; t * c];
-        for (row, &id) in x.chunks_exact_mut(c).zip(tokens) {
-            w.embed_tokens.row_into(id as usize, row);
-        }
-        let (cos, sin) = self.rope.tables(p0..p0 + t);
-        let mut h = vec![0.0f32; t * c]; // normalised input of a sublayer: [T, C]
-        let mut q = vec![0.0f32; t * qd]; // [T, NH·D]
-        let mut att = vec![0.0f32; t * qd]; // [T, NH·D]
-        let mut gate = vec![0.0f32; t * f]; // [T, F]
-        let mut up = vec![0.0f32; t * f]; // [T, F]
-        let mut act = vec![0.0f32; t * f]; // [T, F]
-        let mut lse = vec![0.0f32; if p0 == 0 { nh * t } else { 0 }]; // [NH, T], unused here
-        for (layer, (kc, vc)) in w.layers.iter().zip(cache.k.iter_mut().zip(cache.v.iter_mut())) {
+        let mut x = be.zeros(t * c)?; // the residual stream: [T, C]
+        be.embedding_forward(&mut x, tokens, &self.embed_tokens, c)?;
+        let (cos, sin) = self.model.rope.tables(p0..p0 + t);
+        let (cos, sin) = (be.upload(&cos)?, be.upload(&sin)?); // [T, D/2]
+        let mut h = be.zeros(t * c)?; // normalised input of a sublayer: [T, C]
+        let mut q = be.zeros(t * qd)?; // [T, NH·D]
+        let mut k = be.zeros(t * kvd)?; // [T, NKV·D], new positions only
+        let mut v = be.zeros(t * kvd)?;
+        let mut att = be.zeros(t * qd)?; // [T, NH·D]
+        let mut gate = be.zeros(t * f)?; // [T, F]
+        let mut up = be.zeros(t * f)?; // [T, F]
+        let mut act = be.zeros(t * f)?; // [T, F]
+        for (layer, (kc, vc)) in self.layers.iter().zip(cache.k.iter_mut().zip(cache.v.iter_mut())) {
             // x = x + o_proj(attention(rope(q_proj(h)), rope(k_proj(h)), v_proj(h))), h = rmsnorm(x)
-            rmsnorm_forward(&mut h, &x, &layer.input_layernorm, c, cfg.rms_norm_eps);
-            layer.q_proj.forward(&mut q, &h, t, false);
-            let (knew, vnew) = (&mut kc[p0 * kvd..(p0 + t) * kvd], &mut vc[p0 * kvd..(p0 + t) * kvd]);
-            layer.k_proj.forward(knew, &h, t, false);
-            layer.v_proj.forward(vnew, &h, t, false);
-            rope_forward(&mut q, t, nh, d, &cos, &sin);
-            rope_forward(knew, t, nkv, d, &cos, &sin);
-            if p0 == 0 {
-                // A fresh sequence: the tiled kernel (gemm on blocks of queries and keys) is several times faster.
-                attention_forward(&mut att, &mut lse, &q, &kc[..t * kvd], &vc[..t * kvd], None, 1, t, nh, nkv, d);
-            } else {
-                attention_forward_cached(&mut att, &q, &kc[..(p0 + t) * kvd], &vc[..(p0 + t) * kvd], t, p0, nh, nkv, d);
-            }
-            layer.o_proj.forward(&mut x, &att, t, true);
+            be.rmsnorm_forward(&mut h, &x, &layer.input_layernorm, c, cfg.rms_norm_eps)?;
+            be.linear_forward(&mut q, &h, &layer.q_proj, t, false)?;
+            be.linear_forward(&mut k, &h, &layer.k_proj, t, false)?;
+            be.linear_forward(&mut v, &h, &layer.v_proj, t, false)?;
+            be.rope_forward(&mut q, t, nh, d, &cos, &sin)?;
+            be.rope_forward(&mut k, t, nkv, d, &cos, &sin)?;
+            be.copy(&k, 0, kc, p0 * kvd, t * kvd)?;
+            be.copy(&v, 0, vc, p0 * kvd, t * kvd)?;
+            be.attention_forward_cached(&mut att, &q, kc, vc, t, p0, nh, nkv, d)?;
+            be.linear_forward(&mut x, &att, &layer.o_proj, t, true)?;
 
             // x = x + down_proj(silu(gate_proj(h)) · up_proj(h)), h = rmsnorm(x)
-            rmsnorm_forward(&mut h, &x, &layer.post_attention_layernorm, c, cfg.rms_norm_eps);
-            layer.gate_proj.forward(&mut gate, &h, t, false);
-            layer.up_proj.forward(&mut up, &h, t, false);
-            swiglu_forward(&mut act, &gate, &up);
-            layer.down_proj.forward(&mut x, &act, t, true);
+            be.rmsnorm_forward(&mut h, &x, &layer.post_attention_layernorm, c, cfg.rms_norm_eps)?;
+            be.linear_forward(&mut gate, &h, &layer.gate_proj, t, false)?;
+            be.linear_forward(&mut up, &h, &layer.up_proj, t, false)?;
+            be.swiglu_forward(&mut act, &gate, &up)?;
+            be.linear_forward(&mut x, &act, &layer.down_proj, t, true)?;
         }
         cache.len = p0 + t;
-        rmsnorm_forward(&mut h, &x, &w.norm, c, cfg.rms_norm_eps);
+        be.rmsnorm_forward(&mut h, &x, &self.norm, c, cfg.rms_norm_eps)?;
         Ok(h)
     }
 
-    /// logits[N, V] for hidden rows [N, C].
+    /// logits[rows, V] of hidden rows row0..row0+rows, on the host.
+    pub fn logits(&self, hidden: &B::Buf, row0: usize, rows: usize) -> Result<Vec<f32>> {
+        let (be, c, v) = (self.backend, self.model.config.hidden_size, self.model.config.vocab_size);
+        let mut x = be.zeros(rows * c)?;
+        be.copy(hidden, row0 * c, &mut x, 0, rows * c)?;
+        let mut logits = be.zeros(rows * v)?;
+        be.linear_forward(&mut logits, &x, self.lm_head.as_ref().unwrap_or(&self.embed_tokens), rows, false)?;
+        be.read(&logits, 0, rows * v)
+    }
+
+    /// Negative log-likelihood of each next token: nll[i] = -log p(tokens[i+1] | tokens[..=i]), for i < T-1.
+    /// Logits are computed a chunk of rows at a time, so memory stays at chunk × V.
+    pub fn next_token_nll(&self, tokens: &[u32]) -> Result<Vec<f64>> {
+        let mut cache = self.cache(tokens.len())?;
+        let hidden = self.forward(tokens, &mut cache)?;
+        let n = tokens.len().saturating_sub(1);
+        let v = self.model.config.vocab_size;
+        let mut nll = Vec::with_capacity(n);
+        const CHUNK: usize = 64;
+        for start in (0..n).step_by(CHUNK) {
+            let end = (start + CHUNK).min(n);
+            let logits = self.logits(&hidden, start, end - start)?;
+            for (i, row) in logits.chunks_exact(v).enumerate() {
+                let target = tokens[start + i + 1] as usize;
+                nll.push(log_sum_exp(row) - row[target] as f64);
+            }
+        }
+        Ok(nll)
+    }
+}
+
+impl Llama {
+    pub fn new(config: LlamaConfig, weights: LlamaWeights) -> Self {
+        let rope = Rope::new(config.head_dim, config.rope_theta, config.rope_scaling.as_ref());
+        Llama { config, weights, rope }
+    }
+
+    /// [`Runner::forward`] on the CPU: the final normalised hidden states [T, C].
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
+        Runner::new(&Cpu, self)?.forward(tokens, cache)
+    }
+
+    /// logits[N, V] for hidden rows [N, C], on the CPU.
     pub fn logits(&self, hidden: &[f32]) -> Vec<f32> {
         let c = self.config.hidden_size;
         let n = hidden.len() / c;
@@ -115,25 +222,9 @@ impl Llama {
         logits
     }
 
-    /// Negative log-likelihood of each next token: nll[i] = -log p(tokens[i+1] | tokens[..=i]), for i < T-1.
-    /// Logits are computed a chunk of rows at a time, so memory stays at chunk × V.
+    /// [`Runner::next_token_nll`] on the CPU.
     pub fn next_token_nll(&self, tokens: &[u32]) -> Result<Vec<f64>> {
-        let mut cache = KvCache::new(&self.config, tokens.len());
-        let hidden = self.forward(tokens, &mut cache)?;
-        let c = self.config.hidden_size;
-        let n = tokens.len().saturating_sub(1);
-        let mut nll = Vec::with_capacity(n);
-        const CHUNK: usize = 64;
-        for start in (0..n).step_by(CHUNK) {
-            let end = (start + CHUNK).min(n);
-            let logits = self.logits(&hidden[start * c..end * c]);
-            let v = logits.len() / (end - start);
-            for (i, row) in logits.chunks_exact(v).enumerate() {
-                let target = tokens[start + i + 1] as usize;
-                nll.push(log_sum_exp(row) - row[target] as f64);
-            }
-        }
-        Ok(nll)
+        Runner::new(&Cpu, self)?.next_token_nll(tokens)
     }
 }
 

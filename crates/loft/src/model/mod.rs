@@ -12,7 +12,7 @@ pub mod weights;
 use std::path::{Path, PathBuf};
 
 pub use config::LlamaConfig;
-pub use llama::{KvCache, Llama};
+pub use llama::{KvCache, Llama, Runner};
 pub use safetensors_source::MatrixStorage;
 pub use weights::TargetModule;
 

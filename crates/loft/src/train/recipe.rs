@@ -686,7 +686,7 @@ impl<'a> Reporter<'a> {
         let tokens_per_second = tokens as f64 / secs.max(1e-9);
         self.observer.event(Event::Progress { step, total_steps, loss, learning_rate, tokens_per_second });
         self.window.add(loss, grad_norm, tokens, secs);
-        if step % self.logging_steps != 0 && step != total_steps {
+        if !step.is_multiple_of(self.logging_steps) && step != total_steps {
             return Ok(());
         }
         let w = std::mem::take(&mut self.window);

@@ -1,0 +1,196 @@
+//! The seam between the model code and a device: the kernels a model is written against, with the device's
+//! buffers as associated types. [`Cpu`] implements it over this crate's kernels and is the reference; the wgpu
+//! backend (crate loft-gpu) implements the same calls in WGSL. Model code (the inference forward in
+//! `model::llama`) is written once, generic over `B: Backend`.
+//!
+//! Legend: N = rows (tokens), C = hidden_size, T = new tokens, P = cached positions, NH/NKV = query/key-value
+//! heads, D = head_dim.
+
+#![forbid(unsafe_code)]
+
+use crate::engine::attention::{attention_forward, attention_forward_cached};
+use crate::engine::embedding::{embedding_forward, VocabMatrix};
+use crate::engine::rmsnorm::rmsnorm_forward;
+use crate::engine::rope::rope_forward;
+use crate::engine::swiglu::swiglu_forward;
+use crate::engine::FrozenMatrix;
+use crate::error::{Error, Result};
+
+pub trait Backend {
+    /// f32 values on the device.
+    type Buf;
+    /// A frozen weight matrix [out, in] on the device, in its own storage (never widened to f32); it may borrow
+    /// the host's copy for `'w`.
+    type Matrix<'w>
+    where
+        Self: 'w;
+    /// A frozen vector (a norm's weight) on the device.
+    type Vector<'w>
+    where
+        Self: 'w;
+
+    /// Names the device in messages ("cpu", or the adapter's name and API).
+    fn describe(&self) -> String;
+    fn zeros(&self, len: usize) -> Result<Self::Buf>;
+    fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
+    /// `len` values of `buf` from `at`, back on the host.
+    fn read(&self, buf: &Self::Buf, at: usize, len: usize) -> Result<Vec<f32>>;
+    /// dst[dst_at..dst_at+len] = src[src_at..src_at+len].
+    fn copy(&self, src: &Self::Buf, src_at: usize, dst: &mut Self::Buf, dst_at: usize, len: usize) -> Result<()>;
+    fn matrix<'w>(&'w self, m: &'w FrozenMatrix) -> Result<Self::Matrix<'w>>;
+    fn vector<'w>(&'w self, v: &'w [f32]) -> Result<Self::Vector<'w>>;
+
+    /// y[N, out] = x[N, in] · Wᵀ (+= with `accumulate`).
+    fn linear_forward(
+        &self,
+        y: &mut Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Matrix<'_>,
+        n: usize,
+        accumulate: bool,
+    ) -> Result<()>;
+    /// out[N, C] = rows `ids` of `table` [V, C].
+    fn embedding_forward(&self, out: &mut Self::Buf, ids: &[u32], table: &Self::Matrix<'_>, c: usize) -> Result<()>;
+    /// y[N, C] = x / rms(x) · w, row by row.
+    fn rmsnorm_forward(&self, y: &mut Self::Buf, x: &Self::Buf, w: &Self::Vector<'_>, c: usize, eps: f32)
+        -> Result<()>;
+    /// Rotates x[T, H·D] in place with the tables cos, sin [T, D/2].
+    fn rope_forward(
+        &self,
+        x: &mut Self::Buf,
+        t: usize,
+        h: usize,
+        d: usize,
+        cos: &Self::Buf,
+        sin: &Self::Buf,
+    ) -> Result<()>;
+    /// att[T, NH·D] for queries q[T, NH·D] at positions p0.. against the cache k, v [≥ p0+T, NKV·D] (causal).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_forward_cached(
+        &self,
+        att: &mut Self::Buf,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        t: usize,
+        p0: usize,
+        nh: usize,
+        nkv: usize,
+        d: usize,
+    ) -> Result<()>;
+    /// out = silu(gate) · up.
+    fn swiglu_forward(&self, out: &mut Self::Buf, gate: &Self::Buf, up: &Self::Buf) -> Result<()>;
+}
+
+/// The CPU engine: buffers are `Vec<f32>`, weights are borrowed from the host model as they are.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cpu;
+
+fn range(buf: &[f32], at: usize, len: usize) -> Result<&[f32]> {
+    buf.get(at..at + len)
+        .ok_or_else(|| Error::Invalid(format!("buffer of {} values has no range {at}..{}", buf.len(), at + len)))
+}
+
+impl Backend for Cpu {
+    type Buf = Vec<f32>;
+    type Matrix<'w> = &'w FrozenMatrix;
+    type Vector<'w> = &'w [f32];
+
+    fn describe(&self) -> String {
+        "cpu".into()
+    }
+
+    fn zeros(&self, len: usize) -> Result<Vec<f32>> {
+        Ok(vec![0.0; len])
+    }
+
+    fn upload(&self, data: &[f32]) -> Result<Vec<f32>> {
+        Ok(data.to_vec())
+    }
+
+    fn read(&self, buf: &Vec<f32>, at: usize, len: usize) -> Result<Vec<f32>> {
+        Ok(range(buf, at, len)?.to_vec())
+    }
+
+    fn copy(&self, src: &Vec<f32>, src_at: usize, dst: &mut Vec<f32>, dst_at: usize, len: usize) -> Result<()> {
+        let from = range(src, src_at, len)?;
+        let to_len = dst.len();
+        let to = dst.get_mut(dst_at..dst_at + len).ok_or_else(|| {
+            Error::Invalid(format!("buffer of {to_len} values has no range {dst_at}..{}", dst_at + len))
+        })?;
+        to.copy_from_slice(from);
+        Ok(())
+    }
+
+    fn matrix<'w>(&'w self, m: &'w FrozenMatrix) -> Result<&'w FrozenMatrix> {
+        Ok(m)
+    }
+
+    fn vector<'w>(&'w self, v: &'w [f32]) -> Result<&'w [f32]> {
+        Ok(v)
+    }
+
+    fn linear_forward(
+        &self,
+        y: &mut Vec<f32>,
+        x: &Vec<f32>,
+        w: &&FrozenMatrix,
+        n: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        w.forward(&mut y[..n * w.rows], &x[..n * w.cols], n, accumulate);
+        Ok(())
+    }
+
+    fn embedding_forward(&self, out: &mut Vec<f32>, ids: &[u32], table: &&FrozenMatrix, c: usize) -> Result<()> {
+        embedding_forward(&mut out[..ids.len() * c], ids, VocabMatrix::Frozen(table), c);
+        Ok(())
+    }
+
+    fn rmsnorm_forward(&self, y: &mut Vec<f32>, x: &Vec<f32>, w: &&[f32], c: usize, eps: f32) -> Result<()> {
+        rmsnorm_forward(y, x, w, c, eps);
+        Ok(())
+    }
+
+    fn rope_forward(
+        &self,
+        x: &mut Vec<f32>,
+        t: usize,
+        h: usize,
+        d: usize,
+        cos: &Vec<f32>,
+        sin: &Vec<f32>,
+    ) -> Result<()> {
+        rope_forward(&mut x[..t * h * d], t, h, d, cos, sin);
+        Ok(())
+    }
+
+    fn attention_forward_cached(
+        &self,
+        att: &mut Vec<f32>,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        t: usize,
+        p0: usize,
+        nh: usize,
+        nkv: usize,
+        d: usize,
+    ) -> Result<()> {
+        let (qd, kvd) = (nh * d, nkv * d);
+        let (att, q) = (&mut att[..t * qd], &q[..t * qd]);
+        if p0 == 0 {
+            // A fresh sequence: the tiled kernel (gemm on blocks of queries and keys) is several times faster.
+            let mut lse = vec![0.0f32; nh * t];
+            attention_forward(att, &mut lse, q, &k[..t * kvd], &v[..t * kvd], None, 1, t, nh, nkv, d);
+        } else {
+            attention_forward_cached(att, q, &k[..(p0 + t) * kvd], &v[..(p0 + t) * kvd], t, p0, nh, nkv, d);
+        }
+        Ok(())
+    }
+
+    fn swiglu_forward(&self, out: &mut Vec<f32>, gate: &Vec<f32>, up: &Vec<f32>) -> Result<()> {
+        swiglu_forward(out, gate, up);
+        Ok(())
+    }
+}
