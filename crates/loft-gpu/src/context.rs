@@ -55,6 +55,12 @@ impl GpuBuffer {
     }
 }
 
+impl std::fmt::Debug for GpuBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GpuBuffer({} words)", self.words)
+    }
+}
+
 impl Drop for GpuBuffer {
     fn drop(&mut self) {
         self.allocated.fetch_sub(self.buffer.size(), Ordering::Relaxed);

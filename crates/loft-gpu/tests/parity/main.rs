@@ -4,5 +4,11 @@
 //!
 //! No Vulkan adapter fails these tests with the hint to install one; they never skip.
 
+mod attention;
 mod common;
+mod context;
+mod head;
+mod layers;
+mod lora;
 mod matmul;
+mod optim;
