@@ -417,10 +417,12 @@ impl Context {
 
     /// Submits the recorded work (it runs asynchronously; read-backs wait for it).
     pub fn flush(&self) -> Result<()> {
-        let enc = self.encoder.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(enc) = enc {
+        // The lock is held through the submit: another thread's later work must not reach the queue first.
+        let mut pending = self.encoder.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(enc) = pending.take() {
             self.queue.submit([enc.finish()]);
         }
+        drop(pending);
         self.check()
     }
 

@@ -6,42 +6,35 @@ use loft_gpu::engine::attention;
 
 use crate::common::{assert_parity, ctx, rand, read, up};
 
+struct Case {
+    b: usize,
+    t: usize,
+    nh: usize,
+    nkv: usize,
+    d: usize,
+    docs: Option<Vec<u32>>,
+}
+
 #[test]
 fn attention_forward_and_backward_equal_the_cpu() {
     let c = ctx();
-    // SmolLM2's heads (9 over 3, D = 64) over 70 positions (more than one 64-key chunk), and an odd shape.
-    let cases: [(usize, usize, usize, usize, usize, Option<Vec<u32>>); 3] = [
-        (2, 70, 9, 3, 64, None),
-        (
-            2,
-            70,
-            9,
-            3,
-            64,
-            Some(
-                (0..140u32)
-                    .map(|i| {
-                        let j = i % 70;
-                        if i < 70 {
-                            if j < 30 {
-                                0
-                            } else {
-                                30
-                            }
-                        } else if j < 5 {
-                            0
-                        } else if j < 50 {
-                            5
-                        } else {
-                            50
-                        }
-                    })
-                    .collect(),
-            ),
-        ),
-        (1, 13, 4, 2, 22, Some(vec![0, 0, 0, 3, 3, 3, 3, 3, 8, 8, 8, 8, 12])),
+    // SmolLM2's heads (9 over 3, D = 64) over 70 positions (more than one 64-key chunk), with and without packed
+    // documents (sequence 0: two documents, sequence 1: three), and an odd shape.
+    let packed: Vec<u32> = (0..140u32)
+        .map(|i| match (i / 70, i % 70) {
+            (0, j) if j < 30 => 0,
+            (0, _) => 30,
+            (_, j) if j < 5 => 0,
+            (_, j) if j < 50 => 5,
+            _ => 50,
+        })
+        .collect();
+    let cases = [
+        Case { b: 2, t: 70, nh: 9, nkv: 3, d: 64, docs: None },
+        Case { b: 2, t: 70, nh: 9, nkv: 3, d: 64, docs: Some(packed) },
+        Case { b: 1, t: 13, nh: 4, nkv: 2, d: 22, docs: Some(vec![0, 0, 0, 3, 3, 3, 3, 3, 8, 8, 8, 8, 12]) },
     ];
-    for (b, t, nh, nkv, d, docs) in cases {
+    for Case { b, t, nh, nkv, d, docs } in cases {
         let label = format!("B={b} T={t} NH={nh} NKV={nkv} D={d} docs={}", docs.is_some());
         let (nq, nk) = (b * t * nh * d, b * t * nkv * d);
         let (q, k, v) = (rand(nq, 1), rand(nk, 2), rand(nk, 3));

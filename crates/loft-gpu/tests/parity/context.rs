@@ -29,7 +29,8 @@ fn a_shader_that_does_not_compile_names_the_kernel_and_the_adapter() {
 
 #[test]
 fn kernels_compile_once_and_buffers_are_counted() {
-    let c = ctx();
+    // A context of its own: the other tests compile and allocate on the shared one concurrently.
+    let c = &loft_gpu::Context::open_named("lavapipe").unwrap_or_else(|e| panic!("{e}"));
     let k = Kernel {
         name: "context_test_fill".into(),
         source: "struct P { v: f32, a: u32, b: u32, c: u32 }
