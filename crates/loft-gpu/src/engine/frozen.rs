@@ -1,5 +1,5 @@
 //! Twin of `loft::engine::frozen`: a frozen linear weight [out, in] kept on the device in its own storage (f32,
-//! f16, bf16, or GGUF Q4_0 / Q4_1 / Q8_0 blocks) and decoded element by element inside the matmul kernel, so a
+//! f16, bf16, or GGUF Q4_0 / Q4_1 / Q8_0 / Q4_K / Q5_K / Q6_K blocks) and decoded element by element inside the matmul kernel, so a
 //! 4-bit base never has an f32 copy on the device.
 
 use gguf::GgmlType;
@@ -57,6 +57,52 @@ pub(crate) fn load_w_wgsl(dtype: GgmlType) -> Option<&'static str> {
     return f32(q) * half_at(base);
 }"
         }
+        // 144-byte blocks of 256: d, dmin (f16), 12 bytes of 6-bit scales and mins of 8 sub-blocks of 32, then 128
+        // bytes of nibbles, each 32 bytes holding a pair of sub-blocks (low nibbles, then high):
+        // element = d·scale·q − dmin·min.
+        GgmlType::Q4K => {
+            "fn load_w(r: u32, c: u32, row_bytes: u32) -> f32 {
+    let base = r * row_bytes + (c / 256u) * 144u;
+    let i = c % 256u;
+    let j = i / 64u;
+    let hi = select(0u, 1u, i % 64u >= 32u);
+    let sm = scale_min_k4(base + 4u, 2u * j + hi);
+    let q = (byte_at(base + 16u + 32u * j + i % 32u) >> (4u * hi)) & 15u;
+    return half_at(base) * f32(sm.x) * f32(q) - half_at(base + 2u) * f32(sm.y);
+}"
+        }
+        // 176-byte blocks of 256: as Q4_K with a fifth bit per value in 32 bytes of qh (bit 2·pair + high of byte
+        // i % 32): element = d·scale·(q + 16·bit) − dmin·min.
+        GgmlType::Q5K => {
+            "fn load_w(r: u32, c: u32, row_bytes: u32) -> f32 {
+    let base = r * row_bytes + (c / 256u) * 176u;
+    let i = c % 256u;
+    let j = i / 64u;
+    let hi = select(0u, 1u, i % 64u >= 32u);
+    let sm = scale_min_k4(base + 4u, 2u * j + hi);
+    let q = (byte_at(base + 48u + 32u * j + i % 32u) >> (4u * hi)) & 15u;
+    let bit = (byte_at(base + 16u + i % 32u) >> (2u * j + hi)) & 1u;
+    return half_at(base) * f32(sm.x) * (f32(q) + 16.0 * f32(bit)) - half_at(base + 2u) * f32(sm.y);
+}"
+        }
+        // 210-byte blocks of 256: 128 bytes of low nibbles, 64 of 2-bit highs, 16 signed 8-bit scales (one per 16
+        // values), d (f16) last; each half of 128 values reads ql[64·half..], qh[32·half..], scales[8·half..]:
+        // element = d·scale·(q − 32).
+        GgmlType::Q6K => {
+            "fn load_w(r: u32, c: u32, row_bytes: u32) -> f32 {
+    let base = r * row_bytes + (c / 256u) * 210u;
+    let i = c % 256u;
+    let n = i / 128u;
+    let k = (i % 128u) / 32u;
+    let l = i % 32u;
+    let qlb = byte_at(base + 64u * n + l + 32u * (k & 1u));
+    let lo = select(qlb & 15u, qlb >> 4u, k >= 2u);
+    let hb = (byte_at(base + 128u + 32u * n + l) >> (2u * k)) & 3u;
+    let q = i32(lo | (hb << 4u)) - 32;
+    let sc = bitcast<i32>(byte_at(base + 192u + 8u * n + l / 16u + 2u * k) << 24u) >> 24u;
+    return half_at(base + 208u) * f32(sc) * f32(q);
+}"
+        }
         _ => return None,
     })
 }
@@ -67,6 +113,15 @@ pub(crate) const BYTES_WGSL: &str = "fn byte_at(a: u32) -> u32 {
 }
 fn half_at(a: u32) -> f32 {
     return unpack2x16float(byte_at(a) | (byte_at(a + 1u) << 8u)).x;
+}
+// The 6-bit scale and min of K-quant sub-block j from the 12 bytes at `at`.
+fn scale_min_k4(at: u32, j: u32) -> vec2<u32> {
+    if (j < 4u) {
+        return vec2<u32>(byte_at(at + j) & 63u, byte_at(at + j + 4u) & 63u);
+    }
+    let d = (byte_at(at + j + 4u) & 15u) | ((byte_at(at + j - 4u) >> 6u) << 4u);
+    let m = (byte_at(at + j + 4u) >> 4u) | ((byte_at(at + j) >> 6u) << 4u);
+    return vec2<u32>(d, m);
 }";
 
 /// The frozen weight on the device. Layout as on the CPU: [rows = out, cols = in], each row a whole number of
@@ -84,7 +139,7 @@ impl GpuFrozen {
     pub fn upload(ctx: &Context, m: &FrozenMatrix, name: &str) -> Result<Self> {
         let unsupported = |what: String| {
             Error::hinted(
-                format!("{name}: frozen weights stored as {what} have no GPU kernel yet (f32, f16, bf16, q4_0, q4_1 and q8_0 do)"),
+                format!("{name}: frozen weights stored as {what} have no GPU kernel yet (f32, f16, bf16, q4_0, q4_1, q8_0, q4_k, q5_k and q6_k do)"),
                 "load the base at another type, or use --device cpu",
             )
         };

@@ -84,3 +84,30 @@ fn frozen_products_over_blocks_equal_the_cpu() {
         }
     }
 }
+
+/// The K-quants (the blocks of the common Q4_K_M files): rows of 256-value super-blocks, at down_proj's shape
+/// [C, F] = [576, 1536] and an odd row count.
+#[test]
+fn frozen_products_over_k_quant_blocks_equal_the_cpu() {
+    let c = ctx();
+    for (rows, cols, n) in [(576, 1536, 4), (67, 512, 3)] {
+        let w: Vec<f32> = rand(rows * cols, 12).iter().map(|v| v * 0.1).collect();
+        for dtype in [GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K] {
+            let m = FrozenMatrix::from_quantized(rows, cols, dtype, gguf::quantize(dtype, &w, cols).unwrap()).unwrap();
+            let g = GpuFrozen::upload(c, &m, "test.weight").unwrap();
+            assert_eq!(g.storage_bytes(), m.storage_bytes(), "{dtype}: the device holds the blocks");
+            let x = rand(n * cols, 13);
+            let mut want = vec![0.0; n * rows];
+            m.forward(&mut want, &x, n, false);
+            let mut y = c.zeros(n * rows).unwrap();
+            g.forward(c, &mut y, &up(&x), n, false).unwrap();
+            assert_parity(&format!("frozen {dtype} forward [{rows},{cols}] n={n}"), &read(&y), &want);
+            let dy = rand(n * rows, 14);
+            let mut want = vec![0.0; n * cols];
+            m.backward_input(&mut want, &dy, n, false);
+            let mut dx = c.zeros(n * cols).unwrap();
+            g.backward_input(c, &mut dx, &up(&dy), n, false).unwrap();
+            assert_parity(&format!("frozen {dtype} input grad [{rows},{cols}] n={n}"), &read(&dx), &want);
+        }
+    }
+}
