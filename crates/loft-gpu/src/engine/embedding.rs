@@ -53,13 +53,15 @@ pub fn embedding_forward(
     assert_eq!(out.len(), ids.len() * c, "embedding_forward: shapes");
     let v = table.rows(c);
     assert!(ids.iter().all(|&id| (id as usize) < v), "embedding_forward: token id outside the vocabulary");
-    let (dtype, row_bytes, data) = match table {
-        VocabMatrix::Frozen(m) => (m.dtype(), m.row_bytes(), m.data()),
-        VocabMatrix::Trained(w) => (GgmlType::F32, 4 * c, w),
+    let (name, load_w, row_bytes, data) = match table {
+        VocabMatrix::Frozen(m) => (m.storage_name(), m.load_w_wgsl(), m.row_bytes(), m.data()),
+        VocabMatrix::Trained(w) => {
+            let f32_rows = format!("{BYTES_WGSL}\n{}", load_w_wgsl(GgmlType::F32).expect("f32 has a decoder"));
+            ("f32".to_string(), f32_rows, 4 * c, w)
+        }
     };
-    let source = include_str!("../shaders/embedding_forward.wgsl")
-        .replace("//LOAD_W", &format!("{BYTES_WGSL}\n{}", load_w_wgsl(dtype).expect("checked at upload")));
-    let kernel = Kernel { name: format!("embedding_forward_{}", dtype.name().to_lowercase()), source, entry: "main" };
+    let source = include_str!("../shaders/embedding_forward.wgsl").replace("//LOAD_W", &load_w);
+    let kernel = Kernel { name: format!("embedding_forward_{name}"), source, entry: "main" };
     let ids_buf = ctx.upload_u32(ids)?;
     ctx.dispatch(
         &kernel,

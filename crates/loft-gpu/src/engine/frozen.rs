@@ -1,8 +1,9 @@
 //! Twin of `loft::engine::frozen`: a frozen linear weight [out, in] kept on the device in its own storage (f32,
-//! f16, bf16, or GGUF Q4_0 / Q4_1 / Q8_0 / Q4_K / Q5_K / Q6_K blocks) and decoded element by element inside the matmul kernel, so a
+//! f16, bf16, GGUF Q4_0 / Q4_1 / Q8_0 / Q4_K / Q5_K / Q6_K blocks, or bitsandbytes' NF4) and decoded element by element inside the matmul kernel, so a
 //! 4-bit base never has an f32 copy on the device.
 
 use gguf::GgmlType;
+use loft::engine::nf4::Nf4Dtype;
 use loft::engine::FrozenMatrix;
 use loft::{Error, Result};
 
@@ -124,22 +125,83 @@ fn scale_min_k4(at: u32, j: u32) -> vec2<u32> {
     return vec2<u32>(d, m);
 }";
 
+/// NF4 (bitsandbytes' 4-bit NormalFloat, blocks straddling rows) in one buffer of words: a header
+/// `[blocksize, word offset P of the codes, rounding (0 f32, 1 f16, 2 bf16)]`, the 16-entry quant_map at words 3..19,
+/// each block's f32 scale from word 19 (double-quantized scales are decoded once on the host: 4 bytes per 64
+/// values), then the packed codes from word P (value 2i in the high nibble of byte i). `row_bytes` is the number
+/// of values per row. element = round(quant_map[q] · scale).
+const NF4_WGSL: &str = "fn round_bf16(v: f32) -> f32 {
+    let u = bitcast<u32>(v);
+    return bitcast<f32>((u + 0x7fffu + ((u >> 16u) & 1u)) & 0xffff0000u);
+}
+fn round_f16(v: f32) -> f32 {
+    if (abs(v) < 6.103515625e-05) {
+        // below f16's smallest normal: multiples of 2^-24, ties to even
+        return round(v * 16777216.0) / 16777216.0;
+    }
+    let u = bitcast<u32>(v);
+    return bitcast<f32>((u + 0xfffu + ((u >> 13u) & 1u)) & 0xffffe000u);
+}
+fn load_w(r: u32, c: u32, row_bytes: u32) -> f32 {
+    let i = r * row_bytes + c;
+    let byte = byte_at(wq[1] * 4u + (i >> 1u));
+    let q = select(byte >> 4u, byte & 15u, (i & 1u) == 1u);
+    let v = bitcast<f32>(wq[3u + q]) * bitcast<f32>(wq[19u + i / wq[0]]);
+    switch (wq[2]) {
+        case 1u: { return round_f16(v); }
+        case 2u: { return round_bf16(v); }
+        default: { return v; }
+    }
+}";
+
+/// How a frozen weight is stored on the device.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Storage {
+    /// GGUF blocks (or plain f32/f16/bf16), rows `row_bytes` apart.
+    Ggml(GgmlType),
+    /// See [`NF4_WGSL`].
+    Nf4,
+}
+
 /// The frozen weight on the device. Layout as on the CPU: [rows = out, cols = in], each row a whole number of
-/// blocks.
+/// blocks (NF4: the matrix flattened, blocks straddling rows).
 pub struct GpuFrozen {
     pub rows: usize,
     pub cols: usize,
-    dtype: GgmlType,
+    storage: Storage,
+    /// What load_w takes as `row_bytes`: bytes per row, or values per row for NF4.
     row_bytes: usize,
     data: GpuBuffer,
 }
 
 impl GpuFrozen {
-    /// Uploads the weight's own blocks. `name` (the tensor) is for the error when its type has no GPU decoder.
+    /// Uploads the weight in its own storage. `name` (the tensor) is for the error when its type has no GPU
+    /// decoder.
     pub fn upload(ctx: &Context, m: &FrozenMatrix, name: &str) -> Result<Self> {
+        if let Some(nf4) = m.nf4() {
+            let (blocks, packed_at) = (nf4.len.div_ceil(nf4.blocksize), 19 + nf4.len.div_ceil(nf4.blocksize));
+            let rounding = match nf4.dtype {
+                Nf4Dtype::F32 => 0u32,
+                Nf4Dtype::F16 => 1,
+                Nf4Dtype::BF16 => 2,
+            };
+            let mut words: Vec<u8> = [nf4.blocksize as u32, packed_at as u32, rounding]
+                .iter()
+                .flat_map(|w| w.to_le_bytes())
+                .chain(nf4.quant_map.iter().flat_map(|x| x.to_le_bytes()))
+                .chain((0..blocks).flat_map(|b| nf4.block_absmax(b).to_le_bytes()))
+                .collect();
+            words.extend_from_slice(&nf4.packed);
+            words.resize(words.len().next_multiple_of(4), 0);
+            let data = ctx.upload_words(&words)?;
+            return Ok(GpuFrozen { rows: m.rows, cols: m.cols, storage: Storage::Nf4, row_bytes: m.cols, data });
+        }
         let unsupported = |what: String| {
             Error::hinted(
-                format!("{name}: frozen weights stored as {what} have no GPU kernel yet (f32, f16, bf16, q4_0, q4_1, q8_0, q4_k, q5_k and q6_k do)"),
+                format!(
+                    "{name}: frozen weights stored as {what} have no GPU kernel yet (f32, f16, bf16, q4_0, q4_1, \
+                     q8_0, q4_k, q5_k, q6_k and nf4 do)"
+                ),
                 "load the base at another type, or use --device cpu",
             )
         };
@@ -148,11 +210,25 @@ impl GpuFrozen {
             return Err(unsupported(m.storage_name()));
         }
         let row_bytes = dtype.row_bytes(m.cols).expect("the matrix was validated when it was built");
-        Ok(GpuFrozen { rows: m.rows, cols: m.cols, dtype, row_bytes, data: ctx.upload_bytes(&bytes)? })
+        let data = ctx.upload_bytes(&bytes)?;
+        Ok(GpuFrozen { rows: m.rows, cols: m.cols, storage: Storage::Ggml(dtype), row_bytes, data })
     }
 
-    pub fn dtype(&self) -> GgmlType {
-        self.dtype
+    /// The storage in words: `f32`, a ggml block type (`q4_1`), or `nf4`.
+    pub fn storage_name(&self) -> String {
+        match self.storage {
+            Storage::Ggml(t) => t.name().to_lowercase(),
+            Storage::Nf4 => "nf4".into(),
+        }
+    }
+
+    /// `fn load_w(r, c, row_bytes) -> f32` for this storage, with the byte readers it needs (reads `wq`).
+    pub(crate) fn load_w_wgsl(&self) -> String {
+        let body = match self.storage {
+            Storage::Ggml(t) => load_w_wgsl(t).expect("checked at upload"),
+            Storage::Nf4 => NF4_WGSL,
+        };
+        format!("{BYTES_WGSL}\n{body}")
     }
 
     pub(crate) fn row_bytes(&self) -> usize {
@@ -163,19 +239,19 @@ impl GpuFrozen {
         &self.data
     }
 
-    /// Device bytes of the weight (its blocks, padded to whole words).
+    /// Device bytes of the weight (its blocks, padded to whole words; NF4 with its scales in f32).
     pub fn storage_bytes(&self) -> usize {
         self.data.len() * 4
     }
 
     fn kernel(&self) -> Kernel {
         let decl = format!(
-            "@group(0) @binding(3) var<storage, read> wq: array<u32>;\n{BYTES_WGSL}\n{}\n\
+            "@group(0) @binding(3) var<storage, read> wq: array<u32>;\n{}\n\
              fn load_b(k: u32, n: u32) -> f32 {{\n    if (p.b_cs != 0u) {{ return load_w(n, k, p.b_rs); }}\n    \
              return load_w(k, n, p.b_rs);\n}}",
-            load_w_wgsl(self.dtype).expect("checked at upload")
+            self.load_w_wgsl()
         );
-        kernel(&format!("matmul_frozen_{}", self.dtype.name().to_lowercase()), &decl)
+        kernel(&format!("matmul_frozen_{}", self.storage_name()), &decl)
     }
 
     /// y[N, rows] = (accumulate ? y : 0) + x[N, cols] · Wᵀ

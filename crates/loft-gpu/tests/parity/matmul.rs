@@ -1,6 +1,6 @@
 use gguf::GgmlType;
 use loft::engine::{matmul as cpu, FrozenMatrix};
-use loft_gpu::engine::{matmul as gpu, GpuFrozen};
+use loft_gpu::engine::{embedding, matmul as gpu, GpuFrozen, VocabMatrix};
 
 use crate::common::{assert_parity, ctx, rand, read, up};
 
@@ -108,6 +108,44 @@ fn frozen_products_over_k_quant_blocks_equal_the_cpu() {
             let mut dx = c.zeros(n * cols).unwrap();
             g.backward_input(c, &mut dx, &up(&dy), n, false).unwrap();
             assert_parity(&format!("frozen {dtype} input grad [{rows},{cols}] n={n}"), &read(&dx), &want);
+        }
+    }
+}
+
+/// NF4 (bitsandbytes' QLoRA blocks): plain and double-quantized scales, values rounded to f32, f16 or bf16 as the
+/// checkpoint's dtype says, at q_proj's shape and at odd shapes whose 64-value blocks straddle rows.
+#[test]
+fn frozen_products_over_nf4_blocks_equal_the_cpu() {
+    use loft::engine::nf4::{Nf4Blocks, Nf4Dtype, BLOCKSIZE};
+    let c = ctx();
+    for (rows, cols, n) in [(576, 576, 4), (200, 96, 3), (7, 33, 5)] {
+        let w: Vec<f32> = rand(rows * cols, 15).iter().map(|v| v * 0.05).collect();
+        for (double_quant, dtype) in [(false, Nf4Dtype::F32), (true, Nf4Dtype::BF16), (true, Nf4Dtype::F16)] {
+            let blocks = Nf4Blocks::quantize(&w, BLOCKSIZE, double_quant, dtype);
+            let m = FrozenMatrix::from_nf4(rows, cols, blocks).unwrap();
+            let g = GpuFrozen::upload(c, &m, "test.weight").unwrap();
+            // Codes, plus one f32 scale per block and a small header: never an f32 copy of the matrix.
+            let want_bytes =
+                ((rows * cols).div_ceil(2) + 4 * (rows * cols).div_ceil(BLOCKSIZE) + 76).next_multiple_of(4);
+            assert_eq!(g.storage_bytes(), want_bytes);
+            let label = format!("[{rows},{cols}] {dtype:?} double_quant={double_quant}");
+            // Decoded values, bit for bit: every row through the embedding lookup against the CPU's decoding.
+            let ids: Vec<u32> = (0..rows as u32).collect();
+            let mut table = c.zeros(rows * cols).unwrap();
+            embedding::embedding_forward(c, &mut table, &ids, VocabMatrix::Frozen(&g), cols).unwrap();
+            assert_eq!(read(&table), m.to_f32().to_vec(), "nf4 {label}: decoded values differ");
+            let x = rand(n * cols, 16);
+            let mut want = vec![0.0; n * rows];
+            m.forward(&mut want, &x, n, false);
+            let mut y = c.zeros(n * rows).unwrap();
+            g.forward(c, &mut y, &up(&x), n, false).unwrap();
+            assert_parity(&format!("frozen nf4 forward {label} n={n}"), &read(&y), &want);
+            let dy = rand(n * rows, 17);
+            let mut want = vec![0.0; n * cols];
+            m.backward_input(&mut want, &dy, n, false);
+            let mut dx = c.zeros(n * cols).unwrap();
+            g.backward_input(c, &mut dx, &up(&dy), n, false).unwrap();
+            assert_parity(&format!("frozen nf4 input grad {label} n={n}"), &read(&dx), &want);
         }
     }
 }
