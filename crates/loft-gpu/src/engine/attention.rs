@@ -1,5 +1,6 @@
-//! Twin of `loft::engine::attention` (training): causal self-attention with grouped-query heads and document
-//! boundaries, saving the row logsumexp; the backward recomputes the probabilities from q, k and lse.
+//! Twin of `loft::engine::attention`: causal self-attention with grouped-query heads, with a KV cache (inference)
+//! and for training with document boundaries, saving the row logsumexp; the backward recomputes the
+//! probabilities from q, k and lse.
 //! Legend: B = batch, T = time, NH = query heads, NKV = key/value heads, D = head_dim (≤ 256 here).
 //! Layouts: q, out [B, T, NH·D]; k, v [B, T, NKV·D]; lse [B, NH, T]; doc_start [B, T].
 
@@ -14,10 +15,50 @@ fn kernel(name: &str, source: &str) -> Kernel {
     Kernel { name: name.to_string(), source: source.to_string(), entry: "main" }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn params(b: usize, t: usize, nh: usize, nkv: usize, d: usize, has_doc: bool) -> [u32; 8] {
+/// The parameter block of the attention kernels (the training ones read its first eight words; p0 and kv_t, the
+/// cache offset and rows, only the forward reads).
+fn params(b: usize, t: usize, nh: usize, nkv: usize, d: usize, has_doc: bool) -> [u32; 12] {
     let scale = 1.0 / (d as f32).sqrt();
-    [b as u32, t as u32, nh as u32, nkv as u32, d as u32, has_doc as u32, scale.to_bits(), 0]
+    [b as u32, t as u32, nh as u32, nkv as u32, d as u32, has_doc as u32, scale.to_bits(), 0, t as u32, 0, 0, 0]
+}
+
+/// out[T, NH·D] = softmax(q·kᵀ/√D, causal) · v for queries at positions p0..p0+T against k, v [P, NKV·D]
+/// (P ≥ p0 + T; query t sees keys 0..=p0+t): decoding and prefill with a KV cache.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_forward_cached(
+    ctx: &Context,
+    out: &mut GpuBuffer,
+    q: &GpuBuffer,
+    k: &GpuBuffer,
+    v: &GpuBuffer,
+    t: usize,
+    p0: usize,
+    nh: usize,
+    nkv: usize,
+    d: usize,
+) -> Result<()> {
+    check_heads(nh, nkv, d);
+    let (qd, kvd) = (nh * d, nkv * d);
+    assert!(out.len() == t * qd && q.len() == t * qd, "attention_forward_cached: q/out are not [T, NH·D]");
+    assert!(k.len() >= (p0 + t) * kvd && v.len() >= (p0 + t) * kvd, "attention_forward_cached: cache too short");
+    let lse = ctx.zeros(nh * t)?;
+    let docs = ctx.zeros(1)?;
+    let mut p = params(1, t, nh, nkv, d, false);
+    p[7] = p0 as u32;
+    p[8] = (p0 + t) as u32;
+    ctx.dispatch(
+        &kernel("attention_forward", include_str!("../shaders/attention_forward.wgsl")),
+        &p,
+        &[
+            Binding::Write(out),
+            Binding::Write(&lse),
+            Binding::Read(q),
+            Binding::Read(k),
+            Binding::Read(v),
+            Binding::Read(&docs),
+        ],
+        groups_for(t * nh),
+    )
 }
 
 /// doc_start on the device (checked as the CPU checks it), or a one-word placeholder when every query sees from

@@ -8,6 +8,20 @@ fn kernel(name: &str, source: &str) -> Kernel {
     Kernel { name: name.to_string(), source: source.to_string(), entry: "main" }
 }
 
+/// y[N, C] = rmsnorm(x[N, C]) · w[C] (inference: the training kernel, its rstd left in scratch).
+pub fn rmsnorm_forward(
+    ctx: &Context,
+    y: &mut GpuBuffer,
+    x: &GpuBuffer,
+    w: &GpuBuffer,
+    c: usize,
+    eps: f32,
+) -> Result<()> {
+    let n = x.len() / c;
+    let mut rstd = ctx.zeros(n)?;
+    rmsnorm_forward_train(ctx, y, &mut rstd, x, w, n, c, eps)
+}
+
 /// Training forward: y[N, C] = x[N, C] / rms(x) · w[C], and rstd[N] = 1/rms of each row, kept for the backward.
 #[allow(clippy::too_many_arguments)]
 pub fn rmsnorm_forward_train(

@@ -1,9 +1,10 @@
-// Causal self-attention for training, one workgroup per (sequence, query row, head): out = softmax(q·kᵀ/√D + mask)·v
-// and lse = log Σⱼ exp(sᵢⱼ), over keys doc_start[b, i] ≤ j ≤ i. Two passes over the keys: the row's max and sum
+// Causal self-attention, one workgroup per (sequence, query row, head): out = softmax(q·kᵀ/√D + mask)·v and
+// lse = log Σⱼ exp(sᵢⱼ), over keys doc_start[b, i] ≤ j ≤ p0 + i (p0 = 0 in training; with a KV cache the T new
+// queries sit at positions p0.. and k, v hold KV_T ≥ p0 + T rows per sequence). Two passes over the keys: the row's max and sum
 // (online, per thread, then merged), then the output with p = exp(s − lse), 64 keys at a time through workgroup
 // memory. Legend: B, T, NH, NKV, D; q, out [B, T, NH·D]; k, v [B, T, NKV·D]; lse [B, NH, T]; doc_start [B, T].
 
-struct Params { b: u32, t: u32, nh: u32, nkv: u32, d: u32, has_doc: u32, scale: f32, _p: u32 }
+struct Params { b: u32, t: u32, nh: u32, nkv: u32, d: u32, has_doc: u32, scale: f32, p0: u32, kv_t: u32, _p0: u32, _p1: u32, _p2: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
@@ -22,7 +23,7 @@ var<workgroup> red_l: array<f32, 64>;
 var<workgroup> probs: array<f32, 64>;
 var<workgroup> range: vec2<u32>;
 
-fn score(qo: u32, ko: u32) -> f32 {
+fn score(ko: u32) -> f32 {
     var s = 0.0;
     for (var e = 0u; e < p.d; e++) {
         s += qs[e] * k[ko + e];
@@ -50,7 +51,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         if (p.has_doc != 0u) {
             ja = doc_start[row];
         }
-        range = vec2<u32>(ja, i + 1u);
+        range = vec2<u32>(ja, p.p0 + i + 1u);
     }
     for (var e = tid; e < p.d; e += WG) {
         qs[e] = q[qo + e];
@@ -63,7 +64,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     var m = NEG;
     var l = 0.0;
     for (var j = ja + tid; j < jb; j += WG) {
-        let s = score(qo, (bi * p.t + j) * kvd + g * p.d);
+        let s = score((bi * p.kv_t + j) * kvd + g * p.d);
         if (s > m) {
             l = l * exp(m - s) + 1.0;
             m = s;
@@ -95,13 +96,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         let j = j0 + tid;
         var pj = 0.0;
         if (j < jb) {
-            pj = exp(score(qo, (bi * p.t + j) * kvd + g * p.d) - row_lse);
+            pj = exp(score((bi * p.kv_t + j) * kvd + g * p.d) - row_lse);
         }
         probs[tid] = pj;
         workgroupBarrier();
         let cnt = min(WG, jb - j0);
         for (var jj = 0u; jj < cnt; jj++) {
-            let vo = (bi * p.t + j0 + jj) * kvd + g * p.d;
+            let vo = (bi * p.kv_t + j0 + jj) * kvd + g * p.d;
             let pp = probs[jj];
             for (var c = 0u; c < 4u; c++) {
                 let e = tid + c * WG;

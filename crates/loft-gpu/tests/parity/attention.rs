@@ -97,3 +97,18 @@ fn attention_forward_and_backward_equal_the_cpu() {
         assert_parity(&format!("attention backward dv {label}"), &read(&gdv), &dv);
     }
 }
+
+/// The inference forward against a KV cache: one decoded token, a prefill, and new tokens past 64 cached ones.
+#[test]
+fn cached_attention_equals_the_cpu() {
+    let c = ctx();
+    for (t, p0, nh, nkv, d) in [(1, 37, 9, 3, 64), (5, 0, 9, 3, 64), (3, 70, 9, 3, 64), (2, 11, 4, 2, 22)] {
+        let cache = p0 + t + 4; // rows past p0 + T are never read
+        let (q, k, v) = (rand(t * nh * d, 1), rand(cache * nkv * d, 2), rand(cache * nkv * d, 3));
+        let mut want = vec![0.0; t * nh * d];
+        cpu::attention_forward_cached(&mut want, &q, &k, &v, t, p0, nh, nkv, d);
+        let mut out = c.zeros(t * nh * d).unwrap();
+        attention::attention_forward_cached(c, &mut out, &up(&q), &up(&k), &up(&v), t, p0, nh, nkv, d).unwrap();
+        assert_parity(&format!("attention cached T={t} p0={p0} NH={nh} NKV={nkv} D={d}"), &read(&out), &want);
+    }
+}

@@ -19,6 +19,11 @@ fn rmsnorm_forward_and_backward_equal_the_cpu() {
         rmsnorm::rmsnorm_forward_train(c, &mut gy, &mut grstd, &gx, &gw, n, ch, 1e-5).unwrap();
         assert_parity(&format!("rmsnorm forward y [{n},{ch}]"), &read(&gy), &y);
         assert_parity(&format!("rmsnorm forward rstd [{n},{ch}]"), &read(&grstd), &rstd);
+        let mut y_inference = vec![0.0; n * ch];
+        cpu_norm::rmsnorm_forward(&mut y_inference, &x, &w, ch, 1e-5);
+        let mut gy_inference = c.zeros(n * ch).unwrap();
+        rmsnorm::rmsnorm_forward(c, &mut gy_inference, &gx, &gw, ch, 1e-5).unwrap();
+        assert_parity(&format!("rmsnorm forward (inference) [{n},{ch}]"), &read(&gy_inference), &y_inference);
 
         let dy = rand(n * ch, 3);
         let dx0 = rand(n * ch, 4);
