@@ -6,6 +6,8 @@
 #                               (chitchat-dataset), converted by scripts/prepare_data.py into .cache/data/
 #   scripts/fetch.sh gguf-py    a venv with llama.cpp's `gguf` package and numpy (the independent GGUF reader)
 #   scripts/fetch.sh tensorboard  a venv with TensorBoard (the independent reader of loft's event files)
+#   scripts/fetch.sh vulkan     Mesa's lavapipe (software Vulkan) and the Vulkan loader, through apt-get when absent:
+#                               the GPU kernels' tests run on it (needs root, as CI has)
 # Each step is skipped when its output is already there and verified.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -83,6 +85,28 @@ fetch_data() {
   echo "$stamp" > "$out/.complete"
 }
 
+fetch_vulkan() {
+  local icd
+  icd="$(ls /usr/share/vulkan/icd.d/lvp_icd*.json 2>/dev/null | head -n1 || true)"
+  if [ -n "$icd" ] && ldconfig -p 2>/dev/null | grep -q 'libvulkan\.so\.1'; then return 0; fi
+  if ! command -v apt-get >/dev/null; then
+    echo "error: the GPU tests need Mesa's lavapipe Vulkan driver and the Vulkan loader; install them with your package manager (Debian: mesa-vulkan-drivers libvulkan1)" >&2
+    exit 1
+  fi
+  local sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    if command -v sudo >/dev/null; then sudo="sudo"; else
+      echo "error: installing mesa-vulkan-drivers libvulkan1 needs root (the GPU tests run on lavapipe)" >&2; exit 1
+    fi
+  fi
+  echo "fetch: apt-get install mesa-vulkan-drivers libvulkan1 (lavapipe, a software Vulkan device for the GPU tests)" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  if ! $sudo apt-get install -y -q mesa-vulkan-drivers libvulkan1 >/dev/null; then
+    $sudo apt-get update -q >/dev/null
+    $sudo apt-get install -y -q mesa-vulkan-drivers libvulkan1 >/dev/null
+  fi
+}
+
 for what in "${@:-model}"; do
   case "$what" in
     model) fetch_model ;;
@@ -90,7 +114,8 @@ for what in "${@:-model}"; do
     gguf-py) fetch_gguf_py ;;
     tensorboard) fetch_tensorboard ;;
     data) fetch_data ;;
-    all) fetch_model; fetch_vocab; fetch_gguf_py; fetch_tensorboard; fetch_data ;;
-    *) echo "error: unknown fetch target '$what' (model, vocab, gguf-py, tensorboard, data, all)" >&2; exit 2 ;;
+    vulkan) fetch_vulkan ;;
+    all) fetch_model; fetch_vocab; fetch_gguf_py; fetch_tensorboard; fetch_data; fetch_vulkan ;;
+    *) echo "error: unknown fetch target '$what' (model, vocab, gguf-py, tensorboard, data, vulkan, all)" >&2; exit 2 ;;
   esac
 done

@@ -1,6 +1,6 @@
 //! `loft inspect`: what a model file or folder holds.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use loft::model::safetensors_source::SafetensorsSource;
 use loft::model::LlamaConfig;
@@ -11,7 +11,12 @@ use serde_json::json;
 pub struct Args {
     /// A .gguf file, a Hugging Face model folder, a PEFT adapter or checkpoint folder, or (with --data) a
     /// training config.
-    pub path: PathBuf,
+    #[arg(required_unless_present = "devices")]
+    pub path: Option<PathBuf>,
+    /// List the GPU adapters wgpu sees (Vulkan, Metal, DX12) instead: name, backend, type, driver, features,
+    /// limits, and the N of `--device gpu:N`.
+    #[arg(long, conflicts_with_all = ["data", "path"])]
+    pub devices: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -27,25 +32,34 @@ pub struct Args {
     pub set: Vec<String>,
 }
 
+impl Args {
+    /// PATH (clap requires it unless --devices, which returns before any use).
+    fn path(&self) -> &Path {
+        self.path.as_deref().unwrap_or(Path::new(""))
+    }
+}
+
 pub fn run(args: Args) -> loft::Result<()> {
-    if args.data {
+    if args.devices {
+        inspect_devices(&args)
+    } else if args.data {
         inspect_data(&args)
-    } else if args.path.is_dir() && args.path.join(loft::lora::peft::CONFIG_FILE).is_file() {
+    } else if args.path().is_dir() && args.path().join(loft::lora::peft::CONFIG_FILE).is_file() {
         inspect_adapter(&args)
-    } else if args.path.is_dir() {
+    } else if args.path().is_dir() {
         inspect_hf_folder(&args)
-    } else if args.path.is_file() {
+    } else if args.path().is_file() {
         inspect_gguf(&args)
     } else {
         Err(Error::hinted(
-            format!("{}: no such file or folder", args.path.display()),
+            format!("{}: no such file or folder", args.path().display()),
             "pass a .gguf file or a model folder",
         ))
     }
 }
 
 fn inspect_gguf(args: &Args) -> loft::Result<()> {
-    let file = gguf::GgufFile::open(&args.path)?;
+    let file = gguf::GgufFile::open(args.path())?;
     let total: u64 = file.tensors.iter().map(|t| t.n_elements()).sum();
     if args.json {
         let metadata: serde_json::Map<String, serde_json::Value> =
@@ -56,7 +70,7 @@ fn inspect_gguf(args: &Args) -> loft::Result<()> {
             .map(|t| json!({"name": t.name, "type": t.dtype.name(), "shape": t.shape, "bytes": t.n_bytes()}))
             .collect();
         let out = json!({
-            "path": args.path.display().to_string(), "format": "gguf", "version": file.version,
+            "path": args.path().display().to_string(), "format": "gguf", "version": file.version,
             "alignment": file.alignment, "parameters": total, "metadata": metadata, "tensors": tensors,
         });
         println!("{out}");
@@ -64,7 +78,7 @@ fn inspect_gguf(args: &Args) -> loft::Result<()> {
     }
     println!(
         "{}: GGUF v{}, {} tensors, {:.1}M parameters",
-        args.path.display(),
+        args.path().display(),
         file.version,
         file.tensors.len(),
         total as f64 / 1e6
@@ -92,20 +106,20 @@ fn inspect_gguf(args: &Args) -> loft::Result<()> {
 }
 
 fn inspect_hf_folder(args: &Args) -> loft::Result<()> {
-    let config = LlamaConfig::from_hf_json(&args.path.join("config.json"))?;
-    let source = SafetensorsSource::open(&args.path)?;
+    let config = LlamaConfig::from_hf_json(&args.path().join("config.json"))?;
+    let source = SafetensorsSource::open(args.path())?;
     let mut names: Vec<&String> = source.names().collect();
     names.sort();
     if args.json {
         let out = json!({
-            "path": args.path.display().to_string(), "format": "huggingface",
+            "path": args.path().display().to_string(), "format": "huggingface",
             "parameters": config.num_parameters(), "config": config.to_hf_json(None, None, "float32"),
             "tensors": names,
         });
         println!("{out}");
         return Ok(());
     }
-    println!("{}: Hugging Face folder, {:.1}M parameters", args.path.display(), config.num_parameters() as f64 / 1e6);
+    println!("{}: Hugging Face folder, {:.1}M parameters", args.path().display(), config.num_parameters() as f64 / 1e6);
     println!(
         "  layers {}, hidden {}, ffn {}, heads {} (kv {}), head_dim {}, vocab {}, tied head: {}",
         config.num_hidden_layers,
@@ -126,11 +140,11 @@ fn inspect_hf_folder(args: &Args) -> loft::Result<()> {
 
 /// A PEFT adapter folder: its config and tensors, as PEFT wrote them (no base model needed).
 fn inspect_adapter(args: &Args) -> loft::Result<()> {
-    let config_path = args.path.join(loft::lora::peft::CONFIG_FILE);
+    let config_path = args.path().join(loft::lora::peft::CONFIG_FILE);
     let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
     let config: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| Error::format(&config_path, format!("invalid JSON: {e}")))?;
-    let weights = args.path.join(loft::lora::peft::WEIGHTS_FILE);
+    let weights = args.path().join(loft::lora::peft::WEIGHTS_FILE);
     let bytes = std::fs::read(&weights).map_err(|e| Error::io(&weights, e))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| Error::format(&weights, format!("not a valid safetensors file: {e}")))?;
@@ -143,12 +157,12 @@ fn inspect_adapter(args: &Args) -> loft::Result<()> {
             tensors.iter().map(|(n, s, d)| json!({"name": n, "shape": s, "dtype": d})).collect();
         println!(
             "{}",
-            json!({"path": args.path.display().to_string(), "format": "peft", "config": config,
+            json!({"path": args.path().display().to_string(), "format": "peft", "config": config,
                    "trainable_parameters": params, "tensors": list})
         );
         return Ok(());
     }
-    println!("{}: PEFT adapter, {} tensors, {} trainable parameters", args.path.display(), tensors.len(), params);
+    println!("{}: PEFT adapter, {} tensors, {} trainable parameters", args.path().display(), tensors.len(), params);
     for key in [
         "peft_type",
         "r",
@@ -208,7 +222,7 @@ fn memory_plan(config: &loft::train::RunConfig) -> loft::Result<loft::train::rec
 
 /// `--data`: the dataset of a training config, formatted and tokenized exactly as `loft train` does.
 fn inspect_data(args: &Args) -> loft::Result<()> {
-    let config = loft::train::TrainConfig::load(&args.path, &args.set)?.resolve()?;
+    let config = loft::train::TrainConfig::load(args.path(), &args.set)?.resolve()?;
     let tokenizer = loft::model::load_tokenizer(&config.model, config.tokenizer_pre.as_deref())?;
     let (train, validation, stats) = loft::train::recipe::prepare_data(&config, &tokenizer)?;
     let memory = memory_plan(&config)?;
@@ -237,7 +251,7 @@ fn inspect_data(args: &Args) -> loft::Result<()> {
             .map(|t| json!({"tokens": t.ids.len(), "trained_tokens": t.n_targets(), "text": marked(t)}))
             .collect();
         let out = json!({
-            "config": args.path.display().to_string(),
+            "config": args.path().display().to_string(),
             "examples": stats.examples, "truncated": stats.truncated, "dropped": stats.dropped,
             "train": train.len(), "validation": validation.len(), "target_tokens": stats.target_tokens,
             "memory_estimate": {
@@ -257,7 +271,7 @@ fn inspect_data(args: &Args) -> loft::Result<()> {
     println!(
         "{}: {} examples → {} train ({} tokens, {} trained), {} validation; {} truncated to max_seq_length = {}, {} \
          dropped (no trained token left)",
-        args.path.display(),
+        args.path().display(),
         stats.examples,
         train.len(),
         tokens,
@@ -276,6 +290,60 @@ fn inspect_data(args: &Args) -> loft::Result<()> {
             t.n_targets()
         );
         println!("{}", marked(t));
+    }
+    Ok(())
+}
+
+/// `loft inspect --devices`: every adapter wgpu sees, in the order `--device gpu:N` counts them.
+fn inspect_devices(args: &Args) -> loft::Result<()> {
+    let adapters = loft_gpu::list_adapters();
+    if args.json {
+        let list: Vec<serde_json::Value> = adapters
+            .iter()
+            .map(|a| {
+                json!({
+                    "index": a.index, "name": a.name, "backend": a.backend, "device_type": a.device_type,
+                    "driver": a.driver, "driver_info": a.driver_info, "software": a.is_software,
+                    "features": a.features, "max_buffer_size": a.max_buffer_size,
+                    "max_storage_buffer_binding_size": a.max_storage_buffer_binding_size,
+                    "max_storage_buffers_per_shader_stage": a.max_storage_buffers_per_shader_stage,
+                    "max_compute_workgroup_storage_size": a.max_compute_workgroup_storage_size,
+                })
+            })
+            .collect();
+        let auto = loft_gpu::device::choose(&loft_gpu::DeviceChoice::Auto, &adapters)?;
+        println!("{}", json!({"adapters": list, "auto": auto.map_or(json!("cpu"), |i| json!(format!("gpu:{i}")))}));
+        return Ok(());
+    }
+    if adapters.is_empty() {
+        println!("no GPU adapters (wgpu looked for Vulkan, Metal and DX12 drivers)");
+        println!("hint: {}", loft_gpu::device::NO_ADAPTER_HINT);
+        println!("--device auto runs on the CPU");
+        return Ok(());
+    }
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    for a in &adapters {
+        println!("{}", a.one_line());
+        println!("    driver       {} {}", a.driver, a.driver_info);
+        let features = if a.features.is_empty() {
+            "none of SHADER_F16, SUBGROUP, SHADER_F64".to_string()
+        } else {
+            a.features.join(", ")
+        };
+        println!("    features     {features}");
+        println!(
+            "    limits       buffer {:.0} MiB, storage binding {:.0} MiB, {} storage buffers per kernel, {} KiB workgroup memory",
+            mib(a.max_buffer_size),
+            mib(a.max_storage_buffer_binding_size),
+            a.max_storage_buffers_per_shader_stage,
+            a.max_compute_workgroup_storage_size / 1024
+        );
+    }
+    match loft_gpu::device::choose(&loft_gpu::DeviceChoice::Auto, &adapters)? {
+        Some(i) => println!("--device auto picks gpu:{i}"),
+        None => println!(
+            "--device auto runs on the CPU (software adapters are used only when named, e.g. --device gpu:lavapipe)"
+        ),
     }
     Ok(())
 }

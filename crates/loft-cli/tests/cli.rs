@@ -204,6 +204,30 @@ fn inspect_shows_metadata_and_tensors() {
     assert_eq!(v["tensors"].as_array().unwrap().len(), 272);
 }
 
+/// `inspect --devices` lists lavapipe (make test installs it) as a software adapter, which `--device auto` never
+/// picks.
+#[test]
+fn inspect_devices_lists_lavapipe_as_software() {
+    let out = loft(&["inspect", "--devices", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    let adapters = v["adapters"].as_array().unwrap();
+    let lavapipe = adapters.iter().find(|a| a["driver"] == "llvmpipe").unwrap_or_else(|| {
+        panic!("no lavapipe among {adapters:?}\nhint: apt-get install mesa-vulkan-drivers libvulkan1 (scripts/fetch.sh vulkan)")
+    });
+    assert_eq!(lavapipe["software"], true);
+    assert_eq!(lavapipe["backend"], "vulkan");
+    if adapters.iter().all(|a| a["software"] == true) {
+        assert_eq!(v["auto"], "cpu");
+    }
+    let out = loft(&["inspect", "--devices"]);
+    let listing = text(&out.stdout);
+    assert!(
+        listing.contains("llvmpipe") && listing.contains("(software)") && listing.contains("--device auto"),
+        "{listing}"
+    );
+}
+
 /// Errors are `error: …` on one line, then `hint: …`; never a panic.
 fn assert_clean_error(out: &Output, must_contain: &[&str]) {
     assert!(!out.status.success());

@@ -103,6 +103,16 @@ impl FrozenMatrix {
         }
     }
 
+    /// The stored bytes as they are, for a device that decodes them itself: ggml blocks of the returned type,
+    /// row-major, each row a whole number of blocks (F32 storage as little-endian floats); None for NF4.
+    pub fn ggml_blocks(&self) -> Option<(GgmlType, Cow<'_, [u8]>)> {
+        match &self.storage {
+            Storage::F32(w) => Some((GgmlType::F32, Cow::Owned(w.iter().flat_map(|x| x.to_le_bytes()).collect()))),
+            Storage::Quantized { dtype, data, .. } => Some((*dtype, Cow::Borrowed(data))),
+            Storage::Nf4(_) => None,
+        }
+    }
+
     /// Weight rows [r0, r1) as f32 into `out[(r1 - r0) · cols]` (any storage).
     fn rows_into(&self, r0: usize, r1: usize, out: &mut [f32]) {
         let cols = self.cols;

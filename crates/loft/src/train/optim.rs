@@ -305,19 +305,20 @@ impl Optimizer {
 
 /// torch's `_single_tensor_adam` with `decoupled_weight_decay` (AdamW): torch keeps the hyperparameters and bias
 /// corrections as Python floats (f64) and casts each scalar to f32 where it meets a tensor; so do we.
-struct TorchAdamW {
-    decay: f32,
-    one_minus_beta1: f32,
-    beta2: f32,
-    one_minus_beta2: f32,
-    bias_correction2_sqrt: f32,
-    neg_step_size: f32,
-    eps: f32,
-    apply_decay: bool,
+/// Its scalars are public so that the GPU kernel (loft-gpu) runs the same update.
+pub struct TorchAdamW {
+    pub decay: f32,
+    pub one_minus_beta1: f32,
+    pub beta2: f32,
+    pub one_minus_beta2: f32,
+    pub bias_correction2_sqrt: f32,
+    pub neg_step_size: f32,
+    pub eps: f32,
+    pub apply_decay: bool,
 }
 
 impl TorchAdamW {
-    fn new(cfg: &OptimConfig, lr: f32, t: u64) -> Self {
+    pub fn new(cfg: &OptimConfig, lr: f32, t: u64) -> Self {
         let (lr, wd) = (as_written(lr), as_written(cfg.weight_decay));
         let (beta1, beta2) = (as_written(cfg.beta1), as_written(cfg.beta2));
         let t = t as f64;
@@ -349,20 +350,20 @@ impl TorchAdamW {
 }
 
 /// bitsandbytes' Adam update (`kOptimizer32bit2State` / `kOptimizerStatic8bit2StateBlockwise`, ADAM), all in
-/// f32 as the kernels compute it.
-struct BnbAdam {
-    beta1: f32,
-    beta2: f32,
+/// f32 as the kernels compute it. Its scalars are public so that the GPU kernels (loft-gpu) run the same update.
+pub struct BnbAdam {
+    pub beta1: f32,
+    pub beta2: f32,
     /// -lr·√(1 − β2ᵗ) / (1 − β1ᵗ)
-    step_size: f32,
+    pub step_size: f32,
     /// √(1 − β2ᵗ)·eps
-    eps_hat: f32,
-    decay: f32,
-    apply_decay: bool,
+    pub eps_hat: f32,
+    pub decay: f32,
+    pub apply_decay: bool,
 }
 
 impl BnbAdam {
-    fn new(cfg: &OptimConfig, lr: f32, t: u64) -> Self {
+    pub fn new(cfg: &OptimConfig, lr: f32, t: u64) -> Self {
         let correction1 = 1.0 - cfg.beta1.powf(t as f32);
         let correction2 = (1.0 - cfg.beta2.powf(t as f32)).sqrt();
         BnbAdam {

@@ -1,0 +1,503 @@
+//! One opened adapter: device and queue, the pipeline cache, device buffers with a running byte count, upload and
+//! read-back.
+//!
+//! Work is recorded into one pending command encoder and submitted when the host needs a result (a read-back) or
+//! calls [`Context::flush`]. wgpu reports validation errors, device loss and out-of-memory through callbacks; they
+//! are kept here and turned into `Err` at the next call, so nothing on the device panics the process.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use loft::{Error, Result};
+use wgpu::util::DeviceExt;
+
+use crate::device::{choose, enumerate, AdapterSummary, DeviceChoice};
+
+/// Threads per workgroup of the one-dimensional kernels (elementwise ops, gathers).
+pub const WG: u32 = 256;
+
+/// A compute kernel: its WGSL, the entry point, and a name that identifies it (with its specialisation) in the
+/// pipeline cache and in errors.
+pub struct Kernel {
+    pub name: String,
+    pub source: String,
+    pub entry: &'static str,
+}
+
+/// A storage buffer bound to a kernel: `Read` for `var<storage, read>`, `Write` for `var<storage, read_write>`,
+/// in the order of the kernel's bindings 1, 2, … (binding 0 is the uniform parameter block).
+pub enum Binding<'a> {
+    Read(&'a GpuBuffer),
+    Write(&'a GpuBuffer),
+}
+
+/// A storage buffer of 32-bit words on the device (f32, u32, or packed bytes). Its bytes count in
+/// [`Context::allocated_bytes`] until it is dropped.
+pub struct GpuBuffer {
+    buffer: wgpu::Buffer,
+    words: usize,
+    allocated: Arc<AtomicU64>,
+}
+
+impl GpuBuffer {
+    /// Length in 32-bit words (elements, for f32 and u32 data).
+    pub fn len(&self) -> usize {
+        self.words
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.words == 0
+    }
+
+    pub fn raw(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+}
+
+impl std::fmt::Debug for GpuBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GpuBuffer({} words)", self.words)
+    }
+}
+
+impl Drop for GpuBuffer {
+    fn drop(&mut self) {
+        self.allocated.fetch_sub(self.buffer.size(), Ordering::Relaxed);
+    }
+}
+
+pub struct Context {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    summary: AdapterSummary,
+    limits: wgpu::Limits,
+    pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
+    compiled: AtomicU64,
+    allocated: Arc<AtomicU64>,
+    encoder: Mutex<Option<wgpu::CommandEncoder>>,
+    /// The first error wgpu reported outside an error scope, or the device's loss; sticky.
+    failure: Arc<Mutex<Option<String>>>,
+}
+
+impl Context {
+    /// Opens the adapter `choice` picks; Ok(None) when it picks the CPU.
+    pub fn open(choice: &DeviceChoice) -> Result<Option<Context>> {
+        let adapters = enumerate();
+        let summaries: Vec<AdapterSummary> = adapters.iter().map(|(s, _)| s.clone()).collect();
+        match choose(choice, &summaries)? {
+            None => Ok(None),
+            Some(i) => {
+                let (summary, adapter) = adapters.into_iter().nth(i).expect("choose returns an index into the list");
+                Context::from_adapter(summary, &adapter).map(Some)
+            }
+        }
+    }
+
+    /// Opens the adapter that `gpu:NAME` names (e.g. "lavapipe"), or fails with the reason and a hint.
+    pub fn open_named(name: &str) -> Result<Context> {
+        let choice = DeviceChoice::parse(&format!("gpu:{name}"))?;
+        Ok(Context::open(&choice)?.expect("a gpu choice never picks the CPU"))
+    }
+
+    /// A logical device on `adapter` with all of the adapter's limits (large storage bindings, many bindings per
+    /// kernel) and SHADER_F16 / SUBGROUP when it has them.
+    pub fn from_adapter(summary: AdapterSummary, adapter: &wgpu::Adapter) -> Result<Context> {
+        let limits = adapter.limits();
+        let features = adapter.features() & (wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP);
+        let desc = wgpu::DeviceDescriptor {
+            label: Some("loft"),
+            required_features: features,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        };
+        let (device, queue) = pollster::block_on(adapter.request_device(&desc)).map_err(|e| {
+            Error::hinted(
+                format!(
+                    "GPU #{} {}: could not open the device: {}",
+                    summary.index,
+                    summary.name,
+                    one_line(&e.to_string())
+                ),
+                crate::device::NO_ADAPTER_HINT,
+            )
+        })?;
+        let failure: Arc<Mutex<Option<String>>> = Arc::default();
+        let slot = failure.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut f = slot.lock().unwrap_or_else(|p| p.into_inner());
+            if f.is_none() {
+                *f = Some(describe(&e));
+            }
+        }));
+        let slot = failure.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            if reason == wgpu::DeviceLostReason::Destroyed {
+                return;
+            }
+            let mut f = slot.lock().unwrap_or_else(|p| p.into_inner());
+            if f.is_none() {
+                *f = Some(format!("the device was lost ({reason:?}): {}", one_line(&message)));
+            }
+        });
+        Ok(Context {
+            device,
+            queue,
+            summary,
+            limits,
+            pipelines: Mutex::default(),
+            compiled: AtomicU64::new(0),
+            allocated: Arc::default(),
+            encoder: Mutex::default(),
+            failure,
+        })
+    }
+
+    pub fn adapter(&self) -> &AdapterSummary {
+        &self.summary
+    }
+
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    /// Bytes held by live [`GpuBuffer`]s (parameter blocks and read-back staging are transient and not counted).
+    pub fn allocated_bytes(&self) -> u64 {
+        self.allocated.load(Ordering::Relaxed)
+    }
+
+    /// How many kernels have been compiled (each once per process and specialisation).
+    pub fn pipelines_compiled(&self) -> u64 {
+        self.compiled.load(Ordering::Relaxed)
+    }
+
+    /// Err with what went wrong if wgpu reported an error or lost the device since the last check.
+    pub fn check(&self) -> Result<()> {
+        let f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        match f.as_ref() {
+            None => Ok(()),
+            Some(msg) => Err(self.error(msg.clone())),
+        }
+    }
+
+    fn error(&self, msg: String) -> Error {
+        let hint = if msg.contains("out of memory") {
+            "the device's memory is full: use a smaller batch or sequence length, or --device cpu"
+        } else if msg.contains("lost") {
+            "the GPU driver reset or the device was removed; retry, or use --device cpu"
+        } else {
+            "this is a bug in loft's GPU kernels; --device cpu avoids it"
+        };
+        Error::hinted(format!("GPU #{} {}: {msg}", self.summary.index, self.summary.name), hint)
+    }
+
+    /// A zero-filled buffer of `words` 32-bit words (wgpu zero-initialises new buffers).
+    pub fn zeros(&self, words: usize) -> Result<GpuBuffer> {
+        self.check()?;
+        let bytes = (words.max(1) as u64).checked_mul(4).ok_or_else(|| self.error("buffer size overflows".into()))?;
+        let max = self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size);
+        if bytes > max {
+            return Err(Error::hinted(
+                format!(
+                    "GPU #{} {}: a buffer of {:.1} MiB exceeds the device's largest storage buffer ({:.1} MiB)",
+                    self.summary.index,
+                    self.summary.name,
+                    mib(bytes),
+                    mib(max)
+                ),
+                "use a smaller batch or sequence length, or --device cpu",
+            ));
+        }
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let invalid = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: bytes,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let invalid = pollster::block_on(invalid.pop());
+        let oom = pollster::block_on(oom.pop());
+        if let Some(e) = oom.or(invalid) {
+            return Err(Error::hinted(
+                format!(
+                    "GPU #{} {}: could not allocate {:.1} MiB with {:.1} MiB already held: {}",
+                    self.summary.index,
+                    self.summary.name,
+                    mib(bytes),
+                    mib(self.allocated_bytes()),
+                    describe(&e)
+                ),
+                "the device's memory is full: use a smaller batch or sequence length, or --device cpu",
+            ));
+        }
+        self.allocated.fetch_add(bytes, Ordering::Relaxed);
+        Ok(GpuBuffer { buffer, words, allocated: self.allocated.clone() })
+    }
+
+    /// A new buffer holding `data` (32-bit words as little-endian bytes; length a multiple of 4).
+    pub fn upload_words(&self, data: &[u8]) -> Result<GpuBuffer> {
+        assert!(data.len().is_multiple_of(4), "upload_words: {} bytes is not whole words", data.len());
+        let buf = self.zeros(data.len() / 4)?;
+        if !data.is_empty() {
+            // A fresh buffer: no recorded command reads it yet, so the staged write cannot overtake one.
+            self.queue.write_buffer(&buf.buffer, 0, data);
+        }
+        Ok(buf)
+    }
+
+    pub fn upload_f32(&self, data: &[f32]) -> Result<GpuBuffer> {
+        self.upload_words(&data.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())
+    }
+
+    pub fn upload_u32(&self, data: &[u32]) -> Result<GpuBuffer> {
+        self.upload_words(&data.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())
+    }
+
+    /// Bytes padded with zeros to whole words (quantized blocks, 8-bit optimizer state).
+    pub fn upload_bytes(&self, data: &[u8]) -> Result<GpuBuffer> {
+        let mut padded = data.to_vec();
+        padded.resize(data.len().next_multiple_of(4), 0);
+        self.upload_words(&padded)
+    }
+
+    /// Overwrites `buf` from word 0 with `data`. Submits recorded work first, so the write lands after it.
+    pub fn write_f32(&self, buf: &mut GpuBuffer, data: &[f32]) -> Result<()> {
+        assert!(data.len() <= buf.words, "write_f32: {} values into a buffer of {}", data.len(), buf.words);
+        self.flush()?;
+        if !data.is_empty() {
+            self.queue.write_buffer(&buf.buffer, 0, &data.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
+        }
+        Ok(())
+    }
+
+    /// The compiled pipeline of `kernel`, compiling it on first use (once per process and name). A WGSL error
+    /// names the kernel and the adapter.
+    pub fn pipeline(&self, kernel: &Kernel, bindings: &[Binding<'_>]) -> Result<Arc<wgpu::ComputePipeline>> {
+        let key = format!("{}::{}", kernel.name, kernel.entry);
+        let mut cache = self.pipelines.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = cache.get(&key) {
+            return Ok(p.clone());
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(&kernel.name),
+            source: wgpu::ShaderSource::Wgsl(kernel.source.as_str().into()),
+        });
+        let mut entries = vec![wgpu::BindGroupLayoutEntry {
+            binding: 0,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Uniform,
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        }];
+        for (i, b) in bindings.iter().enumerate() {
+            entries.push(wgpu::BindGroupLayoutEntry {
+                binding: i as u32 + 1,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage { read_only: matches!(b, Binding::Read(_)) },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            });
+        }
+        let bgl = self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some(&kernel.name),
+            entries: &entries,
+        });
+        let layout = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(&kernel.name),
+            bind_group_layouts: &[Some(&bgl)],
+            immediate_size: 0,
+        });
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(&kernel.name),
+            layout: Some(&layout),
+            module: &module,
+            entry_point: Some(kernel.entry),
+            compilation_options: wgpu::PipelineCompilationOptions::default(),
+            cache: None,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::hinted(
+                format!(
+                    "kernel '{}' failed to compile on GPU #{} {} ({}): {}",
+                    kernel.name,
+                    self.summary.index,
+                    self.summary.name,
+                    self.summary.backend,
+                    describe(&e)
+                ),
+                "this is a bug in loft's GPU kernels or in the driver; --device cpu avoids it",
+            ));
+        }
+        self.compiled.fetch_add(1, Ordering::Relaxed);
+        let pipeline = Arc::new(pipeline);
+        cache.insert(key, pipeline.clone());
+        Ok(pipeline)
+    }
+
+    /// Records one dispatch of `kernel` with parameter block `params` (binding 0, u32/f32 bit patterns) and
+    /// storage `bindings` (1, 2, …) over `groups` workgroups.
+    pub fn dispatch(&self, kernel: &Kernel, params: &[u32], bindings: &[Binding<'_>], groups: [u32; 3]) -> Result<()> {
+        self.check()?;
+        if groups.contains(&0) {
+            return Ok(());
+        }
+        let max = self.limits.max_compute_workgroups_per_dimension;
+        assert!(groups.iter().all(|&g| g <= max), "{}: {groups:?} workgroups exceed {max} per dimension", kernel.name);
+        let pipeline = self.pipeline(kernel, bindings)?;
+        let mut words: Vec<u8> = params.iter().flat_map(|w| w.to_le_bytes()).collect();
+        words.resize(words.len().max(16).next_multiple_of(16), 0);
+        let uniform = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents: &words,
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
+        for (i, b) in bindings.iter().enumerate() {
+            let buf = match b {
+                Binding::Read(b) | Binding::Write(b) => b,
+            };
+            entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: buf.buffer.as_entire_binding() });
+        }
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(&kernel.name),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        self.record(|enc| {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        });
+        self.check()
+    }
+
+    /// Records `words` words copied from src[src_at..] to dst[dst_at..] (word offsets).
+    pub fn copy(&self, src: &GpuBuffer, src_at: usize, dst: &mut GpuBuffer, dst_at: usize, words: usize) -> Result<()> {
+        assert!(src_at + words <= src.words && dst_at + words <= dst.words, "copy: range outside a buffer");
+        if words > 0 {
+            self.record(|enc| {
+                enc.copy_buffer_to_buffer(
+                    &src.buffer,
+                    src_at as u64 * 4,
+                    &dst.buffer,
+                    dst_at as u64 * 4,
+                    words as u64 * 4,
+                )
+            });
+        }
+        self.check()
+    }
+
+    /// Records zeroing the whole buffer.
+    pub fn clear(&self, buf: &mut GpuBuffer) -> Result<()> {
+        self.record(|enc| enc.clear_buffer(&buf.buffer, 0, None));
+        self.check()
+    }
+
+    fn record(&self, f: impl FnOnce(&mut wgpu::CommandEncoder)) {
+        let mut enc = self.encoder.lock().unwrap_or_else(|p| p.into_inner());
+        let enc = enc.get_or_insert_with(|| self.device.create_command_encoder(&Default::default()));
+        f(enc);
+    }
+
+    /// Submits the recorded work (it runs asynchronously; read-backs wait for it).
+    pub fn flush(&self) -> Result<()> {
+        // The lock is held through the submit: another thread's later work must not reach the queue first.
+        let mut pending = self.encoder.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(enc) = pending.take() {
+            self.queue.submit([enc.finish()]);
+        }
+        drop(pending);
+        self.check()
+    }
+
+    /// The buffer's bytes, after all recorded work has run.
+    pub fn read_bytes(&self, buf: &GpuBuffer) -> Result<Vec<u8>> {
+        let size = buf.buffer.size();
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("read-back"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.record(|enc| enc.copy_buffer_to_buffer(&buf.buffer, 0, &staging, 0, size));
+        self.flush()?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| self.error(format!("waiting for the device failed: {}", one_line(&e.to_string()))))?;
+        self.check()?;
+        match rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(self.error(format!("reading a buffer back failed: {e}"))),
+            Err(_) => return Err(self.error("reading a buffer back failed: no answer from the device".into())),
+        }
+        let bytes = {
+            let view = staging
+                .get_mapped_range(..)
+                .map_err(|e| self.error(format!("reading a buffer back failed: {}", one_line(&e.to_string()))))?;
+            view.to_vec()
+        };
+        staging.unmap();
+        Ok(bytes[..buf.words * 4].to_vec())
+    }
+
+    pub fn read_f32(&self, buf: &GpuBuffer) -> Result<Vec<f32>> {
+        Ok(self.read_bytes(buf)?.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+    }
+
+    pub fn read_u32(&self, buf: &GpuBuffer) -> Result<Vec<u32>> {
+        Ok(self.read_bytes(buf)?.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+    }
+}
+
+/// Workgroups for `threads` one-dimensional threads in groups of `wg`, folded into a second dimension past the
+/// per-dimension limit (kernels recover the thread's index as `(wid.y · nwg.x + wid.x) · wg + lid.x`).
+pub fn groups_1d(threads: usize, wg: u32) -> [u32; 3] {
+    groups_for(threads.div_ceil(wg as usize))
+}
+
+/// `n` workgroups folded into x and y (x ≤ 65535).
+pub fn groups_for(n: usize) -> [u32; 3] {
+    const MAX: usize = 65535;
+    if n <= MAX {
+        [n as u32, 1, 1]
+    } else {
+        [MAX as u32, n.div_ceil(MAX) as u32, 1]
+    }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 20) as f64
+}
+
+/// wgpu's errors span lines ("Validation Error\n\nCaused by:\n  In …"): one line for loft's error.
+fn describe(e: &wgpu::Error) -> String {
+    match e {
+        wgpu::Error::OutOfMemory { .. } => "out of memory".to_string(),
+        other => one_line(&other.to_string()),
+    }
+}
+
+fn one_line(s: &str) -> String {
+    let parts: Vec<&str> = s.lines().map(str::trim).filter(|l| !l.is_empty() && *l != "Caused by:").collect();
+    parts.join(": ")
+}

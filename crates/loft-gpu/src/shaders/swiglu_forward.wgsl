@@ -1,0 +1,19 @@
+// out = silu(gate) · up = gate · σ(gate) · up, elementwise.
+
+struct Params { len: u32, _p0: u32, _p1: u32, _p2: u32 }
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<storage, read> gate: array<f32>;
+@group(0) @binding(3) var<storage, read> up: array<f32>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let e = (wid.y * nwg.x + wid.x) * 256u + lid;
+    if (e >= p.len) {
+        return;
+    }
+    let g = gate[e];
+    out[e] = g * (1.0 / (1.0 + exp(-g))) * up[e];
+}

@@ -1,0 +1,58 @@
+use std::sync::OnceLock;
+
+use loft_gpu::Context;
+
+/// The lavapipe context shared by the tests of this binary (kernels compile once).
+pub fn ctx() -> &'static Context {
+    static CTX: OnceLock<Context> = OnceLock::new();
+    CTX.get_or_init(|| match Context::open_named("lavapipe") {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "these tests run on lavapipe, Mesa's software Vulkan device: {e}\nhint: {}",
+            e.hint().unwrap_or("apt-get install mesa-vulkan-drivers libvulkan1")
+        ),
+    })
+}
+
+/// Uniform values in [-1, 1) from a fixed seed (SplitMix64).
+pub fn rand(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// The relative error the parity tests hold to.
+pub const TOL: f32 = 1e-4;
+
+/// Worst elementwise relative error of `gpu` against `cpu`: |g − c| / max(|c|, 0.01 · max|c|) (the floor keeps
+/// elements that cancel to near zero from dividing by nothing).
+pub fn rel_err(gpu: &[f32], cpu: &[f32]) -> f32 {
+    assert_eq!(gpu.len(), cpu.len(), "lengths differ");
+    let scale = cpu.iter().fold(0f32, |a, &b| a.max(b.abs()));
+    let floor = (0.01 * scale).max(f32::MIN_POSITIVE);
+    gpu.iter().zip(cpu).map(|(g, c)| if g == c { 0.0 } else { (g - c).abs() / c.abs().max(floor) }).fold(0.0, f32::max)
+}
+
+/// Asserts `gpu` equals `cpu` within [`TOL`] and prints the figure.
+pub fn assert_parity(label: &str, gpu: &[f32], cpu: &[f32]) {
+    let e = rel_err(gpu, cpu);
+    eprintln!("parity {label:<48} max rel err {e:.2e}");
+    assert!(e <= TOL && gpu.iter().all(|x| x.is_finite()), "{label}: GPU differs from the CPU by {e:.3e} (> {TOL:e})");
+}
+
+/// Reads a device buffer (panics with the error: a test helper).
+pub fn read(buf: &loft_gpu::GpuBuffer) -> Vec<f32> {
+    ctx().read_f32(buf).unwrap_or_else(|e| panic!("read-back failed: {e}"))
+}
+
+pub fn up(data: &[f32]) -> loft_gpu::GpuBuffer {
+    ctx().upload_f32(data).unwrap_or_else(|e| panic!("upload failed: {e}"))
+}
