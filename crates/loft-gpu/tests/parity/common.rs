@@ -2,31 +2,28 @@ use std::sync::OnceLock;
 
 use loft_gpu::Context;
 
-/// The lavapipe context shared by the tests of this binary (kernels compile once).
+/// The adapter the tests run on: lavapipe, Mesa's software Vulkan device (every `make test`), or the one
+/// LOFT_GPU_ADAPTER names (scripts/gpu_check.sh sets it on a machine with a real GPU). Shared by the tests of this
+/// binary, so kernels compile once.
 pub fn ctx() -> &'static Context {
     static CTX: OnceLock<Context> = OnceLock::new();
-    CTX.get_or_init(|| match Context::open_named("lavapipe") {
-        Ok(c) => c,
-        Err(e) => panic!(
-            "these tests run on lavapipe, Mesa's software Vulkan device: {e}\nhint: {}",
-            e.hint().unwrap_or("apt-get install mesa-vulkan-drivers libvulkan1")
-        ),
+    CTX.get_or_init(|| {
+        let name = std::env::var("LOFT_GPU_ADAPTER").unwrap_or_else(|_| "lavapipe".into());
+        match Context::open_named(&name) {
+            Ok(c) => c,
+            Err(e) => panic!(
+                "these tests run on the Vulkan adapter '{name}' (lavapipe unless LOFT_GPU_ADAPTER says otherwise): \
+                 {e}\nhint: {}",
+                e.hint().unwrap_or("apt-get install mesa-vulkan-drivers libvulkan1")
+            ),
+        }
     })
 }
 
-/// Uniform values in [-1, 1) from a fixed seed (SplitMix64).
+/// Uniform values in [-1, 1) from a fixed seed (the crate's SplitMix64).
 pub fn rand(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
+    let mut rng = loft::rng::SplitMix64::new(seed);
+    (0..n).map(|_| ((rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0).collect()
 }
 
 /// The relative error the parity tests hold to.
