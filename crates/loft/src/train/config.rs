@@ -274,24 +274,27 @@ const LIST_KEYS: [&str; 4] = ["target_modules", "train_files", "validation_files
 impl TrainConfig {
     /// Reads a config file and applies `--set` overrides (`section.key=value`, the value read as TOML, a bare
     /// word that is not TOML taken as a string), then checks it.
+    /// Errors in the file name the file; errors in an override name the `--set`.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::parse(&text, overrides).map_err(|e| match e {
+        let in_file = |e: Error| match e {
             Error::Invalid(message) => Error::format(path, message),
             e @ Error::Hinted { .. } => e.at(path.display()),
             e => e,
-        })
+        };
+        let mut table = parse_table(&text).map_err(in_file)?;
+        apply_overrides(&mut table, overrides)?;
+        Self::from_table(table).map_err(in_file)
     }
 
     /// `load` on a string.
     pub fn parse(text: &str, overrides: &[String]) -> Result<Self> {
-        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            Error::Invalid(format!("not valid TOML: {}", e.to_string().lines().collect::<Vec<_>>().join(" ")))
-        })?;
-        for o in overrides {
-            apply_override(&mut table, o)?;
-        }
-        check_keys(&mut table)?;
+        let mut table = parse_table(text)?;
+        apply_overrides(&mut table, overrides)?;
+        Self::from_table(table)
+    }
+
+    fn from_table(table: toml::Table) -> Result<Self> {
         let config: TrainConfig = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
             Error::Invalid(format!("config: {}", e.message().lines().collect::<Vec<_>>().join(" ")))
         })?;
@@ -548,14 +551,32 @@ fn check_keys(table: &mut toml::Table) -> Result<()> {
     Ok(())
 }
 
+/// TOML text whose sections and keys are all known (single strings where lists go become lists of one).
+fn parse_table(text: &str) -> Result<toml::Table> {
+    let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        Error::Invalid(format!("not valid TOML: {}", e.to_string().lines().collect::<Vec<_>>().join(" ")))
+    })?;
+    check_keys(&mut table)?;
+    Ok(table)
+}
+
+/// Each `--set section.key=value` into the table; an error names the override.
+fn apply_overrides(table: &mut toml::Table, overrides: &[String]) -> Result<()> {
+    for o in overrides {
+        apply_override(table, o).map_err(|e| e.at(format!("--set {o}")))?;
+    }
+    check_keys(table)
+}
+
 /// `section.key=value` into the table.
 fn apply_override(table: &mut toml::Table, o: &str) -> Result<()> {
-    let (path, raw) = o.split_once('=').ok_or_else(|| {
-        Error::hinted(format!("--set {o}: expected section.key=value"), "e.g. --set train.learning_rate=1e-4")
-    })?;
-    let (section, key) = path.trim().split_once('.').ok_or_else(|| {
-        Error::hinted(format!("--set {o}: the key must name its section"), "e.g. --set train.max_steps=100")
-    })?;
+    let (path, raw) = o
+        .split_once('=')
+        .ok_or_else(|| Error::hinted("expected section.key=value", "e.g. --set train.learning_rate=1e-4"))?;
+    let (section, key) = path
+        .trim()
+        .split_once('.')
+        .ok_or_else(|| Error::hinted("the key must name its section", "e.g. --set train.max_steps=100"))?;
     let keys = section_keys(section).ok_or_else(|| unknown("section", section, &section_names()))?;
     if !keys.iter().any(|k| k == key) {
         return Err(unknown(&format!("key in [{section}]:"), key, &keys));
