@@ -246,10 +246,26 @@ pub fn train(config: &RunConfig, options: &TrainOptions, observer: &mut dyn Obse
 
     save_final_adapter(&adapter, model.config.hidden_size, &config.model, &adapter_dir)?;
     report.saved(&adapter_dir);
+    let resumed_from = resumed.as_ref().map(|r| r.step);
+    let seconds = run_started.elapsed().as_secs_f64();
+    write_summary(out, &plan, resumed_from, seconds, tokens_seen, last_loss, last_eval.as_ref())?;
+    Ok(Summary { steps: total_steps, final_loss: last_loss, eval: last_eval, adapter_dir, dry_run: false })
+}
+
+/// `train_summary.json`: steps, time, peak memory against the estimate, data counts, final losses.
+fn write_summary(
+    out: &Path,
+    plan: &Plan,
+    resumed_from_step: Option<u64>,
+    seconds: f64,
+    tokens_seen: u64,
+    final_loss: f64,
+    eval: Option<&EvalLog>,
+) -> Result<()> {
     let summary = serde_json::json!({
-        "steps": total_steps,
-        "resumed_from_step": resumed.as_ref().map(|r| r.step),
-        "seconds": run_started.elapsed().as_secs_f64(),
+        "steps": plan.total_steps,
+        "resumed_from_step": resumed_from_step,
+        "seconds": seconds,
         "peak_rss_bytes": crate::memory::peak_rss_bytes(),
         "memory_estimate_bytes": plan.memory.total(),
         "tokens_seen": tokens_seen,
@@ -258,13 +274,12 @@ pub fn train(config: &RunConfig, options: &TrainOptions, observer: &mut dyn Obse
         "target_tokens": plan.stats.target_tokens,
         "truncated_examples": plan.stats.truncated,
         "trainable_parameters": plan.trainable_parameters,
-        "final_loss": last_loss,
-        "eval_loss": last_eval.as_ref().map(|e| e.eval_loss),
-        "eval_perplexity": last_eval.as_ref().map(|e| e.eval_perplexity),
+        "final_loss": final_loss,
+        "eval_loss": eval.map(|e| e.eval_loss),
+        "eval_perplexity": eval.map(|e| e.eval_perplexity),
     });
     let path = out.join(SUMMARY_FILE);
-    std::fs::write(&path, format!("{summary:#}\n")).map_err(|e| Error::io(&path, e))?;
-    Ok(Summary { steps: total_steps, final_loss: last_loss, eval: last_eval, adapter_dir, dry_run: false })
+    std::fs::write(&path, format!("{summary:#}\n")).map_err(|e| Error::io(&path, e))
 }
 
 /// Everything the loop needs, built before its first step.
