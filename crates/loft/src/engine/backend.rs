@@ -35,8 +35,8 @@ pub trait Backend {
     fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
     /// `len` values of `buf` from `at`, back on the host.
     fn read(&self, buf: &Self::Buf, at: usize, len: usize) -> Result<Vec<f32>>;
-    /// The whole buffer, back on the host (the CPU hands over its vector without a copy).
-    fn into_host(&self, buf: Self::Buf) -> Result<Vec<f32>>;
+    /// The whole buffer, consumed, back on the host (the CPU hands over its vector without a copy).
+    fn download(&self, buf: Self::Buf) -> Result<Vec<f32>>;
     /// dst[dst_at..dst_at+len] = src[src_at..src_at+len].
     fn copy(&self, src: &Self::Buf, src_at: usize, dst: &mut Self::Buf, dst_at: usize, len: usize) -> Result<()>;
     fn matrix<'w>(&'w self, m: &'w FrozenMatrix) -> Result<Self::Matrix<'w>>;
@@ -114,7 +114,7 @@ impl Backend for Cpu {
         Ok(range(buf, at, len)?.to_vec())
     }
 
-    fn into_host(&self, buf: Vec<f32>) -> Result<Vec<f32>> {
+    fn download(&self, buf: Vec<f32>) -> Result<Vec<f32>> {
         Ok(buf)
     }
 

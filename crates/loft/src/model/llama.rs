@@ -177,7 +177,7 @@ impl<'w, B: Backend + 'w> Runner<'w, B> {
         be.copy(hidden, row0 * c, &mut x, 0, rows * c)?;
         let mut logits = be.zeros(rows * v)?;
         be.linear_forward(&mut logits, &x, self.lm_head.as_ref().unwrap_or(&self.embed_tokens), rows, false)?;
-        be.into_host(logits)
+        be.download(logits)
     }
 
     /// Negative log-likelihood of each next token: nll[i] = -log p(tokens[i+1] | tokens[..=i]), for i < T-1.
