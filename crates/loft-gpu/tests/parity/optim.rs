@@ -35,9 +35,9 @@ fn adamw_and_adamw_8bit_steps_equal_the_cpu() {
     for kind in [OptimKind::AdamW, OptimKind::AdamW8bit] {
         let config = OptimConfig { kind, weight_decay: 0.01, ..Default::default() };
         let mut params = adapter(1);
-        let mut cpu_opt = cpu::Optimizer::new(config.clone(), &params);
+        let mut cpu_opt = cpu::Optimizer::new(config, &params);
         let names: Vec<(TensorName, usize)> = tensors(&params).iter().map(|(n, t)| (*n, t.len())).collect();
-        let mut gpu_opt = optim::Optimizer::new(c, config.clone(), &names).unwrap();
+        let mut gpu_opt = optim::Optimizer::new(c, config, &names).unwrap();
         let mut gparams: Vec<GpuBuffer> = tensors(&params).iter().map(|(_, t)| up(t)).collect();
         for step in 0..3u64 {
             let mut grads = adapter(100 + 10 * step);
