@@ -39,7 +39,8 @@ pub trait Backend {
     fn download(&self, buf: Self::Buf) -> Result<Vec<f32>>;
     /// dst[dst_at..dst_at+len] = src[src_at..src_at+len].
     fn copy(&self, src: &Self::Buf, src_at: usize, dst: &mut Self::Buf, dst_at: usize, len: usize) -> Result<()>;
-    fn matrix<'w>(&'w self, m: &'w FrozenMatrix) -> Result<Self::Matrix<'w>>;
+    /// The frozen matrix `name` (its checkpoint name, for errors) on the device.
+    fn matrix<'w>(&'w self, name: &str, m: &'w FrozenMatrix) -> Result<Self::Matrix<'w>>;
     fn vector<'w>(&'w self, v: &'w [f32]) -> Result<Self::Vector<'w>>;
 
     /// y[N, out] = x[N, in] · Wᵀ (+= with `accumulate`).
@@ -128,7 +129,7 @@ impl Backend for Cpu {
         Ok(())
     }
 
-    fn matrix<'w>(&'w self, m: &'w FrozenMatrix) -> Result<&'w FrozenMatrix> {
+    fn matrix<'w>(&'w self, _name: &str, m: &'w FrozenMatrix) -> Result<&'w FrozenMatrix> {
         Ok(m)
     }
 

@@ -80,26 +80,27 @@ impl<'w, B: Backend + 'w> Runner<'w, B> {
     pub fn new(backend: &'w B, model: &'w Llama) -> Result<Self> {
         let w = &model.weights;
         let mut layers = Vec::with_capacity(w.layers.len());
-        for l in &w.layers {
+        for (i, l) in w.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
             layers.push(DeviceLayer {
                 input_layernorm: backend.vector(&l.input_layernorm)?,
-                q_proj: backend.matrix(&l.q_proj)?,
-                k_proj: backend.matrix(&l.k_proj)?,
-                v_proj: backend.matrix(&l.v_proj)?,
-                o_proj: backend.matrix(&l.o_proj)?,
+                q_proj: backend.matrix(&format!("{p}.self_attn.q_proj.weight"), &l.q_proj)?,
+                k_proj: backend.matrix(&format!("{p}.self_attn.k_proj.weight"), &l.k_proj)?,
+                v_proj: backend.matrix(&format!("{p}.self_attn.v_proj.weight"), &l.v_proj)?,
+                o_proj: backend.matrix(&format!("{p}.self_attn.o_proj.weight"), &l.o_proj)?,
                 post_attention_layernorm: backend.vector(&l.post_attention_layernorm)?,
-                gate_proj: backend.matrix(&l.gate_proj)?,
-                up_proj: backend.matrix(&l.up_proj)?,
-                down_proj: backend.matrix(&l.down_proj)?,
+                gate_proj: backend.matrix(&format!("{p}.mlp.gate_proj.weight"), &l.gate_proj)?,
+                up_proj: backend.matrix(&format!("{p}.mlp.up_proj.weight"), &l.up_proj)?,
+                down_proj: backend.matrix(&format!("{p}.mlp.down_proj.weight"), &l.down_proj)?,
             });
         }
         Ok(Runner {
             backend,
             model,
-            embed_tokens: backend.matrix(&w.embed_tokens)?,
+            embed_tokens: backend.matrix("model.embed_tokens.weight", &w.embed_tokens)?,
             layers,
             norm: backend.vector(&w.norm)?,
-            lm_head: w.lm_head.as_ref().map(|h| backend.matrix(h)).transpose()?,
+            lm_head: w.lm_head.as_ref().map(|h| backend.matrix("lm_head.weight", h)).transpose()?,
         })
     }
 
