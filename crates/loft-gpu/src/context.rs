@@ -428,14 +428,31 @@ impl Context {
 
     /// The buffer's bytes, after all recorded work has run.
     pub fn read_bytes(&self, buf: &GpuBuffer) -> Result<Vec<u8>> {
-        let size = buf.buffer.size();
+        self.read_word_range(buf, 0, buf.words)
+    }
+
+    /// The bytes of words at..at+words of the buffer (only those cross to the host), after all recorded work has
+    /// run.
+    pub fn read_word_range(&self, buf: &GpuBuffer, at: usize, words: usize) -> Result<Vec<u8>> {
+        if at.checked_add(words).is_none_or(|end| end > buf.words) {
+            return Err(self.error(format!(
+                "a read of words {at}..{} from a buffer of {}",
+                at.saturating_add(words),
+                buf.words
+            )));
+        }
+        if words == 0 {
+            return Ok(Vec::new());
+        }
+        self.check()?;
+        let size = words as u64 * 4;
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("read-back"),
             size,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        self.record(|enc| enc.copy_buffer_to_buffer(&buf.buffer, 0, &staging, 0, size));
+        self.record(|enc| enc.copy_buffer_to_buffer(&buf.buffer, at as u64 * 4, &staging, 0, size));
         self.flush()?;
         let (tx, rx) = std::sync::mpsc::channel();
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
@@ -457,11 +474,17 @@ impl Context {
             view.to_vec()
         };
         staging.unmap();
-        Ok(bytes[..buf.words * 4].to_vec())
+        Ok(bytes)
     }
 
     pub fn read_f32(&self, buf: &GpuBuffer) -> Result<Vec<f32>> {
         Ok(self.read_bytes(buf)?.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+    }
+
+    /// Values at..at+len of an f32 buffer.
+    pub fn read_f32_range(&self, buf: &GpuBuffer, at: usize, len: usize) -> Result<Vec<f32>> {
+        let bytes = self.read_word_range(buf, at, len)?;
+        Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
     }
 
     pub fn read_u32(&self, buf: &GpuBuffer) -> Result<Vec<u32>> {

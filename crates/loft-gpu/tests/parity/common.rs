@@ -1,16 +1,16 @@
 use std::sync::OnceLock;
 
-use loft_gpu::Context;
+use loft_gpu::{Context, Wgpu};
 
 /// The adapter the tests run on: lavapipe, Mesa's software Vulkan device (every `make test`), or the one
-/// LOFT_GPU_ADAPTER names (scripts/gpu_check.sh sets it on a machine with a real GPU). Shared by the tests of this
-/// binary, so kernels compile once.
-pub fn ctx() -> &'static Context {
-    static CTX: OnceLock<Context> = OnceLock::new();
-    CTX.get_or_init(|| {
+/// LOFT_GPU_ADAPTER names (scripts/gpu_check.sh sets it on a machine with a real GPU), as the wgpu backend. Shared
+/// by the tests of this binary, so kernels compile once.
+pub fn gpu() -> &'static Wgpu {
+    static GPU: OnceLock<Wgpu> = OnceLock::new();
+    GPU.get_or_init(|| {
         let name = std::env::var("LOFT_GPU_ADAPTER").unwrap_or_else(|_| "lavapipe".into());
         match Context::open_named(&name) {
-            Ok(c) => c,
+            Ok(c) => Wgpu::new(c),
             Err(e) => panic!(
                 "these tests run on the Vulkan adapter '{name}' (lavapipe unless LOFT_GPU_ADAPTER says otherwise): \
                  {e}\nhint: {}",
@@ -18,6 +18,11 @@ pub fn ctx() -> &'static Context {
             ),
         }
     })
+}
+
+/// Its context, for the kernels called one by one.
+pub fn ctx() -> &'static Context {
+    gpu().context()
 }
 
 /// Uniform values in [-1, 1) from a fixed seed (the crate's SplitMix64).
