@@ -8,7 +8,11 @@ use loft::engine::FrozenMatrix;
 use loft::{Error, Result};
 
 use super::matmul::{groups, kernel, params, View};
-use crate::context::{Binding, Context, GpuBuffer, Kernel};
+use crate::context::{groups_for, Binding, Context, GpuBuffer, Kernel};
+
+/// Up to this many input rows (decoding), the forward runs one workgroup per weight row (shaders/matvec_frozen.wgsl)
+/// instead of the tiled matmul, whose 64-row tiles would be nearly all padding.
+pub const MATVEC_MAX_ROWS: usize = 4;
 
 /// `fn load_w(r, c, row_bytes) -> f32`: element (r, c) of a row-major matrix stored as `dtype` in `wq`
 /// (array<u32>), rows `row_bytes` apart. None for types without a GPU decoder.
@@ -260,6 +264,13 @@ impl GpuFrozen {
         assert!(y.len() >= n * rows && x.len() >= n * cols, "GpuFrozen::forward: operand too small");
         if n == 0 || rows == 0 {
             return Ok(());
+        }
+        if n <= MATVEC_MAX_ROWS {
+            let source = include_str!("../shaders/matvec_frozen.wgsl").replace("//LOAD_W", &self.load_w_wgsl());
+            let kernel = Kernel { name: format!("matvec_frozen_{}", self.storage_name()), source, entry: "main" };
+            let p = [n, rows, cols, accumulate as usize, self.row_bytes, 0, 0, 0].map(|v| v as u32);
+            let b = [Binding::Write(y), Binding::Read(x), Binding::Read(&self.data)];
+            return ctx.dispatch(&kernel, &p, &b, groups_for(rows));
         }
         // B(k, n) = W[n, k]: transposed (b_cs = 1), rows row_bytes apart (b_rs).
         let xv = View { off: 0, rs: cols, cs: 1 };

@@ -58,7 +58,7 @@ fn frozen_products_over_blocks_equal_the_cpu() {
                 m.storage_bytes().next_multiple_of(4),
                 "{dtype}: the device holds the blocks"
             );
-            for n in [5, 3] {
+            for n in [5, 3, 1] {
                 let x = rand(n * cols, 8);
                 for acc in [false, true] {
                     let y0 = rand(n * rows, 9);
