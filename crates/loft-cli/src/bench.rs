@@ -2,11 +2,11 @@
 
 use std::time::Instant;
 
-use loft::engine::Cpu;
+use loft::engine::{Backend, Cpu};
 use loft::infer::{generate, GenerateOptions, SamplingParams};
-use loft::model::Runner;
+use loft::model::{Llama, Runner};
 
-use crate::model_args::ModelArgs;
+use crate::model_args::{Device, DeviceArgs, ModelArgs};
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -56,6 +56,8 @@ pub struct TrainArgs {
 pub struct DecodeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
     /// Prompt length in tokens.
     #[arg(long, default_value_t = 512)]
     pub prompt_tokens: usize,
@@ -78,6 +80,7 @@ pub fn run(cmd: Command) -> loft::Result<()> {
 }
 
 fn decode(args: DecodeArgs) -> loft::Result<()> {
+    let device = args.device.open()?;
     let loaded = args.model.load()?;
     let cfg = &loaded.model.config;
     // A deterministic prompt of ordinary token ids (no control tokens), the same on every run.
@@ -96,23 +99,18 @@ fn decode(args: DecodeArgs) -> loft::Result<()> {
         sampling: SamplingParams::default(),
         stop_ids: vec![],
     };
-    let capacity = prompt.len() + opts.max_new_tokens;
-    let runner = Runner::new(&Cpu, &loaded.model)?;
-    let mut cache = runner.cache(capacity)?;
-    let (mut best_prompt, mut best_decode) = (0.0f64, 0.0f64);
     let total = Instant::now();
-    for _ in 0..args.repeat.max(1) {
-        cache.clear();
-        let (_, stats) = generate(&runner, &prompt, &opts, &mut cache, |_| Ok(()))?;
-        best_prompt = best_prompt.max(stats.prompt_tokens_per_second());
-        best_decode = best_decode.max(stats.decode_tokens_per_second());
-    }
+    let (described, best_prompt, best_decode) = match &device {
+        Device::Cpu => decode_on(&Cpu, &loaded.model, &prompt, &opts, args.repeat)?,
+        Device::Gpu(gpu) => decode_on(gpu.as_ref(), &loaded.model, &prompt, &opts, args.repeat)?,
+    };
     let threads = rayon::current_num_threads();
     if args.json {
         println!(
             "{}",
             serde_json::json!({
                 "model": loaded.path.path().display().to_string(),
+                "device": described,
                 "threads": threads,
                 "prompt_tokens": prompt.len(),
                 "gen_tokens": opts.max_new_tokens,
@@ -122,6 +120,7 @@ fn decode(args: DecodeArgs) -> loft::Result<()> {
             })
         );
     } else {
+        println!("device: {described}");
         println!("threads: {threads}");
         println!("prompt ({} tokens): {best_prompt:.1} tok/s", prompt.len());
         println!("decode ({} tokens): {best_decode:.1} tok/s", opts.max_new_tokens);
@@ -129,11 +128,31 @@ fn decode(args: DecodeArgs) -> loft::Result<()> {
     Ok(())
 }
 
+/// The device's name (printed with the figures) and the best prompt and decode speeds (tok/s) of `repeat` greedy runs on `backend`.
+fn decode_on<B: Backend>(
+    backend: &B,
+    model: &Llama,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    repeat: usize,
+) -> loft::Result<(String, f64, f64)> {
+    let runner = Runner::new(backend, model)?;
+    let mut cache = runner.cache(prompt.len() + opts.max_new_tokens)?;
+    let (mut best_prompt, mut best_decode) = (0.0f64, 0.0f64);
+    for _ in 0..repeat.max(1) {
+        cache.clear();
+        let (_, stats) = generate(&runner, prompt, opts, &mut cache, |_| Ok(()))?;
+        best_prompt = best_prompt.max(stats.prompt_tokens_per_second());
+        best_decode = best_decode.max(stats.decode_tokens_per_second());
+    }
+    Ok((backend.describe(), best_prompt, best_decode))
+}
+
 fn train(args: TrainArgs) -> loft::Result<()> {
     use loft::data::Batch;
     use loft::lora::{Adapter, LoraConfig};
     use loft::memory;
-    use loft::model::{load_base, Llama, LlamaConfig};
+    use loft::model::{load_base, LlamaConfig};
     use loft::train::forward_backward::{forward_backward, TrainArena};
     use loft::train::optim::{clip_grad_norm, OptimConfig, OptimKind, Optimizer};
     use loft::Error;

@@ -3,18 +3,21 @@
 
 use std::io::{BufRead, Write};
 
-use loft::chat_template::Message;
-use loft::engine::Cpu;
-use loft::model::Runner;
+use loft::chat_template::{ChatTemplate, Message};
+use loft::engine::{Backend, Cpu};
+use loft::infer::GenerateOptions;
+use loft::model::{LoadedModel, Runner};
 use loft::Error;
 
 use crate::generate::{chat_template, stream, SamplingArgs};
-use crate::model_args::ModelArgs;
+use crate::model_args::{announce, Device, DeviceArgs, ModelArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
     /// A system message for the whole conversation.
     #[arg(long)]
     pub system: Option<String>,
@@ -24,15 +27,30 @@ pub struct Args {
 
 pub fn run(args: Args) -> loft::Result<()> {
     args.sampling.check()?;
+    let device = args.device.open()?;
     let loaded = args.model.load()?;
     let template = chat_template(&loaded)?;
     let opts = args.sampling.options(&loaded);
+    match &device {
+        Device::Cpu => converse(&Cpu, &loaded, &template, &opts, args.system),
+        Device::Gpu(gpu) => converse(gpu.as_ref(), &loaded, &template, &opts, args.system),
+    }
+}
+
+/// The conversation on `backend`, turn by turn from stdin, until /exit or the end of input.
+fn converse<B: Backend>(
+    backend: &B,
+    loaded: &LoadedModel,
+    template: &ChatTemplate,
+    opts: &GenerateOptions,
+    system: Option<String>,
+) -> loft::Result<()> {
     let capacity = loaded.model.config.max_position_embeddings;
-    let runner = Runner::new(&Cpu, &loaded.model)?;
+    let runner = Runner::new(backend, &loaded.model)?;
+    announce(backend);
     let mut cache = runner.cache(capacity.min(8192))?;
     let mut cached: Vec<u32> = Vec::new(); // the ids whose keys/values are in the cache
     let mut messages: Vec<Message> = Vec::new();
-    let system = args.system.clone();
     let reset = |messages: &mut Vec<Message>| {
         messages.clear();
         if let Some(s) = &system {
@@ -70,7 +88,7 @@ pub fn run(args: Args) -> loft::Result<()> {
         let keep = cached.iter().zip(&ids).take_while(|(a, b)| a == b).count().min(ids.len() - 1);
         cache.len = keep;
         cached.truncate(keep);
-        let (answer, stats) = stream(&runner, &loaded.tokenizer, &ids[keep..], &opts, &mut cache)?;
+        let (answer, stats) = stream(&runner, &loaded.tokenizer, &ids[keep..], opts, &mut cache)?;
         println!();
         cached.extend_from_slice(&ids[keep..]);
         cached.extend_from_slice(&answer[..answer.len().saturating_sub(1)]);

@@ -10,12 +10,14 @@ use loft::tokenizer::StreamDecoder;
 use loft::tokenizer::Tokenizer;
 use loft::Error;
 
-use crate::model_args::ModelArgs;
+use crate::model_args::{announce, Device, DeviceArgs, ModelArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
     /// The prompt. By default it is one user message rendered with the model's chat template.
     #[arg(long, short = 'p')]
     pub prompt: String,
@@ -111,6 +113,7 @@ pub fn chat_template(loaded: &LoadedModel) -> loft::Result<ChatTemplate> {
 
 pub fn run(args: Args) -> loft::Result<()> {
     args.sampling.check()?;
+    let device = args.device.open()?;
     let loaded = args.model.load()?;
     let ids = if args.raw {
         loaded.tokenizer.encode(&args.prompt, true, true)
@@ -135,9 +138,24 @@ pub fn run(args: Args) -> loft::Result<()> {
             "shorten the prompt",
         ));
     }
-    let runner = Runner::new(&Cpu, &loaded.model)?;
+    match &device {
+        Device::Cpu => answer(&Cpu, &loaded, &ids, &opts, capacity),
+        Device::Gpu(gpu) => answer(gpu.as_ref(), &loaded, &ids, &opts, capacity),
+    }
+}
+
+/// Streams the answer to `ids` on `backend`, then its counts and speed on stderr.
+fn answer<B: Backend>(
+    backend: &B,
+    loaded: &LoadedModel,
+    ids: &[u32],
+    opts: &GenerateOptions,
+    capacity: usize,
+) -> loft::Result<()> {
+    let runner = Runner::new(backend, &loaded.model)?;
+    announce(backend);
     let mut cache = runner.cache(capacity)?;
-    let (_, stats) = stream(&runner, &loaded.tokenizer, &ids, &opts, &mut cache)?;
+    let (_, stats) = stream(&runner, &loaded.tokenizer, ids, opts, &mut cache)?;
     println!();
     eprintln!(
         "prompt: {} tokens, {:.1} tok/s | generated: {} tokens, {:.1} tok/s{}",

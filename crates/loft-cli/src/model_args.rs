@@ -39,3 +39,35 @@ impl ModelArgs {
         Ok(loaded)
     }
 }
+
+/// `--device`, shared by the commands that run a model (eval, generate, chat, bench decode).
+#[derive(clap::Args, Clone)]
+pub struct DeviceArgs {
+    /// Where the model runs: cpu; auto (a hardware GPU if there is one, else the CPU); gpu (the best hardware
+    /// GPU); gpu:N or gpu:NAME (an adapter `loft inspect --devices` lists; a software one such as gpu:lavapipe
+    /// only when named). GPUs run through wgpu: Vulkan, Metal or DX12.
+    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
+    pub device: String,
+}
+
+/// The device a command runs its model on.
+pub enum Device {
+    Cpu,
+    Gpu(Box<loft_gpu::Wgpu>),
+}
+
+impl DeviceArgs {
+    /// Parses --device and opens the adapter it picks, before a model is loaded for nothing.
+    pub fn open(&self) -> loft::Result<Device> {
+        let choice = loft_gpu::DeviceChoice::parse(&self.device)?;
+        Ok(match loft_gpu::Wgpu::open(&choice)? {
+            Some(gpu) => Device::Gpu(Box::new(gpu)),
+            None => Device::Cpu,
+        })
+    }
+}
+
+/// Names the device on stderr, in the commands' common words.
+pub fn announce(backend: &impl loft::engine::Backend) {
+    eprintln!("device: {}", backend.describe());
+}
