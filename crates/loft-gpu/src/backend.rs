@@ -49,6 +49,29 @@ fn check(ok: bool, call: &str, what: impl FnOnce() -> String) -> Result<()> {
     }
 }
 
+/// Err unless D fits the GPU attention kernels (a hint to use the CPU) and NH is a positive multiple of NKV.
+fn check_heads(call: &str, nh: usize, nkv: usize, d: usize) -> Result<()> {
+    if d > MAX_HEAD_DIM {
+        return Err(Error::hinted(
+            format!("head_dim {d} is above the GPU attention kernel's {MAX_HEAD_DIM}"),
+            "use --device cpu",
+        ));
+    }
+    check(nkv > 0 && d > 0 && nh >= nkv && nh.is_multiple_of(nkv), call, || {
+        format!("{nh} query heads are not a positive multiple of {nkv} key/value heads, or D = {d}")
+    })
+}
+
+/// Err unless doc_start is [B, T] with each start at or before its own token.
+fn check_docs(call: &str, doc_start: Option<&[u32]>, b: usize, t: usize) -> Result<()> {
+    let Some(ds) = doc_start else { return Ok(()) };
+    check(ds.len() == b * t, call, || format!("doc_start of {} values is not [{b}, {t}]", ds.len()))?;
+    match ds.iter().enumerate().find(|&(i, &s)| s as usize > i % t) {
+        Some((i, &s)) => Err(Error::Invalid(format!("{call}: doc_start[{i}] = {s} is after its token {}", i % t))),
+        None => Ok(()),
+    }
+}
+
 impl Backend for Wgpu {
     type Buf = GpuBuffer;
     type Matrix<'w> = GpuFrozen;
@@ -182,5 +205,206 @@ impl Backend for Wgpu {
             format!("out, gate and up have {}, {} and {} values", out.len(), gate.len(), up.len())
         })?;
         swiglu::swiglu_forward(&self.ctx, out, gate, up)
+    }
+
+    fn linear_backward_input(
+        &self,
+        dx: &mut GpuBuffer,
+        dy: &GpuBuffer,
+        w: &GpuFrozen,
+        n: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        check(dx.len() >= n * w.cols && dy.len() >= n * w.rows, "linear_backward_input", || {
+            format!("dx [{n}, {}] and dy [{n}, {}] in buffers of {} and {}", w.cols, w.rows, dx.len(), dy.len())
+        })?;
+        w.backward_input(&self.ctx, dx, dy, n, accumulate)
+    }
+
+    fn rmsnorm_forward_train(
+        &self,
+        y: &mut GpuBuffer,
+        rstd: &mut GpuBuffer,
+        x: &GpuBuffer,
+        w: &GpuBuffer,
+        n: usize,
+        c: usize,
+        eps: f32,
+    ) -> Result<()> {
+        check(
+            y.len() == n * c && x.len() == n * c && rstd.len() == n && w.len() == c,
+            "rmsnorm_forward_train",
+            || {
+                format!(
+                    "y and x of {} and {} values are not [{n}, {c}], rstd of {} is not [{n}], or w of {} is not [{c}]",
+                    y.len(),
+                    x.len(),
+                    rstd.len(),
+                    w.len()
+                )
+            },
+        )?;
+        rmsnorm::rmsnorm_forward_train(&self.ctx, y, rstd, x, w, n, c, eps)
+    }
+
+    fn rmsnorm_backward(
+        &self,
+        dx: &mut GpuBuffer,
+        dw: Option<&mut GpuBuffer>,
+        dy: &GpuBuffer,
+        x: &GpuBuffer,
+        w: &GpuBuffer,
+        rstd: &GpuBuffer,
+        n: usize,
+        c: usize,
+    ) -> Result<()> {
+        let nc = n * c;
+        let dw_ok = dw.as_ref().is_none_or(|dw| dw.len() == c);
+        check(
+            dx.len() == nc && dy.len() == nc && x.len() == nc && rstd.len() == n && w.len() == c && dw_ok,
+            "rmsnorm_backward",
+            || {
+                format!(
+                    "dx, dy and x of {}, {} and {} values are not [{n}, {c}], rstd of {} is not [{n}], or w / dw are \
+                     not [{c}]",
+                    dx.len(),
+                    dy.len(),
+                    x.len(),
+                    rstd.len()
+                )
+            },
+        )?;
+        rmsnorm::rmsnorm_backward(&self.ctx, dx, dw, dy, x, w, rstd, n, c)
+    }
+
+    fn rope_backward(
+        &self,
+        dx: &mut GpuBuffer,
+        t: usize,
+        h: usize,
+        d: usize,
+        cos: &GpuBuffer,
+        sin: &GpuBuffer,
+    ) -> Result<()> {
+        let half = t * (d / 2);
+        check(dx.len() == t * h * d && cos.len() >= half && sin.len() >= half, "rope_backward", || {
+            format!("dx of {} values is not [{t}, {h}·{d}], or the tables are shorter than [{t}, {}]", dx.len(), d / 2)
+        })?;
+        rope::rope_backward(&self.ctx, dx, t, h, d, cos, sin)
+    }
+
+    fn swiglu_backward(
+        &self,
+        dgate: &mut GpuBuffer,
+        dup: &mut GpuBuffer,
+        dout: &GpuBuffer,
+        gate: &GpuBuffer,
+        up: &GpuBuffer,
+    ) -> Result<()> {
+        let len = gate.len();
+        check(
+            dgate.len() == len && dup.len() == len && dout.len() == len && up.len() == len,
+            "swiglu_backward",
+            || {
+                format!(
+                    "dgate, dup, dout, gate and up have {}, {}, {}, {len} and {} values",
+                    dgate.len(),
+                    dup.len(),
+                    dout.len(),
+                    up.len()
+                )
+            },
+        )?;
+        swiglu::swiglu_backward(&self.ctx, dgate, dup, dout, gate, up)
+    }
+
+    fn embedding_backward(&self, dtable: &mut GpuBuffer, dout: &GpuBuffer, ids: &[u32], c: usize) -> Result<()> {
+        check(c > 0 && dout.len() == ids.len() * c && dtable.len().is_multiple_of(c), "embedding_backward", || {
+            format!(
+                "dout of {} values is not [{}, {c}], or dtable of {} is not [V, {c}]",
+                dout.len(),
+                ids.len(),
+                dtable.len()
+            )
+        })?;
+        let v = dtable.len() / c;
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= v) {
+            return Err(Error::Invalid(format!("embedding_backward: token id {bad} is outside the vocabulary of {v}")));
+        }
+        embedding::embedding_backward(&self.ctx, dtable, dout, ids, c)
+    }
+
+    fn attention_forward(
+        &self,
+        out: &mut GpuBuffer,
+        lse: &mut GpuBuffer,
+        q: &GpuBuffer,
+        k: &GpuBuffer,
+        v: &GpuBuffer,
+        doc_start: Option<&[u32]>,
+        b: usize,
+        t: usize,
+        nh: usize,
+        nkv: usize,
+        d: usize,
+    ) -> Result<()> {
+        let call = "attention_forward";
+        check_heads(call, nh, nkv, d)?;
+        let (nq, nk) = (b * t * nh * d, b * t * nkv * d);
+        check(
+            out.len() == nq && q.len() == nq && k.len() == nk && v.len() == nk && lse.len() == b * nh * t,
+            call,
+            || {
+                format!(
+                    "q and out of {} and {} values are not [{b}, {t}, {nh}·{d}], k and v of {} and {} are not \
+                     [{b}, {t}, {nkv}·{d}], or lse of {} is not [{b}, {nh}, {t}]",
+                    q.len(),
+                    out.len(),
+                    k.len(),
+                    v.len(),
+                    lse.len()
+                )
+            },
+        )?;
+        check_docs(call, doc_start, b, t)?;
+        attention::attention_forward(&self.ctx, out, lse, q, k, v, doc_start, b, t, nh, nkv, d)
+    }
+
+    fn attention_backward(
+        &self,
+        dq: &mut GpuBuffer,
+        dk: &mut GpuBuffer,
+        dv: &mut GpuBuffer,
+        dk_heads: &mut GpuBuffer,
+        dv_heads: &mut GpuBuffer,
+        dout: &GpuBuffer,
+        q: &GpuBuffer,
+        k: &GpuBuffer,
+        v: &GpuBuffer,
+        out: &GpuBuffer,
+        lse: &GpuBuffer,
+        doc_start: Option<&[u32]>,
+        b: usize,
+        t: usize,
+        nh: usize,
+        nkv: usize,
+        d: usize,
+    ) -> Result<()> {
+        let call = "attention_backward";
+        check_heads(call, nh, nkv, d)?;
+        let (nq, nk) = (b * t * nh * d, b * t * nkv * d);
+        let q_ok = [dq.len(), q.len(), out.len(), dout.len(), dk_heads.len(), dv_heads.len()].iter().all(|&l| l == nq);
+        let k_ok = [dk.len(), dv.len(), k.len(), v.len()].iter().all(|&l| l == nk);
+        check(q_ok && k_ok && lse.len() == b * nh * t, call, || {
+            format!(
+                "dq, q, out, dout and the head scratch must be [{b}, {t}, {nh}·{d}] ({nq} values), dk, dv, k and v \
+                 [{b}, {t}, {nkv}·{d}] ({nk}), lse [{b}, {nh}, {t}]; lse has {}",
+                lse.len()
+            )
+        })?;
+        check_docs(call, doc_start, b, t)?;
+        attention::attention_backward(
+            &self.ctx, dq, dk, dv, dk_heads, dv_heads, dout, q, k, v, out, lse, doc_start, b, t, nh, nkv, d,
+        )
     }
 }

@@ -6,6 +6,7 @@
 //! No Vulkan adapter fails these tests with the hint to install one; they never skip.
 
 mod attention;
+mod backend;
 mod common;
 mod context;
 mod head;

@@ -1,18 +1,19 @@
 //! The seam between the model code and a device: the kernels a model is written against, with the device's
 //! buffers as associated types. [`Cpu`] implements it over this crate's kernels and is the reference; the wgpu
 //! backend (crate loft-gpu) implements the same calls in WGSL. Model code (the inference forward in
-//! `model::llama`) is written once, generic over `B: Backend`.
+//! `model::llama`) is written once, generic over `B: Backend`. The training kernels come in pairs (a forward that
+//! keeps what its backward needs, and the backward), with the CPU functions' names, argument order and shapes.
 //!
 //! Legend: N = rows (tokens), C = hidden_size, T = new tokens, P = cached positions, NH/NKV = query/key-value
 //! heads, D = head_dim.
 
 #![forbid(unsafe_code)]
 
-use crate::engine::attention::{attention_forward, attention_forward_cached};
-use crate::engine::embedding::{embedding_forward, VocabMatrix};
-use crate::engine::rmsnorm::rmsnorm_forward;
-use crate::engine::rope::rope_forward;
-use crate::engine::swiglu::swiglu_forward;
+use crate::engine::attention::{attention_backward, attention_forward, attention_forward_cached};
+use crate::engine::embedding::{embedding_backward, embedding_forward, VocabMatrix};
+use crate::engine::rmsnorm::{rmsnorm_backward, rmsnorm_forward, rmsnorm_forward_train};
+use crate::engine::rope::{rope_backward, rope_forward};
+use crate::engine::swiglu::{swiglu_backward, swiglu_forward};
 use crate::engine::FrozenMatrix;
 use crate::error::{Error, Result};
 
@@ -83,6 +84,105 @@ pub trait Backend {
     ) -> Result<()>;
     /// out = silu(gate) · up.
     fn swiglu_forward(&self, out: &mut Self::Buf, gate: &Self::Buf, up: &Self::Buf) -> Result<()>;
+
+    // ---- Training pairs (backward of the frozen projections, norms, RoPE, SwiGLU, embedding, attention) ----
+
+    /// dx[N, in] = dy[N, out] · W (+= with `accumulate`): the input gradient of [`Backend::linear_forward`]; the
+    /// frozen W gets none.
+    fn linear_backward_input(
+        &self,
+        dx: &mut Self::Buf,
+        dy: &Self::Buf,
+        w: &Self::Matrix<'_>,
+        n: usize,
+        accumulate: bool,
+    ) -> Result<()>;
+    /// Training forward: y[N, C] = x / rms(x) · w, and rstd[N] = 1/rms of each row, kept for the backward.
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_forward_train(
+        &self,
+        y: &mut Self::Buf,
+        rstd: &mut Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Vector<'_>,
+        n: usize,
+        c: usize,
+        eps: f32,
+    ) -> Result<()>;
+    /// Backward of [`Backend::rmsnorm_forward_train`]: dx[N, C] is ACCUMULATED into, and so is dw[C] when given.
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_backward(
+        &self,
+        dx: &mut Self::Buf,
+        dw: Option<&mut Self::Buf>,
+        dy: &Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Vector<'_>,
+        rstd: &Self::Buf,
+        n: usize,
+        c: usize,
+    ) -> Result<()>;
+    /// Backward of [`Backend::rope_forward`]: the inverse rotation of dx[T, H·D], in place.
+    fn rope_backward(
+        &self,
+        dx: &mut Self::Buf,
+        t: usize,
+        h: usize,
+        d: usize,
+        cos: &Self::Buf,
+        sin: &Self::Buf,
+    ) -> Result<()>;
+    /// Backward of [`Backend::swiglu_forward`]; dgate and dup are OVERWRITTEN.
+    fn swiglu_backward(
+        &self,
+        dgate: &mut Self::Buf,
+        dup: &mut Self::Buf,
+        dout: &Self::Buf,
+        gate: &Self::Buf,
+        up: &Self::Buf,
+    ) -> Result<()>;
+    /// Backward of the embedding for a trained table: dtable[V, C] += dout[N, C] scattered by `ids`.
+    fn embedding_backward(&self, dtable: &mut Self::Buf, dout: &Self::Buf, ids: &[u32], c: usize) -> Result<()>;
+    /// Causal self-attention for training over q[B, T, NH·D], k, v [B, T, NKV·D]: out [B, T, NH·D] and
+    /// lse[B, NH, T] (overwritten). Query (b, i) sees keys doc_start[b·T + i] ≤ j ≤ i (None: from 0).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_forward(
+        &self,
+        out: &mut Self::Buf,
+        lse: &mut Self::Buf,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        doc_start: Option<&[u32]>,
+        b: usize,
+        t: usize,
+        nh: usize,
+        nkv: usize,
+        d: usize,
+    ) -> Result<()>;
+    /// Backward of [`Backend::attention_forward`]: dq [B, T, NH·D], dk and dv [B, T, NKV·D] are OVERWRITTEN;
+    /// dk_heads, dv_heads are scratch [B, NH, T, D].
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        &self,
+        dq: &mut Self::Buf,
+        dk: &mut Self::Buf,
+        dv: &mut Self::Buf,
+        dk_heads: &mut Self::Buf,
+        dv_heads: &mut Self::Buf,
+        dout: &Self::Buf,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        out: &Self::Buf,
+        lse: &Self::Buf,
+        doc_start: Option<&[u32]>,
+        b: usize,
+        t: usize,
+        nh: usize,
+        nkv: usize,
+        d: usize,
+    ) -> Result<()>;
 }
 
 /// The CPU engine: buffers are `Vec<f32>`, weights are borrowed from the host model as they are.
@@ -198,6 +298,119 @@ impl Backend for Cpu {
 
     fn swiglu_forward(&self, out: &mut Vec<f32>, gate: &Vec<f32>, up: &Vec<f32>) -> Result<()> {
         swiglu_forward(out, gate, up);
+        Ok(())
+    }
+
+    fn linear_backward_input(
+        &self,
+        dx: &mut Vec<f32>,
+        dy: &Vec<f32>,
+        w: &&FrozenMatrix,
+        n: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        w.backward_input(&mut dx[..n * w.cols], &dy[..n * w.rows], n, accumulate);
+        Ok(())
+    }
+
+    fn rmsnorm_forward_train(
+        &self,
+        y: &mut Vec<f32>,
+        rstd: &mut Vec<f32>,
+        x: &Vec<f32>,
+        w: &&[f32],
+        n: usize,
+        c: usize,
+        eps: f32,
+    ) -> Result<()> {
+        rmsnorm_forward_train(y, rstd, x, w, n, c, eps);
+        Ok(())
+    }
+
+    fn rmsnorm_backward(
+        &self,
+        dx: &mut Vec<f32>,
+        dw: Option<&mut Vec<f32>>,
+        dy: &Vec<f32>,
+        x: &Vec<f32>,
+        w: &&[f32],
+        rstd: &Vec<f32>,
+        n: usize,
+        c: usize,
+    ) -> Result<()> {
+        rmsnorm_backward(dx, dw.map(|dw| dw.as_mut_slice()), dy, x, w, rstd, n, c);
+        Ok(())
+    }
+
+    fn rope_backward(
+        &self,
+        dx: &mut Vec<f32>,
+        t: usize,
+        h: usize,
+        d: usize,
+        cos: &Vec<f32>,
+        sin: &Vec<f32>,
+    ) -> Result<()> {
+        rope_backward(&mut dx[..t * h * d], t, h, d, cos, sin);
+        Ok(())
+    }
+
+    fn swiglu_backward(
+        &self,
+        dgate: &mut Vec<f32>,
+        dup: &mut Vec<f32>,
+        dout: &Vec<f32>,
+        gate: &Vec<f32>,
+        up: &Vec<f32>,
+    ) -> Result<()> {
+        swiglu_backward(dgate, dup, dout, gate, up);
+        Ok(())
+    }
+
+    fn embedding_backward(&self, dtable: &mut Vec<f32>, dout: &Vec<f32>, ids: &[u32], c: usize) -> Result<()> {
+        embedding_backward(dtable, dout, ids, c);
+        Ok(())
+    }
+
+    fn attention_forward(
+        &self,
+        out: &mut Vec<f32>,
+        lse: &mut Vec<f32>,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        doc_start: Option<&[u32]>,
+        b: usize,
+        t: usize,
+        nh: usize,
+        nkv: usize,
+        d: usize,
+    ) -> Result<()> {
+        attention_forward(out, lse, q, k, v, doc_start, b, t, nh, nkv, d);
+        Ok(())
+    }
+
+    fn attention_backward(
+        &self,
+        dq: &mut Vec<f32>,
+        dk: &mut Vec<f32>,
+        dv: &mut Vec<f32>,
+        dk_heads: &mut Vec<f32>,
+        dv_heads: &mut Vec<f32>,
+        dout: &Vec<f32>,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        out: &Vec<f32>,
+        lse: &Vec<f32>,
+        doc_start: Option<&[u32]>,
+        b: usize,
+        t: usize,
+        nh: usize,
+        nkv: usize,
+        d: usize,
+    ) -> Result<()> {
+        attention_backward(dq, dk, dv, dk_heads, dv_heads, dout, q, k, v, out, lse, doc_start, b, t, nh, nkv, d);
         Ok(())
     }
 }
