@@ -9,13 +9,13 @@
 //! Legend: N = rows (tokens), C = hidden_size, T = new tokens, P = cached positions, NH/NKV = query/key-value
 //! heads, D = head_dim.
 
-use loft::engine::{Backend, FrozenMatrix};
+use loft::engine::{Backend, FrozenMatrix, LoraDropout, LoraWeights};
 use loft::{Error, Result};
 
 use crate::context::{Context, GpuBuffer};
 use crate::device::DeviceChoice;
 use crate::engine::attention::MAX_HEAD_DIM;
-use crate::engine::{attention, embedding, rmsnorm, rope, swiglu, GpuFrozen, VocabMatrix};
+use crate::engine::{attention, embedding, lora, rmsnorm, rope, swiglu, GpuFrozen, GpuLoraWeights, VocabMatrix};
 
 /// The wgpu backend: one opened adapter.
 pub struct Wgpu {
@@ -72,10 +72,32 @@ fn check_docs(call: &str, doc_start: Option<&[u32]>, b: usize, t: usize) -> Resu
     }
 }
 
+/// Err unless the adapter fits its base weight, and with dropout the scratch xd holds [N, I] and p is in [0, 1).
+fn check_lora(
+    call: &str,
+    w: &GpuFrozen,
+    lora: &GpuLoraWeights,
+    dropout: Option<LoraDropout>,
+    xd_len: usize,
+    n: usize,
+) -> Result<()> {
+    let (i, o) = (lora.in_features, lora.out_features);
+    check(w.rows == o && w.cols == i, call, || {
+        format!("the base weight is [{}, {}], the adapter [{o}, {i}]", w.rows, w.cols)
+    })?;
+    match dropout {
+        Some(dp) => check(xd_len >= n * i && (0.0..1.0).contains(&dp.p), call, || {
+            format!("dropout {} is not in [0, 1), or the scratch xd of {xd_len} is smaller than [{n}, {i}]", dp.p)
+        }),
+        None => Ok(()),
+    }
+}
+
 impl Backend for Wgpu {
     type Buf = GpuBuffer;
     type Matrix<'w> = GpuFrozen;
     type Vector<'w> = GpuBuffer;
+    type Lora = GpuLoraWeights;
 
     /// `GPU #0 NAME — vulkan, discrete`.
     fn describe(&self) -> String {
@@ -112,6 +134,25 @@ impl Backend for Wgpu {
 
     fn vector<'w>(&'w self, v: &'w [f32]) -> Result<GpuBuffer> {
         self.ctx.upload_f32(v)
+    }
+
+    fn lora(&self, w: &LoraWeights) -> Result<GpuLoraWeights> {
+        let (r, i, o) = (w.r, w.in_features, w.out_features);
+        check(w.a.len() == r * i && w.b.len() == o * r, "lora", || {
+            format!("A of {} and B of {} values are not [{r}, {i}] and [{o}, {r}]", w.a.len(), w.b.len())
+        })?;
+        GpuLoraWeights::upload(&self.ctx, w)
+    }
+
+    fn lora_weights(&self, l: &GpuLoraWeights) -> Result<LoraWeights> {
+        Ok(LoraWeights {
+            a: self.ctx.read_f32(&l.a)?,
+            b: self.ctx.read_f32(&l.b)?,
+            r: l.r,
+            in_features: l.in_features,
+            out_features: l.out_features,
+            scale: l.scale,
+        })
     }
 
     fn linear_forward(
@@ -332,6 +373,66 @@ impl Backend for Wgpu {
             return Err(Error::Invalid(format!("embedding_backward: token id {bad} is outside the vocabulary of {v}")));
         }
         embedding::embedding_backward(&self.ctx, dtable, dout, ids, c)
+    }
+
+    fn lora_forward(
+        &self,
+        y: &mut GpuBuffer,
+        xa: &mut GpuBuffer,
+        xd: &mut GpuBuffer,
+        x: &GpuBuffer,
+        w: &GpuFrozen,
+        lora: &GpuLoraWeights,
+        dropout: Option<LoraDropout>,
+        n: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        let (i, o, r) = (lora.in_features, lora.out_features, lora.r);
+        check_lora("lora_forward", w, lora, dropout, xd.len(), n)?;
+        check(y.len() == n * o && x.len() == n * i && xa.len() == n * r, "lora_forward", || {
+            format!(
+                "y, x and xa of {}, {} and {} values are not [{n}, {o}], [{n}, {i}] and [{n}, {r}]",
+                y.len(),
+                x.len(),
+                xa.len()
+            )
+        })?;
+        lora::lora_forward(&self.ctx, y, xa, xd, x, w, lora, dropout, n, accumulate)
+    }
+
+    fn lora_backward(
+        &self,
+        dx: &mut GpuBuffer,
+        da: &mut GpuBuffer,
+        db: &mut GpuBuffer,
+        dxa: &mut GpuBuffer,
+        xd: &mut GpuBuffer,
+        dy: &GpuBuffer,
+        x: &GpuBuffer,
+        xa: &GpuBuffer,
+        w: &GpuFrozen,
+        lora: &GpuLoraWeights,
+        dropout: Option<LoraDropout>,
+        n: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        let (i, o, r) = (lora.in_features, lora.out_features, lora.r);
+        check_lora("lora_backward", w, lora, dropout, xd.len(), n)?;
+        let rows_ok = dx.len() == n * i && dy.len() == n * o && x.len() == n * i && xa.len() == n * r;
+        check(rows_ok && dxa.len() == n * r && da.len() == r * i && db.len() == o * r, "lora_backward", || {
+            format!(
+                "dx, dy, x, xa and dxa of {}, {}, {}, {} and {} values are not [{n}, {i}], [{n}, {o}], [{n}, {i}], \
+                 [{n}, {r}] and [{n}, {r}], or dA and dB of {} and {} are not [{r}, {i}] and [{o}, {r}]",
+                dx.len(),
+                dy.len(),
+                x.len(),
+                xa.len(),
+                dxa.len(),
+                da.len(),
+                db.len()
+            )
+        })?;
+        lora::lora_backward(&self.ctx, dx, da, db, dxa, xd, dy, x, xa, w, lora, dropout, n, accumulate)
     }
 
     fn attention_forward(

@@ -2,7 +2,7 @@
 //! function, at SmolLM2-135M's shapes (C = 576, F = 1536, 9 heads over 3, D = 64) and at an odd shape.
 
 use gguf::GgmlType;
-use loft::engine::{rope::Rope, Backend, Cpu, FrozenMatrix};
+use loft::engine::{rope::Rope, Backend, Cpu, FrozenMatrix, LoraDropout, LoraWeights};
 
 use crate::common::{assert_parity, gpu, rand};
 
@@ -48,6 +48,34 @@ fn train_kernels<B: Backend>(be: &B, s: &Shape) -> loft::Result<Vec<(String, Vec
     keep("linear_backward_input", &dx, n * c)?;
     be.linear_backward_input(&mut dx, &dy, &m, n, true)?;
     keep("linear_backward_input (accumulate)", &dx, n * c)?;
+
+    // A rank-8 LoRA adapter on that [F, C] weight, without and with dropout: forward, then backward into dA and dB
+    // that already hold values; the adapter makes the round trip to the device and back unchanged.
+    let r = 8;
+    let mut lw = LoraWeights::zeros(r, c, f, 16.0, false);
+    lw.a = rand(r * c, 30);
+    lw.b = rand(f * r, 31);
+    let lora = be.lora(&lw)?;
+    let back = be.lora_weights(&lora)?;
+    assert!(
+        back.a == lw.a && back.b == lw.b && back.r == r && back.scale == lw.scale,
+        "{}: LoRA round trip",
+        be.describe()
+    );
+    let x = be.upload(&rand(n * c, 32))?;
+    let dy = be.upload(&rand(n * f, 33))?;
+    for (name, dropout) in [("", None), (" (dropout 0.1)", Some(LoraDropout { p: 0.1, seed: 77 }))] {
+        let (mut y, mut xa, mut xd) = (be.upload(&rand(n * f, 34))?, be.zeros(n * r)?, be.zeros(n * c)?);
+        be.lora_forward(&mut y, &mut xa, &mut xd, &x, &m, &lora, dropout, n, true)?;
+        keep(&format!("lora_forward y{name}"), &y, n * f)?;
+        keep(&format!("lora_forward xa{name}"), &xa, n * r)?;
+        let (mut dx, mut da, mut db) = (be.zeros(n * c)?, be.upload(&rand(r * c, 35))?, be.upload(&rand(f * r, 36))?);
+        let mut dxa = be.zeros(n * r)?;
+        be.lora_backward(&mut dx, &mut da, &mut db, &mut dxa, &mut xd, &dy, &x, &xa, &m, &lora, dropout, n, false)?;
+        keep(&format!("lora_backward dx{name}"), &dx, n * c)?;
+        keep(&format!("lora_backward dA{name}"), &da, r * c)?;
+        keep(&format!("lora_backward dB{name}"), &db, f * r)?;
+    }
 
     // rmsnorm: training forward, then backward into a dx and dw that already hold values.
     let x = be.upload(&rand(n * c, 13))?;
@@ -141,6 +169,20 @@ fn training_kernels_on_the_gpu_refuse_bad_shapes() {
     let fm = FrozenMatrix::from_f32(3, 4, vec![0.0; 12]);
     let m = be.matrix("w", &fm).unwrap();
     assert!(be.linear_backward_input(&mut buf(7), &buf(6), &m, 2, false).is_err());
+    let lora = be.lora(&LoraWeights::zeros(2, 4, 3, 4.0, false)).unwrap();
+    let wrong = be.lora(&LoraWeights::zeros(2, 3, 4, 4.0, false)).unwrap();
+    let (mut y, mut xa, mut xd) = (buf(6), buf(4), buf(8));
+    assert!(be.lora_forward(&mut y, &mut xa, &mut xd, &buf(8), &m, &wrong, None, 2, false).is_err());
+    assert!(be.lora_forward(&mut y, &mut xa, &mut xd, &buf(7), &m, &lora, None, 2, false).is_err());
+    let dp = Some(LoraDropout { p: 0.1, seed: 1 });
+    assert!(be.lora_forward(&mut y, &mut xa, &mut buf(7), &buf(8), &m, &lora, dp, 2, false).is_err());
+    let (mut dx, mut da, mut db, mut dxa) = (buf(8), buf(8), buf(5), buf(4));
+    assert!(be
+        .lora_backward(&mut dx, &mut da, &mut db, &mut dxa, &mut xd, &y, &buf(8), &xa, &m, &lora, None, 2, false)
+        .is_err());
+    let mut bad = LoraWeights::zeros(2, 4, 3, 4.0, false);
+    bad.a.pop();
+    assert!(be.lora(&bad).is_err());
     let (mut out, mut lse) = (buf(2 * 4 * 8), buf(2 * 4));
     let q = buf(2 * 4 * 8);
     assert!(be.attention_forward(&mut out, &mut lse, &q, &buf(8), &buf(8), None, 1, 2, 3, 2, 8).is_err());

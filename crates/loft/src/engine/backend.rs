@@ -11,6 +11,7 @@
 
 use crate::engine::attention::{attention_backward, attention_forward, attention_forward_cached};
 use crate::engine::embedding::{embedding_backward, embedding_forward, VocabMatrix};
+use crate::engine::lora::{lora_backward, lora_forward, LoraDropout, LoraWeights};
 use crate::engine::rmsnorm::{rmsnorm_backward, rmsnorm_forward, rmsnorm_forward_train};
 use crate::engine::rope::{rope_backward, rope_forward};
 use crate::engine::swiglu::{swiglu_backward, swiglu_forward};
@@ -29,6 +30,8 @@ pub trait Backend {
     type Vector<'w>
     where
         Self: 'w;
+    /// One adapted layer's trained LoRA matrices A [R, I] and B [O, R] on the device (with rank, shape and scale).
+    type Lora;
 
     /// Names the device in messages ("cpu", or the adapter's name and API).
     fn describe(&self) -> String;
@@ -43,6 +46,10 @@ pub trait Backend {
     /// The frozen matrix `name` (its checkpoint name, for errors) on the device.
     fn matrix<'w>(&'w self, name: &str, m: &'w FrozenMatrix) -> Result<Self::Matrix<'w>>;
     fn vector<'w>(&'w self, v: &'w [f32]) -> Result<Self::Vector<'w>>;
+    /// An adapter's trained matrices on the device.
+    fn lora(&self, w: &LoraWeights) -> Result<Self::Lora>;
+    /// An adapter's trained matrices back on the host.
+    fn lora_weights(&self, l: &Self::Lora) -> Result<LoraWeights>;
 
     /// y[N, out] = x[N, in] · Wᵀ (+= with `accumulate`).
     fn linear_forward(
@@ -143,6 +150,41 @@ pub trait Backend {
     ) -> Result<()>;
     /// Backward of the embedding for a trained table: dtable[V, C] += dout[N, C] scattered by `ids`.
     fn embedding_backward(&self, dtable: &mut Self::Buf, dout: &Self::Buf, ids: &[u32], c: usize) -> Result<()>;
+    /// y[N, O] = (accumulate ? y : 0) + x·Wᵀ + scale · xa·Bᵀ, saving xa[N, R] = dropout(x)·Aᵀ for the backward;
+    /// xd: scratch [N, I] for dropout(x), used only when `dropout` is Some.
+    #[allow(clippy::too_many_arguments)]
+    fn lora_forward(
+        &self,
+        y: &mut Self::Buf,
+        xa: &mut Self::Buf,
+        xd: &mut Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Matrix<'_>,
+        lora: &Self::Lora,
+        dropout: Option<LoraDropout>,
+        n: usize,
+        accumulate: bool,
+    ) -> Result<()>;
+    /// Backward of [`Backend::lora_forward`] (same `dropout`): dx[N, I] = (accumulate ? dx : 0) + dy·W +
+    /// dropout'(scale · dy·B·A); dA[R, I] and dB[O, R] are ACCUMULATED into. dxa: scratch [N, R]; xd: scratch
+    /// [N, I], used only when `dropout` is Some.
+    #[allow(clippy::too_many_arguments)]
+    fn lora_backward(
+        &self,
+        dx: &mut Self::Buf,
+        da: &mut Self::Buf,
+        db: &mut Self::Buf,
+        dxa: &mut Self::Buf,
+        xd: &mut Self::Buf,
+        dy: &Self::Buf,
+        x: &Self::Buf,
+        xa: &Self::Buf,
+        w: &Self::Matrix<'_>,
+        lora: &Self::Lora,
+        dropout: Option<LoraDropout>,
+        n: usize,
+        accumulate: bool,
+    ) -> Result<()>;
     /// Causal self-attention for training over q[B, T, NH·D], k, v [B, T, NKV·D]: out [B, T, NH·D] and
     /// lse[B, NH, T] (overwritten). Query (b, i) sees keys doc_start[b·T + i] ≤ j ≤ i (None: from 0).
     #[allow(clippy::too_many_arguments)]
@@ -198,6 +240,7 @@ impl Backend for Cpu {
     type Buf = Vec<f32>;
     type Matrix<'w> = &'w FrozenMatrix;
     type Vector<'w> = &'w [f32];
+    type Lora = LoraWeights;
 
     fn describe(&self) -> String {
         "cpu".into()
@@ -235,6 +278,14 @@ impl Backend for Cpu {
 
     fn vector<'w>(&'w self, v: &'w [f32]) -> Result<&'w [f32]> {
         Ok(v)
+    }
+
+    fn lora(&self, w: &LoraWeights) -> Result<LoraWeights> {
+        Ok(w.clone())
+    }
+
+    fn lora_weights(&self, l: &LoraWeights) -> Result<LoraWeights> {
+        Ok(l.clone())
     }
 
     fn linear_forward(
@@ -369,6 +420,42 @@ impl Backend for Cpu {
 
     fn embedding_backward(&self, dtable: &mut Vec<f32>, dout: &Vec<f32>, ids: &[u32], c: usize) -> Result<()> {
         embedding_backward(dtable, dout, ids, c);
+        Ok(())
+    }
+
+    fn lora_forward(
+        &self,
+        y: &mut Vec<f32>,
+        xa: &mut Vec<f32>,
+        xd: &mut Vec<f32>,
+        x: &Vec<f32>,
+        w: &&FrozenMatrix,
+        lora: &LoraWeights,
+        dropout: Option<LoraDropout>,
+        n: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        lora_forward(y, xa, xd, x, w, lora, dropout, n, accumulate);
+        Ok(())
+    }
+
+    fn lora_backward(
+        &self,
+        dx: &mut Vec<f32>,
+        da: &mut Vec<f32>,
+        db: &mut Vec<f32>,
+        dxa: &mut Vec<f32>,
+        xd: &mut Vec<f32>,
+        dy: &Vec<f32>,
+        x: &Vec<f32>,
+        xa: &Vec<f32>,
+        w: &&FrozenMatrix,
+        lora: &LoraWeights,
+        dropout: Option<LoraDropout>,
+        n: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        lora_backward(dx, da, db, dxa, xd, dy, x, xa, w, lora, dropout, n, accumulate);
         Ok(())
     }
 
