@@ -9,12 +9,13 @@
 //! Legend: N = rows (tokens), C = hidden_size, T = new tokens, P = cached positions, NH/NKV = query/key-value
 //! heads, D = head_dim.
 
-use loft::engine::{Backend, FrozenMatrix, LoraDropout, LoraWeights};
+use loft::engine::{Backend, FrozenMatrix, LoraDropout, LoraWeights, Vocab};
 use loft::{Error, Result};
 
 use crate::context::{Context, GpuBuffer};
 use crate::device::DeviceChoice;
 use crate::engine::attention::MAX_HEAD_DIM;
+use crate::engine::cross_entropy::{self, CrossEntropyScratch};
 use crate::engine::{attention, embedding, lora, rmsnorm, rope, swiglu, GpuFrozen, GpuLoraWeights, VocabMatrix};
 
 /// The wgpu backend: one opened adapter.
@@ -93,11 +94,42 @@ fn check_lora(
     }
 }
 
+/// The head as the kernels take it, once h is [N, C], the head [V, C], the scratch built for C and V, and every
+/// target below V; else Err.
+fn check_head<'a>(
+    call: &str,
+    scratch: &CrossEntropyScratch,
+    h: &GpuBuffer,
+    head: Vocab<'a, GpuFrozen, GpuBuffer>,
+    targets: &[i32],
+    c: usize,
+) -> Result<VocabMatrix<'a>> {
+    let head = match head {
+        Vocab::Frozen(m) => VocabMatrix::Frozen(m),
+        Vocab::Trained(w) => VocabMatrix::Trained(w),
+    };
+    let cols_ok = match head {
+        VocabMatrix::Frozen(m) => m.cols == c,
+        VocabMatrix::Trained(w) => c > 0 && w.len().is_multiple_of(c),
+    };
+    let n = targets.len();
+    check(cols_ok && h.len() == n * c, call, || {
+        format!("h of {} values is not [{n}, {c}], or the head is not [V, {c}]", h.len())
+    })?;
+    let v = head.rows(c);
+    check(scratch.fits(c, v), call, || format!("the scratch was built for another shape than C = {c}, V = {v}"))?;
+    match targets.iter().find(|&&t| t as i64 >= v as i64) {
+        Some(t) => Err(Error::Invalid(format!("{call}: target {t} is outside the vocabulary of {v}"))),
+        None => Ok(head),
+    }
+}
+
 impl Backend for Wgpu {
     type Buf = GpuBuffer;
     type Matrix<'w> = GpuFrozen;
     type Vector<'w> = GpuBuffer;
     type Lora = GpuLoraWeights;
+    type CrossEntropyScratch = CrossEntropyScratch;
 
     /// `GPU #0 NAME — vulkan, discrete`.
     fn describe(&self) -> String {
@@ -373,6 +405,44 @@ impl Backend for Wgpu {
             return Err(Error::Invalid(format!("embedding_backward: token id {bad} is outside the vocabulary of {v}")));
         }
         embedding::embedding_backward(&self.ctx, dtable, dout, ids, c)
+    }
+
+    fn cross_entropy_scratch(&self, chunk: usize, c: usize, v: usize) -> Result<CrossEntropyScratch> {
+        check(chunk > 0, "cross_entropy_scratch", || "the chunk must be at least one row".into())?;
+        CrossEntropyScratch::new(&self.ctx, chunk, c, v)
+    }
+
+    fn cross_entropy_forward(
+        &self,
+        scratch: &mut CrossEntropyScratch,
+        h: &GpuBuffer,
+        head: Vocab<'_, GpuFrozen, GpuBuffer>,
+        targets: &[i32],
+        c: usize,
+    ) -> Result<(f64, usize)> {
+        let head = check_head("cross_entropy_forward", scratch, h, head, targets, c)?;
+        cross_entropy::cross_entropy_forward(&self.ctx, scratch, h, head, targets, c)
+    }
+
+    fn cross_entropy_forward_backward(
+        &self,
+        dh: &mut GpuBuffer,
+        dhead: Option<&mut GpuBuffer>,
+        scratch: &mut CrossEntropyScratch,
+        h: &GpuBuffer,
+        head: Vocab<'_, GpuFrozen, GpuBuffer>,
+        targets: &[i32],
+        c: usize,
+        grad_scale: f32,
+    ) -> Result<(f64, usize)> {
+        let call = "cross_entropy_forward_backward";
+        let head = check_head(call, scratch, h, head, targets, c)?;
+        let v = head.rows(c);
+        let dhead_ok = dhead.as_ref().is_none_or(|d| d.len() == v * c);
+        check(dh.len() == h.len() && dhead_ok, call, || {
+            format!("dh of {} values is not [{}, {c}], or dhead is not [{v}, {c}]", dh.len(), targets.len())
+        })?;
+        cross_entropy::cross_entropy_forward_backward(&self.ctx, dh, dhead, scratch, h, head, targets, c, grad_scale)
     }
 
     fn lora_forward(

@@ -31,6 +31,11 @@ impl CrossEntropyScratch {
             dh: ctx.zeros(chunk * c)?,
         })
     }
+
+    /// Whether this scratch was built for rows of width `c` and a vocabulary of `v`.
+    pub fn fits(&self, c: usize, v: usize) -> bool {
+        self.h.len() == self.chunk * c && self.logits.len() == self.chunk * v
+    }
 }
 
 /// Loss only (evaluation): returns (Σ over target rows of −log softmax(h·Wᵀ)[target], number of target rows).

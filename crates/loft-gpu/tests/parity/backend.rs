@@ -2,12 +2,12 @@
 //! function, at SmolLM2-135M's shapes (C = 576, F = 1536, 9 heads over 3, D = 64) and at an odd shape.
 
 use gguf::GgmlType;
-use loft::engine::{rope::Rope, Backend, Cpu, FrozenMatrix, LoraDropout, LoraWeights};
+use loft::engine::{rope::Rope, Backend, Cpu, FrozenMatrix, LoraDropout, LoraWeights, Vocab};
 
 use crate::common::{assert_parity, gpu, rand};
 
 /// One layer's worth of shapes: B sequences of T tokens (N = B·T rows), hidden C, MLP width F, heads NH over NKV
-/// of D, and V rows of a trained embedding table.
+/// of D, and a vocabulary of V (the embedding table and the head).
 struct Shape {
     b: usize,
     t: usize,
@@ -17,10 +17,22 @@ struct Shape {
     nkv: usize,
     d: usize,
     v: usize,
-    /// The frozen [F, C] projection's storage.
+    /// The frozen [F, C] projection's and [V, C] head's storage.
     dtype: GgmlType,
     /// Document boundaries for the attention (packed sequences), or none.
     docs: bool,
+}
+
+/// A random frozen [rows, cols] matrix in `dtype`, values in [-scale, scale).
+fn frozen(rows: usize, cols: usize, dtype: GgmlType, seed: u64, scale: f32) -> FrozenMatrix {
+    let w: Vec<f32> = rand(rows * cols, seed).iter().map(|w| w * scale).collect();
+    match dtype {
+        GgmlType::F32 => FrozenMatrix::from_f32(rows, cols, w),
+        dt => {
+            let blocks = gguf::quantize(dt, &w, cols).expect("quantize the test weight");
+            FrozenMatrix::from_quantized(rows, cols, dt, blocks).expect("a quantized test weight")
+        }
+    }
 }
 
 /// Every training method of the trait once, on backend `be`; each output back on the host with its label.
@@ -33,14 +45,7 @@ fn train_kernels<B: Backend>(be: &B, s: &Shape) -> loft::Result<Vec<(String, Vec
     };
 
     // linear_backward_input over a frozen [F, C] weight, overwritten then accumulated.
-    let w = rand(f * c, 11);
-    let fm = match s.dtype {
-        GgmlType::F32 => FrozenMatrix::from_f32(f, c, w),
-        dt => {
-            let blocks = gguf::quantize(dt, &w, c).expect("quantize the test weight");
-            FrozenMatrix::from_quantized(f, c, dt, blocks).expect("a quantized test weight")
-        }
-    };
+    let fm = frozen(f, c, s.dtype, 11, 1.0);
     let m = be.matrix("blk.0.ffn_up.weight", &fm)?;
     let dy = be.upload(&rand(n * f, 12))?;
     let mut dx = be.zeros(n * c)?;
@@ -133,15 +138,48 @@ fn train_kernels<B: Backend>(be: &B, s: &Shape) -> loft::Result<Vec<(String, Vec
     keep("attention_backward dq", &dq, n * qd)?;
     keep("attention_backward dk", &dk, n * kvd)?;
     keep("attention_backward dv", &dv, n * kvd)?;
+
+    // The chunked cross-entropy head, 3 rows a chunk, two targets ignored: loss only, then loss and gradients over
+    // the frozen head and over a trained one (dhead accumulated into values it holds). Heads of values in ±0.2
+    // give logits of a few units, as parity/head.rs has them.
+    let mut losses = Vec::new();
+    let head_fm = frozen(s.v, c, s.dtype, 40, 0.2);
+    let head = be.matrix("output.weight", &head_fm)?;
+    let trained = be.upload(&rand(s.v * c, 41).iter().map(|w| w * 0.2).collect::<Vec<_>>())?;
+    let targets: Vec<i32> = (0..n).map(|i| if i % 4 == 1 { -100 } else { ((i * 37 + 5) % s.v) as i32 }).collect();
+    let h = be.upload(&rand(n * c, 42))?;
+    let mut scratch = be.cross_entropy_scratch(3, c, s.v)?;
+    let (loss, rows) = be.cross_entropy_forward(&mut scratch, &h, Vocab::Frozen(&head), &targets, c)?;
+    losses.push(("cross_entropy_forward (loss, rows)".to_string(), vec![loss as f32, rows as f32]));
+    let mut dh = be.upload(&rand(n * c, 43))?;
+    let (loss, rows) =
+        be.cross_entropy_forward_backward(&mut dh, None, &mut scratch, &h, Vocab::Frozen(&head), &targets, c, 0.125)?;
+    losses.push(("cross_entropy_forward_backward (loss, rows)".to_string(), vec![loss as f32, rows as f32]));
+    keep("cross_entropy_forward_backward dh", &dh, n * c)?;
+    let mut dhead = be.upload(&rand(s.v * c, 44))?;
+    let (loss, rows) = be.cross_entropy_forward_backward(
+        &mut dh,
+        Some(&mut dhead),
+        &mut scratch,
+        &h,
+        Vocab::Trained(&trained),
+        &targets,
+        c,
+        0.125,
+    )?;
+    losses.push(("cross_entropy_forward_backward trained (loss, rows)".to_string(), vec![loss as f32, rows as f32]));
+    keep("cross_entropy_forward_backward trained dh", &dh, n * c)?;
+    keep("cross_entropy_forward_backward trained dhead", &dhead, s.v * c)?;
+    outs.extend(losses);
     Ok(outs)
 }
 
 #[test]
 fn training_kernel_pairs_agree_through_the_backend_trait() {
     let shapes = [
-        Shape { b: 2, t: 5, c: 576, f: 1536, nh: 9, nkv: 3, d: 64, v: 50, dtype: GgmlType::Q8_0, docs: true },
-        Shape { b: 1, t: 7, c: 576, f: 1536, nh: 9, nkv: 3, d: 64, v: 50, dtype: GgmlType::F32, docs: false },
-        Shape { b: 3, t: 3, c: 45, f: 101, nh: 6, nkv: 2, d: 22, v: 7, dtype: GgmlType::F32, docs: true },
+        Shape { b: 2, t: 5, c: 576, f: 1536, nh: 9, nkv: 3, d: 64, v: 1000, dtype: GgmlType::Q8_0, docs: true },
+        Shape { b: 1, t: 7, c: 576, f: 1536, nh: 9, nkv: 3, d: 64, v: 1000, dtype: GgmlType::F32, docs: false },
+        Shape { b: 3, t: 3, c: 45, f: 101, nh: 6, nkv: 2, d: 22, v: 37, dtype: GgmlType::F32, docs: true },
     ];
     for s in &shapes {
         let cpu = train_kernels(&Cpu, s).unwrap_or_else(|e| panic!("cpu: {e}"));
@@ -180,6 +218,25 @@ fn training_kernels_on_the_gpu_refuse_bad_shapes() {
     assert!(be
         .lora_backward(&mut dx, &mut da, &mut db, &mut dxa, &mut xd, &y, &buf(8), &xa, &m, &lora, None, 2, false)
         .is_err());
+    let mut scratch = be.cross_entropy_scratch(2, 4, 3).unwrap();
+    assert!(be.cross_entropy_scratch(0, 4, 3).is_err());
+    let hh = buf(8);
+    assert!(be.cross_entropy_forward(&mut scratch, &hh, Vocab::Frozen(&m), &[0, 3], 4).is_err());
+    assert!(be.cross_entropy_forward(&mut scratch, &hh, Vocab::Frozen(&m), &[0, 1, 2], 4).is_err());
+    assert!(be.cross_entropy_forward(&mut scratch, &hh, Vocab::Trained(&buf(20)), &[0, 1], 4).is_err());
+    assert!(be.cross_entropy_forward(&mut scratch, &hh, Vocab::Frozen(&m), &[0, -100], 4).is_ok());
+    let mut dh = buf(8);
+    let r = be.cross_entropy_forward_backward(
+        &mut dh,
+        Some(&mut buf(11)),
+        &mut scratch,
+        &hh,
+        Vocab::Frozen(&m),
+        &[0, 1],
+        4,
+        1.0,
+    );
+    assert!(r.is_err());
     let mut bad = LoraWeights::zeros(2, 4, 3, 4.0, false);
     bad.a.pop();
     assert!(be.lora(&bad).is_err());

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 use crate::engine::attention::{attention_backward, attention_forward, attention_forward_cached};
+use crate::engine::cross_entropy::{cross_entropy_forward, cross_entropy_forward_backward, CrossEntropyScratch};
 use crate::engine::embedding::{embedding_backward, embedding_forward, VocabMatrix};
 use crate::engine::lora::{lora_backward, lora_forward, LoraDropout, LoraWeights};
 use crate::engine::rmsnorm::{rmsnorm_backward, rmsnorm_forward, rmsnorm_forward_train};
@@ -30,6 +31,8 @@ pub trait Backend {
     type Vector<'w>
     where
         Self: 'w;
+    /// The chunked output head's buffers, built for one chunk size and model shape.
+    type CrossEntropyScratch;
     /// One adapted layer's trained LoRA matrices A [R, I] and B [O, R] on the device (with rank, shape and scale).
     type Lora;
 
@@ -50,6 +53,8 @@ pub trait Backend {
     fn lora(&self, w: &LoraWeights) -> Result<Self::Lora>;
     /// An adapter's trained matrices back on the host.
     fn lora_weights(&self, l: &Self::Lora) -> Result<LoraWeights>;
+    /// Scratch for the head over `chunk` target rows at a time, rows of width C, a vocabulary of V.
+    fn cross_entropy_scratch(&self, chunk: usize, c: usize, v: usize) -> Result<Self::CrossEntropyScratch>;
 
     /// y[N, out] = x[N, in] · Wᵀ (+= with `accumulate`).
     fn linear_forward(
@@ -185,6 +190,31 @@ pub trait Backend {
         n: usize,
         accumulate: bool,
     ) -> Result<()>;
+    /// Loss only: (Σ over target rows of −log softmax(h·Wᵀ)[target], number of target rows). h [N, C]; head
+    /// [V, C]; targets [N], the token row i predicts (already shifted), negative = ignored.
+    fn cross_entropy_forward(
+        &self,
+        scratch: &mut Self::CrossEntropyScratch,
+        h: &Self::Buf,
+        head: Vocab<'_, Self::Matrix<'_>, Self::Buf>,
+        targets: &[i32],
+        c: usize,
+    ) -> Result<(f64, usize)>;
+    /// Loss and gradients: dh[N, C] is OVERWRITTEN with grad_scale · ∂loss_sum/∂h (zero on ignored rows); dhead
+    /// [V, C], when the head is trained, is ACCUMULATED with grad_scale · ∂loss_sum/∂W. Returns what
+    /// [`Backend::cross_entropy_forward`] does, unscaled.
+    #[allow(clippy::too_many_arguments)]
+    fn cross_entropy_forward_backward(
+        &self,
+        dh: &mut Self::Buf,
+        dhead: Option<&mut Self::Buf>,
+        scratch: &mut Self::CrossEntropyScratch,
+        h: &Self::Buf,
+        head: Vocab<'_, Self::Matrix<'_>, Self::Buf>,
+        targets: &[i32],
+        c: usize,
+        grad_scale: f32,
+    ) -> Result<(f64, usize)>;
     /// Causal self-attention for training over q[B, T, NH·D], k, v [B, T, NKV·D]: out [B, T, NH·D] and
     /// lse[B, NH, T] (overwritten). Query (b, i) sees keys doc_start[b·T + i] ≤ j ≤ i (None: from 0).
     #[allow(clippy::too_many_arguments)]
@@ -227,6 +257,13 @@ pub trait Backend {
     ) -> Result<()>;
 }
 
+/// A [V, C] matrix read by the output head on a backend: the frozen base weights (M, the backend's `Matrix`), or a
+/// trained f32 copy (B, its `Buf`: an untied lm_head or the tied embedding being trained).
+pub enum Vocab<'a, M, B> {
+    Frozen(&'a M),
+    Trained(&'a B),
+}
+
 /// The CPU engine: buffers are `Vec<f32>`, weights are borrowed from the host model as they are.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Cpu;
@@ -236,11 +273,19 @@ fn range(buf: &[f32], at: usize, len: usize) -> Result<&[f32]> {
         .ok_or_else(|| Error::Invalid(format!("buffer of {} values has no range {at}..{}", buf.len(), at + len)))
 }
 
+fn cpu_vocab<'a>(head: Vocab<'a, &FrozenMatrix, Vec<f32>>) -> VocabMatrix<'a> {
+    match head {
+        Vocab::Frozen(m) => VocabMatrix::Frozen(m),
+        Vocab::Trained(w) => VocabMatrix::Trained(w),
+    }
+}
+
 impl Backend for Cpu {
     type Buf = Vec<f32>;
     type Matrix<'w> = &'w FrozenMatrix;
     type Vector<'w> = &'w [f32];
     type Lora = LoraWeights;
+    type CrossEntropyScratch = CrossEntropyScratch;
 
     fn describe(&self) -> String {
         "cpu".into()
@@ -286,6 +331,13 @@ impl Backend for Cpu {
 
     fn lora_weights(&self, l: &LoraWeights) -> Result<LoraWeights> {
         Ok(l.clone())
+    }
+
+    fn cross_entropy_scratch(&self, chunk: usize, c: usize, v: usize) -> Result<CrossEntropyScratch> {
+        if chunk == 0 {
+            return Err(Error::Invalid("cross_entropy_scratch: the chunk must be at least one row".into()));
+        }
+        Ok(CrossEntropyScratch::new(chunk, c, v))
     }
 
     fn linear_forward(
@@ -457,6 +509,32 @@ impl Backend for Cpu {
     ) -> Result<()> {
         lora_backward(dx, da, db, dxa, xd, dy, x, xa, w, lora, dropout, n, accumulate);
         Ok(())
+    }
+
+    fn cross_entropy_forward(
+        &self,
+        scratch: &mut CrossEntropyScratch,
+        h: &Vec<f32>,
+        head: Vocab<'_, &FrozenMatrix, Vec<f32>>,
+        targets: &[i32],
+        c: usize,
+    ) -> Result<(f64, usize)> {
+        Ok(cross_entropy_forward(scratch, h, cpu_vocab(head), targets, c))
+    }
+
+    fn cross_entropy_forward_backward(
+        &self,
+        dh: &mut Vec<f32>,
+        dhead: Option<&mut Vec<f32>>,
+        scratch: &mut CrossEntropyScratch,
+        h: &Vec<f32>,
+        head: Vocab<'_, &FrozenMatrix, Vec<f32>>,
+        targets: &[i32],
+        c: usize,
+        grad_scale: f32,
+    ) -> Result<(f64, usize)> {
+        let dhead = dhead.map(|d| d.as_mut_slice());
+        Ok(cross_entropy_forward_backward(dh, dhead, scratch, h, cpu_vocab(head), targets, c, grad_scale))
     }
 
     fn attention_forward(

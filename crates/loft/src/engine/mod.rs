@@ -14,7 +14,7 @@ pub mod rmsnorm;
 pub mod rope;
 pub mod swiglu;
 
-pub use backend::{Backend, Cpu};
+pub use backend::{Backend, Cpu, Vocab};
 pub use embedding::VocabMatrix;
 pub use frozen::FrozenMatrix;
 pub use lora::{LoraDropout, LoraWeights};
