@@ -37,10 +37,10 @@ pub fn attention_forward_cached(
     nkv: usize,
     d: usize,
 ) -> Result<()> {
-    check_heads(nh, nkv, d);
+    check_heads(nh, nkv, d)?;
     let (qd, kvd) = (nh * d, nkv * d);
-    assert!(out.len() == t * qd && q.len() == t * qd, "attention_forward_cached: q/out are not [T, NH·D]");
-    assert!(k.len() >= (p0 + t) * kvd && v.len() >= (p0 + t) * kvd, "attention_forward_cached: cache too short");
+    ensure!(out.len() == t * qd && q.len() == t * qd, "attention_forward_cached: q/out are not [T, NH·D]");
+    ensure!(k.len() >= (p0 + t) * kvd && v.len() >= (p0 + t) * kvd, "attention_forward_cached: cache too short");
     let lse = ctx.zeros(nh * t)?;
     let docs = ctx.zeros(1)?;
     let mut p = params(1, t, nh, nkv, d, false);
@@ -66,17 +66,18 @@ pub fn attention_forward_cached(
 fn doc_buffer(ctx: &Context, doc_start: Option<&[u32]>, b: usize, t: usize) -> Result<GpuBuffer> {
     match doc_start {
         Some(ds) => {
-            assert_eq!(ds.len(), b * t, "attention: doc_start is not [B, T]");
-            assert!(ds.iter().enumerate().all(|(i, &s)| s as usize <= i % t), "attention: doc_start after its token");
+            ensure!(ds.len() == b * t, "attention: doc_start is not [B, T]");
+            ensure!(ds.iter().enumerate().all(|(i, &s)| s as usize <= i % t), "attention: doc_start after its token");
             ctx.upload_u32(ds)
         }
         None => ctx.zeros(1),
     }
 }
 
-fn check_heads(nh: usize, nkv: usize, d: usize) {
-    assert!(nkv > 0 && nh.is_multiple_of(nkv) && d > 0, "attention: NH = {nh} is not a multiple of NKV = {nkv}");
-    assert!(d <= MAX_HEAD_DIM, "attention: head_dim {d} is above the GPU kernels' {MAX_HEAD_DIM}");
+fn check_heads(nh: usize, nkv: usize, d: usize) -> Result<()> {
+    ensure!(nkv > 0 && nh.is_multiple_of(nkv) && d > 0, "attention: NH = {nh} is not a multiple of NKV = {nkv}");
+    ensure!(d <= MAX_HEAD_DIM, "attention: head_dim {d} is above the GPU kernels' {MAX_HEAD_DIM}");
+    Ok(())
 }
 
 /// Causal self-attention for training: out = softmax(q·kᵀ/√D + mask) · v, saving lse[b, h, i] = log Σⱼ exp(sᵢⱼ).
@@ -96,11 +97,11 @@ pub fn attention_forward(
     nkv: usize,
     d: usize,
 ) -> Result<()> {
-    check_heads(nh, nkv, d);
+    check_heads(nh, nkv, d)?;
     let (qd, kvd) = (nh * d, nkv * d);
-    assert!(out.len() == b * t * qd && q.len() == b * t * qd, "attention_forward: q/out are not [B, T, NH·D]");
-    assert!(k.len() == b * t * kvd && v.len() == b * t * kvd, "attention_forward: k/v are not [B, T, NKV·D]");
-    assert_eq!(lse.len(), b * nh * t, "attention_forward: lse is not [B, NH, T]");
+    ensure!(out.len() == b * t * qd && q.len() == b * t * qd, "attention_forward: q/out are not [B, T, NH·D]");
+    ensure!(k.len() == b * t * kvd && v.len() == b * t * kvd, "attention_forward: k/v are not [B, T, NKV·D]");
+    ensure!(lse.len() == b * nh * t, "attention_forward: lse is not [B, NH, T]");
     let docs = doc_buffer(ctx, doc_start, b, t)?;
     ctx.dispatch(
         &kernel("attention_forward", include_str!("../shaders/attention_forward.wgsl")),
@@ -142,12 +143,12 @@ pub fn attention_backward(
     nkv: usize,
     d: usize,
 ) -> Result<()> {
-    check_heads(nh, nkv, d);
+    check_heads(nh, nkv, d)?;
     let (nq, nk) = (b * t * nh * d, b * t * nkv * d);
-    assert!(dq.len() == nq && q.len() == nq && out.len() == nq && dout.len() == nq, "attention_backward: q shapes");
-    assert!(dk.len() == nk && dv.len() == nk && k.len() == nk && v.len() == nk, "attention_backward: k/v shapes");
-    assert!(dk_heads.len() == nq && dv_heads.len() == nq, "attention_backward: head scratch is not [B, NH, T, D]");
-    assert_eq!(lse.len(), b * nh * t, "attention_backward: lse is not [B, NH, T]");
+    ensure!(dq.len() == nq && q.len() == nq && out.len() == nq && dout.len() == nq, "attention_backward: q shapes");
+    ensure!(dk.len() == nk && dv.len() == nk && k.len() == nk && v.len() == nk, "attention_backward: k/v shapes");
+    ensure!(dk_heads.len() == nq && dv_heads.len() == nq, "attention_backward: head scratch is not [B, NH, T, D]");
+    ensure!(lse.len() == b * nh * t, "attention_backward: lse is not [B, NH, T]");
     let docs = doc_buffer(ctx, doc_start, b, t)?;
     let p = params(b, t, nh, nkv, d, doc_start.is_some());
     // lse and Δ side by side in one buffer (keeps every kernel within 8 storage bindings).

@@ -23,7 +23,7 @@ pub struct CrossEntropyScratch {
 
 impl CrossEntropyScratch {
     pub fn new(ctx: &Context, chunk: usize, c: usize, v: usize) -> Result<Self> {
-        assert!(chunk > 0, "CrossEntropyScratch: chunk must be positive");
+        ensure!(chunk > 0, "CrossEntropyScratch: chunk must be positive");
         Ok(CrossEntropyScratch {
             chunk,
             h: ctx.zeros(chunk * c)?,
@@ -97,18 +97,18 @@ fn head_cross_entropy(
     grad_scale: f32,
 ) -> Result<(f64, usize)> {
     let (n, v) = (targets.len(), head.rows(c));
-    assert_eq!(h.len(), n * c, "cross_entropy: h is not [N, C]");
-    assert!(
+    ensure!(h.len() == n * c, "cross_entropy: h is not [N, C]");
+    ensure!(
         s.h.len() == s.chunk * c && s.logits.len() == s.chunk * v,
         "cross_entropy: scratch built for another shape"
     );
-    assert!(targets.iter().all(|&t| (t as i64) < v as i64), "cross_entropy: target outside the vocabulary");
+    ensure!(targets.iter().all(|&t| (t as i64) < v as i64), "cross_entropy: target outside the vocabulary");
     if let Some(dh) = dh.as_deref_mut() {
-        assert_eq!(dh.len(), n * c, "cross_entropy: dh is not [N, C]");
+        ensure!(dh.len() == n * c, "cross_entropy: dh is not [N, C]");
         ctx.clear(dh)?;
     }
     if let Some(dw) = dhead.as_deref() {
-        assert_eq!(dw.len(), v * c, "cross_entropy: dhead is not [V, C]");
+        ensure!(dw.len() == v * c, "cross_entropy: dhead is not [V, C]");
     }
     let grads = dh.is_some();
     let counted: Vec<u32> = (0..n as u32).filter(|&i| targets[i as usize] >= 0).collect();

@@ -50,9 +50,9 @@ pub fn embedding_forward(
     table: VocabMatrix<'_>,
     c: usize,
 ) -> Result<()> {
-    assert_eq!(out.len(), ids.len() * c, "embedding_forward: shapes");
+    ensure!(out.len() == ids.len() * c, "embedding_forward: shapes");
     let v = table.rows(c);
-    assert!(ids.iter().all(|&id| (id as usize) < v), "embedding_forward: token id outside the vocabulary");
+    ensure!(ids.iter().all(|&id| (id as usize) < v), "embedding_forward: token id outside the vocabulary");
     let (name, load_w, row_bytes, data) = match table {
         VocabMatrix::Frozen(m) => (m.storage_name(), m.load_w_wgsl(), m.row_bytes(), m.data()),
         VocabMatrix::Trained(w) => {
@@ -80,8 +80,8 @@ pub fn embedding_backward(
     ids: &[u32],
     c: usize,
 ) -> Result<()> {
-    assert_eq!(dout.len(), ids.len() * c, "embedding_backward: shapes");
-    assert!(ids.iter().all(|&id| (id as usize + 1) * c <= dtable.len()), "embedding_backward: id outside dtable");
+    ensure!(dout.len() == ids.len() * c, "embedding_backward: shapes");
+    ensure!(ids.iter().all(|&id| (id as usize + 1) * c <= dtable.len()), "embedding_backward: id outside dtable");
     let ids_buf = ctx.upload_u32(ids)?;
     ctx.dispatch(
         &Kernel {

@@ -261,7 +261,7 @@ impl GpuFrozen {
     /// y[N, rows] = (accumulate ? y : 0) + x[N, cols] · Wᵀ
     pub fn forward(&self, ctx: &Context, y: &mut GpuBuffer, x: &GpuBuffer, n: usize, accumulate: bool) -> Result<()> {
         let (rows, cols) = (self.rows, self.cols);
-        assert!(y.len() >= n * rows && x.len() >= n * cols, "GpuFrozen::forward: operand too small");
+        ensure!(y.len() >= n * rows && x.len() >= n * cols, "GpuFrozen::forward: operand too small");
         if n == 0 || rows == 0 {
             return Ok(());
         }
@@ -289,7 +289,7 @@ impl GpuFrozen {
         accumulate: bool,
     ) -> Result<()> {
         let (rows, cols) = (self.rows, self.cols);
-        assert!(dx.len() >= n * cols && dy.len() >= n * rows, "GpuFrozen::backward_input: operand too small");
+        ensure!(dx.len() >= n * cols && dy.len() >= n * rows, "GpuFrozen::backward_input: operand too small");
         if n == 0 || cols == 0 {
             return Ok(());
         }

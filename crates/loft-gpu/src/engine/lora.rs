@@ -84,12 +84,12 @@ pub fn lora_forward(
     accumulate: bool,
 ) -> Result<()> {
     let (i, o, r) = (lora.in_features, lora.out_features, lora.r);
-    assert!(w.rows == o && w.cols == i, "lora_forward: base weight is [{}, {}], adapter [{o}, {i}]", w.rows, w.cols);
-    assert!(y.len() == n * o && x.len() == n * i && xa.len() == n * r, "lora_forward: shapes");
+    ensure!(w.rows == o && w.cols == i, "lora_forward: base weight is [{}, {}], adapter [{o}, {i}]", w.rows, w.cols);
+    ensure!(y.len() == n * o && x.len() == n * i && xa.len() == n * r, "lora_forward: shapes");
     w.forward(ctx, y, x, n, accumulate)?;
     let x_in: &GpuBuffer = match dropout {
         Some(dp) => {
-            assert!(xd.len() >= n * i, "lora_forward: xd is smaller than [N, I]");
+            ensure!(xd.len() >= n * i, "lora_forward: xd is smaller than [N, I]");
             self::dropout(ctx, xd, x, dp, n, i, false)?;
             xd
         }
@@ -121,8 +121,8 @@ pub fn lora_backward(
     accumulate: bool,
 ) -> Result<()> {
     let (i, o, r) = (lora.in_features, lora.out_features, lora.r);
-    assert!(dx.len() == n * i && dy.len() == n * o && x.len() == n * i && xa.len() == n * r, "lora_backward: shapes");
-    assert!(da.len() == r * i && db.len() == o * r && dxa.len() == n * r, "lora_backward: gradient shapes");
+    ensure!(dx.len() == n * i && dy.len() == n * o && x.len() == n * i && xa.len() == n * r, "lora_backward: shapes");
+    ensure!(da.len() == r * i && db.len() == o * r && dxa.len() == n * r, "lora_backward: gradient shapes");
     // y += scale · xa·Bᵀ  →  dB += scale · dyᵀ·xa,  dxa = scale · dy·B
     matmul_tn(ctx, db, dy, xa, n, o, r, lora.scale, true)?;
     matmul_nn(ctx, dxa, dy, &lora.b, n, o, r, lora.scale, false)?;
@@ -136,7 +136,7 @@ pub fn lora_backward(
         }
         Some(dp) => {
             // xa = xd·Aᵀ with xd = x ⊙ mask/(1−p)  →  dA += dxaᵀ·xd,  dx += (dxa·A) ⊙ mask/(1−p)
-            assert!(xd.len() >= n * i, "lora_backward: xd is smaller than [N, I]");
+            ensure!(xd.len() >= n * i, "lora_backward: xd is smaller than [N, I]");
             self::dropout(ctx, xd, x, dp, n, i, false)?;
             matmul_tn(ctx, da, dxa, xd, n, r, i, 1.0, true)?;
             matmul_nn(ctx, xd, dxa, &lora.a, n, r, i, 1.0, false)?;

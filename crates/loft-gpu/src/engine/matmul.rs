@@ -73,7 +73,7 @@ pub fn gemm(
     alpha: f32,
     accumulate: bool,
 ) -> Result<()> {
-    assert!(c.len() >= m * n, "gemm: c is smaller than [{m}, {n}]");
+    ensure!(c.len() >= m * n, "gemm: c is smaller than [{m}, {n}]");
     let extent = |v: View, rows: usize, cols: usize| {
         if rows == 0 || cols == 0 {
             0
@@ -81,7 +81,7 @@ pub fn gemm(
             v.off + (rows - 1) * v.rs + (cols - 1) * v.cs + 1
         }
     };
-    assert!(a.len() >= extent(av, m, k) && b.len() >= extent(bv, k, n), "gemm: operand too small");
+    ensure!(a.len() >= extent(av, m, k) && b.len() >= extent(bv, k, n), "gemm: operand too small");
     if m == 0 || n == 0 {
         return Ok(());
     }

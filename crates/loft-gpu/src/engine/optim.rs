@@ -73,7 +73,7 @@ impl Optimizer {
         lr: f32,
         embedding_lr: f32,
     ) -> Result<()> {
-        assert!(
+        ensure!(
             params.len() == self.states.len() && grads.len() == self.states.len(),
             "optimizer built for {} tensors, given {} parameters and {} gradients",
             self.states.len(),
@@ -91,7 +91,7 @@ impl Optimizer {
             entry: "main",
         };
         for ((s, p), g) in self.states.iter_mut().zip(params.iter_mut()).zip(grads) {
-            assert!(
+            ensure!(
                 p.len() == s.len && g.len() == s.len,
                 "optimizer state {:?} [{}] given [{}] and [{}]",
                 s.name,

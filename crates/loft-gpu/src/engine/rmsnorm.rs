@@ -34,7 +34,7 @@ pub fn rmsnorm_forward_train(
     c: usize,
     eps: f32,
 ) -> Result<()> {
-    assert!(y.len() == n * c && x.len() == n * c && rstd.len() == n && w.len() == c, "rmsnorm_forward_train: shapes");
+    ensure!(y.len() == n * c && x.len() == n * c && rstd.len() == n && w.len() == c, "rmsnorm_forward_train: shapes");
     ctx.dispatch(
         &kernel("rmsnorm_forward", include_str!("../shaders/rmsnorm_forward.wgsl")),
         &[n as u32, c as u32, eps.to_bits(), 0],
@@ -57,8 +57,8 @@ pub fn rmsnorm_backward(
     n: usize,
     c: usize,
 ) -> Result<()> {
-    assert!(dx.len() == n * c && dy.len() == n * c && x.len() == n * c, "rmsnorm_backward: shapes");
-    assert!(rstd.len() == n && w.len() == c, "rmsnorm_backward: shapes");
+    ensure!(dx.len() == n * c && dy.len() == n * c && x.len() == n * c, "rmsnorm_backward: shapes");
+    ensure!(rstd.len() == n && w.len() == c, "rmsnorm_backward: shapes");
     let p = [n as u32, c as u32, 0, 0];
     ctx.dispatch(
         &kernel("rmsnorm_backward", include_str!("../shaders/rmsnorm_backward.wgsl")),
@@ -67,7 +67,7 @@ pub fn rmsnorm_backward(
         groups_for(n),
     )?;
     if let Some(dw) = dw {
-        assert_eq!(dw.len(), c, "rmsnorm_backward: dw shape");
+        ensure!(dw.len() == c, "rmsnorm_backward: dw shape");
         ctx.dispatch(
             &kernel("rmsnorm_backward_weight", include_str!("../shaders/rmsnorm_backward_weight.wgsl")),
             &p,

@@ -17,7 +17,7 @@ fn rope(
     backward: bool,
 ) -> Result<()> {
     let half = d / 2;
-    assert!(x.len() == t * h * d && cos.len() >= t * half && sin.len() >= t * half, "rope: shapes");
+    ensure!(x.len() == t * h * d && cos.len() >= t * half && sin.len() >= t * half, "rope: shapes");
     ctx.dispatch(
         &Kernel { name: "rope".into(), source: include_str!("../shaders/rope.wgsl").into(), entry: "main" },
         &[t as u32, h as u32, d as u32, backward as u32],

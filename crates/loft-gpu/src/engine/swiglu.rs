@@ -7,7 +7,7 @@ use crate::context::{groups_1d, Binding, Context, GpuBuffer, Kernel};
 /// out = silu(gate) · up, with silu(g) = g · σ(g).
 pub fn swiglu_forward(ctx: &Context, out: &mut GpuBuffer, gate: &GpuBuffer, up: &GpuBuffer) -> Result<()> {
     let len = gate.len();
-    assert!(out.len() == len && up.len() == len, "swiglu_forward: shapes");
+    ensure!(out.len() == len && up.len() == len, "swiglu_forward: shapes");
     ctx.dispatch(
         &Kernel {
             name: "swiglu_forward".into(),
@@ -30,7 +30,7 @@ pub fn swiglu_backward(
     up: &GpuBuffer,
 ) -> Result<()> {
     let len = gate.len();
-    assert!(dgate.len() == len && dup.len() == len && dout.len() == len && up.len() == len, "swiglu_backward: shapes");
+    ensure!(dgate.len() == len && dup.len() == len && dout.len() == len && up.len() == len, "swiglu_backward: shapes");
     ctx.dispatch(
         &Kernel {
             name: "swiglu_backward".into(),
