@@ -6,7 +6,7 @@ use loft::engine::{Backend, Cpu};
 use loft::infer::{generate, GenerateOptions, SamplingParams};
 use loft::model::{Llama, Runner};
 
-use crate::model_args::{Device, DeviceArgs, ModelArgs};
+use crate::model_args::{announce, Device, DeviceArgs, ModelArgs};
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -47,6 +47,8 @@ pub struct TrainArgs {
     /// Optimizer: adamw or adamw_8bit.
     #[arg(long, default_value = "adamw")]
     pub optim: String,
+    #[command(flatten)]
+    pub device: DeviceArgs,
     /// Print one JSON object on the last line.
     #[arg(long)]
     pub json: bool,
@@ -149,12 +151,20 @@ fn decode_on<B: Backend>(
 }
 
 fn train(args: TrainArgs) -> loft::Result<()> {
+    match args.device.open()? {
+        Device::Cpu => train_on(&Cpu, args),
+        Device::Gpu(gpu) => train_on(gpu.as_ref(), args),
+    }
+}
+
+/// The LoRA step (forward, backward, clip, AdamW) on `be`, timed over `--steps` after `--warmup`.
+fn train_on<B: Backend>(be: &B, args: TrainArgs) -> loft::Result<()> {
     use loft::data::Batch;
-    use loft::lora::{Adapter, LoraConfig};
+    use loft::lora::{Adapter, DeviceAdapter, Gradients, LoraConfig};
     use loft::memory;
-    use loft::model::{load_base, LlamaConfig};
+    use loft::model::{load_base, LlamaConfig, Runner};
     use loft::train::forward_backward::{forward_backward, TrainArena};
-    use loft::train::optim::{clip_grad_norm, OptimConfig, OptimKind, Optimizer};
+    use loft::train::optim::{moment_bytes, OptimConfig, OptimKind, Optimizer};
     use loft::Error;
 
     let kind = OptimKind::parse(&args.optim)
@@ -184,14 +194,15 @@ fn train(args: TrainArgs) -> loft::Result<()> {
         ));
     }
     let lora = LoraConfig { r: args.rank, lora_alpha: 2.0 * args.rank as f32, ..Default::default() };
-    let mut adapter = Adapter::new(lora, &model, 42)?;
+    let adapter = Adapter::new(lora, &model, 42)?;
 
     // Say so before allocating when the arena cannot fit, with the largest batch that does.
     let fixed = model.weights.storage_bytes() + adapter.num_parameters() * 4 * 4;
-    let need = TrainArena::estimate_bytes(&model, &adapter, args.batch, args.seq, args.checkpointing);
+    let estimate = |b| TrainArena::<B>::estimate_bytes(&cfg, &adapter.config, b, args.seq, args.checkpointing);
+    let need = estimate(args.batch);
     if let Some(avail) = memory::available_bytes() {
         if fixed + need > avail {
-            let per_row = TrainArena::estimate_bytes(&model, &adapter, 1, args.seq, args.checkpointing);
+            let per_row = estimate(1);
             let fits = avail.saturating_sub(fixed) / per_row.max(1);
             return Err(Error::hinted(
                 format!(
@@ -209,9 +220,21 @@ fn train(args: TrainArgs) -> loft::Result<()> {
             ));
         }
     }
-    let mut arena = TrainArena::new(&model, &adapter, args.batch, args.seq, args.checkpointing);
-    let mut grads = adapter.zeros_like();
-    let mut optimizer = Optimizer::new(OptimConfig { kind, ..Default::default() }, &adapter);
+    announce(be);
+    let run = Runner::new(be, &model)?;
+    let mut arena = TrainArena::new(be, &cfg, &adapter.config, args.batch, args.seq, args.checkpointing)?;
+    let mut trained = DeviceAdapter::upload(be, &adapter)?;
+    let mut grads = Gradients::zeros(be, &adapter)?;
+    let mut list = Vec::new();
+    adapter.for_each_tensor(|name, t| list.push((name, t.len())));
+    let mut optimizer = Optimizer::on(be, OptimConfig { kind, ..Default::default() }, &list)?;
+    let n_params = adapter.num_parameters();
+    // What the step holds on the device, by the same parts as the training plan: the frozen weights in their own
+    // blocks, the adapter and its gradients, the optimizer's moments, the activations.
+    let device_estimate = model.weights.storage_bytes()
+        + 8 * n_params
+        + list.iter().map(|&(_, n)| moment_bytes(kind, n)).sum::<usize>()
+        + need;
 
     let mut rng = loft::rng::SplitMix64::new(7);
     let rows: Vec<Vec<u32>> = (0..args.batch)
@@ -225,11 +248,17 @@ fn train(args: TrainArgs) -> loft::Result<()> {
     let mut last_loss = 0.0;
     for step in 0..args.warmup + args.steps {
         let start = Instant::now();
-        grads.for_each_tensor_mut(|_, t| t.fill(0.0));
+        grads.zero(be)?;
         let (sum, n) =
-            forward_backward(&model, &adapter, &mut grads, &mut arena, &batch, 1.0 / n_targets as f32, step as u64)?;
-        clip_grad_norm(&mut grads, 1.0)?;
-        optimizer.step(&mut adapter, &grads, 1e-4, 1e-5);
+            forward_backward(&run, &trained, &mut grads, &mut arena, &batch, 1.0 / n_targets as f32, step as u64)?;
+        let mut gs: Vec<&mut B::Buf> = grads.tensors_mut().into_iter().map(|(_, g)| g).collect();
+        be.clip_grad_norm(&mut gs, 1.0)?; // the norm comes back: the step's work is done when it does
+        let mut params: Vec<&mut B::Buf> = trained.tensors_mut().into_iter().map(|(_, t)| t).collect();
+        let gs: Vec<&B::Buf> = grads.tensors().into_iter().map(|(_, g)| g).collect();
+        optimizer.update(be, &mut params, &gs, 1e-4, 1e-5)?;
+        if let Some(p) = params.last() {
+            be.read(p, 0, 1)?; // on a GPU, waits for the update: the step is timed to its end
+        }
         last_loss = sum / n as f64;
         if step >= args.warmup {
             timed += start.elapsed().as_secs_f64();
@@ -247,6 +276,7 @@ fn train(args: TrainArgs) -> loft::Result<()> {
     let flops_per_token =
         fwd + 2.0 * (p_linear + head) + 2.5 * attn_fwd + if args.checkpointing { fwd - 2.0 * head } else { 0.0 };
     let peak = memory::peak_rss_bytes().unwrap_or(0);
+    let device_bytes = be.allocated_bytes();
     let threads = rayon::current_num_threads();
     if !args.json {
         println!("model: {}", args.model.as_deref().unwrap_or("SmolLM2-135M shape, random weights"));
@@ -255,7 +285,7 @@ fn train(args: TrainArgs) -> loft::Result<()> {
             args.batch,
             args.seq,
             args.rank,
-            adapter.num_parameters(),
+            n_params,
             kind.name(),
             args.checkpointing,
             args.load_in_4bit
@@ -270,7 +300,7 @@ fn train(args: TrainArgs) -> loft::Result<()> {
             "memory: peak RSS {}, base weights {}, activations {} (estimate {})",
             memory::human(peak),
             memory::human(model.weights.storage_bytes()),
-            memory::human(arena.bytes()),
+            memory::human(arena.bytes(be)),
             memory::human(need)
         );
     }
@@ -292,10 +322,13 @@ fn train(args: TrainArgs) -> loft::Result<()> {
                 "gflops_per_second": tps * flops_per_token / 1e9,
                 "peak_rss_bytes": peak,
                 "base_weight_bytes": model.weights.storage_bytes(),
-                "activation_bytes": arena.bytes(),
+                "activation_bytes": arena.bytes(be),
                 "activation_estimate_bytes": need,
                 "optimizer_state_bytes": optimizer.state_bytes(),
-                "adapter_parameters": adapter.num_parameters(),
+                "adapter_parameters": n_params,
+                "device": be.describe(),
+                "device_bytes": device_bytes,
+                "device_estimate_bytes": device_estimate,
                 "load_seconds": load_seconds,
                 "loss": last_loss,
             })

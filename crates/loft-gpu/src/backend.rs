@@ -9,6 +9,9 @@
 //! Legend: N = rows (tokens), C = hidden_size, T = new tokens, P = cached positions, NH/NKV = query/key-value
 //! heads, D = head_dim.
 
+use std::sync::OnceLock;
+
+use loft::engine::optim::{OptimConfig, OptimKind};
 use loft::engine::{Backend, FrozenMatrix, LoraDropout, LoraWeights, Vocab};
 use loft::{Error, Result};
 
@@ -16,16 +19,19 @@ use crate::context::{Context, GpuBuffer};
 use crate::device::DeviceChoice;
 use crate::engine::attention::MAX_HEAD_DIM;
 use crate::engine::cross_entropy::{self, CrossEntropyScratch};
+use crate::engine::optim::{self, GpuMoments};
 use crate::engine::{attention, embedding, lora, rmsnorm, rope, swiglu, GpuFrozen, GpuLoraWeights, VocabMatrix};
 
 /// The wgpu backend: one opened adapter.
 pub struct Wgpu {
     ctx: Context,
+    /// The 8-bit optimizer's code maps, uploaded on first use.
+    maps: OnceLock<GpuBuffer>,
 }
 
 impl Wgpu {
     pub fn new(ctx: Context) -> Self {
-        Wgpu { ctx }
+        Wgpu { ctx, maps: OnceLock::new() }
     }
 
     /// Opens the adapter `choice` picks; Ok(None) when it picks the CPU (`cpu`, or `auto` without a hardware GPU).
@@ -130,14 +136,36 @@ impl Backend for Wgpu {
     type Vector<'w> = GpuBuffer;
     type Lora = GpuLoraWeights;
     type CrossEntropyScratch = CrossEntropyScratch;
+    type Moments = GpuMoments;
 
     /// `GPU #0 NAME — vulkan, discrete`.
     fn describe(&self) -> String {
         format!("GPU {}", self.ctx.adapter().one_line())
     }
 
+    fn allocated_bytes(&self) -> Option<u64> {
+        Some(self.ctx.allocated_bytes())
+    }
+
     fn zeros(&self, len: usize) -> Result<GpuBuffer> {
         self.ctx.zeros(len)
+    }
+
+    fn len(&self, buf: &GpuBuffer) -> usize {
+        buf.len()
+    }
+
+    fn resize(&self, buf: &mut GpuBuffer, len: usize) -> Result<()> {
+        self.ctx.resize(buf, len)
+    }
+
+    fn write(&self, buf: &mut GpuBuffer, data: &[f32]) -> Result<()> {
+        check(data.len() <= buf.len(), "write", || format!("{} values into a buffer of {}", data.len(), buf.len()))?;
+        self.ctx.write_f32(buf, data)
+    }
+
+    fn fill_zero(&self, buf: &mut GpuBuffer) -> Result<()> {
+        self.ctx.clear(buf)
     }
 
     fn upload(&self, data: &[f32]) -> Result<GpuBuffer> {
@@ -187,6 +215,10 @@ impl Backend for Wgpu {
         })
     }
 
+    fn lora_parts_mut(lora: &mut GpuLoraWeights) -> (&mut GpuBuffer, &mut GpuBuffer) {
+        (&mut lora.a, &mut lora.b)
+    }
+
     fn linear_forward(
         &self,
         y: &mut GpuBuffer,
@@ -198,14 +230,29 @@ impl Backend for Wgpu {
         w.forward(&self.ctx, y, x, n, accumulate)
     }
 
-    fn embedding_forward(&self, out: &mut GpuBuffer, ids: &[u32], table: &GpuFrozen, c: usize) -> Result<()> {
-        check(out.len() == ids.len() * c && table.cols == c, "embedding_forward", || {
-            format!("out [{}, {c}] is {} values; the table is [{}, {}]", ids.len(), out.len(), table.rows, table.cols)
+    fn embedding_forward(
+        &self,
+        out: &mut GpuBuffer,
+        ids: &[u32],
+        table: Vocab<'_, GpuFrozen, GpuBuffer>,
+        c: usize,
+    ) -> Result<()> {
+        let table = match table {
+            Vocab::Frozen(m) => VocabMatrix::Frozen(m),
+            Vocab::Trained(w) => VocabMatrix::Trained(w),
+        };
+        let cols_ok = match table {
+            VocabMatrix::Frozen(m) => m.cols == c,
+            VocabMatrix::Trained(w) => c > 0 && w.len().is_multiple_of(c),
+        };
+        check(out.len() == ids.len() * c && cols_ok, "embedding_forward", || {
+            format!("out [{}, {c}] is {} values, or the table is not [V, {c}]", ids.len(), out.len())
         })?;
-        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= table.rows) {
-            return Err(Error::Invalid(format!("token id {bad} is outside the vocabulary of {}", table.rows)));
+        let rows = table.rows(c);
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= rows) {
+            return Err(Error::Invalid(format!("token id {bad} is outside the vocabulary of {rows}")));
         }
-        embedding::embedding_forward(&self.ctx, out, ids, VocabMatrix::Frozen(table), c)
+        embedding::embedding_forward(&self.ctx, out, ids, table, c)
     }
 
     fn rmsnorm_forward(&self, y: &mut GpuBuffer, x: &GpuBuffer, w: &GpuBuffer, c: usize, eps: f32) -> Result<()> {
@@ -517,5 +564,40 @@ impl Backend for Wgpu {
         attention::attention_backward(
             &self.ctx, dq, dk, dv, dk_heads, dv_heads, dout, q, k, v, out, lse, doc_start, b, t, nh, nkv, d,
         )
+    }
+
+    fn moments(&self, kind: OptimKind, len: usize) -> Result<GpuMoments> {
+        optim::moments(&self.ctx, kind, len)
+    }
+
+    fn adamw_update(
+        &self,
+        p: &mut GpuBuffer,
+        g: &GpuBuffer,
+        moments: &mut GpuMoments,
+        config: &OptimConfig,
+        lr: f32,
+        t: u64,
+    ) -> Result<()> {
+        let maps = match self.maps.get() {
+            Some(m) => m,
+            None => {
+                let m = optim::code_maps(&self.ctx)?;
+                self.maps.get_or_init(|| m)
+            }
+        };
+        optim::adamw_update(&self.ctx, maps, p, g, moments, config, lr, t)
+    }
+
+    fn read_moments(&self, moments: &GpuMoments) -> Result<Vec<Vec<u8>>> {
+        optim::read_moments(&self.ctx, moments)
+    }
+
+    fn write_moments(&self, moments: &mut GpuMoments, parts: &[&[u8]]) -> Result<()> {
+        optim::write_moments(&self.ctx, moments, parts)
+    }
+
+    fn clip_grad_norm(&self, grads: &mut [&mut GpuBuffer], max_norm: f32) -> Result<f32> {
+        optim::clip_grad_norm(&self.ctx, grads, max_norm)
     }
 }

@@ -241,6 +241,17 @@ impl Context {
         Ok(GpuBuffer { buffer, words, allocated: self.allocated.clone() })
     }
 
+    /// Gives `buf` `words` words: within its allocation when that is large enough (the values are then whatever it
+    /// held), else in a new zeroed buffer.
+    pub fn resize(&self, buf: &mut GpuBuffer, words: usize) -> Result<()> {
+        if (words.max(1) as u64) * 4 <= buf.buffer.size() {
+            buf.words = words;
+        } else {
+            *buf = self.zeros(words)?;
+        }
+        Ok(())
+    }
+
     /// A new buffer holding `data` (32-bit words as little-endian bytes; length a multiple of 4).
     pub fn upload_words(&self, data: &[u8]) -> Result<GpuBuffer> {
         assert!(data.len().is_multiple_of(4), "upload_words: {} bytes is not whole words", data.len());

@@ -6,10 +6,11 @@
 use std::path::PathBuf;
 
 use loft::data::Batch;
+use loft::engine::Cpu;
 use loft::lora::peft::{load_peft_adapter, save_peft_adapter};
 use loft::lora::Adapter;
 use loft::model::load_base;
-use loft::train::forward_backward::{forward_backward, TrainArena};
+use loft::train::forward_backward::{forward_backward_host, TrainArena};
 use safetensors::SafeTensors;
 
 fn fixture() -> PathBuf {
@@ -53,9 +54,9 @@ fn loss_and_gradients_equal_pefts() {
     for dir in ["adapter", "adapter_rslora_embed"] {
         let adapter = load_peft_adapter(&fixture().join(dir), &model).unwrap();
         let mut grads = adapter.zeros_like();
-        let mut arena = TrainArena::new(&model, &adapter, batch.b, batch.t, false);
+        let mut arena = TrainArena::new(&Cpu, &model.config, &adapter.config, batch.b, batch.t, false).unwrap();
         let (sum, count) =
-            forward_backward(&model, &adapter, &mut grads, &mut arena, &batch, 1.0 / n as f32, 0).unwrap();
+            forward_backward_host(&model, &adapter, &mut grads, &mut arena, &batch, 1.0 / n as f32, 0).unwrap();
         let loss = sum / count as f64;
         let want = f32s(&expected, &format!("{dir}/loss"))[0] as f64;
         eprintln!("{dir}: loss {loss:.7} vs PEFT {want:.7}");

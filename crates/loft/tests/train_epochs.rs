@@ -8,9 +8,10 @@ mod common;
 use std::path::Path;
 
 use loft::data::{pad_id, Batcher, Packing};
+use loft::engine::Cpu;
 use loft::lora::Adapter;
 use loft::model::{LoadOptions, LoadedModel};
-use loft::train::forward_backward::{loss, TrainArena};
+use loft::train::forward_backward::{loss_host, TrainArena};
 use loft::train::recipe::prepare_data;
 use loft::train::{train, Quiet, TrainConfig, TrainOptions};
 
@@ -66,15 +67,15 @@ fn packed_shuffled_epochs_use_every_batch_and_log_exact_losses() {
 
     // Expected per-step losses: each epoch's batches in groups of 3, the model as loaded (lr 1e-9 leaves it).
     let adapter = Adapter::new(config.lora.clone(), &loaded.model, 11).unwrap();
-    let mut arena = TrainArena::new(&loaded.model, &adapter, 1, 48, false);
+    let mut arena = TrainArena::new(&Cpu, &loaded.model.config, &adapter.config, 1, 48, false).unwrap();
     let mut want = Vec::new();
     let mut tokens = 0u64;
     for batches in &epochs {
         for group in batches.chunks(3) {
             let (mut sum, mut n) = (0f64, 0usize);
             for b in group {
-                arena.fit(b.b, b.t).unwrap();
-                let (s, c) = loss(&loaded.model, &adapter, &mut arena, b).unwrap();
+                arena.fit(&Cpu, b.b, b.t).unwrap();
+                let (s, c) = loss_host(&loaded.model, &adapter, &mut arena, b).unwrap();
                 sum += s;
                 n += c;
                 tokens += (b.b * b.t) as u64;

@@ -8,10 +8,11 @@ mod common;
 use common::adapter_with_nonzero_b as adapter;
 use common::tiny::{random_weights, write_gguf, TinyConfig};
 use loft::data::Batch;
+use loft::engine::Cpu;
 use loft::lora::{Adapter, LoraConfig, TensorName};
 use loft::model::{llama_from_gguf, llama_from_gguf_with, Llama};
 use loft::rng::SplitMix64;
-use loft::train::forward_backward::{forward_backward, loss, TrainArena};
+use loft::train::forward_backward::{forward_backward_host, loss_host, TrainArena};
 
 fn tiny_model(seed: u64) -> Llama {
     let cfg = TinyConfig::default();
@@ -35,16 +36,16 @@ fn batch(vocab: u32, b: usize, t: usize, seed: u64) -> Batch {
 }
 
 fn mean_loss(model: &Llama, a: &Adapter, batch: &Batch) -> f64 {
-    let mut arena = TrainArena::new(model, a, batch.b, batch.t, false);
-    let (sum, n) = loss(model, a, &mut arena, batch).unwrap();
+    let mut arena = TrainArena::new(&Cpu, &model.config, &a.config, batch.b, batch.t, false).unwrap();
+    let (sum, n) = loss_host(model, a, &mut arena, batch).unwrap();
     sum / n as f64
 }
 
 fn gradients(model: &Llama, a: &Adapter, batch: &Batch, checkpointing: bool) -> (f64, Adapter) {
-    let mut arena = TrainArena::new(model, a, batch.b, batch.t, checkpointing);
+    let mut arena = TrainArena::new(&Cpu, &model.config, &a.config, batch.b, batch.t, checkpointing).unwrap();
     let mut grads = a.zeros_like();
     let n = batch.n_targets();
-    let (sum, count) = forward_backward(model, a, &mut grads, &mut arena, batch, 1.0 / n as f32, 5).unwrap();
+    let (sum, count) = forward_backward_host(model, a, &mut grads, &mut arena, batch, 1.0 / n as f32, 5).unwrap();
     assert_eq!(count, n);
     (sum / n as f64, grads)
 }
@@ -122,8 +123,8 @@ fn checkpointing_and_micro_batches_give_the_same_gradients() {
         one.input_ids = full.input_ids[r * 10..(r + 1) * 10].to_vec();
         one.targets = full.targets[r * 10..(r + 1) * 10].to_vec();
         one.positions = full.positions[r * 10..(r + 1) * 10].to_vec();
-        let mut arena = TrainArena::new(&model, &a, 1, 10, false);
-        total += forward_backward(&model, &a, &mut grads, &mut arena, &one, 1.0 / n as f32, 5).unwrap().0;
+        let mut arena = TrainArena::new(&Cpu, &model.config, &a.config, 1, 10, false).unwrap();
+        total += forward_backward_host(&model, &a, &mut grads, &mut arena, &one, 1.0 / n as f32, 5).unwrap().0;
     }
     assert!((total / n as f64 - l_full).abs() < 1e-6);
     let (x, y) = (flat(&grads), flat(&g_full));
@@ -152,8 +153,8 @@ fn training_loss_equals_evaluation_loss_on_the_default_model() {
         let labels: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
         let b = Batch::from_rows(std::slice::from_ref(&ids), &[labels]);
         let mut grads = a.zeros_like();
-        let mut arena = TrainArena::new(&model, &a, 1, ids.len(), true);
-        let (sum, n) = forward_backward(&model, &a, &mut grads, &mut arena, &b, 1.0 / 127.0, 0).unwrap();
+        let mut arena = TrainArena::new(&Cpu, &model.config, &a.config, 1, ids.len(), true).unwrap();
+        let (sum, n) = forward_backward_host(&model, &a, &mut grads, &mut arena, &b, 1.0 / 127.0, 0).unwrap();
         let train = sum / n as f64;
         eprintln!("keep_quantized={keep_quantized}: train {train:.6} eval {eval:.6}");
         assert_eq!(n, 127);

@@ -11,7 +11,11 @@ mod common;
 mod context;
 mod head;
 mod layers;
+/// loft's own test fixtures and tiny-model writers (crates/loft/tests/common).
+#[path = "../../../loft/tests/common/mod.rs"]
+mod lcommon;
 mod lora;
 mod matmul;
 mod optim;
 mod runner;
+mod train;

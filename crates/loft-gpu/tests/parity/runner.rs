@@ -8,11 +8,7 @@ use loft::model::{llama_from_gguf, Llama, Runner, TargetModule};
 
 use crate::common::{assert_parity, gpu, TOL};
 
-#[allow(dead_code, clippy::unwrap_used)]
-#[path = "../../../loft/tests/common/tiny.rs"]
-mod tiny;
-
-use tiny::{random_weights, write_gguf, TinyConfig};
+use crate::lcommon::tiny::{random_weights, write_gguf, TinyConfig};
 
 /// The tiny model `cfg` with random weights (f32), loaded back from GGUF as `loft` loads any file.
 fn tiny_model(cfg: &TinyConfig, seed: u64) -> Llama {

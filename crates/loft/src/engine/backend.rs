@@ -13,6 +13,7 @@ use crate::engine::attention::{attention_backward, attention_forward, attention_
 use crate::engine::cross_entropy::{cross_entropy_forward, cross_entropy_forward_backward, CrossEntropyScratch};
 use crate::engine::embedding::{embedding_backward, embedding_forward, VocabMatrix};
 use crate::engine::lora::{lora_backward, lora_forward, LoraDropout, LoraWeights};
+use crate::engine::optim::{clip_coefficient, global_norm, scale, Moments, OptimConfig, OptimKind};
 use crate::engine::rmsnorm::{rmsnorm_backward, rmsnorm_forward, rmsnorm_forward_train};
 use crate::engine::rope::{rope_backward, rope_forward};
 use crate::engine::swiglu::{swiglu_backward, swiglu_forward};
@@ -35,10 +36,23 @@ pub trait Backend {
     type CrossEntropyScratch;
     /// One adapted layer's trained LoRA matrices A [R, I] and B [O, R] on the device (with rank, shape and scale).
     type Lora;
+    /// The optimizer's moments of one trained tensor on the device (32-bit, or 8-bit blocks).
+    type Moments;
 
     /// Names the device in messages ("cpu", or the adapter's name and API).
     fn describe(&self) -> String;
+    /// Bytes of device memory this backend holds now (None on the CPU, whose memory is the process's).
+    fn allocated_bytes(&self) -> Option<u64>;
     fn zeros(&self, len: usize) -> Result<Self::Buf>;
+    /// Values the buffer holds.
+    fn len(&self, buf: &Self::Buf) -> usize;
+    /// Gives the buffer `len` values, reusing its memory where it is large enough; the values are unspecified
+    /// afterwards (an arena refills them).
+    fn resize(&self, buf: &mut Self::Buf, len: usize) -> Result<()>;
+    /// buf[..data.len()] = data, from the host.
+    fn write(&self, buf: &mut Self::Buf, data: &[f32]) -> Result<()>;
+    /// Sets every value of the buffer to 0.
+    fn fill_zero(&self, buf: &mut Self::Buf) -> Result<()>;
     fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
     /// `len` values of `buf` from `at`, back on the host.
     fn read(&self, buf: &Self::Buf, at: usize, len: usize) -> Result<Vec<f32>>;
@@ -53,6 +67,8 @@ pub trait Backend {
     fn lora(&self, w: &LoraWeights) -> Result<Self::Lora>;
     /// An adapter's trained matrices back on the host.
     fn lora_weights(&self, l: &Self::Lora) -> Result<LoraWeights>;
+    /// The adapter's A [R, I] and B [O, R] as buffers (the optimizer updates them in place).
+    fn lora_parts_mut(lora: &mut Self::Lora) -> (&mut Self::Buf, &mut Self::Buf);
     /// Scratch for the head over `chunk` target rows at a time, rows of width C, a vocabulary of V.
     fn cross_entropy_scratch(&self, chunk: usize, c: usize, v: usize) -> Result<Self::CrossEntropyScratch>;
 
@@ -65,8 +81,14 @@ pub trait Backend {
         n: usize,
         accumulate: bool,
     ) -> Result<()>;
-    /// out[N, C] = rows `ids` of `table` [V, C].
-    fn embedding_forward(&self, out: &mut Self::Buf, ids: &[u32], table: &Self::Matrix<'_>, c: usize) -> Result<()>;
+    /// out[N, C] = rows `ids` of `table` [V, C] (the frozen embedding, or a trained copy).
+    fn embedding_forward(
+        &self,
+        out: &mut Self::Buf,
+        ids: &[u32],
+        table: Vocab<'_, Self::Matrix<'_>, Self::Buf>,
+        c: usize,
+    ) -> Result<()>;
     /// y[N, C] = x / rms(x) · w, row by row.
     fn rmsnorm_forward(&self, y: &mut Self::Buf, x: &Self::Buf, w: &Self::Vector<'_>, c: usize, eps: f32)
         -> Result<()>;
@@ -255,6 +277,31 @@ pub trait Backend {
         nkv: usize,
         d: usize,
     ) -> Result<()>;
+
+    // ---- The optimizer (engine::optim's kernels) ----
+
+    /// Zero moments for a tensor of `len` values ([`crate::engine::optim::blockwise8`] decides 8-bit state).
+    fn moments(&self, kind: OptimKind, len: usize) -> Result<Self::Moments>;
+    /// One AdamW / 8-bit AdamW update of p [N] by its gradient g [N] at step t (1 for the first), as
+    /// [`crate::engine::optim::Moments::update`] computes it.
+    #[allow(clippy::too_many_arguments)]
+    fn adamw_update(
+        &self,
+        p: &mut Self::Buf,
+        g: &Self::Buf,
+        moments: &mut Self::Moments,
+        config: &OptimConfig,
+        lr: f32,
+        t: u64,
+    ) -> Result<()>;
+    /// The moments' state tensors back on the host, in [`crate::engine::optim::moment_layout`] order.
+    fn read_moments(&self, moments: &Self::Moments) -> Result<Vec<Vec<u8>>>;
+    /// Restores what [`Backend::read_moments`] gave (sizes already checked against the layout).
+    fn write_moments(&self, moments: &mut Self::Moments, parts: &[&[u8]]) -> Result<()>;
+    /// The global L2 norm of all `grads`; when it is finite, `max_norm` > 0 and the norm exceeds it, every tensor
+    /// is scaled by max_norm / (norm + 1e-6) on the device (torch's clip_grad_norm_). A non-finite norm leaves
+    /// the tensors untouched. Returns the norm (the one value that comes back to the host).
+    fn clip_grad_norm(&self, grads: &mut [&mut Self::Buf], max_norm: f32) -> Result<f32>;
 }
 
 /// A [V, C] matrix read by the output head on a backend: the frozen base weights (M, the backend's `Matrix`), or a
@@ -286,13 +333,41 @@ impl Backend for Cpu {
     type Vector<'w> = &'w [f32];
     type Lora = LoraWeights;
     type CrossEntropyScratch = CrossEntropyScratch;
+    type Moments = Moments;
 
     fn describe(&self) -> String {
         "cpu".into()
     }
 
+    fn allocated_bytes(&self) -> Option<u64> {
+        None
+    }
+
     fn zeros(&self, len: usize) -> Result<Vec<f32>> {
         Ok(vec![0.0; len])
+    }
+
+    fn len(&self, buf: &Vec<f32>) -> usize {
+        buf.len()
+    }
+
+    fn resize(&self, buf: &mut Vec<f32>, len: usize) -> Result<()> {
+        buf.resize(len, 0.0);
+        Ok(())
+    }
+
+    fn write(&self, buf: &mut Vec<f32>, data: &[f32]) -> Result<()> {
+        let len = buf.len();
+        let to = buf
+            .get_mut(..data.len())
+            .ok_or_else(|| Error::Invalid(format!("write: {} values into a buffer of {len}", data.len())))?;
+        to.copy_from_slice(data);
+        Ok(())
+    }
+
+    fn fill_zero(&self, buf: &mut Vec<f32>) -> Result<()> {
+        buf.fill(0.0);
+        Ok(())
     }
 
     fn upload(&self, data: &[f32]) -> Result<Vec<f32>> {
@@ -333,6 +408,10 @@ impl Backend for Cpu {
         Ok(l.clone())
     }
 
+    fn lora_parts_mut(lora: &mut LoraWeights) -> (&mut Vec<f32>, &mut Vec<f32>) {
+        (&mut lora.a, &mut lora.b)
+    }
+
     fn cross_entropy_scratch(&self, chunk: usize, c: usize, v: usize) -> Result<CrossEntropyScratch> {
         if chunk == 0 {
             return Err(Error::Invalid("cross_entropy_scratch: the chunk must be at least one row".into()));
@@ -352,8 +431,14 @@ impl Backend for Cpu {
         Ok(())
     }
 
-    fn embedding_forward(&self, out: &mut Vec<f32>, ids: &[u32], table: &&FrozenMatrix, c: usize) -> Result<()> {
-        embedding_forward(&mut out[..ids.len() * c], ids, VocabMatrix::Frozen(table), c);
+    fn embedding_forward(
+        &self,
+        out: &mut Vec<f32>,
+        ids: &[u32],
+        table: Vocab<'_, &FrozenMatrix, Vec<f32>>,
+        c: usize,
+    ) -> Result<()> {
+        embedding_forward(&mut out[..ids.len() * c], ids, cpu_vocab(table), c);
         Ok(())
     }
 
@@ -577,5 +662,59 @@ impl Backend for Cpu {
     ) -> Result<()> {
         attention_backward(dq, dk, dv, dk_heads, dv_heads, dout, q, k, v, out, lse, doc_start, b, t, nh, nkv, d);
         Ok(())
+    }
+
+    fn moments(&self, kind: OptimKind, len: usize) -> Result<Moments> {
+        Ok(Moments::zeros(kind, len))
+    }
+
+    fn adamw_update(
+        &self,
+        p: &mut Vec<f32>,
+        g: &Vec<f32>,
+        moments: &mut Moments,
+        config: &OptimConfig,
+        lr: f32,
+        t: u64,
+    ) -> Result<()> {
+        let fits = match moments {
+            Moments::F32 { exp_avg, .. } => exp_avg.len() == p.len(),
+            Moments::Blockwise8 { state1, .. } => state1.len() == p.len(),
+        };
+        if !fits || g.len() != p.len() {
+            return Err(Error::Invalid(format!(
+                "adamw_update: a parameter of {} values, its gradient of {}, and moments of another size",
+                p.len(),
+                g.len()
+            )));
+        }
+        moments.update(config, p, g, lr, t);
+        Ok(())
+    }
+
+    fn read_moments(&self, moments: &Moments) -> Result<Vec<Vec<u8>>> {
+        Ok(moments.tensors())
+    }
+
+    fn write_moments(&self, moments: &mut Moments, parts: &[&[u8]]) -> Result<()> {
+        let want: Vec<usize> = moments.tensors().iter().map(Vec::len).collect();
+        let got: Vec<usize> = parts.iter().map(|p| p.len()).collect();
+        if want != got {
+            return Err(Error::Invalid(format!("write_moments: parts of {got:?} bytes, the state holds {want:?}")));
+        }
+        moments.load(parts);
+        Ok(())
+    }
+
+    fn clip_grad_norm(&self, grads: &mut [&mut Vec<f32>], max_norm: f32) -> Result<f32> {
+        let norm = global_norm(&grads.iter().map(|g| g.as_slice()).collect::<Vec<_>>());
+        if norm.is_finite() {
+            if let Some(coef) = clip_coefficient(norm, max_norm) {
+                for g in grads.iter_mut() {
+                    scale(g, coef);
+                }
+            }
+        }
+        Ok(norm)
     }
 }

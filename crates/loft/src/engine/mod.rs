@@ -9,6 +9,7 @@ pub mod frozen;
 pub mod lora;
 pub mod matmul;
 pub mod nf4;
+pub mod optim;
 pub mod quant_dot;
 pub mod rmsnorm;
 pub mod rope;

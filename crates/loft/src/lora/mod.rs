@@ -1,6 +1,7 @@
 //! LoRA adapters as PEFT defines them: which modules are adapted, their A/B matrices, and the embedding and head
 //! when they are trained in full (PEFT's `modules_to_save`).
 
+pub mod device;
 pub mod merge;
 pub mod peft;
 
@@ -11,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::model::config::LlamaConfig;
 pub use crate::model::TargetModule;
 use crate::model::{Llama, LoadOptions, LoadedModel};
+pub use device::{DeviceAdapter, Gradients};
 
 /// Loads a model and merges PEFT adapter folders into it in order (a CPT adapter, then the IFT adapter trained on
 /// top of it); each is checked against the model as merged so far. Adapted matrices become f32.

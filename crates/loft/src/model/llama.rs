@@ -2,10 +2,10 @@
 //! F = intermediate_size, V = vocab_size, NH/NKV = query/key-value heads, D = head_dim.
 
 use crate::engine::rope::Rope;
-use crate::engine::{Backend, Cpu};
+use crate::engine::{Backend, Cpu, Vocab};
 use crate::error::{Error, Result};
 use crate::model::config::LlamaConfig;
-use crate::model::weights::LlamaWeights;
+use crate::model::weights::{LlamaWeights, TargetModule};
 
 pub struct Llama {
     pub config: LlamaConfig,
@@ -112,6 +112,44 @@ impl<'w, B: Backend + 'w> Runner<'w, B> {
         &self.model.config
     }
 
+    /// The host model (config, RoPE tables, the host copy of the weights).
+    pub fn model(&self) -> &'w Llama {
+        self.model
+    }
+
+    /// The frozen matrix of module `m` in layer `l`, on the backend.
+    pub fn module(&self, l: usize, m: TargetModule) -> &B::Matrix<'w> {
+        let layer = &self.layers[l];
+        match m {
+            TargetModule::QProj => &layer.q_proj,
+            TargetModule::KProj => &layer.k_proj,
+            TargetModule::VProj => &layer.v_proj,
+            TargetModule::OProj => &layer.o_proj,
+            TargetModule::GateProj => &layer.gate_proj,
+            TargetModule::UpProj => &layer.up_proj,
+            TargetModule::DownProj => &layer.down_proj,
+        }
+    }
+
+    /// Layer `l`'s norms: (input_layernorm, post_attention_layernorm).
+    pub fn layer_norms(&self, l: usize) -> (&B::Vector<'w>, &B::Vector<'w>) {
+        (&self.layers[l].input_layernorm, &self.layers[l].post_attention_layernorm)
+    }
+
+    /// The final norm.
+    pub fn norm(&self) -> &B::Vector<'w> {
+        &self.norm
+    }
+
+    pub fn embed_tokens(&self) -> &B::Matrix<'w> {
+        &self.embed_tokens
+    }
+
+    /// The output head: lm_head, or the embedding when tied.
+    pub fn head(&self) -> &B::Matrix<'w> {
+        self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
+    }
+
     /// An empty KV cache of `capacity` positions on this runner's backend.
     pub fn cache(&self, capacity: usize) -> Result<KvCache<B>> {
         KvCache::on(self.backend, &self.model.config, capacity)
@@ -135,7 +173,7 @@ impl<'w, B: Backend + 'w> Runner<'w, B> {
             return Err(Error::Invalid(format!("token id {bad} is outside the vocabulary of {}", cfg.vocab_size)));
         }
         let mut x = be.zeros(t * c)?; // the residual stream: [T, C]
-        be.embedding_forward(&mut x, tokens, &self.embed_tokens, c)?;
+        be.embedding_forward(&mut x, tokens, Vocab::Frozen(&self.embed_tokens), c)?;
         let (cos, sin) = self.model.rope.tables(p0..p0 + t);
         let (cos, sin) = (be.upload(&cos)?, be.upload(&sin)?); // [T, D/2]
         let mut h = be.zeros(t * c)?; // normalised input of a sublayer: [T, C]

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::lora::peft::{load_peft_adapter, save_peft_adapter};
 use crate::lora::Adapter;
 use crate::model::Llama;
-use crate::train::optim::Optimizer;
+use crate::train::optim::SavedOptimizer;
 
 /// Written last; a folder without it is not a checkpoint.
 pub const COMPLETE_MARKER: &str = "checkpoint_complete";
@@ -43,7 +43,7 @@ pub fn save_checkpoint(
     adapter: &Adapter,
     hidden_size: usize,
     base_model: &str,
-    optimizer: &Optimizer,
+    optimizer: &SavedOptimizer,
     state: &TrainerState,
     config_toml: &str,
 ) -> Result<PathBuf> {
@@ -81,9 +81,9 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     f.sync_all().map_err(|e| Error::io(path, e))
 }
 
-fn write_optimizer(path: &Path, optimizer: &Optimizer) -> Result<()> {
-    let tensors = optimizer.state_tensors();
-    let views: Vec<(String, TensorView<'_>)> = tensors
+fn write_optimizer(path: &Path, optimizer: &SavedOptimizer) -> Result<()> {
+    let views: Vec<(String, TensorView<'_>)> = optimizer
+        .tensors
         .iter()
         .map(|(name, bytes, dtype)| {
             let (dt, width) = if *dtype == "F32" { (Dtype::F32, 4) } else { (Dtype::U8, 1) };
@@ -92,11 +92,9 @@ fn write_optimizer(path: &Path, optimizer: &Optimizer) -> Result<()> {
                 .map_err(|e| Error::Invalid(format!("optimizer tensor '{name}': {e}")))
         })
         .collect::<Result<_>>()?;
-    let meta: HashMap<String, String> = [
-        ("steps".to_string(), optimizer.steps_taken().to_string()),
-        ("optim".to_string(), optimizer.config().kind.name().to_string()),
-    ]
-    .into();
+    let meta: HashMap<String, String> =
+        [("steps".to_string(), optimizer.steps.to_string()), ("optim".to_string(), optimizer.kind.name().to_string())]
+            .into();
     // Streamed to the file (an in-memory copy of the moments would raise the run's peak), then synced.
     safetensors::tensor::serialize_to_file(views, Some(meta), path)
         .map_err(|e| Error::format(path, format!("cannot write safetensors: {e}")))?;

@@ -1,24 +1,18 @@
-//! The Llama forward and backward for training a LoRA adapter: only the gradients that are needed (the adapter's
-//! A and B, and the embedding/head when trained in full) — the frozen base weights get none. Activations live in
-//! an arena allocated once per shape; with gradient checkpointing only each block's input is kept and the block is
-//! recomputed during the backward.
+//! The Llama forward and backward for training a LoRA adapter, written once against [`Backend`]: only the
+//! gradients that are needed (the adapter's A and B, and the embedding/head when trained in full) — the frozen
+//! base weights get none. Activations live in an arena on the backend, allocated once per shape; with gradient
+//! checkpointing only each block's input is kept and the block is recomputed during the backward. Per micro-batch
+//! the host sends the token ids, targets and RoPE tables, and gets back the loss.
 //!
 //! Legend: B = batch, T = time, N = B·T rows, C = hidden_size, F = intermediate_size, V = vocab_size,
 //! NH/NKV = query/key-value heads, D = head_dim, Q = NH·D, KV = NKV·D, R = LoRA rank, L = layers.
 
 use crate::data::Batch;
-use crate::engine::attention::{attention_backward, attention_forward};
-use crate::engine::cross_entropy::{cross_entropy_forward, cross_entropy_forward_backward, CrossEntropyScratch};
-use crate::engine::embedding::{embedding_backward, embedding_forward, VocabMatrix};
-use crate::engine::lora::{lora_backward, lora_forward};
-use crate::engine::rmsnorm::{rmsnorm_backward, rmsnorm_forward_train};
-use crate::engine::rope::{rope_backward, rope_forward};
-use crate::engine::swiglu::{swiglu_backward, swiglu_forward};
-use crate::engine::{LoraDropout, LoraWeights};
+use crate::engine::cross_entropy::CrossEntropyScratch;
+use crate::engine::{Backend, Cpu, LoraDropout, Vocab};
 use crate::error::{Error, Result};
-use crate::lora::Adapter;
-use crate::model::weights::LlamaLayer;
-use crate::model::{Llama, TargetModule};
+use crate::lora::{Adapter, DeviceAdapter, Gradients, LoraConfig};
+use crate::model::{Llama, LlamaConfig, Runner, TargetModule};
 use crate::rng::SplitMix64;
 
 /// A buffer's width in floats per token row (N = B·T rows): the one place a buffer's shape is stated.
@@ -48,9 +42,9 @@ struct Dims {
     q: usize,
     kv: usize,
     nh: usize,
-    nkv: usize,
     d: usize,
     r: usize,
+    v: usize,
     adapted: [bool; 7],
     dropout: bool,
 }
@@ -89,24 +83,25 @@ impl Dims {
 macro_rules! buffers {
     ($(#[$doc:meta])* struct $group:ident { $($name:ident: $width:expr,)* }) => {
         $(#[$doc])*
-        struct $group {
-            $($name: Vec<f32>,)*
+        struct $group<Bk: Backend> {
+            $($name: Bk::Buf,)*
         }
 
-        impl $group {
+        impl<Bk: Backend> $group<Bk> {
             const WIDTHS: &'static [Width] = &[$($width),*];
 
-            fn new(rows: usize, d: &Dims) -> Self {
-                $group { $($name: vec![0.0; rows * d.width($width)],)* }
+            fn new(be: &Bk, rows: usize, d: &Dims) -> Result<Self> {
+                Ok($group { $($name: be.zeros(rows * d.width($width))?,)* })
             }
 
-            /// Resizes every buffer for `rows` rows, within the capacity it was allocated with.
-            fn fit(&mut self, rows: usize, d: &Dims) {
-                $(self.$name.resize(rows * d.width($width), 0.0);)*
+            /// Resizes every buffer for `rows` rows (within the memory it was allocated with, when it fits).
+            fn fit(&mut self, be: &Bk, rows: usize, d: &Dims) -> Result<()> {
+                $(be.resize(&mut self.$name, rows * d.width($width))?;)*
+                Ok(())
             }
 
-            fn floats(&self) -> usize {
-                0 $(+ self.$name.len())*
+            fn floats(&self, be: &Bk) -> usize {
+                0 $(+ be.len(&self.$name))*
             }
 
             fn floats_for(rows: usize, d: &Dims) -> usize {
@@ -171,56 +166,63 @@ buffers! {
     }
 }
 
-/// The activation arena of one (B, T) shape, allocated once and reused by every micro-batch of that shape.
-pub struct TrainArena {
+buffers! {
+    /// The residual stream at one block's input (L+1 of them: each block's input, and the last block's output).
+    struct Stream {
+        x: Width::C,
+    }
+}
+
+/// The activation arena of one (B, T) shape on backend `B`, allocated once and reused by every micro-batch.
+pub struct TrainArena<Bk: Backend = Cpu> {
     b: usize,
     t: usize,
-    /// Rows the buffers were allocated for; `fit` reshapes to any B·T up to it without allocating.
+    /// Rows the buffers were allocated for; `fit` reshapes to any B·T up to it.
     capacity: usize,
     dims: Dims,
     checkpointing: bool,
-    /// Residual stream at each block's input, and after the last block: L+1 × [N, C].
-    xs: Vec<Vec<f32>>,
+    xs: Vec<Stream<Bk>>,
     /// Per layer (or one, recomputed per layer, with checkpointing).
-    acts: Vec<LayerActs>,
-    shared: Shared,
-    grads: GradScratch,
-    ce: CrossEntropyScratch,
+    acts: Vec<LayerActs<Bk>>,
+    shared: Shared<Bk>,
+    grads: GradScratch<Bk>,
+    ce: Bk::CrossEntropyScratch,
 }
 
 /// Rows of logits the fused head holds at once.
 const HEAD_CHUNK: usize = 256;
 
-impl TrainArena {
-    /// Bytes the arena takes for this shape, without allocating it: the same sum `bytes()` makes of the buffers.
-    pub fn estimate_bytes(model: &Llama, adapter: &Adapter, b: usize, t: usize, checkpointing: bool) -> usize {
-        let d = dims_of(model, adapter);
-        let (n, layers) = (b * t, model.config.num_hidden_layers);
+impl<Bk: Backend> TrainArena<Bk> {
+    /// Bytes the arena takes for this shape, without allocating it: the same sum `bytes()` makes of the buffers
+    /// (plus the head's scratch).
+    pub fn estimate_bytes(cfg: &LlamaConfig, lora: &LoraConfig, b: usize, t: usize, checkpointing: bool) -> usize {
+        let d = dims_of(cfg, lora);
+        let (n, layers) = (b * t, cfg.num_hidden_layers);
         let kept = if checkpointing { 1 } else { layers };
-        let floats = kept * LayerActs::floats_for(n, &d)
-            + (layers + 1) * n * d.c
-            + Shared::floats_for(n, &d)
-            + GradScratch::floats_for(n, &d)
-            + CrossEntropyScratch::floats(HEAD_CHUNK.min(n), d.c, model.config.vocab_size);
+        let floats = kept * LayerActs::<Bk>::floats_for(n, &d)
+            + (layers + 1) * Stream::<Bk>::floats_for(n, &d)
+            + Shared::<Bk>::floats_for(n, &d)
+            + GradScratch::<Bk>::floats_for(n, &d)
+            + CrossEntropyScratch::floats(HEAD_CHUNK.min(n), d.c, cfg.vocab_size);
         4 * floats
     }
 
-    pub fn new(model: &Llama, adapter: &Adapter, b: usize, t: usize, checkpointing: bool) -> Self {
-        let dims = dims_of(model, adapter);
-        let (n, layers) = (b * t, model.config.num_hidden_layers);
+    pub fn new(be: &Bk, cfg: &LlamaConfig, lora: &LoraConfig, b: usize, t: usize, checkpointing: bool) -> Result<Self> {
+        let dims = dims_of(cfg, lora);
+        let (n, layers) = (b * t, cfg.num_hidden_layers);
         let kept = if checkpointing { 1 } else { layers };
-        TrainArena {
+        Ok(TrainArena {
             b,
             t,
             capacity: n,
             dims,
             checkpointing,
-            xs: (0..=layers).map(|_| vec![0.0; n * dims.c]).collect(),
-            acts: (0..kept).map(|_| LayerActs::new(n, &dims)).collect(),
-            shared: Shared::new(n, &dims),
-            grads: GradScratch::new(n, &dims),
-            ce: CrossEntropyScratch::new(HEAD_CHUNK.min(n), dims.c, model.config.vocab_size),
-        }
+            xs: (0..=layers).map(|_| Stream::new(be, n, &dims)).collect::<Result<_>>()?,
+            acts: (0..kept).map(|_| LayerActs::new(be, n, &dims)).collect::<Result<_>>()?,
+            shared: Shared::new(be, n, &dims)?,
+            grads: GradScratch::new(be, n, &dims)?,
+            ce: be.cross_entropy_scratch(HEAD_CHUNK.min(n), dims.c, cfg.vocab_size)?,
+        })
     }
 
     pub fn shape(&self) -> (usize, usize) {
@@ -228,9 +230,8 @@ impl TrainArena {
     }
 
     /// Reshapes the arena for a B×T micro-batch with B·T no larger than the shape it was allocated for, without
-    /// allocating (the buffers shrink and grow within their capacity). Padded batches vary in length; one arena
-    /// sized for the longest serves them all.
-    pub fn fit(&mut self, b: usize, t: usize) -> Result<()> {
+    /// allocating. Padded batches vary in length; one arena sized for the longest serves them all.
+    pub fn fit(&mut self, be: &Bk, b: usize, t: usize) -> Result<()> {
         let n = b * t;
         if n == 0 || n > self.capacity {
             return Err(Error::Invalid(format!(
@@ -243,29 +244,29 @@ impl TrainArena {
         }
         let d = self.dims;
         for x in &mut self.xs {
-            x.resize(n * d.c, 0.0);
+            x.fit(be, n, &d)?;
         }
         for a in &mut self.acts {
-            a.fit(n, &d);
+            a.fit(be, n, &d)?;
         }
-        self.shared.fit(n, &d);
-        self.grads.fit(n, &d);
+        self.shared.fit(be, n, &d)?;
+        self.grads.fit(be, n, &d)?;
         (self.b, self.t) = (b, t);
         Ok(())
     }
 
-    /// Bytes actually held (for the memory report).
-    pub fn bytes(&self) -> usize {
-        let acts: usize = self.acts.iter().map(LayerActs::floats).sum();
-        let xs: usize = self.xs.iter().map(Vec::len).sum();
-        4 * (acts + xs + self.shared.floats() + self.grads.floats() + self.ce.floats_held())
+    /// Floats the buffers hold at the current shape, times 4, plus the head's scratch at its allocated size.
+    pub fn bytes(&self, be: &Bk) -> usize {
+        let acts: usize = self.acts.iter().map(|a| a.floats(be)).sum();
+        let xs: usize = self.xs.iter().map(|x| x.floats(be)).sum();
+        let ce = CrossEntropyScratch::floats(HEAD_CHUNK.min(self.capacity), self.dims.c, self.dims.v);
+        4 * (acts + xs + self.shared.floats(be) + self.grads.floats(be) + ce)
     }
 }
 
-fn dims_of(model: &Llama, adapter: &Adapter) -> Dims {
-    let cfg = &model.config;
+fn dims_of(cfg: &LlamaConfig, lora: &LoraConfig) -> Dims {
     let mut adapted = [false; 7];
-    for t in &adapter.config.target_modules {
+    for t in &lora.target_modules {
         adapted[t.index()] = true;
     }
     Dims {
@@ -274,244 +275,174 @@ fn dims_of(model: &Llama, adapter: &Adapter) -> Dims {
         q: cfg.q_dim(),
         kv: cfg.kv_dim(),
         nh: cfg.num_attention_heads,
-        nkv: cfg.num_key_value_heads,
         d: cfg.head_dim,
-        r: adapter.config.r,
+        r: lora.r,
+        v: cfg.vocab_size,
         adapted,
-        dropout: adapter.config.lora_dropout > 0.0,
+        dropout: lora.lora_dropout > 0.0,
     }
 }
 
-/// The [V, C] matrices the embedding and the head read: trained copies where the adapter has them.
-fn embedding_matrix<'a>(model: &'a Llama, adapter: &'a Adapter) -> VocabMatrix<'a> {
+/// The [V, C] matrix the embedding reads: the trained copy where the adapter has one.
+fn embedding_matrix<'a, 'w, Bk: Backend>(
+    run: &'a Runner<'w, Bk>,
+    adapter: &'a DeviceAdapter<Bk>,
+) -> Vocab<'a, Bk::Matrix<'w>, Bk::Buf> {
     match &adapter.embed_tokens {
-        Some(e) => VocabMatrix::Trained(e),
-        None => VocabMatrix::Frozen(&model.weights.embed_tokens),
+        Some(e) => Vocab::Trained(e),
+        None => Vocab::Frozen(run.embed_tokens()),
     }
 }
 
-fn head_matrix<'a>(model: &'a Llama, adapter: &'a Adapter) -> VocabMatrix<'a> {
-    match (&adapter.lm_head, &adapter.embed_tokens, model.config.tie_word_embeddings) {
-        (Some(h), _, _) => VocabMatrix::Trained(h),
-        (None, Some(e), true) if adapter.config.train_lm_head || adapter.config.train_embed_tokens => {
-            VocabMatrix::Trained(e)
-        }
-        _ => VocabMatrix::Frozen(model.weights.head()),
+/// The [V, C] matrix the head reads: the trained lm_head, or the trained tied embedding, or the frozen head.
+fn head_matrix<'a, 'w, Bk: Backend>(
+    run: &'a Runner<'w, Bk>,
+    adapter: &'a DeviceAdapter<Bk>,
+) -> Vocab<'a, Bk::Matrix<'w>, Bk::Buf> {
+    let cfg = &adapter.config;
+    match (&adapter.lm_head, &adapter.embed_tokens, run.config().tie_word_embeddings) {
+        (Some(h), _, _) => Vocab::Trained(h),
+        (None, Some(e), true) if cfg.train_lm_head || cfg.train_embed_tokens => Vocab::Trained(e),
+        _ => Vocab::Frozen(run.head()),
     }
 }
 
 /// Dropout for module `m` of layer `l` in the micro-batch seeded `seed` (None: evaluation, no dropout): the same
 /// in the forward, the recompute and the backward.
-fn dropout_for(adapter: &Adapter, seed: Option<u64>, l: usize, m: usize) -> Option<LoraDropout> {
-    let (p, seed) = (adapter.config.lora_dropout, seed?);
+fn dropout_for(lora: &LoraConfig, seed: Option<u64>, l: usize, m: usize) -> Option<LoraDropout> {
+    let (p, seed) = (lora.lora_dropout, seed?);
     (p > 0.0).then(|| LoraDropout { p, seed: SplitMix64::new(seed ^ ((l * 7 + m) as u64) << 20).next_u64() })
 }
 
-/// y = x·Wᵀ (+ the LoRA branch when module `m` is adapted), saving xa.
-#[allow(clippy::too_many_arguments)]
-fn linear_forward(
-    y: &mut [f32],
-    xa: &mut [f32],
-    xd: &mut [f32],
-    x: &[f32],
-    layer: &LlamaLayer,
-    lora: &[Option<LoraWeights>; 7],
-    m: TargetModule,
-    dropout: Option<LoraDropout>,
+/// One layer's frozen weights and adapter, with the batch shape and the dropout seed: what every linear needs.
+struct LayerCtx<'a, 'w, Bk: Backend> {
+    be: &'a Bk,
+    run: &'a Runner<'w, Bk>,
+    adapter: &'a DeviceAdapter<Bk>,
+    l: usize,
     n: usize,
-    accumulate: bool,
-) {
-    let w = layer.module(m);
-    match &lora[m.index()] {
-        Some(l) => lora_forward(y, xa, xd, x, w, l, dropout, n, accumulate),
-        None => w.forward(y, x, n, accumulate),
+    seed: Option<u64>,
+}
+
+impl<Bk: Backend> LayerCtx<'_, '_, Bk> {
+    /// y = x·Wᵀ (+ the LoRA branch when module `m` is adapted, saving xa), overwritten or accumulated.
+    fn forward(
+        &self,
+        m: TargetModule,
+        y: &mut Bk::Buf,
+        xa: &mut Bk::Buf,
+        xd: &mut Bk::Buf,
+        x: &Bk::Buf,
+        accumulate: bool,
+    ) -> Result<()> {
+        let w = self.run.module(self.l, m);
+        match &self.adapter.layers[self.l][m.index()] {
+            Some(lora) => {
+                let dropout = dropout_for(&self.adapter.config, self.seed, self.l, m.index());
+                self.be.lora_forward(y, xa, xd, x, w, lora, dropout, self.n, accumulate)
+            }
+            None => self.be.linear_forward(y, x, w, self.n, accumulate),
+        }
+    }
+
+    /// Backward of [`LayerCtx::forward`]: dx (overwritten or accumulated), and the adapter's dA, dB (accumulated).
+    #[allow(clippy::too_many_arguments)]
+    fn backward(
+        &self,
+        m: TargetModule,
+        grads: &mut Gradients<Bk>,
+        dx: &mut Bk::Buf,
+        dxa: &mut Bk::Buf,
+        xd: &mut Bk::Buf,
+        dy: &Bk::Buf,
+        x: &Bk::Buf,
+        xa: &Bk::Buf,
+        accumulate: bool,
+    ) -> Result<()> {
+        let w = self.run.module(self.l, m);
+        match (&self.adapter.layers[self.l][m.index()], &mut grads.layers[self.l][m.index()]) {
+            (Some(lora), Some((da, db))) => {
+                let dropout = dropout_for(&self.adapter.config, self.seed, self.l, m.index());
+                self.be.lora_backward(dx, da, db, dxa, xd, dy, x, xa, w, lora, dropout, self.n, accumulate)
+            }
+            _ => self.be.linear_backward_input(dx, dy, w, self.n, accumulate),
+        }
     }
 }
 
-/// Backward of [`linear_forward`]: dx (overwritten or accumulated), and the adapter's dA, dB (accumulated).
-#[allow(clippy::too_many_arguments)]
-fn linear_backward(
-    dx: &mut [f32],
-    grads: &mut [Option<LoraWeights>; 7],
-    dxa: &mut [f32],
-    xd: &mut [f32],
-    dy: &[f32],
-    x: &[f32],
-    xa: &[f32],
-    layer: &LlamaLayer,
-    lora: &[Option<LoraWeights>; 7],
-    m: TargetModule,
-    dropout: Option<LoraDropout>,
-    n: usize,
-    accumulate: bool,
-) {
-    let w = layer.module(m);
-    match (&lora[m.index()], &mut grads[m.index()]) {
-        (Some(l), Some(g)) => lora_backward(dx, &mut g.a, &mut g.b, dxa, xd, dy, x, xa, w, l, dropout, n, accumulate),
-        _ => w.backward_input(dx, dy, n, accumulate),
-    }
+/// The tables and batch every block of a micro-batch reads.
+struct BatchCtx<'a, Bk: Backend> {
+    cos: &'a Bk::Buf,
+    sin: &'a Bk::Buf,
+    batch: &'a Batch,
 }
 
 /// One block's forward: x_out = x_mid + mlp(rmsnorm(x_mid)), x_mid = x_in + attn(rmsnorm(x_in)).
-#[allow(clippy::too_many_arguments)]
-fn block_forward(
-    model: &Llama,
-    adapter: &Adapter,
-    l: usize,
-    acts: &mut LayerActs,
-    xd: &mut [f32],
-    x_in: &[f32],
-    x_out: &mut [f32],
-    cos: &[f32],
-    sin: &[f32],
-    batch: &Batch,
-    seed: Option<u64>,
-) {
-    let cfg = &model.config;
-    let layer = &model.weights.layers[l];
-    let lora = &adapter.layers[l];
-    let dm = &dims_of(model, adapter);
-    let (n, b, t) = (batch.b * batch.t, batch.b, batch.t);
-    let drop = |m: TargetModule| dropout_for(adapter, seed, l, m.index());
-    let a = acts;
+fn block_forward<Bk: Backend>(
+    lc: &LayerCtx<'_, '_, Bk>,
+    a: &mut LayerActs<Bk>,
+    xd: &mut Bk::Buf,
+    x_in: &Bk::Buf,
+    x_out: &mut Bk::Buf,
+    bc: &BatchCtx<'_, Bk>,
+) -> Result<()> {
+    let (be, cfg) = (lc.be, lc.run.config());
+    let (norm1, norm2) = lc.run.layer_norms(lc.l);
+    let (n, b, t) = (lc.n, bc.batch.b, bc.batch.t);
+    let (nh, nkv, d, c, eps) =
+        (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size, cfg.rms_norm_eps);
+    let (q, k, v, o) = (TargetModule::QProj, TargetModule::KProj, TargetModule::VProj, TargetModule::OProj);
 
     // x_mid = x_in + o_proj(attention(rope(q_proj(h1)), rope(k_proj(h1)), v_proj(h1))), h1 = rmsnorm(x_in)
-    rmsnorm_forward_train(&mut a.h1, &mut a.rstd1, x_in, &layer.input_layernorm, n, dm.c, cfg.rms_norm_eps);
-    linear_forward(
-        &mut a.q,
-        &mut a.xa_q,
-        xd,
-        &a.h1,
-        layer,
-        lora,
-        TargetModule::QProj,
-        drop(TargetModule::QProj),
-        n,
-        false,
-    );
-    linear_forward(
-        &mut a.k,
-        &mut a.xa_k,
-        xd,
-        &a.h1,
-        layer,
-        lora,
-        TargetModule::KProj,
-        drop(TargetModule::KProj),
-        n,
-        false,
-    );
-    linear_forward(
-        &mut a.v,
-        &mut a.xa_v,
-        xd,
-        &a.h1,
-        layer,
-        lora,
-        TargetModule::VProj,
-        drop(TargetModule::VProj),
-        n,
-        false,
-    );
-    rope_forward(&mut a.q, n, dm.nh, dm.d, cos, sin);
-    rope_forward(&mut a.k, n, dm.nkv, dm.d, cos, sin);
-    attention_forward(&mut a.att, &mut a.lse, &a.q, &a.k, &a.v, batch.doc_start.as_deref(), b, t, dm.nh, dm.nkv, dm.d);
-    a.x_mid.copy_from_slice(x_in);
-    linear_forward(
-        &mut a.x_mid,
-        &mut a.xa_o,
-        xd,
-        &a.att,
-        layer,
-        lora,
-        TargetModule::OProj,
-        drop(TargetModule::OProj),
-        n,
-        true,
-    );
+    be.rmsnorm_forward_train(&mut a.h1, &mut a.rstd1, x_in, norm1, n, c, eps)?;
+    lc.forward(q, &mut a.q, &mut a.xa_q, xd, &a.h1, false)?;
+    lc.forward(k, &mut a.k, &mut a.xa_k, xd, &a.h1, false)?;
+    lc.forward(v, &mut a.v, &mut a.xa_v, xd, &a.h1, false)?;
+    be.rope_forward(&mut a.q, n, nh, d, bc.cos, bc.sin)?;
+    be.rope_forward(&mut a.k, n, nkv, d, bc.cos, bc.sin)?;
+    let docs = bc.batch.doc_start.as_deref();
+    be.attention_forward(&mut a.att, &mut a.lse, &a.q, &a.k, &a.v, docs, b, t, nh, nkv, d)?;
+    be.copy(x_in, 0, &mut a.x_mid, 0, n * c)?;
+    lc.forward(o, &mut a.x_mid, &mut a.xa_o, xd, &a.att, true)?;
 
     // x_out = x_mid + down_proj(silu(gate_proj(h2)) · up_proj(h2)), h2 = rmsnorm(x_mid)
-    rmsnorm_forward_train(
-        &mut a.h2,
-        &mut a.rstd2,
-        &a.x_mid,
-        &layer.post_attention_layernorm,
-        n,
-        dm.c,
-        cfg.rms_norm_eps,
-    );
-    let (g, u) = (TargetModule::GateProj, TargetModule::UpProj);
-    linear_forward(&mut a.gate, &mut a.xa_gate, xd, &a.h2, layer, lora, g, drop(g), n, false);
-    linear_forward(&mut a.up, &mut a.xa_up, xd, &a.h2, layer, lora, u, drop(u), n, false);
-    swiglu_forward(&mut a.act, &a.gate, &a.up);
-    x_out.copy_from_slice(&a.x_mid);
-    let dn = TargetModule::DownProj;
-    linear_forward(x_out, &mut a.xa_down, xd, &a.act, layer, lora, dn, drop(dn), n, true);
+    let (g, u, dn) = (TargetModule::GateProj, TargetModule::UpProj, TargetModule::DownProj);
+    be.rmsnorm_forward_train(&mut a.h2, &mut a.rstd2, &a.x_mid, norm2, n, c, eps)?;
+    lc.forward(g, &mut a.gate, &mut a.xa_gate, xd, &a.h2, false)?;
+    lc.forward(u, &mut a.up, &mut a.xa_up, xd, &a.h2, false)?;
+    be.swiglu_forward(&mut a.act, &a.gate, &a.up)?;
+    be.copy(&a.x_mid, 0, x_out, 0, n * c)?;
+    lc.forward(dn, x_out, &mut a.xa_down, xd, &a.act, true)
 }
 
 /// Backward of [`block_forward`]. On entry g.dx holds ∂loss/∂x_out; on return, ∂loss/∂x_in.
-#[allow(clippy::too_many_arguments)]
-fn block_backward(
-    model: &Llama,
-    adapter: &Adapter,
-    grads: &mut Adapter,
-    l: usize,
-    a: &LayerActs,
-    g: &mut GradScratch,
-    xd: &mut [f32],
-    x_in: &[f32],
-    cos: &[f32],
-    sin: &[f32],
-    batch: &Batch,
-    seed: u64,
-) {
-    let layer = &model.weights.layers[l];
-    let lora = &adapter.layers[l];
-    let lgrads = &mut grads.layers[l];
-    let dm = &dims_of(model, adapter);
-    let (n, b, t) = (batch.b * batch.t, batch.b, batch.t);
-    let drop = |m: TargetModule| dropout_for(adapter, Some(seed), l, m.index());
+fn block_backward<Bk: Backend>(
+    lc: &LayerCtx<'_, '_, Bk>,
+    grads: &mut Gradients<Bk>,
+    a: &LayerActs<Bk>,
+    g: &mut GradScratch<Bk>,
+    xd: &mut Bk::Buf,
+    x_in: &Bk::Buf,
+    bc: &BatchCtx<'_, Bk>,
+) -> Result<()> {
+    let (be, cfg) = (lc.be, lc.run.config());
+    let (norm1, norm2) = lc.run.layer_norms(lc.l);
+    let (n, b, t) = (lc.n, bc.batch.b, bc.batch.t);
+    let (nh, nkv, d, c) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size);
 
     // MLP: x_out = x_mid + down(act), act = silu(gate)·up, gate/up = lin(h2), h2 = rmsnorm(x_mid)
     let (dn, gt, up) = (TargetModule::DownProj, TargetModule::GateProj, TargetModule::UpProj);
-    linear_backward(
-        &mut g.d_act,
-        lgrads,
-        &mut g.dxa,
-        xd,
-        &g.dx,
-        &a.act,
-        &a.xa_down,
-        layer,
-        lora,
-        dn,
-        drop(dn),
-        n,
-        false,
-    );
-    swiglu_backward(&mut g.dgate, &mut g.dup, &g.d_act, &a.gate, &a.up);
-    linear_backward(
-        &mut g.dh,
-        lgrads,
-        &mut g.dxa,
-        xd,
-        &g.dgate,
-        &a.h2,
-        &a.xa_gate,
-        layer,
-        lora,
-        gt,
-        drop(gt),
-        n,
-        false,
-    );
-    linear_backward(&mut g.dh, lgrads, &mut g.dxa, xd, &g.dup, &a.h2, &a.xa_up, layer, lora, up, drop(up), n, true);
-    rmsnorm_backward(&mut g.dx, None, &g.dh, &a.x_mid, &layer.post_attention_layernorm, &a.rstd2, n, dm.c);
+    lc.backward(dn, grads, &mut g.d_act, &mut g.dxa, xd, &g.dx, &a.act, &a.xa_down, false)?;
+    be.swiglu_backward(&mut g.dgate, &mut g.dup, &g.d_act, &a.gate, &a.up)?;
+    lc.backward(gt, grads, &mut g.dh, &mut g.dxa, xd, &g.dgate, &a.h2, &a.xa_gate, false)?;
+    lc.backward(up, grads, &mut g.dh, &mut g.dxa, xd, &g.dup, &a.h2, &a.xa_up, true)?;
+    be.rmsnorm_backward(&mut g.dx, None, &g.dh, &a.x_mid, norm2, &a.rstd2, n, c)?;
 
     // Attention: x_mid = x_in + o(att), att = attention(q, k, v), q/k/v = rope/lin(h1), h1 = rmsnorm(x_in)
     let (o, q, k, v) = (TargetModule::OProj, TargetModule::QProj, TargetModule::KProj, TargetModule::VProj);
-    linear_backward(&mut g.d_att, lgrads, &mut g.dxa, xd, &g.dx, &a.att, &a.xa_o, layer, lora, o, drop(o), n, false);
-    attention_backward(
+    lc.backward(o, grads, &mut g.d_att, &mut g.dxa, xd, &g.dx, &a.att, &a.xa_o, false)?;
+    let docs = bc.batch.doc_start.as_deref();
+    be.attention_backward(
         &mut g.dq,
         &mut g.dk,
         &mut g.dv,
@@ -523,23 +454,23 @@ fn block_backward(
         &a.v,
         &a.att,
         &a.lse,
-        batch.doc_start.as_deref(),
+        docs,
         b,
         t,
-        dm.nh,
-        dm.nkv,
-        dm.d,
-    );
-    rope_backward(&mut g.dq, n, dm.nh, dm.d, cos, sin);
-    rope_backward(&mut g.dk, n, dm.nkv, dm.d, cos, sin);
-    linear_backward(&mut g.dh, lgrads, &mut g.dxa, xd, &g.dq, &a.h1, &a.xa_q, layer, lora, q, drop(q), n, false);
-    linear_backward(&mut g.dh, lgrads, &mut g.dxa, xd, &g.dk, &a.h1, &a.xa_k, layer, lora, k, drop(k), n, true);
-    linear_backward(&mut g.dh, lgrads, &mut g.dxa, xd, &g.dv, &a.h1, &a.xa_v, layer, lora, v, drop(v), n, true);
-    rmsnorm_backward(&mut g.dx, None, &g.dh, x_in, &layer.input_layernorm, &a.rstd1, n, dm.c);
+        nh,
+        nkv,
+        d,
+    )?;
+    be.rope_backward(&mut g.dq, n, nh, d, bc.cos, bc.sin)?;
+    be.rope_backward(&mut g.dk, n, nkv, d, bc.cos, bc.sin)?;
+    lc.backward(q, grads, &mut g.dh, &mut g.dxa, xd, &g.dq, &a.h1, &a.xa_q, false)?;
+    lc.backward(k, grads, &mut g.dh, &mut g.dxa, xd, &g.dk, &a.h1, &a.xa_k, true)?;
+    lc.backward(v, grads, &mut g.dh, &mut g.dxa, xd, &g.dv, &a.h1, &a.xa_v, true)?;
+    be.rmsnorm_backward(&mut g.dx, None, &g.dh, x_in, norm1, &a.rstd1, n, c)
 }
 
 /// Checks a micro-batch against the model and arena before any work.
-fn check_batch(model: &Llama, arena: &TrainArena, batch: &Batch) -> Result<()> {
+fn check_batch<Bk: Backend>(cfg: &LlamaConfig, arena: &TrainArena<Bk>, batch: &Batch) -> Result<()> {
     let n = batch.b * batch.t;
     if (batch.b, batch.t) != arena.shape() {
         return Err(Error::Invalid(format!(
@@ -550,7 +481,7 @@ fn check_batch(model: &Llama, arena: &TrainArena, batch: &Batch) -> Result<()> {
     if batch.input_ids.len() != n || batch.targets.len() != n || batch.positions.len() != n {
         return Err(Error::Invalid("batch: ids, targets and positions must each hold B·T entries".into()));
     }
-    let v = model.config.vocab_size;
+    let v = cfg.vocab_size;
     if let Some(bad) = batch.input_ids.iter().find(|&&id| id as usize >= v) {
         return Err(Error::Invalid(format!("token id {bad} is outside the vocabulary of {v}")));
     }
@@ -560,146 +491,141 @@ fn check_batch(model: &Llama, arena: &TrainArena, batch: &Batch) -> Result<()> {
     Ok(())
 }
 
-/// Runs the blocks forward, filling the arena (all layers, or only the block inputs with checkpointing).
-fn forward_blocks(model: &Llama, adapter: &Adapter, arena: &mut TrainArena, batch: &Batch, seed: Option<u64>) {
-    let c = model.config.hidden_size;
-    let (cos, sin) = model.rope.tables(batch.positions.iter().map(|&p| p as usize));
-    arena.shared.cos.copy_from_slice(&cos);
-    arena.shared.sin.copy_from_slice(&sin);
-    embedding_forward(&mut arena.xs[0], &batch.input_ids, embedding_matrix(model, adapter), c);
-    for l in 0..model.config.num_hidden_layers {
-        let (before, after) = arena.xs.split_at_mut(l + 1);
-        let acts = &mut arena.acts[if arena.checkpointing { 0 } else { l }];
-        block_forward(
-            model,
-            adapter,
-            l,
-            acts,
-            &mut arena.shared.xd,
-            &before[l],
-            &mut after[0],
-            &arena.shared.cos,
-            &arena.shared.sin,
-            batch,
-            seed,
-        );
+/// Runs the blocks forward, filling the arena (all layers, or only the block inputs with checkpointing), then
+/// the final norm into shared.h_f.
+fn forward_blocks<Bk: Backend>(
+    run: &Runner<'_, Bk>,
+    adapter: &DeviceAdapter<Bk>,
+    arena: &mut TrainArena<Bk>,
+    batch: &Batch,
+    seed: Option<u64>,
+) -> Result<()> {
+    let (be, cfg) = (run.backend(), run.config());
+    let (c, n, layers) = (cfg.hidden_size, batch.b * batch.t, cfg.num_hidden_layers);
+    let (cos, sin) = run.model().rope.tables(batch.positions.iter().map(|&p| p as usize));
+    let TrainArena { xs, acts, shared, checkpointing, .. } = arena;
+    be.write(&mut shared.cos, &cos)?;
+    be.write(&mut shared.sin, &sin)?;
+    be.embedding_forward(&mut xs[0].x, &batch.input_ids, embedding_matrix(run, adapter), c)?;
+    let bc = BatchCtx { cos: &shared.cos, sin: &shared.sin, batch };
+    for l in 0..layers {
+        let (before, after) = xs.split_at_mut(l + 1);
+        let a = &mut acts[if *checkpointing { 0 } else { l }];
+        let lc = LayerCtx { be, run, adapter, l, n, seed };
+        block_forward(&lc, a, &mut shared.xd, &before[l].x, &mut after[0].x, &bc)?;
     }
-    let last = &arena.xs[model.config.num_hidden_layers];
-    rmsnorm_forward_train(
-        &mut arena.shared.h_f,
-        &mut arena.shared.rstd_f,
-        last,
-        &model.weights.norm,
-        batch.b * batch.t,
-        c,
-        model.config.rms_norm_eps,
-    );
+    be.rmsnorm_forward_train(&mut shared.h_f, &mut shared.rstd_f, &xs[layers].x, run.norm(), n, c, cfg.rms_norm_eps)
 }
 
 /// Loss only (evaluation): (Σ of the target tokens' negative log-likelihood, number of target tokens).
-pub fn loss(model: &Llama, adapter: &Adapter, arena: &mut TrainArena, batch: &Batch) -> Result<(f64, usize)> {
-    check_batch(model, arena, batch)?;
-    forward_blocks(model, adapter, arena, batch, None);
-    let c = model.config.hidden_size;
-    Ok(cross_entropy_forward(&mut arena.ce, &arena.shared.h_f, head_matrix(model, adapter), &batch.targets, c))
+pub fn loss<Bk: Backend>(
+    run: &Runner<'_, Bk>,
+    adapter: &DeviceAdapter<Bk>,
+    arena: &mut TrainArena<Bk>,
+    batch: &Batch,
+) -> Result<(f64, usize)> {
+    check_batch(run.config(), arena, batch)?;
+    forward_blocks(run, adapter, arena, batch, None)?;
+    let c = run.config().hidden_size;
+    run.backend().cross_entropy_forward(&mut arena.ce, &arena.shared.h_f, head_matrix(run, adapter), &batch.targets, c)
 }
 
 /// Forward and backward of one micro-batch. Gradients are ACCUMULATED into `grads` (same shapes as the adapter),
 /// scaled by `grad_scale` (1 / target tokens of the whole step, so micro-batches add up to the mean loss's
 /// gradient). `seed` draws the LoRA dropout masks. Returns (loss sum, target tokens), unscaled.
-pub fn forward_backward(
-    model: &Llama,
-    adapter: &Adapter,
-    grads: &mut Adapter,
-    arena: &mut TrainArena,
+pub fn forward_backward<Bk: Backend>(
+    run: &Runner<'_, Bk>,
+    adapter: &DeviceAdapter<Bk>,
+    grads: &mut Gradients<Bk>,
+    arena: &mut TrainArena<Bk>,
     batch: &Batch,
     grad_scale: f32,
     seed: u64,
 ) -> Result<(f64, usize)> {
-    check_batch(model, arena, batch)?;
-    let (c, n, layers) = (model.config.hidden_size, batch.b * batch.t, model.config.num_hidden_layers);
-    forward_blocks(model, adapter, arena, batch, Some(seed));
+    let (be, cfg) = (run.backend(), run.config());
+    check_batch(cfg, arena, batch)?;
+    let (c, n, layers) = (cfg.hidden_size, batch.b * batch.t, cfg.num_hidden_layers);
+    forward_blocks(run, adapter, arena, batch, Some(seed))?;
 
     // Head and loss: the head's gradient goes to the trained head (lm_head, or the tied embedding) if any.
-    let tied_trained = adapter.lm_head.is_none() && matches!(head_matrix(model, adapter), VocabMatrix::Trained(_));
-    let dhead: Option<&mut [f32]> = if grads.lm_head.is_some() {
-        grads.lm_head.as_deref_mut()
+    let head = head_matrix(run, adapter);
+    let tied_trained = adapter.lm_head.is_none() && matches!(head, Vocab::Trained(_));
+    let dhead = if grads.lm_head.is_some() {
+        grads.lm_head.as_mut()
     } else if tied_trained {
-        grads.embed_tokens.as_deref_mut()
+        grads.embed_tokens.as_mut()
     } else {
         None
     };
-    let g = &mut arena.grads;
-    let (loss_sum, count) = cross_entropy_forward_backward(
-        &mut g.dh,
-        dhead,
-        &mut arena.ce,
-        &arena.shared.h_f,
-        head_matrix(model, adapter),
-        &batch.targets,
-        c,
-        grad_scale,
-    );
+    let TrainArena { xs, acts, shared, grads: g, ce, checkpointing, .. } = arena;
+    let (loss_sum, count) =
+        be.cross_entropy_forward_backward(&mut g.dh, dhead, ce, &shared.h_f, head, &batch.targets, c, grad_scale)?;
     if !loss_sum.is_finite() {
         return Err(Error::hinted(
             format!("the loss is {loss_sum} (not finite)"),
             "lower the learning rate, or check the data for empty or corrupt samples",
         ));
     }
-    g.dx.fill(0.0);
-    rmsnorm_backward(&mut g.dx, None, &g.dh, &arena.xs[layers], &model.weights.norm, &arena.shared.rstd_f, n, c);
+    be.fill_zero(&mut g.dx)?;
+    be.rmsnorm_backward(&mut g.dx, None, &g.dh, &xs[layers].x, run.norm(), &shared.rstd_f, n, c)?;
 
+    let bc = BatchCtx { cos: &shared.cos, sin: &shared.sin, batch };
     for l in (0..layers).rev() {
-        let a = if arena.checkpointing {
-            // Recompute this block from its saved input; its output (already in xs[l+1]) is not needed again.
-            let mut scratch_out = std::mem::take(&mut arena.shared.h_f);
-            let acts = &mut arena.acts[0];
-            block_forward(
-                model,
-                adapter,
-                l,
-                acts,
-                &mut arena.shared.xd,
-                &arena.xs[l],
-                &mut scratch_out,
-                &arena.shared.cos,
-                &arena.shared.sin,
-                batch,
-                Some(seed),
-            );
-            arena.shared.h_f = scratch_out;
-            &arena.acts[0]
+        let lc = LayerCtx { be, run, adapter, l, n, seed: Some(seed) };
+        let a = if *checkpointing {
+            // Recompute this block from its saved input; its output (already in xs[l+1]) is not needed again, so
+            // the final norm's output (used only by the head, which is done) takes it.
+            block_forward(&lc, &mut acts[0], &mut shared.xd, &xs[l].x, &mut shared.h_f, &bc)?;
+            &acts[0]
         } else {
-            &arena.acts[l]
+            &acts[l]
         };
-        block_backward(
-            model,
-            adapter,
-            grads,
-            l,
-            a,
-            &mut arena.grads,
-            &mut arena.shared.xd,
-            &arena.xs[l],
-            &arena.shared.cos,
-            &arena.shared.sin,
-            batch,
-            seed,
-        );
+        block_backward(&lc, grads, a, g, &mut shared.xd, &xs[l].x, &bc)?;
     }
-    if let Some(de) = grads.embed_tokens.as_deref_mut() {
+    if let Some(de) = grads.embed_tokens.as_mut() {
         if adapter.config.train_embed_tokens {
-            embedding_backward(de, &arena.grads.dx, &batch.input_ids, c);
+            be.embedding_backward(de, &g.dx, &batch.input_ids, c)?;
         }
     }
     Ok((loss_sum, count))
+}
+
+/// [`forward_backward`] on the CPU over host tensors (tests, tools): gradients ACCUMULATED into `grads`.
+pub fn forward_backward_host(
+    model: &Llama,
+    adapter: &Adapter,
+    grads: &mut Adapter,
+    arena: &mut TrainArena<Cpu>,
+    batch: &Batch,
+    grad_scale: f32,
+    seed: u64,
+) -> Result<(f64, usize)> {
+    let run = Runner::new(&Cpu, model)?;
+    let device = DeviceAdapter::upload(&Cpu, adapter)?;
+    let mut g = Gradients::zeros(&Cpu, grads)?;
+    let out = forward_backward(&run, &device, &mut g, arena, batch, grad_scale, seed)?;
+    let fresh = g.download(&Cpu, grads)?;
+    let mut sums = Vec::new();
+    fresh.for_each_tensor(|_, t| sums.push(t.to_vec()));
+    let mut it = sums.into_iter();
+    grads.for_each_tensor_mut(|_, t| {
+        let add = it.next().expect("the same tensors");
+        t.iter_mut().zip(add).for_each(|(t, a)| *t += a);
+    });
+    Ok(out)
+}
+
+/// [`loss`] on the CPU over a host adapter (tests, tools).
+pub fn loss_host(model: &Llama, adapter: &Adapter, arena: &mut TrainArena<Cpu>, batch: &Batch) -> Result<(f64, usize)> {
+    let run = Runner::new(&Cpu, model)?;
+    let device = DeviceAdapter::upload(&Cpu, adapter)?;
+    loss(&run, &device, arena, batch)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::lora::LoraConfig;
-    use crate::model::config::LlamaConfig;
     use crate::model::weights::LlamaWeights;
 
     fn tiny() -> Llama {
@@ -732,14 +658,15 @@ mod tests {
             let config = LoraConfig { r: 3, lora_dropout: dropout, target_modules: targets, ..LoraConfig::default() };
             let adapter = Adapter::new(config, &model, 1).expect("adapter");
             let (b, t) = (3, 7);
-            let mut arena = TrainArena::new(&model, &adapter, b, t, checkpointing);
-            assert_eq!(arena.bytes(), TrainArena::estimate_bytes(&model, &adapter, b, t, checkpointing));
+            let (cfg, lora) = (&model.config, &adapter.config);
+            let mut arena = TrainArena::new(&Cpu, cfg, lora, b, t, checkpointing).expect("arena");
+            assert_eq!(arena.bytes(&Cpu), TrainArena::<Cpu>::estimate_bytes(cfg, lora, b, t, checkpointing));
             // A smaller batch fits within the allocation and holds what an arena of its size would.
-            arena.fit(2, 5).expect("fit");
-            let small = TrainArena::estimate_bytes(&model, &adapter, 2, 5, checkpointing);
+            arena.fit(&Cpu, 2, 5).expect("fit");
+            let small = TrainArena::<Cpu>::estimate_bytes(cfg, lora, 2, 5, checkpointing);
             let ce_diff = 4 * (CrossEntropyScratch::floats(b * t, 24, 50) - CrossEntropyScratch::floats(10, 24, 50));
-            assert_eq!(arena.bytes(), small + ce_diff);
-            assert!(arena.fit(4, 6).is_err());
+            assert_eq!(arena.bytes(&Cpu), small + ce_diff);
+            assert!(arena.fit(&Cpu, 4, 6).is_err());
         }
     }
 }

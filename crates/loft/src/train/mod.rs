@@ -11,4 +11,4 @@ pub mod steps;
 pub mod tensorboard;
 
 pub use config::{RunConfig, TrainConfig};
-pub use recipe::{train, Event, Observer, Plan, Quiet, Summary, TrainOptions};
+pub use recipe::{train, train_on, Event, Observer, Plan, Quiet, Summary, TrainOptions};

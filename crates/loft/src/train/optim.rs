@@ -1,255 +1,154 @@
-//! Optimizers for the adapter: AdamW as `torch.optim.AdamW` computes it, and 8-bit AdamW as bitsandbytes'
-//! `AdamW8bit` computes it (blockwise dynamic quantization of both moments); plus global gradient-norm clipping
-//! as `torch.nn.utils.clip_grad_norm_`.
-//!
-//! Legend: N = elements of one tensor, B = [`BLOCK_SIZE`], t = step number (1 for the first update).
+//! The optimizer over an adapter's trained tensors: one state per tensor (AdamW's moments, 32-bit or bitsandbytes'
+//! 8-bit blocks), updated on the backend the tensors live on, at the LoRA or the embedding learning rate; the
+//! checkpoint layout of that state (PEFT key + torch's or bitsandbytes' state name); and global gradient-norm
+//! clipping as `torch.nn.utils.clip_grad_norm_`. The per-tensor update kernels live in [`crate::engine::optim`].
 
 use std::collections::HashMap;
 
-use rayon::prelude::*;
-
-use crate::engine::dynamic_map::{create_dynamic_map, nearest_code};
+use crate::engine::optim::{clip_coefficient, global_norm, moment_layout, scale};
+pub use crate::engine::optim::{
+    dequantize_blockwise, moment_bytes, quantize_blockwise, BnbAdam, OptimConfig, OptimKind, TorchAdamW, BLOCK_SIZE,
+    MIN_8BIT_SIZE,
+};
+use crate::engine::{Backend, Cpu};
 use crate::error::{Error, Result};
 use crate::lora::{Adapter, TargetModule, TensorName};
 
-/// Elements per quantization block of 8-bit state; bitsandbytes hard-codes 256 for its blockwise optimizers
-/// (`Optimizer2State.init_state`, and the `kOptimizerStatic8bit2StateBlockwise<…, 256, 1>` instantiations).
-pub const BLOCK_SIZE: usize = 256;
-
-/// Tensors with fewer elements keep 32-bit state even in the 8-bit optimizer (bitsandbytes' `min_8bit_size`).
-pub const MIN_8BIT_SIZE: usize = 4096;
-
-/// Elements per rayon task in the 32-bit paths and the norm; a multiple of [`BLOCK_SIZE`].
-const CHUNK: usize = 16 * BLOCK_SIZE;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OptimKind {
-    /// `torch.optim.AdamW`.
-    AdamW,
-    /// bitsandbytes `AdamW8bit` (blockwise).
-    AdamW8bit,
-}
-
-impl OptimKind {
-    /// Every name `parse` accepts, for hints; the first of each kind is its own name.
-    pub const NAMES: [&'static str; 7] = [
-        "adamw",
-        "adamw_torch",
-        "adamw_torch_fused",
-        "adamw_8bit",
-        "adamw_bnb_8bit",
-        "paged_adamw_8bit",
-        "paged_adamw",
-    ];
-
-    /// The config name; also accepts the Hugging Face `TrainingArguments.optim` spellings of the same optimizers
-    /// (paging only moves state between GPU and host memory, so the paged variants are the same update).
-    pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "adamw" | "adamw_torch" | "adamw_torch_fused" | "paged_adamw" => Some(OptimKind::AdamW),
-            "adamw_8bit" | "adamw_bnb_8bit" | "paged_adamw_8bit" => Some(OptimKind::AdamW8bit),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            OptimKind::AdamW => "adamw",
-            OptimKind::AdamW8bit => "adamw_8bit",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct OptimConfig {
-    pub kind: OptimKind,
-    pub beta1: f32,
-    pub beta2: f32,
-    pub eps: f32,
-    pub weight_decay: f32,
-}
-
-impl Default for OptimConfig {
-    fn default() -> Self {
-        OptimConfig { kind: OptimKind::AdamW, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }
-    }
-}
-
-/// One trained tensor's moments.
-#[derive(Clone, Debug)]
-enum Moments {
-    /// exp_avg, exp_avg_sq: [N] (torch's names).
-    F32 { exp_avg: Vec<f32>, exp_avg_sq: Vec<f32> },
-    /// bitsandbytes' names: state1 (m, signed map), state2 (v, unsigned map): [N] codes;
-    /// absmax1, absmax2: [ceil(N / B)] per-block scales.
-    Blockwise8 { state1: Vec<u8>, absmax1: Vec<f32>, state2: Vec<u8>, absmax2: Vec<f32> },
-}
-
-#[derive(Clone, Debug)]
-struct TensorState {
+struct TensorState<B: Backend> {
     name: TensorName,
     len: usize,
-    moments: Moments,
+    moments: B::Moments,
 }
 
-pub struct Optimizer {
+/// The optimizer's state for a list of trained tensors, on backend `B`.
+pub struct Optimizer<B: Backend = Cpu> {
     config: OptimConfig,
     steps: u64,
-    states: Vec<TensorState>,
-    /// bitsandbytes' "dynamic" (signed, for m) and "udynamic" (unsigned, for v) maps.
-    signed: CodeBook,
-    unsigned: CodeBook,
+    states: Vec<TensorState<B>>,
 }
 
-impl Optimizer {
-    /// Zero moments (8-bit state as all-zero codes with zero scales, which dequantize to 0), step 0.
+/// An optimizer's state read back to the host, as a checkpoint stores it.
+#[derive(Clone, Debug)]
+pub struct SavedOptimizer {
+    pub kind: OptimKind,
+    pub steps: u64,
+    /// (name, little-endian bytes, safetensors dtype), in the optimizer's tensor order.
+    pub tensors: Vec<(String, Vec<u8>, &'static str)>,
+}
+
+impl Optimizer<Cpu> {
+    /// Zero moments for every tensor of `params`, step 0, on the CPU.
     pub fn new(config: OptimConfig, params: &Adapter) -> Self {
-        let mut states = Vec::new();
-        params.for_each_tensor(|name, t| {
-            let n = t.len();
-            let moments = if config.kind == OptimKind::AdamW8bit && n >= MIN_8BIT_SIZE {
-                let blocks = n.div_ceil(BLOCK_SIZE);
-                Moments::Blockwise8 {
-                    state1: vec![0; n],
-                    absmax1: vec![0.0; blocks],
-                    state2: vec![0; n],
-                    absmax2: vec![0.0; blocks],
-                }
-            } else {
-                Moments::F32 { exp_avg: vec![0.0; n], exp_avg_sq: vec![0.0; n] }
-            };
-            states.push(TensorState { name, len: n, moments });
-        });
-        Optimizer {
-            config,
-            steps: 0,
-            states,
-            signed: CodeBook::new(create_dynamic_map(true)),
-            unsigned: CodeBook::new(create_dynamic_map(false)),
+        let mut list = Vec::new();
+        params.for_each_tensor(|name, t| list.push((name, t.len())));
+        Optimizer::on(&Cpu, config, &list).expect("CPU moments never fail to allocate")
+    }
+
+    /// [`Optimizer::update`] of a host adapter by host gradients.
+    ///
+    /// Panics if `params` or `grads` is not shaped like the adapter the optimizer was built for (a programming
+    /// error, not bad input).
+    pub fn step(&mut self, params: &mut Adapter, grads: &Adapter, lr: f32, embedding_lr: f32) {
+        let mut params: Vec<&mut Vec<f32>> = tensors_mut(params).into_iter().map(|(_, t)| t).collect();
+        let grads: Vec<&Vec<f32>> = tensors(grads).into_iter().map(|(_, t)| t).collect();
+        if let Err(e) = self.update(&Cpu, &mut params, &grads, lr, embedding_lr) {
+            panic!("{e}");
         }
+    }
+
+    /// [`Optimizer::read_state`]'s tensors, on the CPU.
+    pub fn state_tensors(&self) -> Vec<(String, Vec<u8>, &'static str)> {
+        self.read_state(&Cpu).expect("CPU state reads never fail").tensors
+    }
+
+    /// [`Optimizer::restore`] on the CPU.
+    pub fn load_state_tensors(&mut self, tensors: &[(String, Vec<u8>)], steps: u64) -> Result<()> {
+        self.restore(&Cpu, tensors, steps)
+    }
+}
+
+impl<B: Backend> Optimizer<B> {
+    /// Zero moments on `backend` for `params` (name and length of each trained tensor, in the order `update` will
+    /// be given them), step 0; tensors under [`MIN_8BIT_SIZE`] keep 32-bit state in the 8-bit optimizer.
+    pub fn on(backend: &B, config: OptimConfig, params: &[(TensorName, usize)]) -> Result<Self> {
+        let mut states = Vec::with_capacity(params.len());
+        for &(name, len) in params {
+            states.push(TensorState { name, len, moments: backend.moments(config.kind, len)? });
+        }
+        Ok(Optimizer { config, steps: 0, states })
     }
 
     pub fn config(&self) -> &OptimConfig {
         &self.config
     }
 
-    /// One update: decoupled weight decay (p -= lr·wd·p, as torch.optim.AdamW), bias-corrected Adam; `lr` for LoRA
-    /// tensors, `embedding_lr` for [`TensorName::is_embedding`] tensors (Unsloth's `embedding_learning_rate`).
-    ///
-    /// `AdamW` follows torch's `_single_tensor_adam` operation by operation in f32 (decay before the moments).
-    /// `AdamW8bit` follows bitsandbytes' kernels: the Adam step as `p += -lr·√c2/c1 · m / (√v + √c2·eps)`, then
-    /// the decay `p *= 1 − lr·wd` (bitsandbytes decays after the step; the difference is O(lr²·wd)).
-    ///
-    /// Panics if `params` or `grads` is not shaped like the adapter the optimizer was built for (a programming
-    /// error, not bad input).
-    pub fn step(&mut self, params: &mut Adapter, grads: &Adapter, lr: f32, embedding_lr: f32) {
-        self.steps += 1;
-        let params = tensors_mut(params);
-        let grads = tensors(grads);
-        assert!(
-            params.len() == self.states.len() && grads.len() == self.states.len(),
-            "optimizer built for {} tensors, given {} parameters and {} gradients",
-            self.states.len(),
-            params.len(),
-            grads.len()
-        );
-        let (cfg, t) = (&self.config, self.steps);
-        let (signed, unsigned) = (&self.signed, &self.unsigned);
-        self.states.par_iter_mut().zip(params.into_par_iter()).zip(grads.into_par_iter()).for_each(
-            |((s, (pname, p)), (gname, g))| {
-                assert!(
-                    pname == s.name && gname == s.name && p.len() == s.len && g.len() == s.len,
-                    "optimizer state {:?} [{}] given parameter {pname:?} [{}] and gradient {gname:?} [{}]",
-                    s.name,
-                    s.len,
-                    p.len(),
-                    g.len()
-                );
-                let lr = if s.name.is_embedding() { embedding_lr } else { lr };
-                match (&mut s.moments, cfg.kind) {
-                    (Moments::F32 { exp_avg, exp_avg_sq }, OptimKind::AdamW) => {
-                        let k = TorchAdamW::new(cfg, lr, t);
-                        p.par_chunks_mut(CHUNK)
-                            .zip(g.par_chunks(CHUNK))
-                            .zip(exp_avg.par_chunks_mut(CHUNK))
-                            .zip(exp_avg_sq.par_chunks_mut(CHUNK))
-                            .for_each(|(((p, g), m), v)| k.update(p, g, m, v));
-                    }
-                    (Moments::F32 { exp_avg, exp_avg_sq }, OptimKind::AdamW8bit) => {
-                        let k = BnbAdam::new(cfg, lr, t);
-                        p.par_chunks_mut(CHUNK)
-                            .zip(g.par_chunks(CHUNK))
-                            .zip(exp_avg.par_chunks_mut(CHUNK))
-                            .zip(exp_avg_sq.par_chunks_mut(CHUNK))
-                            .for_each(|(((p, g), m), v)| {
-                                for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-                                    k.update(p, g, m, v);
-                                }
-                            });
-                    }
-                    (Moments::Blockwise8 { state1, absmax1, state2, absmax2 }, _) => {
-                        let k = BnbAdam::new(cfg, lr, t);
-                        p.par_chunks_mut(BLOCK_SIZE)
-                            .zip(g.par_chunks(BLOCK_SIZE))
-                            .zip(state1.par_chunks_mut(BLOCK_SIZE))
-                            .zip(absmax1.par_iter_mut())
-                            .zip(state2.par_chunks_mut(BLOCK_SIZE))
-                            .zip(absmax2.par_iter_mut())
-                            .with_min_len(16)
-                            .for_each(|(((((p, g), c1), a1), c2), a2)| {
-                                k.update_block8(p, g, c1, a1, c2, a2, signed, unsigned)
-                            });
-                    }
-                }
-            },
-        );
-    }
-
     pub fn steps_taken(&self) -> u64 {
         self.steps
     }
 
-    /// Bytes held by the moments (codes and block scales for 8-bit state).
-    pub fn state_bytes(&self) -> usize {
-        self.states
-            .iter()
-            .map(|s| match &s.moments {
-                Moments::F32 { exp_avg, exp_avg_sq } => 4 * (exp_avg.len() + exp_avg_sq.len()),
-                Moments::Blockwise8 { state1, absmax1, state2, absmax2 } => {
-                    state1.len() + state2.len() + 4 * (absmax1.len() + absmax2.len())
-                }
-            })
-            .sum()
-    }
-
-    /// Every state tensor as (name, little-endian bytes, safetensors dtype) for checkpoints. Names are the
-    /// parameter's PEFT key plus torch's (`exp_avg`, `exp_avg_sq`) or bitsandbytes' (`state1`, `absmax1`,
-    /// `state2`, `absmax2`) state name.
-    pub fn state_tensors(&self) -> Vec<(String, Vec<u8>, &'static str)> {
-        let mut out = Vec::new();
-        for s in &self.states {
-            let key = s.name.peft_key();
-            match &s.moments {
-                Moments::F32 { exp_avg, exp_avg_sq } => {
-                    out.push((format!("{key}.exp_avg"), f32_bytes(exp_avg), "F32"));
-                    out.push((format!("{key}.exp_avg_sq"), f32_bytes(exp_avg_sq), "F32"));
-                }
-                Moments::Blockwise8 { state1, absmax1, state2, absmax2 } => {
-                    out.push((format!("{key}.state1"), state1.clone(), "U8"));
-                    out.push((format!("{key}.absmax1"), f32_bytes(absmax1), "F32"));
-                    out.push((format!("{key}.state2"), state2.clone(), "U8"));
-                    out.push((format!("{key}.absmax2"), f32_bytes(absmax2), "F32"));
-                }
+    /// One update of every tensor (decoupled weight decay, bias-corrected Adam, see [`crate::engine::optim`]):
+    /// `lr` for LoRA tensors, `embedding_lr` for [`TensorName::is_embedding`] tensors (Unsloth's
+    /// `embedding_learning_rate`). params and grads in the order given to [`Optimizer::on`].
+    pub fn update(
+        &mut self,
+        backend: &B,
+        params: &mut [&mut B::Buf],
+        grads: &[&B::Buf],
+        lr: f32,
+        embedding_lr: f32,
+    ) -> Result<()> {
+        if params.len() != self.states.len() || grads.len() != self.states.len() {
+            return Err(Error::Invalid(format!(
+                "optimizer built for {} tensors, given {} parameters and {} gradients",
+                self.states.len(),
+                params.len(),
+                grads.len()
+            )));
+        }
+        for (s, (p, g)) in self.states.iter().zip(params.iter().zip(grads)) {
+            let (pl, gl) = (backend.len(p), backend.len(g));
+            if pl != s.len || gl != s.len {
+                return Err(Error::Invalid(format!(
+                    "optimizer state {} [{}] given a parameter of {pl} and a gradient of {gl} values",
+                    s.name.peft_key(),
+                    s.len
+                )));
             }
         }
-        out
+        self.steps += 1;
+        for (s, (p, g)) in self.states.iter_mut().zip(params.iter_mut().zip(grads)) {
+            let lr = if s.name.is_embedding() { embedding_lr } else { lr };
+            backend.adamw_update(p, g, &mut s.moments, &self.config, lr, self.steps)?;
+        }
+        Ok(())
     }
 
-    /// Restores what [`Optimizer::state_tensors`] wrote, and the step count. Every expected tensor must be there
-    /// with the expected size and nothing else; on error the state is left unchanged.
-    pub fn load_state_tensors(&mut self, tensors: &[(String, Vec<u8>)], steps: u64) -> Result<()> {
+    /// Bytes held by the moments (codes and block scales for 8-bit state).
+    pub fn state_bytes(&self) -> usize {
+        self.states.iter().map(|s| moment_bytes(self.config.kind, s.len)).sum()
+    }
+
+    /// Every state tensor, read back to the host, as (name, little-endian bytes, safetensors dtype) for
+    /// checkpoints. Names are the parameter's PEFT key plus torch's (`exp_avg`, `exp_avg_sq`) or bitsandbytes'
+    /// (`state1`, `absmax1`, `state2`, `absmax2`) state name.
+    pub fn read_state(&self, backend: &B) -> Result<SavedOptimizer> {
+        let mut tensors = Vec::new();
+        for s in &self.states {
+            let key = s.name.peft_key();
+            let parts = backend.read_moments(&s.moments)?;
+            for ((suffix, _, dtype), bytes) in moment_layout(self.config.kind, s.len).into_iter().zip(parts) {
+                tensors.push((format!("{key}.{suffix}"), bytes, dtype));
+            }
+        }
+        Ok(SavedOptimizer { kind: self.config.kind, steps: self.steps, tensors })
+    }
+
+    /// Restores what [`Optimizer::read_state`] gave, and the step count. Every expected tensor must be there with
+    /// the expected size and nothing else; on error the state is left unchanged.
+    pub fn restore(&mut self, backend: &B, tensors: &[(String, Vec<u8>)], steps: u64) -> Result<()> {
         const HINT: &str =
             "the optimizer state was saved for a different adapter shape or optimizer; resume with the same config";
+        let kind = self.config.kind;
         let mut given: HashMap<&str, &[u8]> = HashMap::with_capacity(tensors.len());
         for (name, bytes) in tensors {
             if given.insert(name.as_str(), bytes.as_slice()).is_some() {
@@ -257,371 +156,114 @@ impl Optimizer {
             }
         }
         // Check everything before changing anything.
-        let expected = self.state_tensors();
-        for (name, want, dtype) in &expected {
-            let got = given.remove(name.as_str()).ok_or_else(|| {
-                Error::hinted(format!("optimizer state tensor '{name}' is missing ({})", self.config.kind.name()), HINT)
-            })?;
-            if got.len() != want.len() {
-                let width = if *dtype == "F32" { 4 } else { 1 };
-                return Err(Error::hinted(
-                    format!(
-                        "optimizer state tensor '{name}' has {} bytes, expected {} ({} × {dtype})",
-                        got.len(),
-                        want.len(),
-                        want.len() / width
-                    ),
-                    HINT,
-                ));
+        let mut per_state = Vec::with_capacity(self.states.len());
+        for s in &self.states {
+            let key = s.name.peft_key();
+            let mut parts = Vec::new();
+            for (suffix, want, dtype) in moment_layout(kind, s.len) {
+                let name = format!("{key}.{suffix}");
+                let got = given.remove(name.as_str()).ok_or_else(|| {
+                    Error::hinted(format!("optimizer state tensor '{name}' is missing ({})", kind.name()), HINT)
+                })?;
+                if got.len() != want {
+                    let width = if dtype == "F32" { 4 } else { 1 };
+                    return Err(Error::hinted(
+                        format!(
+                            "optimizer state tensor '{name}' has {} bytes, expected {want} ({} × {dtype})",
+                            got.len(),
+                            want / width
+                        ),
+                        HINT,
+                    ));
+                }
+                parts.push(got);
             }
+            per_state.push(parts);
         }
         if let Some(name) = given.keys().min() {
             return Err(Error::hinted(
-                format!("unexpected optimizer state tensor '{name}' ({} has no such state)", self.config.kind.name()),
+                format!("unexpected optimizer state tensor '{name}' ({} has no such state)", kind.name()),
                 HINT,
             ));
         }
-        let by_name: HashMap<&str, &[u8]> = tensors.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
-        let get = |name: String| by_name[name.as_str()];
-        for s in &mut self.states {
-            let key = s.name.peft_key();
-            match &mut s.moments {
-                Moments::F32 { exp_avg, exp_avg_sq } => {
-                    read_f32(get(format!("{key}.exp_avg")), exp_avg);
-                    read_f32(get(format!("{key}.exp_avg_sq")), exp_avg_sq);
-                }
-                Moments::Blockwise8 { state1, absmax1, state2, absmax2 } => {
-                    state1.copy_from_slice(get(format!("{key}.state1")));
-                    read_f32(get(format!("{key}.absmax1")), absmax1);
-                    state2.copy_from_slice(get(format!("{key}.state2")));
-                    read_f32(get(format!("{key}.absmax2")), absmax2);
-                }
-            }
+        for (s, parts) in self.states.iter_mut().zip(per_state) {
+            backend.write_moments(&mut s.moments, &parts)?;
         }
         self.steps = steps;
         Ok(())
     }
 }
 
-/// torch's `_single_tensor_adam` with `decoupled_weight_decay` (AdamW): torch keeps the hyperparameters and bias
-/// corrections as Python floats (f64) and casts each scalar to f32 where it meets a tensor; so do we.
-/// Its scalars are public so that the GPU kernel (loft-gpu) runs the same update.
-pub struct TorchAdamW {
-    pub decay: f32,
-    pub one_minus_beta1: f32,
-    pub beta2: f32,
-    pub one_minus_beta2: f32,
-    pub bias_correction2_sqrt: f32,
-    pub neg_step_size: f32,
-    pub eps: f32,
-    pub apply_decay: bool,
-}
-
-impl TorchAdamW {
-    pub fn new(cfg: &OptimConfig, lr: f32, t: u64) -> Self {
-        let (lr, wd) = (as_written(lr), as_written(cfg.weight_decay));
-        let (beta1, beta2) = (as_written(cfg.beta1), as_written(cfg.beta2));
-        let t = t as f64;
-        let bias_correction1 = 1.0 - beta1.powf(t);
-        let bias_correction2 = 1.0 - beta2.powf(t);
-        TorchAdamW {
-            decay: (1.0 - lr * wd) as f32,
-            one_minus_beta1: (1.0 - beta1) as f32,
-            beta2: beta2 as f32,
-            one_minus_beta2: (1.0 - beta2) as f32,
-            bias_correction2_sqrt: bias_correction2.sqrt() as f32,
-            neg_step_size: (-(lr / bias_correction1)) as f32,
-            eps: as_written(cfg.eps) as f32,
-            apply_decay: wd != 0.0,
-        }
-    }
-
-    // p, g, m, v: [chunk]
-    fn update(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
-        let decay = if self.apply_decay { self.decay } else { 1.0 }; // skipped by torch when wd = 0; × 1 is exact
-        for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-            *p *= decay; // param.mul_(1 - lr * weight_decay)
-            *m += self.one_minus_beta1 * (g - *m); // exp_avg.lerp_(grad, 1 - beta1)
-            *v = *v * self.beta2 + self.one_minus_beta2 * g * g; // exp_avg_sq.mul_(beta2).addcmul_(g, g, 1 - beta2)
-            let denom = v.sqrt() / self.bias_correction2_sqrt + self.eps;
-            *p += self.neg_step_size * *m / denom; // param.addcdiv_(exp_avg, denom, value=-step_size)
-        }
-    }
-}
-
-/// bitsandbytes' Adam update (`kOptimizer32bit2State` / `kOptimizerStatic8bit2StateBlockwise`, ADAM), all in
-/// f32 as the kernels compute it. Its scalars are public so that the GPU kernels (loft-gpu) run the same update.
-pub struct BnbAdam {
-    pub beta1: f32,
-    pub beta2: f32,
-    /// -lr·√(1 − β2ᵗ) / (1 − β1ᵗ)
-    pub step_size: f32,
-    /// √(1 − β2ᵗ)·eps
-    pub eps_hat: f32,
-    pub decay: f32,
-    pub apply_decay: bool,
-}
-
-impl BnbAdam {
-    pub fn new(cfg: &OptimConfig, lr: f32, t: u64) -> Self {
-        let correction1 = 1.0 - cfg.beta1.powf(t as f32);
-        let correction2 = (1.0 - cfg.beta2.powf(t as f32)).sqrt();
-        BnbAdam {
-            beta1: cfg.beta1,
-            beta2: cfg.beta2,
-            step_size: -lr * correction2 / correction1,
-            eps_hat: correction2 * cfg.eps,
-            decay: 1.0 - lr * cfg.weight_decay,
-            apply_decay: cfg.weight_decay > 0.0,
-        }
-    }
-
-    #[inline]
-    fn moments(&self, g: f32, m: &mut f32, v: &mut f32) {
-        *v = *v * self.beta2 + (1.0 - self.beta2) * g * g;
-        *m = *m * self.beta1 + (1.0 - self.beta1) * g;
-    }
-
-    #[inline]
-    fn apply(&self, p: &mut f32, m: f32, v: f32) {
-        *p += self.step_size * (m / (v.sqrt() + self.eps_hat));
-        if self.apply_decay {
-            *p *= self.decay;
-        }
-    }
-
-    #[inline]
-    fn update(&self, p: &mut f32, g: f32, m: &mut f32, v: &mut f32) {
-        self.moments(g, m, v);
-        self.apply(p, *m, *v);
-    }
-
-    /// One block: dequantize both moments, update them and the parameters in f32 (the step uses the unquantized
-    /// new moments), requantize by nearest code against the block's new absmax. p, g, c1, c2: [≤ B].
-    #[allow(clippy::too_many_arguments)]
-    fn update_block8(
-        &self,
-        p: &mut [f32],
-        g: &[f32],
-        c1: &mut [u8],
-        absmax1: &mut f32,
-        c2: &mut [u8],
-        absmax2: &mut f32,
-        signed: &CodeBook,
-        unsigned: &CodeBook,
-    ) {
-        let n = p.len();
-        let (mut m, mut v) = ([0f32; BLOCK_SIZE], [0f32; BLOCK_SIZE]);
-        let (mut new_absmax1, mut new_absmax2) = (0f32, 0f32);
-        for j in 0..n {
-            m[j] = signed.values[c1[j] as usize] * *absmax1;
-            v[j] = unsigned.values[c2[j] as usize] * *absmax2;
-            self.moments(g[j], &mut m[j], &mut v[j]);
-            new_absmax1 = new_absmax1.max(m[j].abs());
-            new_absmax2 = new_absmax2.max(v[j].abs());
-        }
-        for j in 0..n {
-            self.apply(&mut p[j], m[j], v[j]);
-        }
-        *absmax1 = new_absmax1;
-        *absmax2 = new_absmax2;
-        for j in 0..n {
-            let mut c = signed.quantize(m[j], new_absmax1);
-            // As bitsandbytes: m keeps its sign through quantization (a tiny negative m must not become 0 or
-            // positive), so step one code towards it.
-            if signed.values[c as usize].is_sign_negative() != m[j].is_sign_negative() {
-                c = if m[j] > 0.0 { c + 1 } else { c - 1 };
-            }
-            c1[j] = c;
-            c2[j] = unsigned.quantize(v[j], new_absmax2);
-        }
-    }
-}
-
-/// `x / absmax` to its nearest code; a zero block (absmax = 0) stores the code of 0.
-fn quantize_value(map: &[f32; 256], x: f32, absmax: f32) -> u8 {
-    if absmax > 0.0 {
-        nearest_code(map, x / absmax)
-    } else {
-        nearest_code(map, 0.0)
-    }
-}
-
-/// A map with a lookup table that gives [`nearest_code`]'s answer in one or two comparisons: the table holds, for
-/// each bucket of floats sharing their top 16 bits (sign, exponent, 7 mantissa bits; 0.8% wide), the nearest
-/// code of the bucket's lowest value; since the nearest code grows with x, the answer for any x in the bucket is
-/// found by stepping up past the midpoints x exceeds, and a bucket is narrower than the gap between codes.
-struct CodeBook {
-    values: [f32; 256],
-    /// mids[i] = (values[i] + values[i + 1]) / 2, nearest_code's rounding boundary.
-    mids: [f32; 255],
-    /// [65536], by `x.to_bits() >> 16`.
-    table: Vec<u8>,
-}
-
-impl CodeBook {
-    fn new(values: [f32; 256]) -> Self {
-        let mut mids = [0f32; 255];
-        for (i, m) in mids.iter_mut().enumerate() {
-            *m = (values[i] + values[i + 1]) * 0.5;
-        }
-        let table = (0..=u16::MAX as u32)
-            .map(|key| {
-                // The bucket's lowest value: its smallest magnitude for positives, its largest for negatives.
-                let lowest = if key & 0x8000 == 0 { key << 16 } else { (key << 16) | 0xFFFF };
-                nearest_code(&values, f32::from_bits(lowest))
-            })
-            .collect();
-        CodeBook { values, mids, table }
-    }
-
-    #[inline]
-    fn nearest(&self, x: f32) -> u8 {
-        let mut c = self.table[(x.to_bits() >> 16) as usize] as usize;
-        while c < 255 && x > self.mids[c] {
-            c += 1;
-        }
-        c as u8
-    }
-
-    /// As [`quantize_value`].
-    #[inline]
-    fn quantize(&self, x: f32, absmax: f32) -> u8 {
-        self.nearest(if absmax > 0.0 { x / absmax } else { 0.0 })
-    }
-}
-
-/// Blockwise quantization (bitsandbytes' `quantize_blockwise` with a dynamic map): per block of [`BLOCK_SIZE`]
-/// values the absmax, and each value's nearest code of `value / absmax`.
-/// values, codes: [N]; absmax: [ceil(N / B)].
-pub fn quantize_blockwise(values: &[f32], map: &[f32; 256], codes: &mut [u8], absmax: &mut [f32]) {
-    assert_eq!(values.len(), codes.len());
-    assert_eq!(absmax.len(), values.len().div_ceil(BLOCK_SIZE));
-    for ((x, c), a) in values.chunks(BLOCK_SIZE).zip(codes.chunks_mut(BLOCK_SIZE)).zip(absmax.iter_mut()) {
-        *a = x.iter().fold(0f32, |acc, v| acc.max(v.abs()));
-        for (c, &x) in c.iter_mut().zip(x) {
-            *c = quantize_value(map, x, *a);
-        }
-    }
-}
-
-/// The inverse: `map[code] · absmax` of its block. codes, out: [N]; absmax: [ceil(N / B)].
-pub fn dequantize_blockwise(codes: &[u8], absmax: &[f32], map: &[f32; 256], out: &mut [f32]) {
-    assert_eq!(codes.len(), out.len());
-    assert_eq!(absmax.len(), codes.len().div_ceil(BLOCK_SIZE));
-    for ((c, &a), o) in codes.chunks(BLOCK_SIZE).zip(absmax).zip(out.chunks_mut(BLOCK_SIZE)) {
-        for (o, &c) in o.iter_mut().zip(c) {
-            *o = map[c as usize] * a;
-        }
-    }
-}
-
-/// Global L2 norm over all gradient tensors; if `max_norm` > 0 and the norm exceeds it, scales every gradient by
-/// `max_norm / (norm + 1e-6)` (as `torch.nn.utils.clip_grad_norm_`). Returns the norm before clipping. A non-finite
-/// norm is an error naming the first tensor that holds a NaN or infinity, and leaves the gradients untouched.
+/// Global L2 norm over all gradient tensors of a host adapter; if `max_norm` > 0 and the norm exceeds it, scales
+/// every gradient by `max_norm / (norm + 1e-6)` (as `torch.nn.utils.clip_grad_norm_`). Returns the norm before
+/// clipping. A non-finite norm is an error naming the first tensor that holds a NaN or infinity, and leaves the
+/// gradients untouched.
 pub fn clip_grad_norm(grads: &mut Adapter, max_norm: f32) -> Result<f32> {
-    let tensors = tensors_mut(grads);
-    // Sums of squares in f64, per chunk, added in a fixed order so that the norm does not depend on scheduling.
-    let sums: Vec<f64> = tensors
-        .par_iter()
-        .map(|(_, t)| {
-            let parts: Vec<f64> = t.par_chunks(CHUNK).map(sum_of_squares).collect();
-            parts.iter().sum::<f64>()
-        })
-        .collect();
-    let norm = sums.iter().sum::<f64>().sqrt() as f32;
+    let mut tensors = tensors_mut(grads);
+    let norm = global_norm(&tensors.iter().map(|(_, t)| t.as_slice()).collect::<Vec<_>>());
     if !norm.is_finite() {
-        let bad = tensors.iter().find_map(|(name, t)| t.iter().position(|x| !x.is_finite()).map(|i| (name, i, t[i])));
-        return Err(match bad {
-            Some((name, i, x)) => Error::hinted(
-                format!("gradient of '{}' holds {x} (element {i}); the step is skipped", name.peft_key()),
-                "training diverged or overflowed: lower the learning rate, or check the batch that produced it",
-            ),
-            None => Error::hinted(
-                "the gradient norm overflows f32; the step is skipped",
-                "training diverged: lower the learning rate",
-            ),
-        });
+        let named: Vec<(TensorName, Vec<f32>)> = tensors.iter().map(|(n, t)| (*n, t.to_vec())).collect();
+        return Err(non_finite_gradient(named.iter().map(|(n, t)| (*n, t.as_slice()))));
     }
-    if max_norm > 0.0 {
-        let coef = max_norm / (norm + 1e-6);
-        if coef < 1.0 {
-            tensors
-                .into_par_iter()
-                .for_each(|(_, t)| t.par_chunks_mut(CHUNK).for_each(|c| c.iter_mut().for_each(|x| *x *= coef)));
+    if let Some(coef) = clip_coefficient(norm, max_norm) {
+        for (_, t) in tensors.iter_mut() {
+            scale(t, coef);
         }
     }
     Ok(norm)
 }
 
-/// Σ x² in f64, over eight lanes so that the additions do not wait on each other.
-fn sum_of_squares(x: &[f32]) -> f64 {
-    let mut lanes = [0f64; 8];
-    let mut chunks = x.chunks_exact(8);
-    for c in &mut chunks {
-        for (l, &v) in lanes.iter_mut().zip(c) {
-            *l += (v as f64) * (v as f64);
+/// The error for a non-finite gradient norm: the first tensor holding a NaN or infinity, by name and element.
+pub fn non_finite_gradient<'a>(tensors: impl Iterator<Item = (TensorName, &'a [f32])>) -> Error {
+    for (name, t) in tensors {
+        if let Some(i) = t.iter().position(|x| !x.is_finite()) {
+            return Error::hinted(
+                format!("gradient of '{}' holds {} (element {i}); the step is skipped", name.peft_key(), t[i]),
+                "training diverged or overflowed: lower the learning rate, or check the batch that produced it",
+            );
         }
     }
-    let rest: f64 = chunks.remainder().iter().map(|&v| (v as f64) * (v as f64)).sum();
-    lanes.iter().sum::<f64>() + rest
+    Error::hinted("the gradient norm overflows f32; the step is skipped", "training diverged: lower the learning rate")
 }
 
 /// The adapter's tensors in [`Adapter::for_each_tensor`] order, as slices that can go to rayon together.
-fn tensors(a: &Adapter) -> Vec<(TensorName, &[f32])> {
+fn tensors(a: &Adapter) -> Vec<(TensorName, &Vec<f32>)> {
     let mut out = Vec::new();
     for (l, mods) in a.layers.iter().enumerate() {
         for (m, w) in mods.iter().enumerate() {
             if let Some(w) = w {
-                out.push((TensorName::LoraA(l, TargetModule::ALL[m]), w.a.as_slice()));
-                out.push((TensorName::LoraB(l, TargetModule::ALL[m]), w.b.as_slice()));
+                out.push((TensorName::LoraA(l, TargetModule::ALL[m]), &w.a));
+                out.push((TensorName::LoraB(l, TargetModule::ALL[m]), &w.b));
             }
         }
     }
     if let Some(e) = &a.embed_tokens {
-        out.push((TensorName::EmbedTokens, e.as_slice()));
+        out.push((TensorName::EmbedTokens, e));
     }
     if let Some(h) = &a.lm_head {
-        out.push((TensorName::LmHead, h.as_slice()));
+        out.push((TensorName::LmHead, h));
     }
     out
 }
 
 /// Mutable twin of [`tensors`].
-fn tensors_mut(a: &mut Adapter) -> Vec<(TensorName, &mut [f32])> {
+fn tensors_mut(a: &mut Adapter) -> Vec<(TensorName, &mut Vec<f32>)> {
     let mut out = Vec::new();
     for (l, mods) in a.layers.iter_mut().enumerate() {
         for (m, w) in mods.iter_mut().enumerate() {
             if let Some(w) = w {
-                out.push((TensorName::LoraA(l, TargetModule::ALL[m]), w.a.as_mut_slice()));
-                out.push((TensorName::LoraB(l, TargetModule::ALL[m]), w.b.as_mut_slice()));
+                out.push((TensorName::LoraA(l, TargetModule::ALL[m]), &mut w.a));
+                out.push((TensorName::LoraB(l, TargetModule::ALL[m]), &mut w.b));
             }
         }
     }
     if let Some(e) = &mut a.embed_tokens {
-        out.push((TensorName::EmbedTokens, e.as_mut_slice()));
+        out.push((TensorName::EmbedTokens, e));
     }
     if let Some(h) = &mut a.lm_head {
-        out.push((TensorName::LmHead, h.as_mut_slice()));
+        out.push((TensorName::LmHead, h));
     }
     out
-}
-
-/// The f64 a decimal hyperparameter was written as (`0.9f32` → `0.9`): torch holds hyperparameters as Python
-/// floats, so `1 − β1` must be computed from 0.9, not from 0.899999976.
-fn as_written(x: f32) -> f64 {
-    x.to_string().parse().unwrap_or(x as f64)
-}
-
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-/// bytes: [4·N] little-endian, already checked against `out`: [N].
-fn read_f32(bytes: &[u8], out: &mut [f32]) {
-    for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-        *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-    }
 }
 
 #[cfg(test)]
@@ -648,28 +290,5 @@ mod tests {
         assert_eq!(listed, visited);
         let listed_mut: Vec<_> = tensors_mut(&mut a).into_iter().map(|(n, t)| (n, t.len())).collect();
         assert_eq!(listed_mut, visited);
-    }
-
-    #[test]
-    fn code_book_table_agrees_with_the_search() {
-        for signed in [true, false] {
-            let book = CodeBook::new(create_dynamic_map(signed));
-            // Every 251st float pattern, all midpoints and their neighbours, and the specials.
-            let mut xs: Vec<f32> = (0..=u32::MAX / 251).map(|k| f32::from_bits(k * 251)).collect();
-            for &m in &book.mids {
-                xs.extend([m, f32::from_bits(m.to_bits() + 1), f32::from_bits(m.to_bits().wrapping_sub(1))]);
-            }
-            xs.extend([0.0, -0.0, 1.0, -1.0, f32::INFINITY, f32::NEG_INFINITY, f32::MIN_POSITIVE]);
-            for x in xs.into_iter().filter(|x| !x.is_nan()) {
-                assert_eq!(book.nearest(x), nearest_code(&book.values, x), "x = {x:e} ({:#x})", x.to_bits());
-            }
-        }
-    }
-
-    #[test]
-    fn hyperparameters_as_written() {
-        assert_eq!(as_written(0.9), 0.9);
-        assert_eq!(as_written(1e-8), 1e-8);
-        assert_eq!(1.0 - as_written(0.999), 1.0 - 0.999);
     }
 }

@@ -13,16 +13,17 @@ use std::time::Instant;
 use crate::data::{
     pad_id, split_train_validation, Batch, Batcher, Packing, SourceOptions, TokenizeOptions, TokenizeStats, Tokenized,
 };
+use crate::engine::{Backend, Cpu};
 use crate::error::{Error, Result};
 use crate::lora::merge::merge_adapter;
 use crate::lora::peft::{load_peft_adapter, save_peft_adapter};
-use crate::lora::Adapter;
-use crate::model::{Llama, LoadOptions, LoadedModel};
+use crate::lora::{Adapter, DeviceAdapter, Gradients, TensorName};
+use crate::model::{Llama, LoadOptions, LoadedModel, Runner};
 use crate::tokenizer::Tokenizer;
 use crate::train::checkpoint::{self, TrainerState};
 use crate::train::config::{InitAdapterMode, RunConfig};
 use crate::train::forward_backward::{forward_backward, loss, TrainArena};
-use crate::train::optim::{clip_grad_norm, Optimizer};
+use crate::train::optim::{moment_bytes, non_finite_gradient, Optimizer};
 use crate::train::schedule::Schedule;
 use crate::train::steps::StepPlan;
 use crate::train::tensorboard::TensorBoardWriter;
@@ -162,24 +163,25 @@ pub struct Summary {
     pub dry_run: bool,
 }
 
-/// Runs the recipe `config` describes.
+/// Runs the recipe `config` describes on the CPU.
 pub fn train(config: &RunConfig, options: &TrainOptions, observer: &mut dyn Observer) -> Result<Summary> {
+    train_on(&Cpu, config, options, observer)
+}
+
+/// Runs the recipe on backend `be`: the frozen weights go up once, and the adapter, its gradients, the optimizer's
+/// state and the activations stay there for the whole run; per step the loss and the gradient norm come back, and
+/// the adapter and optimizer state only when a checkpoint or the final adapter is written.
+pub fn train_on<B: Backend>(
+    be: &B,
+    config: &RunConfig,
+    options: &TrainOptions,
+    observer: &mut dyn Observer,
+) -> Result<Summary> {
     let run_started = Instant::now();
     let out = &config.output_dir;
     prepare_output_dir(out, options)?;
-    let Setup {
-        model,
-        train_set,
-        val_set,
-        batcher,
-        eval_batcher,
-        steps,
-        schedule,
-        mut adapter,
-        mut optimizer,
-        plan,
-        resumed,
-    } = setup(config, options, observer)?;
+    let Setup { model, train_set, val_set, batcher, eval_batcher, steps, schedule, adapter, plan, resumed } =
+        setup(config, options, observer)?;
     let fingerprint = fingerprint(config, &model, &adapter);
     observer.event(Event::Plan(&plan));
     check_fits(&plan.memory, config)?;
@@ -189,8 +191,15 @@ pub fn train(config: &RunConfig, options: &TrainOptions, observer: &mut dyn Obse
     }
     let mut report = Reporter::create(config, observer)?;
     let (rows_b, rows_t) = plan.memory.arena_rows;
-    let mut arena = TrainArena::new(&model, &adapter, rows_b, rows_t, config.gradient_checkpointing);
-    let mut grads = adapter.zeros_like();
+    let run = Runner::new(be, &model)?;
+    let mut arena = TrainArena::new(be, &model.config, &adapter.config, rows_b, rows_t, config.gradient_checkpointing)?;
+    let mut trained = DeviceAdapter::upload(be, &adapter)?;
+    let mut grads = Gradients::zeros(be, &adapter)?;
+    let mut optimizer = Optimizer::on(be, config.optim, &tensor_list(&adapter))?;
+    if let Some(r) = &resumed {
+        optimizer.restore(be, &r.optimizer_tensors, r.optimizer_steps)?;
+    }
+    drop(adapter);
     let (start_step, mut tokens_seen) = resumed.as_ref().map_or((0, 0), |r| (r.step as usize, r.tokens_seen));
     let mut last_saved = resumed.as_ref().map(|r| r.step);
     let mut epoch_batches: (u64, Vec<Batch>) = (u64::MAX, Vec::new());
@@ -199,7 +208,7 @@ pub fn train(config: &RunConfig, options: &TrainOptions, observer: &mut dyn Obse
 
     // The starting point of the validation curve (the model before this run's first update).
     if start_step == 0 && has_eval && config.eval_steps > 0 {
-        report.evaluated(&evaluate(&model, &adapter, &mut arena, &eval_batcher, &val_set, 0)?)?;
+        report.evaluated(&evaluate(&run, &trained, &mut arena, &eval_batcher, &val_set, 0)?)?;
     }
     for step in start_step..total_steps {
         let started = Instant::now();
@@ -210,12 +219,15 @@ pub fn train(config: &RunConfig, options: &TrainOptions, observer: &mut dyn Obse
         let micro = &epoch_batches.1[range];
         let at_step = |e: Error| step_error(e, step + 1, last_saved);
         let (step_loss, tokens) =
-            accumulate(&model, &adapter, &mut grads, &mut arena, micro, dropout_seeds(config.seed, step))
+            accumulate(&run, &trained, &mut grads, &mut arena, micro, dropout_seeds(config.seed, step))
                 .map_err(at_step)?;
-        let grad_norm = clip_grad_norm(&mut grads, config.max_grad_norm as f32).map_err(at_step)?;
+        let grad_norm = clip(be, &mut grads, config.max_grad_norm as f32).map_err(at_step)?;
         let factor = schedule.factor(step);
         let lr = config.learning_rate * factor;
-        optimizer.step(&mut adapter, &grads, lr as f32, (config.embedding_learning_rate * factor) as f32);
+        let embedding_lr = (config.embedding_learning_rate * factor) as f32;
+        let mut params: Vec<&mut B::Buf> = trained.tensors_mut().into_iter().map(|(_, t)| t).collect();
+        let gs: Vec<&B::Buf> = grads.tensors().into_iter().map(|(_, g)| g).collect();
+        optimizer.update(be, &mut params, &gs, lr as f32, embedding_lr).map_err(at_step)?;
         tokens_seen += tokens as u64;
         last_loss = step_loss;
         let done = step + 1;
@@ -223,7 +235,7 @@ pub fn train(config: &RunConfig, options: &TrainOptions, observer: &mut dyn Obse
         report.stepped(done, total_steps, steps.epochs_done(done), step_loss, lr, grad_norm as f64, tokens, secs)?;
         let eval_due = config.eval_steps > 0 && done % config.eval_steps == 0;
         if has_eval && (eval_due || done == total_steps) {
-            let e = evaluate(&model, &adapter, &mut arena, &eval_batcher, &val_set, done)?;
+            let e = evaluate(&run, &trained, &mut arena, &eval_batcher, &val_set, done)?;
             report.evaluated(&e)?;
             last_eval = Some(e);
         }
@@ -235,21 +247,44 @@ pub fn train(config: &RunConfig, options: &TrainOptions, observer: &mut dyn Obse
                 fingerprint: fingerprint.clone(),
                 tokens_seen,
             };
+            let (host, saved) = (trained.download(be)?, optimizer.read_state(be)?);
             let hidden = model.config.hidden_size;
-            let dir =
-                checkpoint::save_checkpoint(out, &adapter, hidden, &config.model, &optimizer, &state, &config.toml)?;
+            let dir = checkpoint::save_checkpoint(out, &host, hidden, &config.model, &saved, &state, &config.toml)?;
             checkpoint::prune_checkpoints(out, config.save_total_limit)?;
             last_saved = Some(done as u64);
             report.saved(&dir);
         }
     }
 
-    save_final_adapter(&adapter, model.config.hidden_size, &config.model, &adapter_dir)?;
+    save_final_adapter(&trained.download(be)?, model.config.hidden_size, &config.model, &adapter_dir)?;
     report.saved(&adapter_dir);
     let resumed_from = resumed.as_ref().map(|r| r.step);
     let seconds = run_started.elapsed().as_secs_f64();
     write_summary(out, &plan, resumed_from, seconds, tokens_seen, last_loss, last_eval.as_ref())?;
     Ok(Summary { steps: total_steps, final_loss: last_loss, eval: last_eval, adapter_dir, dry_run: false })
+}
+
+/// Name and length of each trained tensor, in the optimizer's order.
+fn tensor_list(adapter: &Adapter) -> Vec<(TensorName, usize)> {
+    let mut list = Vec::new();
+    adapter.for_each_tensor(|name, t| list.push((name, t.len())));
+    list
+}
+
+/// The global gradient-norm clip on the backend; a non-finite norm reads the gradients back to name the tensor.
+fn clip<B: Backend>(be: &B, grads: &mut Gradients<B>, max_norm: f32) -> Result<f32> {
+    let norm = {
+        let mut gs: Vec<&mut B::Buf> = grads.tensors_mut().into_iter().map(|(_, g)| g).collect();
+        be.clip_grad_norm(&mut gs, max_norm)?
+    };
+    if norm.is_finite() {
+        return Ok(norm);
+    }
+    let mut host = Vec::new();
+    for (name, g) in grads.tensors() {
+        host.push((name, be.read(g, 0, be.len(g))?));
+    }
+    Err(non_finite_gradient(host.iter().map(|(n, t)| (*n, t.as_slice()))))
 }
 
 /// `train_summary.json`: steps, time, peak memory against the estimate, data counts, final losses.
@@ -292,7 +327,6 @@ struct Setup {
     steps: StepPlan,
     schedule: Schedule,
     adapter: Adapter,
-    optimizer: Optimizer,
     plan: Plan,
     resumed: Option<Resumed>,
 }
@@ -337,8 +371,8 @@ fn setup(config: &RunConfig, options: &TrainOptions, observer: &mut dyn Observer
         Some(a) => a,
         None => Adapter::new(config.lora.clone(), &model, config.seed)?,
     };
-    let mut optimizer = Optimizer::new(config.optim, &adapter);
-    let resumed = if options.resume { Some(resume(config, &model, &mut adapter, &mut optimizer)?) } else { None };
+    let resumed = if options.resume { Some(resume(config, &model, &mut adapter)?) } else { None };
+    let optimizer_bytes: usize = tensor_list(&adapter).iter().map(|&(_, n)| moment_bytes(config.optim.kind, n)).sum();
 
     // One arena for the longest micro-batch (training or evaluation).
     let longest = train_set.iter().chain(&val_set).map(|t| t.ids.len()).max().unwrap_or(2);
@@ -351,12 +385,18 @@ fn setup(config: &RunConfig, options: &TrainOptions, observer: &mut dyn Observer
         base_weights: model.weights.storage_bytes(),
         adapter: 4 * n_params,
         gradients: 4 * n_params,
-        optimizer: optimizer.state_bytes(),
-        activations: TrainArena::estimate_bytes(&model, &adapter, rows_b, rows_t, checkpointing),
-        activations_other: TrainArena::estimate_bytes(&model, &adapter, rows_b, rows_t, !checkpointing),
+        optimizer: optimizer_bytes,
+        activations: TrainArena::<Cpu>::estimate_bytes(&model.config, &adapter.config, rows_b, rows_t, checkpointing),
+        activations_other: TrainArena::<Cpu>::estimate_bytes(
+            &model.config,
+            &adapter.config,
+            rows_b,
+            rows_t,
+            !checkpointing,
+        ),
         runtime: RUNTIME_BYTES
             + train_set.iter().chain(&val_set).map(|t| 8 * t.ids.len()).sum::<usize>()
-            + if config.save_steps > 0 { optimizer.state_bytes() } else { 0 },
+            + if config.save_steps > 0 { 2 * optimizer_bytes } else { 0 },
         arena_rows: (rows_b, rows_t),
     };
     let (steps_per_epoch, micro_batches_per_epoch) = steps.first_epoch();
@@ -373,7 +413,7 @@ fn setup(config: &RunConfig, options: &TrainOptions, observer: &mut dyn Observer
         memory,
         resumed_from: resumed.as_ref().map(|r| (r.step, r.dir.clone())),
     };
-    Ok(Setup { model, train_set, val_set, batcher, eval_batcher, steps, schedule, adapter, optimizer, plan, resumed })
+    Ok(Setup { model, train_set, val_set, batcher, eval_batcher, steps, schedule, adapter, plan, resumed })
 }
 
 /// Where a resumed run picks up.
@@ -382,10 +422,14 @@ pub struct Resumed {
     pub step: u64,
     pub dir: PathBuf,
     pub tokens_seen: u64,
+    /// The checkpoint's optimizer state, restored once the optimizer exists on its backend.
+    pub optimizer_tensors: Vec<(String, Vec<u8>)>,
+    pub optimizer_steps: u64,
 }
 
-/// Loads the newest complete checkpoint into the adapter and optimizer, refusing one from another run.
-fn resume(config: &RunConfig, model: &Llama, adapter: &mut Adapter, optimizer: &mut Optimizer) -> Result<Resumed> {
+/// Loads the newest complete checkpoint into the adapter (its optimizer state comes with it), refusing one from
+/// another run. The optimizer state is checked against the adapter here, before anything is allocated.
+fn resume(config: &RunConfig, model: &Llama, adapter: &mut Adapter) -> Result<Resumed> {
     let out = &config.output_dir;
     let (step, dir) = checkpoint::list_checkpoints(out)?.pop().ok_or_else(|| {
         Error::hinted(
@@ -405,29 +449,45 @@ fn resume(config: &RunConfig, model: &Llama, adapter: &mut Adapter, optimizer: &
             "resume with the config the run was started with (it is saved as config.toml in the checkpoint)",
         ));
     }
-    *adapter = restored.adapter;
-    optimizer.load_state_tensors(&restored.optimizer_tensors, restored.optimizer_steps)?;
+    let mut restored_adapter = restored.adapter;
+    // A tied model trained through one shared matrix: the checkpoint stores the head as its own copy (PEFT's
+    // layout); the run goes on training the one matrix.
+    if adapter.lm_head.is_none()
+        && restored_adapter.lm_head.is_some()
+        && restored_adapter.lm_head == restored_adapter.embed_tokens
+    {
+        restored_adapter.lm_head = None;
+    }
+    *adapter = restored_adapter;
+    Optimizer::new(config.optim, adapter).load_state_tensors(&restored.optimizer_tensors, restored.optimizer_steps)?;
     truncate_metrics(&out.join(METRICS_FILE), restored.state.global_step as usize)?;
-    Ok(Resumed { step, dir, tokens_seen: restored.state.tokens_seen })
+    Ok(Resumed {
+        step,
+        dir,
+        tokens_seen: restored.state.tokens_seen,
+        optimizer_tensors: restored.optimizer_tensors,
+        optimizer_steps: restored.optimizer_steps,
+    })
 }
 
 /// One optimizer step's micro-batches, forward and backward, gradients summed into `grads` (zeroed first) and
 /// scaled so that they add up to the gradient of the mean loss over the step's target tokens. Returns that mean
 /// loss and the tokens processed.
-fn accumulate(
-    model: &Llama,
-    adapter: &Adapter,
-    grads: &mut Adapter,
-    arena: &mut TrainArena,
+fn accumulate<B: Backend>(
+    run: &Runner<'_, B>,
+    adapter: &DeviceAdapter<B>,
+    grads: &mut Gradients<B>,
+    arena: &mut TrainArena<B>,
     micro: &[Batch],
     seeds: impl Fn(usize) -> u64,
 ) -> Result<(f64, usize)> {
+    let be = run.backend();
     let count: usize = micro.iter().map(Batch::n_targets).sum();
-    grads.for_each_tensor_mut(|_, t| t.fill(0.0));
+    grads.zero(be)?;
     let (mut loss_sum, mut tokens) = (0.0, 0);
     for (i, batch) in micro.iter().enumerate() {
-        arena.fit(batch.b, batch.t)?;
-        let (l, _) = forward_backward(model, adapter, grads, arena, batch, 1.0 / count.max(1) as f32, seeds(i))?;
+        arena.fit(be, batch.b, batch.t)?;
+        let (l, _) = forward_backward(run, adapter, grads, arena, batch, 1.0 / count.max(1) as f32, seeds(i))?;
         loss_sum += l;
         tokens += batch.b * batch.t;
     }
@@ -472,18 +532,18 @@ pub fn prepare_data(
 }
 
 /// Mean loss over the validation set, one micro-batch at a time in the training arena (memory stays bounded).
-fn evaluate(
-    model: &Llama,
-    adapter: &Adapter,
-    arena: &mut TrainArena,
+fn evaluate<B: Backend>(
+    run: &Runner<'_, B>,
+    adapter: &DeviceAdapter<B>,
+    arena: &mut TrainArena<B>,
     batcher: &Batcher,
     examples: &[Tokenized],
     step: usize,
 ) -> Result<EvalLog> {
     let (mut sum, mut count) = (0.0f64, 0usize);
     for batch in batcher.epoch(examples, 0) {
-        arena.fit(batch.b, batch.t)?;
-        let (s, n) = loss(model, adapter, arena, &batch)?;
+        arena.fit(run.backend(), batch.b, batch.t)?;
+        let (s, n) = loss(run, adapter, arena, &batch)?;
         sum += s;
         count += n;
     }
