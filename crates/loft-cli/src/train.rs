@@ -7,6 +7,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use loft::memory::human;
 use loft::train::{Event, Observer, TrainConfig, TrainOptions};
 
+use crate::model_args::announce;
+
 #[derive(clap::Args)]
 pub struct Args {
     /// The run's TOML config: [model], [lora], [data] and [train] sections (see configs/ for examples).
@@ -24,14 +26,36 @@ pub struct Args {
     /// Load the model and data, print the plan and the memory estimate, and stop.
     #[arg(long)]
     pub dry_run: bool,
+    /// Where to train (overrides train.device): cpu; auto (a hardware GPU if there is one, else the CPU); gpu
+    /// (the best hardware GPU); gpu:N or gpu:NAME (an adapter `loft inspect --devices` lists; a software one
+    /// such as gpu:lavapipe only when named). A checkpoint resumes on any device.
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<String>,
 }
 
 pub fn run(args: Args) -> loft::Result<()> {
     let started = std::time::Instant::now();
-    let config = TrainConfig::load(&args.config, &args.set)?.resolve()?;
+    let mut config = TrainConfig::load(&args.config, &args.set)?.resolve()?;
+    if let Some(d) = &args.device {
+        config.device = d.clone();
+    }
+    let choice = loft_gpu::DeviceChoice::parse(&config.device).map_err(|e| match &args.device {
+        Some(_) => e,
+        None => loft::Error::hinted(
+            format!("{}: train.device = {:?} is not a device", args.config.display(), config.device),
+            e.hint().unwrap_or_default().to_string(),
+        ),
+    })?;
+    let gpu = loft_gpu::Wgpu::open(&choice)?;
     let options = TrainOptions { resume: args.resume, overwrite: args.overwrite, dry_run: args.dry_run };
     let mut bar = Bar::new();
-    let summary = loft::train::train(&config, &options, &mut bar);
+    let summary = match &gpu {
+        Some(gpu) => {
+            announce(gpu);
+            loft::train::train_on(gpu, &config, &options, &mut bar)
+        }
+        None => loft::train::train_on(&loft::engine::Cpu, &config, &options, &mut bar),
+    };
     bar.bar.finish_and_clear();
     let summary = summary?;
     if summary.dry_run {

@@ -241,6 +241,42 @@ fn generate_on_the_gpu_answers_the_reference_question() {
     assert!(err.contains("\ndevice: GPU #") && err.contains("llvmpipe") && err.contains("tok/s"), "{err}");
 }
 
+/// `bench train --device gpu:lavapipe --json` at the default model's shape with a 4-bit base: the device holds what
+/// the plan's parts add up to (base in its Q4_0 blocks, adapter, gradients, optimizer state, activations) and far
+/// less than an f32 copy of the base would take — the frozen matrices stay in their blocks on the device.
+#[test]
+fn bench_train_on_the_gpu_holds_the_base_in_its_blocks() {
+    let out = loft(&[
+        "bench",
+        "train",
+        "--device",
+        "gpu:lavapipe",
+        "--batch",
+        "1",
+        "--seq",
+        "8",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--load-in-4bit",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let held = v["device_bytes"].as_f64().unwrap();
+    let estimate = v["device_estimate_bytes"].as_f64().unwrap();
+    let base = v["base_weight_bytes"].as_f64().unwrap();
+    // SmolLM2-135M's shape: 134.5M parameters; as f32 they alone would take 538 MB.
+    let f32_base = 4.0 * 134_515_008.0;
+    eprintln!("bench train on lavapipe: device {held:.0} bytes, estimate {estimate:.0}, base in blocks {base:.0}");
+    assert!((held - estimate).abs() <= 0.01 * estimate, "device bytes {held} vs the estimate {estimate}");
+    assert!(held < f32_base / 2.0, "the device holds {held} bytes: an f32 copy of the base is {f32_base}");
+    assert!(v["device"].as_str().unwrap().contains("llvmpipe"), "{v}");
+    assert!(v["loss"].as_f64().unwrap().is_finite());
+}
+
 /// `--device gpu:NAME` naming no adapter lists what wgpu sees; with no Vulkan driver at all (the loader pointed at
 /// a file that is not there) every GPU choice says what was looked for and how to get a driver. Both before the
 /// model is read.

@@ -52,6 +52,9 @@ pub struct RunConfig {
     pub save_total_limit: usize,
     pub seed: u64,
     pub tensorboard: bool,
+    /// Where the run computes: `cpu`, `auto`, `gpu`, `gpu:N` or `gpu:NAME` (the CLI opens it; a checkpoint
+    /// resumes on any device).
+    pub device: String,
     /// The file's config as TOML, saved with the run and every checkpoint.
     pub toml: String,
 }
@@ -235,6 +238,8 @@ pub struct TrainSection {
     pub seed: u64,
     /// `tensorboard` writes event files into output_dir; `none` (or empty) writes only metrics.jsonl.
     pub report_to: Vec<String>,
+    /// `cpu` | `auto` | `gpu` | `gpu:N` | `gpu:NAME` (`loft inspect --devices` lists the GPUs).
+    pub device: String,
 }
 
 impl Default for TrainSection {
@@ -264,6 +269,7 @@ impl Default for TrainSection {
             save_total_limit: 0,
             seed: 3407,
             report_to: Vec::new(),
+            device: "cpu".into(),
         }
     }
 }
@@ -450,6 +456,7 @@ impl TrainConfig {
             save_steps: t.save_steps,
             save_total_limit: t.save_total_limit,
             seed: t.seed,
+            device: t.device.clone(),
             tensorboard,
             toml: self.to_toml()?,
         })

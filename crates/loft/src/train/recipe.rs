@@ -58,6 +58,8 @@ pub struct Plan {
     pub memory: MemoryPlan,
     /// (step, folder) when resuming.
     pub resumed_from: Option<(u64, PathBuf)>,
+    /// The device the run computes on, in the backend's words ("cpu", or the GPU's name and API).
+    pub device: String,
 }
 
 /// What the process holds besides the parts the plan counts (measured: ~26 MiB resident after loading the
@@ -72,12 +74,15 @@ pub struct MemoryPlan {
     pub gradients: usize,
     pub optimizer: usize,
     pub activations: usize,
-    /// The rest of the process: the program and its libraries, the tokenizer, the tokenized data, and the copy
-    /// of the optimizer's state made while a checkpoint is written.
+    /// The rest of the process: the program and its libraries, the tokenizer, the tokenized data, and the host
+    /// copies of the adapter and the optimizer's state made while a checkpoint or the final adapter is written.
     pub runtime: usize,
     /// Activations of the same shape with the other gradient_checkpointing choice.
     pub activations_other: usize,
     pub arena_rows: (usize, usize),
+    /// The run computes on a GPU: the base (in its own blocks), adapter, gradients, optimizer state and
+    /// activations live in the device's memory, and the host keeps its copy of the base and the runtime.
+    pub on_device: bool,
 }
 
 impl MemoryPlan {
@@ -85,9 +90,40 @@ impl MemoryPlan {
         self.base_weights + self.adapter + self.gradients + self.optimizer + self.activations + self.runtime
     }
 
+    /// What the device holds when the run is on a GPU: base, adapter, gradients, optimizer state, activations.
+    pub fn device_total(&self) -> usize {
+        self.base_weights + self.adapter + self.gradients + self.optimizer + self.activations
+    }
+
+    /// What the host's memory must hold: everything on the CPU; the base and the runtime beside a GPU.
+    pub fn host_total(&self) -> usize {
+        if self.on_device {
+            self.base_weights + self.runtime
+        } else {
+            self.total()
+        }
+    }
+
     /// One line: "memory estimate: 1.15 GiB = base 92 MiB + …".
     pub fn describe(&self) -> String {
         use crate::memory::human;
+        if self.on_device {
+            return format!(
+                "device memory estimate: {} = base {} (in its own blocks) + adapter {} + gradients {} + optimizer {} \
+                 + activations {} (batch {}×{}; activations {} with the other gradient_checkpointing setting); \
+                 host memory: {} (the base's host copy and the runtime)",
+                human(self.device_total()),
+                human(self.base_weights),
+                human(self.adapter),
+                human(self.gradients),
+                human(self.optimizer),
+                human(self.activations),
+                self.arena_rows.0,
+                self.arena_rows.1,
+                human(self.activations_other),
+                human(self.host_total())
+            );
+        }
         format!(
             "memory estimate: {} = base {} + adapter {} + gradients {} + optimizer {} + activations {} + runtime {} \
              (batch {}×{}; activations {} with the other gradient_checkpointing setting)",
@@ -180,9 +216,11 @@ pub fn train_on<B: Backend>(
     let run_started = Instant::now();
     let out = &config.output_dir;
     prepare_output_dir(out, options)?;
-    let Setup { model, train_set, val_set, batcher, eval_batcher, steps, schedule, adapter, plan, resumed } =
+    let Setup { model, train_set, val_set, batcher, eval_batcher, steps, schedule, adapter, mut plan, resumed } =
         setup(config, options, observer)?;
     let fingerprint = fingerprint(config, &model, &adapter);
+    plan.device = be.describe();
+    plan.memory.on_device = be.allocated_bytes().is_some();
     observer.event(Event::Plan(&plan));
     check_fits(&plan.memory, config)?;
     let adapter_dir = out.join(ADAPTER_DIR);
@@ -191,11 +229,23 @@ pub fn train_on<B: Backend>(
     }
     let mut report = Reporter::create(config, observer)?;
     let (rows_b, rows_t) = plan.memory.arena_rows;
-    let run = Runner::new(be, &model)?;
-    let mut arena = TrainArena::new(be, &model.config, &adapter.config, rows_b, rows_t, config.gradient_checkpointing)?;
-    let mut trained = DeviceAdapter::upload(be, &adapter)?;
-    let mut grads = Gradients::zeros(be, &adapter)?;
-    let mut optimizer = Optimizer::on(be, config.optim, &tensor_list(&adapter))?;
+    let held_before = be.allocated_bytes().unwrap_or(0);
+    let on_device = |e: Error| device_memory_error(e, &plan, config);
+    let run = Runner::new(be, &model).map_err(on_device)?;
+    let ckpt = config.gradient_checkpointing;
+    let mut arena = TrainArena::new(be, &model.config, &adapter.config, rows_b, rows_t, ckpt).map_err(on_device)?;
+    let mut trained = DeviceAdapter::upload(be, &adapter).map_err(on_device)?;
+    let mut grads = Gradients::zeros(be, &adapter).map_err(on_device)?;
+    let mut optimizer = Optimizer::on(be, config.optim, &tensor_list(&adapter)).map_err(on_device)?;
+    let device_bytes = be.allocated_bytes().map(|b| b.saturating_sub(held_before));
+    if let Some(held) = device_bytes {
+        report.note(format!(
+            "{}: holds {} for the run (estimate {})",
+            plan.device,
+            crate::memory::human(held as usize),
+            crate::memory::human(plan.memory.device_total())
+        ));
+    }
     if let Some(r) = &resumed {
         optimizer.restore(be, &r.optimizer_tensors, r.optimizer_steps)?;
     }
@@ -260,7 +310,8 @@ pub fn train_on<B: Backend>(
     report.saved(&adapter_dir);
     let resumed_from = resumed.as_ref().map(|r| r.step);
     let seconds = run_started.elapsed().as_secs_f64();
-    write_summary(out, &plan, resumed_from, seconds, tokens_seen, last_loss, last_eval.as_ref())?;
+    let summary = RunSummary { plan: &plan, resumed_from, seconds, tokens_seen, device_bytes };
+    write_summary(out, &summary, last_loss, last_eval.as_ref())?;
     Ok(Summary { steps: total_steps, final_loss: last_loss, eval: last_eval, adapter_dir, dry_run: false })
 }
 
@@ -287,23 +338,30 @@ fn clip<B: Backend>(be: &B, grads: &mut Gradients<B>, max_norm: f32) -> Result<f
     Err(non_finite_gradient(host.iter().map(|(n, t)| (*n, t.as_slice()))))
 }
 
-/// `train_summary.json`: steps, time, peak memory against the estimate, data counts, final losses.
-fn write_summary(
-    out: &Path,
-    plan: &Plan,
-    resumed_from_step: Option<u64>,
+/// What a run did, for `train_summary.json`.
+struct RunSummary<'a> {
+    plan: &'a Plan,
+    resumed_from: Option<u64>,
     seconds: f64,
     tokens_seen: u64,
-    final_loss: f64,
-    eval: Option<&EvalLog>,
-) -> Result<()> {
+    /// Device memory the run allocated (None on the CPU).
+    device_bytes: Option<u64>,
+}
+
+/// `train_summary.json`: steps, time, peak memory against the estimate (and the device's, on a GPU), data counts,
+/// final losses.
+fn write_summary(out: &Path, run: &RunSummary<'_>, final_loss: f64, eval: Option<&EvalLog>) -> Result<()> {
+    let plan = run.plan;
     let summary = serde_json::json!({
         "steps": plan.total_steps,
-        "resumed_from_step": resumed_from_step,
-        "seconds": seconds,
+        "resumed_from_step": run.resumed_from,
+        "seconds": run.seconds,
+        "device": plan.device,
         "peak_rss_bytes": crate::memory::peak_rss_bytes(),
-        "memory_estimate_bytes": plan.memory.total(),
-        "tokens_seen": tokens_seen,
+        "memory_estimate_bytes": plan.memory.host_total(),
+        "device_bytes": run.device_bytes,
+        "device_estimate_bytes": plan.memory.on_device.then(|| plan.memory.device_total()),
+        "tokens_seen": run.tokens_seen,
         "train_examples": plan.train_examples,
         "validation_examples": plan.validation_examples,
         "target_tokens": plan.stats.target_tokens,
@@ -396,8 +454,10 @@ fn setup(config: &RunConfig, options: &TrainOptions, observer: &mut dyn Observer
         ),
         runtime: RUNTIME_BYTES
             + train_set.iter().chain(&val_set).map(|t| 8 * t.ids.len()).sum::<usize>()
-            + if config.save_steps > 0 { 2 * optimizer_bytes } else { 0 },
+            + 4 * n_params // the adapter read back for the final save (and each checkpoint)
+            + if config.save_steps > 0 { optimizer_bytes } else { 0 },
         arena_rows: (rows_b, rows_t),
+        on_device: false,
     };
     let (steps_per_epoch, micro_batches_per_epoch) = steps.first_epoch();
     let plan = Plan {
@@ -412,6 +472,7 @@ fn setup(config: &RunConfig, options: &TrainOptions, observer: &mut dyn Observer
         all_parameters: model.config.num_parameters() + adapter_lora_parameters(&adapter),
         memory,
         resumed_from: resumed.as_ref().map(|r| (r.step, r.dir.clone())),
+        device: "cpu".into(),
     };
     Ok(Setup { model, train_set, val_set, batcher, eval_batcher, steps, schedule, adapter, plan, resumed })
 }
@@ -642,8 +703,18 @@ fn step_error(e: Error, step: usize, last_saved: Option<u64>) -> Error {
 /// Errors before allocating when the plan cannot fit in the memory the machine has free.
 fn check_fits(memory: &MemoryPlan, config: &RunConfig) -> Result<()> {
     let Some(available) = crate::memory::available_bytes() else { return Ok(()) };
-    if memory.total() <= available {
+    if memory.host_total() <= available {
         return Ok(());
+    }
+    if memory.on_device {
+        return Err(Error::hinted(
+            format!(
+                "the base model and the runtime need about {} of host memory beside the GPU, but {} is free",
+                crate::memory::human(memory.host_total()),
+                crate::memory::human(available)
+            ),
+            "close other programs, or use a smaller model",
+        ));
     }
     let (b, t) = memory.arena_rows;
     let fixed = memory.total() - memory.activations;
@@ -667,6 +738,37 @@ fn check_fits(memory: &MemoryPlan, config: &RunConfig) -> Result<()> {
         ),
         hint,
     ))
+}
+
+/// A failure while the run's buffers go up to the device (out of memory, a buffer above the device's limit): the
+/// error, with the plan's device estimate and what would lower it.
+fn device_memory_error(e: Error, plan: &Plan, config: &RunConfig) -> Error {
+    if !plan.memory.on_device {
+        return e;
+    }
+    let m = &plan.memory;
+    let (b, t) = m.arena_rows;
+    let smaller = if b > 1 {
+        format!("per_device_train_batch_size = {} halves the activations", b.div_ceil(2))
+    } else {
+        format!("max_seq_length = {} halves the activations", t.div_ceil(2))
+    };
+    let checkpointing = if config.gradient_checkpointing || m.activations_other >= m.activations {
+        String::new()
+    } else {
+        format!(", gradient_checkpointing = true needs {} of activations", crate::memory::human(m.activations_other))
+    };
+    let hint = format!(
+        "the plan needs about {} on {} ({} of it activations): {smaller}{checkpointing}; or use --device cpu",
+        crate::memory::human(m.device_total()),
+        plan.device,
+        crate::memory::human(m.activations)
+    );
+    let hint = match e.hint() {
+        Some(h) => format!("{h}; {hint}"),
+        None => hint,
+    };
+    e.with_hint(hint)
 }
 
 /// Averages over the steps since the last log line.
@@ -803,6 +905,10 @@ impl<'a> Reporter<'a> {
 
     fn saved(&mut self, dir: &Path) {
         self.observer.event(Event::Saved(dir));
+    }
+
+    fn note(&mut self, text: String) {
+        self.observer.event(Event::Note(text));
     }
 }
 
