@@ -7,6 +7,7 @@
 
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -48,6 +49,10 @@ pub struct Args {
     /// applied unmerged to the requests that name it. Repeat for more adapters.
     #[arg(long, value_name = "NAME=DIR")]
     pub adapter: Vec<String>,
+    /// Let POST /v1/adapters load adapter folders under DIR (e.g. a run's adapter/ or checkpoint-N/, given
+    /// relative to DIR); without it, only the folders of --adapter can be loaded again.
+    #[arg(long, value_name = "DIR")]
+    pub runs: Option<std::path::PathBuf>,
     /// The address to listen on. Anything but a loopback address (127.0.0.1, ::1, localhost) needs --api-key.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -87,6 +92,10 @@ struct App {
     max_body: usize,
     started: u64,
     next_id: AtomicU64,
+    /// --runs, canonical: POST /v1/adapters loads folders under it.
+    runs: Option<PathBuf>,
+    /// The --adapter folders, canonical: POST /v1/adapters may load them again.
+    start_dirs: Vec<PathBuf>,
 }
 
 pub fn run(args: Args) -> loft::Result<()> {
@@ -98,6 +107,11 @@ pub fn run(args: Args) -> loft::Result<()> {
         ));
     }
     let adapters = args.adapter.iter().map(|a| named_dir(a)).collect::<loft::Result<Vec<_>>>()?;
+    let runs = args
+        .runs
+        .as_ref()
+        .map(|r| r.canonicalize().map_err(|e| Error::io(r, e).with_hint("--runs names the folder of training runs")))
+        .transpose()?;
     let start = Instant::now();
     let options = LoadOptions { tokenizer_pre: args.tokenizer_pre.clone(), dequantize: false, load_in_4bit: false };
     let loaded = LoadedModel::load_with(&args.model, &options)?;
@@ -133,6 +147,8 @@ pub fn run(args: Args) -> loft::Result<()> {
         max_body: args.max_body,
         started: unix_seconds(),
         next_id: AtomicU64::new(1),
+        runs,
+        start_dirs: adapters.iter().filter_map(|(_, d)| d.canonicalize().ok()).collect(),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -153,6 +169,8 @@ async fn listen(app: Arc<App>, addr: SocketAddr) -> loft::Result<()> {
         .route("/v1/models", get(list_models))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
+        .route("/v1/adapters", post(load_adapter))
+        .route("/v1/adapters/{name}", axum::routing::delete(unload_adapter))
         .route_layer(from_fn_with_state(app.clone(), require_key));
     let router = Router::new()
         .route("/health", get(health))
@@ -307,6 +325,79 @@ async fn wrong_method(req: Request) -> Response {
 
 async fn list_models(State(app): State<Arc<App>>) -> Response {
     json_response(StatusCode::OK, &models_list(&app.models.names(), app.started))
+}
+
+/// POST /v1/adapters `{"name": NAME, "path": DIR}`: serves the adapter in DIR as NAME. DIR is relative to
+/// --runs (no `..`, and it must stay under --runs once links are resolved) or one of the --adapter folders.
+async fn load_adapter(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return error_response(ApiError::too_large(app.max_body))
+        }
+        Err(r) => return error_response(ApiError::invalid(format!("cannot read the request body: {r}"), None)),
+    };
+    let v: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return error_response(ApiError::invalid(format!("We could not parse the JSON body: {e}"), None)),
+    };
+    let (Some(name), Some(path)) = (v["name"].as_str(), v["path"].as_str()) else {
+        return error_response(ApiError::invalid("expected {\"name\": NAME, \"path\": DIR}", Some("path")));
+    };
+    let dir = match allowed_dir(&app, Path::new(path)) {
+        Ok(d) => d,
+        Err(e) => return error_response(e),
+    };
+    let (name, worker) = (name.to_string(), app.clone());
+    // Reading an adapter takes a moment (its safetensors, checks): off the HTTP threads.
+    let loaded = tokio::task::spawn_blocking(move || {
+        worker.models.load(&name, &dir, &worker.loaded.model).map(|()| (name, dir))
+    })
+    .await;
+    match loaded {
+        Ok(Ok((name, dir))) => {
+            eprintln!("loaded adapter {name} from {}", dir.display());
+            json_response(StatusCode::OK, &serde_json::json!({"id": name, "object": "model", "owned_by": "loft"}))
+        }
+        Ok(Err(e)) => error_response(ApiError::invalid(e.to_string(), Some("path"))),
+        Err(e) => error_response(ApiError::internal(format!("loading the adapter failed: {e}"))),
+    }
+}
+
+/// The folder `path` names, when the server may load it: under --runs, or an --adapter folder.
+fn allowed_dir(app: &App, path: &Path) -> Result<PathBuf, ApiError> {
+    let refuse = |why: &str| Err(ApiError::invalid(format!("path '{}': {why}", path.display()), Some("path")));
+    let start = path.canonicalize().ok().filter(|c| app.start_dirs.contains(c));
+    if let Some(dir) = start {
+        return Ok(dir);
+    }
+    let Some(runs) = &app.runs else {
+        return refuse("this server loads only its --adapter folders (start it with --runs DIR for more)");
+    };
+    if !path.components().all(|c| matches!(c, Component::Normal(_))) {
+        return refuse("give a folder relative to --runs, without '..'");
+    }
+    match runs.join(path).canonicalize() {
+        Ok(dir) if dir.starts_with(runs) && dir.is_dir() => Ok(dir),
+        Ok(_) => refuse("not a folder under --runs"),
+        Err(e) => refuse(&format!("not found under --runs ({e})")),
+    }
+}
+
+/// DELETE /v1/adapters/NAME: stops serving it (requests already running with it finish).
+async fn unload_adapter(
+    State(app): State<Arc<App>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Response {
+    if name == app.models.base() {
+        return error_response(ApiError::invalid("the base model cannot be unloaded", Some("name")));
+    }
+    if app.models.remove(&name) {
+        eprintln!("unloaded adapter {name}");
+        json_response(StatusCode::OK, &serde_json::json!({"id": name, "object": "model", "deleted": true}))
+    } else {
+        error_response(ApiError::unknown_model(&name, &app.models.names()))
+    }
 }
 
 async fn chat_completions(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Response {

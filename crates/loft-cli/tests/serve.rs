@@ -426,3 +426,40 @@ fn openais_python_client_gets_loft_generates_answers() {
         assert_eq!(a["usage"], a["stream_usage"]);
     }
 }
+
+/// POST /v1/adapters loads a folder under --runs while serving, and the next request gets its greedy answer;
+/// paths outside --runs are refused; DELETE unloads it.
+#[test]
+fn adapters_load_and_unload_while_serving() {
+    let runs = tempfile::tempdir().unwrap();
+    let adapter = write_adapter(runs.path(), 1);
+    let outside = tempfile::tempdir().unwrap();
+    let elsewhere = write_adapter(outside.path(), 2);
+    let model = default_model();
+    let runs_dir = runs.path().display().to_string();
+    let server = Server::start(&["--model", &model, "--name", "base", "--runs", &runs_dir, "--api-key", KEY]);
+    server.post("/v1/chat/completions", &chat("late", json!({}))).error(404);
+    let r = server.post("/v1/adapters", &json!({"name": "late", "path": "adapter-1"}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let models = server.request("GET", "/v1/models", Some(KEY), None).json();
+    assert_eq!(models["data"][1]["id"], "late");
+    let (got, _) = server.answer("/v1/chat/completions", &chat("late", json!({})));
+    assert_eq!(got, generate(&["-p", PROMPT, "--adapter", &adapter]));
+    // Outside --runs: through '..', an absolute path, a folder elsewhere; a taken name; a bad name.
+    let relative_escape = format!("../{}", outside.path().file_name().unwrap().to_string_lossy());
+    for path in [relative_escape.as_str(), elsewhere.as_str(), "/etc", "adapter-1/../../x", "missing"] {
+        let e = server.post("/v1/adapters", &json!({"name": "other", "path": path})).error(400);
+        assert_eq!(e["param"], "path", "{path}: {e}");
+    }
+    server.post("/v1/adapters", &json!({"name": "late", "path": "adapter-1"})).error(400);
+    server.post("/v1/adapters", &json!({"name": "a/b", "path": "adapter-1"})).error(400);
+    // Unloading: the base stays; the adapter goes.
+    server.request("DELETE", "/v1/adapters/base", Some(KEY), None).error(400);
+    let r = server.request("DELETE", "/v1/adapters/late", Some(KEY), None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    server.post("/v1/chat/completions", &chat("late", json!({}))).error(404);
+    server.request("DELETE", "/v1/adapters/late", Some(KEY), None).error(404);
+    server.request("DELETE", "/v1/adapters/late", None, None).error(401);
+    let log = server.log();
+    assert!(!log.contains("panicked"), "{log}");
+}

@@ -73,6 +73,11 @@ impl Models {
         Ok(())
     }
 
+    /// Stops serving adapter `name`; requests already running with it finish. False when no adapter has it.
+    pub fn remove(&self, name: &str) -> bool {
+        self.adapters.write().unwrap_or_else(PoisonError::into_inner).remove(name).is_some()
+    }
+
     pub fn get(&self, name: &str) -> Option<Target> {
         if name == self.base {
             return Some(Target::Base);
