@@ -19,7 +19,7 @@ fetch:
 
 # vulkan: Mesa's lavapipe through apt-get when absent; crates/loft-gpu's tests run the GPU kernels on it.
 fetch-test:
-	scripts/fetch.sh model vocab gguf-py tensorboard vulkan
+	scripts/fetch.sh model vocab gguf-py tensorboard openai vulkan
 
 # The home fine-tuning experiment (scripts/demo.sh): CPT → IFT, the ablation, the inference test, loss graphs,
 # exports, and runs/demo/report.md. DEMO_SCALE=full trains longer. Finished stages are skipped on a re-run.

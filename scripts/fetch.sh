@@ -6,6 +6,7 @@
 #                               (chitchat-dataset), converted by scripts/prepare_data.py into .cache/data/
 #   scripts/fetch.sh gguf-py    a venv with llama.cpp's `gguf` package and numpy (the independent GGUF reader)
 #   scripts/fetch.sh tensorboard  a venv with TensorBoard (the independent reader of loft's event files)
+#   scripts/fetch.sh openai     a venv with OpenAI's official Python client (`loft serve`'s test drives it)
 #   scripts/fetch.sh vulkan     Mesa's lavapipe (software Vulkan) and the Vulkan loader, through apt-get when absent:
 #                               the GPU kernels' tests run on it (needs root, as CI has)
 # Each step is skipped when its output is already there and verified.
@@ -70,6 +71,15 @@ fetch_tensorboard() {
   "$venv/bin/python" -m pip install --quiet tensorboard==2.21.0
 }
 
+fetch_openai() {
+  local venv="$cache/venv-openai"
+  if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import openai" 2>/dev/null; then return 0; fi
+  echo "fetch: venv with openai (OpenAI's official Python client, against loft serve)" >&2
+  "$py" -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
+  "$venv/bin/python" -m pip install --quiet openai==2.54.0
+}
+
 fetch_data() {
   local out="$cache/data"
   # The marker holds the converter's checksum: a changed scripts/prepare_data.py converts again.
@@ -113,9 +123,10 @@ for what in "${@:-model}"; do
     vocab) fetch_vocab ;;
     gguf-py) fetch_gguf_py ;;
     tensorboard) fetch_tensorboard ;;
+    openai) fetch_openai ;;
     data) fetch_data ;;
     vulkan) fetch_vulkan ;;
-    all) fetch_model; fetch_vocab; fetch_gguf_py; fetch_tensorboard; fetch_data; fetch_vulkan ;;
-    *) echo "error: unknown fetch target '$what' (model, vocab, gguf-py, tensorboard, data, vulkan, all)" >&2; exit 2 ;;
+    all) fetch_model; fetch_vocab; fetch_gguf_py; fetch_tensorboard; fetch_openai; fetch_data; fetch_vulkan ;;
+    *) echo "error: unknown fetch target '$what' (model, vocab, gguf-py, tensorboard, openai, data, vulkan, all)" >&2; exit 2 ;;
   esac
 done

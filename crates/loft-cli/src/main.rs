@@ -9,6 +9,7 @@ mod inspect;
 mod merge;
 mod model_args;
 mod plot;
+mod serve;
 mod train;
 
 use std::process::ExitCode;
@@ -32,6 +33,14 @@ enum Command {
     Generate(generate::Args),
     /// Talk to a model, turn by turn (type /exit or press Ctrl-D to leave, /reset to start over).
     Chat(chat::Args),
+    /// Serve OpenAI's API (/v1/chat/completions, /v1/completions, /v1/models) for a model and its LoRA adapters,
+    /// each applied unmerged to the requests that name it.
+    ///
+    /// One copy of the base in memory serves every name. Up to --max-concurrent requests generate at once on the
+    /// CPU, each on its own worker thread with its own KV cache and adapter; the rest wait in a queue (--queue,
+    /// --queue-timeout). Each request is decoded on its own (no batching across requests yet). Plain HTTP/1.1 on
+    /// 127.0.0.1 by default; GET /health needs no key. README's "Serve" section lists the OpenAI fields honoured.
+    Serve(serve::Args),
     /// Fine-tune with LoRA from a TOML config: CPT or IFT, checkpoints, metrics.jsonl, TensorBoard.
     Train(train::Args),
     /// Mean next-token loss and perplexity of a text file's first tokens.
@@ -67,6 +76,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(a) => generate::run(a),
         Command::Chat(a) => chat::run(a),
+        Command::Serve(a) => serve::run(a),
         Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Plot(a) => plot::run(a),

@@ -15,6 +15,7 @@
 //! train          the recipe: config, the training forward/backward, optimizer, schedule, checkpoints, logs
 //! export         merged Hugging Face folders, GGUF models and GGUF adapters
 //! infer          generation and sampling
+//! serve          `loft serve` without HTTP: OpenAI's JSON shapes, the names served, the worker pool
 //! memory         process memory figures (peak RSS, free memory)
 //! error          the crate's error type
 //! ```
@@ -29,6 +30,7 @@ pub mod lora;
 pub mod memory;
 pub mod model;
 pub mod rng;
+pub mod serve;
 pub mod tokenizer;
 pub mod train;
 

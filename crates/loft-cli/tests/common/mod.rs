@@ -5,7 +5,7 @@
 #[path = "../../../loft/tests/common/mod.rs"]
 mod library;
 
-pub use library::{reference_dir, tensorboard_py, tiny_bpe_model, workspace};
+pub use library::{openai_py, reference_dir, tensorboard_py, tiny_bpe_model, workspace};
 
 /// The default model (`scripts/fetch.sh model`, or LOFT_MODEL); a missing one fails the test, naming it.
 pub fn default_model() -> String {

@@ -6,7 +6,7 @@ use std::time::Instant;
 use crate::engine::Backend;
 use crate::error::Result;
 use crate::infer::sample::{apply_repetition_penalty, Sampler, SamplingParams};
-use crate::model::{KvCache, Runner};
+use crate::model::{KvCache, Runner, UnmergedOnDevice};
 
 #[derive(Clone, Debug)]
 pub struct GenerateOptions {
@@ -44,6 +44,18 @@ pub fn generate<B: Backend>(
     prompt: &[u32],
     opts: &GenerateOptions,
     cache: &mut KvCache<B>,
+    on_token: impl FnMut(u32) -> Result<()>,
+) -> Result<(Vec<u32>, GenerationStats)> {
+    generate_with(model, None, prompt, opts, cache, on_token)
+}
+
+/// [`generate`] with `adapter` applied unmerged ([`Runner::forward_with`]).
+pub fn generate_with<B: Backend>(
+    model: &Runner<'_, B>,
+    adapter: Option<&UnmergedOnDevice<'_, B>>,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    cache: &mut KvCache<B>,
     mut on_token: impl FnMut(u32) -> Result<()>,
 ) -> Result<(Vec<u32>, GenerationStats)> {
     let mut sampler = Sampler::new(opts.sampling.clone());
@@ -53,8 +65,8 @@ pub fn generate<B: Backend>(
         return Ok((out, stats));
     }
     let start = Instant::now();
-    let hidden = model.forward(prompt, cache)?;
-    let mut logits = model.logits(&hidden, prompt.len() - 1, 1)?;
+    let hidden = model.forward_with(prompt, cache, adapter)?;
+    let mut logits = model.logits_with(&hidden, prompt.len() - 1, 1, adapter)?;
     stats.prompt_seconds = start.elapsed().as_secs_f64();
     let decode_start = Instant::now();
     let penalty = opts.sampling.repetition_penalty;
@@ -80,8 +92,8 @@ pub fn generate<B: Backend>(
         if out.len() >= opts.max_new_tokens || cache.len >= cache.capacity {
             break;
         }
-        let hidden = model.forward(&[next], cache)?;
-        logits = model.logits(&hidden, 0, 1)?;
+        let hidden = model.forward_with(&[next], cache, adapter)?;
+        logits = model.logits_with(&hidden, 0, 1, adapter)?;
     }
     stats.decode_seconds = decode_start.elapsed().as_secs_f64();
     Ok((out, stats))

@@ -7,11 +7,11 @@ pub mod peft;
 
 use std::path::PathBuf;
 
-use crate::engine::LoraWeights;
+use crate::engine::{FrozenMatrix, LoraWeights};
 use crate::error::{Error, Result};
 use crate::model::config::LlamaConfig;
 pub use crate::model::TargetModule;
-use crate::model::{Llama, LoadOptions, LoadedModel};
+use crate::model::{Llama, LoadOptions, LoadedModel, UnmergedAdapter};
 pub use device::{DeviceAdapter, Gradients};
 
 /// Loads a model and merges PEFT adapter folders into it in order (a CPT adapter, then the IFT adapter trained on
@@ -219,6 +219,28 @@ impl Adapter {
         if let Some(h) = &self.lm_head {
             f(TensorName::LmHead, h);
         }
+    }
+
+    /// The adapter as the inference forward runs it unmerged ([`crate::model::Runner::forward_with`]), checked
+    /// against a model of `cfg`'s shape. The trained embedding and head move, not copied.
+    pub fn into_unmerged(self, cfg: &LlamaConfig) -> Result<UnmergedAdapter> {
+        let (v, c) = (cfg.vocab_size, cfg.hidden_size);
+        let full = |name: &str, m: Option<Vec<f32>>| -> Result<Option<FrozenMatrix>> {
+            match m {
+                Some(m) if m.len() != v * c => Err(Error::Invalid(format!(
+                    "the adapter's {name} has {} values, the model's is [{v}, {c}]",
+                    m.len()
+                ))),
+                m => Ok(m.map(|m| FrozenMatrix::from_f32(v, c, m))),
+            }
+        };
+        let unmerged = UnmergedAdapter {
+            embed_tokens: full("embed_tokens", self.embed_tokens)?,
+            lm_head: full("lm_head", self.lm_head)?,
+            layers: self.layers,
+        };
+        unmerged.check(cfg)?;
+        Ok(unmerged)
     }
 
     pub fn num_parameters(&self) -> usize {

@@ -5,6 +5,7 @@ use crate::engine::rope::Rope;
 use crate::engine::{Backend, Cpu, Vocab};
 use crate::error::{Error, Result};
 use crate::model::config::LlamaConfig;
+use crate::model::unmerged::{UnmergedAdapter, UnmergedOnDevice};
 use crate::model::weights::{LlamaWeights, TargetModule};
 
 pub struct Llama {
@@ -155,10 +156,30 @@ impl<'w, B: Backend + 'w> Runner<'w, B> {
         KvCache::on(self.backend, &self.model.config, capacity)
     }
 
+    /// `host` on this runner's backend, checked against its model, for [`Runner::forward_with`].
+    pub fn adapter<'a>(&self, host: &'a UnmergedAdapter) -> Result<UnmergedOnDevice<'a, B>>
+    where
+        'w: 'a,
+    {
+        UnmergedOnDevice::new(self.backend, host, &self.model.config)
+    }
+
     /// Runs `tokens` at positions cache.len.. and appends their keys and values to the cache. Returns the final
     /// normalised hidden states [T, C]; [`Runner::logits`] turns rows of it into logits.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache<B>) -> Result<B::Buf> {
+        self.forward_with(tokens, cache, None)
+    }
+
+    /// [`Runner::forward`] with `adapter` applied unmerged: each adapted projection adds scale · (h·Aᵀ)·Bᵀ to the
+    /// base's h·Wᵀ, and a trained embedding replaces the base's. The base weights are shared, not modified.
+    pub fn forward_with(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache<B>,
+        adapter: Option<&UnmergedOnDevice<'_, B>>,
+    ) -> Result<B::Buf> {
         let (cfg, be) = (&self.model.config, self.backend);
+        self.check_adapter(adapter)?;
         let (t, c, f) = (tokens.len(), cfg.hidden_size, cfg.intermediate_size);
         let (nh, nkv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
         let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
@@ -173,7 +194,10 @@ impl<'w, B: Backend + 'w> Runner<'w, B> {
             return Err(Error::Invalid(format!("token id {bad} is outside the vocabulary of {}", cfg.vocab_size)));
         }
         let mut x = be.zeros(t * c)?; // the residual stream: [T, C]
-        be.embedding_forward(&mut x, tokens, Vocab::Frozen(&self.embed_tokens), c)?;
+        match adapter.and_then(|a| a.embed_tokens.as_ref()) {
+            Some(trained) => be.embedding_forward(&mut x, tokens, Vocab::Frozen(trained), c)?,
+            None => be.embedding_forward(&mut x, tokens, Vocab::Frozen(&self.embed_tokens), c)?,
+        }
         let (cos, sin) = self.model.rope.tables(p0..p0 + t);
         let (cos, sin) = (be.upload(&cos)?, be.upload(&sin)?); // [T, D/2]
         let mut h = be.zeros(t * c)?; // normalised input of a sublayer: [T, C]
@@ -184,25 +208,34 @@ impl<'w, B: Backend + 'w> Runner<'w, B> {
         let mut gate = be.zeros(t * f)?; // [T, F]
         let mut up = be.zeros(t * f)?; // [T, F]
         let mut act = be.zeros(t * f)?; // [T, F]
-        for (layer, (kc, vc)) in self.layers.iter().zip(cache.k.iter_mut().zip(cache.v.iter_mut())) {
+        let mut lora_scratch = match adapter {
+            Some(a) => Some(LoraScratch { xa: be.zeros(t * a.rank)?, xd: be.zeros(0)? }), // xa: [T, R]
+            None => None,
+        };
+        let layers = self.layers.iter().zip(cache.k.iter_mut().zip(cache.v.iter_mut()));
+        for (l, (layer, (kc, vc))) in layers.enumerate() {
+            let adapted = |m: TargetModule| adapter.and_then(|a| a.lora(l, m));
+            let mut linear = |y: &mut B::Buf, x: &B::Buf, w: &B::Matrix<'w>, m: TargetModule, accumulate: bool| {
+                self.project(y, x, w, adapted(m), lora_scratch.as_mut(), t, accumulate)
+            };
             // x = x + o_proj(attention(rope(q_proj(h)), rope(k_proj(h)), v_proj(h))), h = rmsnorm(x)
             be.rmsnorm_forward(&mut h, &x, &layer.input_layernorm, c, cfg.rms_norm_eps)?;
-            be.linear_forward(&mut q, &h, &layer.q_proj, t, false)?;
-            be.linear_forward(&mut k, &h, &layer.k_proj, t, false)?;
-            be.linear_forward(&mut v, &h, &layer.v_proj, t, false)?;
+            linear(&mut q, &h, &layer.q_proj, TargetModule::QProj, false)?;
+            linear(&mut k, &h, &layer.k_proj, TargetModule::KProj, false)?;
+            linear(&mut v, &h, &layer.v_proj, TargetModule::VProj, false)?;
             be.rope_forward(&mut q, t, nh, d, &cos, &sin)?;
             be.rope_forward(&mut k, t, nkv, d, &cos, &sin)?;
             be.copy(&k, 0, kc, p0 * kvd, t * kvd)?;
             be.copy(&v, 0, vc, p0 * kvd, t * kvd)?;
             be.attention_forward_cached(&mut att, &q, kc, vc, t, p0, nh, nkv, d)?;
-            be.linear_forward(&mut x, &att, &layer.o_proj, t, true)?;
+            linear(&mut x, &att, &layer.o_proj, TargetModule::OProj, true)?;
 
             // x = x + down_proj(silu(gate_proj(h)) · up_proj(h)), h = rmsnorm(x)
             be.rmsnorm_forward(&mut h, &x, &layer.post_attention_layernorm, c, cfg.rms_norm_eps)?;
-            be.linear_forward(&mut gate, &h, &layer.gate_proj, t, false)?;
-            be.linear_forward(&mut up, &h, &layer.up_proj, t, false)?;
+            linear(&mut gate, &h, &layer.gate_proj, TargetModule::GateProj, false)?;
+            linear(&mut up, &h, &layer.up_proj, TargetModule::UpProj, false)?;
             be.swiglu_forward(&mut act, &gate, &up)?;
-            be.linear_forward(&mut x, &act, &layer.down_proj, t, true)?;
+            linear(&mut x, &act, &layer.down_proj, TargetModule::DownProj, true)?;
         }
         cache.len = p0 + t;
         be.rmsnorm_forward(&mut h, &x, &self.norm, c, cfg.rms_norm_eps)?;
@@ -211,12 +244,65 @@ impl<'w, B: Backend + 'w> Runner<'w, B> {
 
     /// logits[rows, V] of hidden rows row0..row0+rows, on the host.
     pub fn logits(&self, hidden: &B::Buf, row0: usize, rows: usize) -> Result<Vec<f32>> {
+        self.logits_with(hidden, row0, rows, None)
+    }
+
+    /// [`Runner::logits`] through `adapter`'s head when it trains one (a trained embedding is also the head of a
+    /// tied model, as after a merge).
+    pub fn logits_with(
+        &self,
+        hidden: &B::Buf,
+        row0: usize,
+        rows: usize,
+        adapter: Option<&UnmergedOnDevice<'_, B>>,
+    ) -> Result<Vec<f32>> {
+        self.check_adapter(adapter)?;
         let (be, c, v) = (self.backend, self.model.config.hidden_size, self.model.config.vocab_size);
         let mut x = be.zeros(rows * c)?;
         be.copy(hidden, row0 * c, &mut x, 0, rows * c)?;
         let mut logits = be.zeros(rows * v)?;
-        be.linear_forward(&mut logits, &x, self.lm_head.as_ref().unwrap_or(&self.embed_tokens), rows, false)?;
+        let tied = self.lm_head.is_none();
+        match adapter.and_then(|a| a.lm_head.as_ref().or(a.embed_tokens.as_ref().filter(|_| tied))) {
+            Some(trained) => be.linear_forward(&mut logits, &x, trained, rows, false)?,
+            None => {
+                be.linear_forward(&mut logits, &x, self.lm_head.as_ref().unwrap_or(&self.embed_tokens), rows, false)?
+            }
+        }
         be.download(logits)
+    }
+
+    /// y[N, O] = (accumulate ? y : 0) + x·Wᵀ, plus scale · (x·Aᵀ)·Bᵀ when the module is adapted.
+    #[allow(clippy::too_many_arguments)]
+    fn project(
+        &self,
+        y: &mut B::Buf,
+        x: &B::Buf,
+        w: &B::Matrix<'w>,
+        lora: Option<&B::Lora>,
+        scratch: Option<&mut LoraScratch<B>>,
+        n: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        match (lora, scratch) {
+            (Some(lora), Some(s)) => {
+                self.backend.lora_forward(y, &mut s.xa, &mut s.xd, x, w, lora, None, n, accumulate)
+            }
+            _ => self.backend.linear_forward(y, x, w, n, accumulate),
+        }
+    }
+
+    /// Refuses an adapter checked against a model of another shape.
+    fn check_adapter(&self, adapter: Option<&UnmergedOnDevice<'_, B>>) -> Result<()> {
+        let cfg = &self.model.config;
+        match adapter {
+            Some(a) if a.shape != (cfg.num_hidden_layers, cfg.hidden_size, cfg.vocab_size) => {
+                Err(Error::Invalid(format!(
+                    "the adapter was loaded for a model of {} layers, C = {}, V = {}; this one has {}, {}, {}",
+                    a.shape.0, a.shape.1, a.shape.2, cfg.num_hidden_layers, cfg.hidden_size, cfg.vocab_size
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Negative log-likelihood of each next token: nll[i] = -log p(tokens[i+1] | tokens[..=i]), for i < T-1.
@@ -238,6 +324,12 @@ impl<'w, B: Backend + 'w> Runner<'w, B> {
         }
         Ok(nll)
     }
+}
+
+/// The LoRA forward's scratch: xa [T, R] (x·Aᵀ, which inference does not keep) and xd (dropout's, unused).
+struct LoraScratch<B: Backend> {
+    xa: B::Buf,
+    xd: B::Buf,
 }
 
 impl Llama {

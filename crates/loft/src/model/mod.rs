@@ -7,6 +7,7 @@ pub mod gguf_source;
 pub mod hub;
 pub mod llama;
 pub mod safetensors_source;
+pub mod unmerged;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 pub use config::LlamaConfig;
 pub use llama::{KvCache, Llama, Runner};
 pub use safetensors_source::MatrixStorage;
+pub use unmerged::{UnmergedAdapter, UnmergedOnDevice};
 pub use weights::TargetModule;
 
 use crate::error::{Error, Result};

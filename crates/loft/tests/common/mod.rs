@@ -48,6 +48,14 @@ pub const TENSORBOARD_PY: Fixture = Fixture {
     fetch_target: "tensorboard",
 };
 
+/// The Python of a venv with OpenAI's official client (`openai`).
+pub const OPENAI_PY: Fixture = Fixture {
+    env: "LOFT_OPENAI_PY",
+    default: ".cache/venv-openai/bin/python",
+    what: "a venv with OpenAI's Python client",
+    fetch_target: "openai",
+};
+
 impl Fixture {
     /// `relative` inside the fixture (empty for the fixture itself), which must exist.
     pub fn join(&self, relative: &str) -> PathBuf {
@@ -82,6 +90,10 @@ pub fn gguf_py() -> PathBuf {
 
 pub fn tensorboard_py() -> PathBuf {
     TENSORBOARD_PY.path()
+}
+
+pub fn openai_py() -> PathBuf {
+    OPENAI_PY.path()
 }
 
 /// llama.cpp's `models/` folder, checked by one file in it.

@@ -1,0 +1,465 @@
+//! `loft serve` end to end, on the default model and a seeded adapter: the server is started on a free loopback
+//! port and spoken to over plain HTTP/1.1 (a small client below) and with OpenAI's official Python client. Greedy
+//! answers, whole and streamed, equal `loft generate`'s for the base and for the adapter (which `loft generate`
+//! merges and the server applies unmerged); every kind of bad input gets its status in OpenAI's error shape; a
+//! client that leaves mid-stream frees its worker; nothing panics.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{default_model, openai_py, workspace};
+use serde_json::{json, Value};
+
+const KEY: &str = "test-key-5f2a";
+const PROMPT: &str = "Write one sentence about the sea.";
+const MAX_TOKENS: usize = 20;
+
+/// A `loft serve` child on a free port; killed when dropped. Its stderr is collected in `log`.
+struct Server {
+    child: Child,
+    addr: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_loft"))
+            .args(["serve", "--port", "0"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run loft serve");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("http://").nth(1).filter(|_| line.starts_with("loft serve:")) {
+                    let _ = tx.send(rest.split('/').next().unwrap_or_default().to_string());
+                }
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(120));
+        let mut server = Server { child, addr: String::new(), log };
+        match addr {
+            Ok(a) => server.addr = a,
+            Err(_) => panic!("loft serve did not start:\n{}", server.log()),
+        }
+        server
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn request(&self, method: &str, path: &str, key: Option<&str>, body: Option<&[u8]>) -> Reply {
+        http(&self.addr, method, path, key, body)
+    }
+
+    fn post(&self, path: &str, body: &Value) -> Reply {
+        self.request("POST", path, Some(KEY), Some(body.to_string().as_bytes()))
+    }
+
+    /// The whole answer's text, checked to be a 200.
+    fn answer(&self, path: &str, body: &Value) -> (String, Value) {
+        let r = self.post(path, body);
+        assert_eq!(r.status, 200, "{}\n{}", r.body, self.log());
+        let v = r.json();
+        let choice = &v["choices"][0];
+        let text = choice["message"]["content"].as_str().or(choice["text"].as_str()).unwrap().to_string();
+        (text, v)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Reply {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    /// The `data:` payloads of a server-sent event stream.
+    fn events(&self) -> Vec<String> {
+        assert!(self.headers.to_ascii_lowercase().contains("content-type: text/event-stream"), "{}", self.headers);
+        self.body.split("\n\n").filter_map(|e| e.strip_prefix("data: ")).map(str::to_string).collect()
+    }
+
+    /// Checks OpenAI's error shape and returns `error`.
+    fn error(&self, status: u16) -> Value {
+        assert_eq!(self.status, status, "{}", self.body);
+        let v = self.json();
+        let e = &v["error"];
+        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        assert!(e["type"].is_string() && e.get("param").is_some() && e.get("code").is_some(), "{v}");
+        e.clone()
+    }
+}
+
+/// One request over a fresh connection (`Connection: close`), read to the end; chunked bodies are joined.
+fn http(addr: &str, method: &str, path: &str, key: Option<&str>, body: Option<&[u8]>) -> Reply {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(180))).unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(k) = key {
+        head += &format!("Authorization: Bearer {k}\r\n");
+    }
+    let body = body.unwrap_or_default();
+    head += &format!("Content-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len());
+    // The server may answer (413) before reading all of a large body; what it answers is what matters.
+    let _ = s.write_all(head.as_bytes()).and_then(|_| s.write_all(body));
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let (headers, rest) = raw.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no HTTP response: {raw:?}"));
+    let status = headers.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap();
+    let body = if headers.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
+    Reply { status, headers: headers.to_string(), body }
+}
+
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap();
+        if n == 0 {
+            break;
+        }
+        out += &tail[..n];
+        rest = &tail[n + 2..];
+    }
+    out
+}
+
+/// `loft generate`'s greedy answer (stdout without its final newline).
+fn generate(extra: &[&str]) -> String {
+    let model = default_model();
+    let max = MAX_TOKENS.to_string();
+    let mut args = vec!["generate", "--model", &model, "--max-new-tokens", &max];
+    args.extend_from_slice(extra);
+    let out = Command::new(env!("CARGO_BIN_EXE_loft")).args(&args).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.strip_suffix('\n').unwrap().to_string()
+}
+
+/// A seeded rank-8 adapter on every module of the default model, in PEFT's format.
+fn write_adapter(dir: &Path, seed: u64) -> String {
+    let model = default_model();
+    let base = loft::model::load_base(&model, true).unwrap();
+    let config = loft::lora::LoraConfig { r: 8, lora_alpha: 16.0, ..Default::default() };
+    let mut adapter = loft::lora::Adapter::new(config, &base, seed).unwrap();
+    let mut rng = loft::rng::SplitMix64::new(seed);
+    adapter.for_each_tensor_mut(|name, t| {
+        if matches!(name, loft::lora::TensorName::LoraB(..)) {
+            t.iter_mut().for_each(|v| *v = (rng.next_f64() as f32 - 0.5) * 0.08);
+        }
+    });
+    let out = dir.join(format!("adapter-{seed}"));
+    loft::lora::peft::save_peft_adapter(&adapter, base.config.hidden_size, &out, &model).unwrap();
+    out.display().to_string()
+}
+
+fn chat(model: &str, extra: Value) -> Value {
+    let mut body = json!({
+        "model": model,
+        "messages": [{"role": "user", "content": PROMPT}],
+        "temperature": 0,
+        "max_tokens": MAX_TOKENS,
+    });
+    body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    body
+}
+
+/// Joins a stream's text and returns it with its finish_reason and the usage chunk, checking the chunks' shape.
+fn streamed(events: &[String]) -> (String, String, Value) {
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{events:?}");
+    let (mut text, mut finish, mut usage) = (String::new(), String::new(), Value::Null);
+    for e in &events[..events.len() - 1] {
+        let v: Value = serde_json::from_str(e).unwrap();
+        if let Some(choice) = v["choices"].get(0) {
+            let piece = choice["delta"]["content"].as_str().or(choice["text"].as_str()).unwrap_or_default();
+            text += piece;
+            if let Some(f) = choice["finish_reason"].as_str() {
+                finish = f.to_string();
+            }
+        }
+        if !v["usage"].is_null() {
+            usage = v["usage"].clone();
+        }
+    }
+    (text, finish, usage)
+}
+
+#[test]
+fn greedy_answers_equal_loft_generate_for_the_base_and_two_adapters() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a1, a2) = (write_adapter(dir.path(), 1), write_adapter(dir.path(), 2));
+    let model = default_model();
+    let server = Server::start(&[
+        "--model",
+        &model,
+        "--name",
+        "base",
+        "--adapter",
+        &format!("one={a1}"),
+        "--adapter",
+        &format!("two={a2}"),
+        "--api-key",
+        KEY,
+    ]);
+    let want = [
+        ("base", generate(&["-p", PROMPT])),
+        ("one", generate(&["-p", PROMPT, "--adapter", &a1])),
+        ("two", generate(&["-p", PROMPT, "--adapter", &a2])),
+    ];
+    eprintln!("greedy answers: {want:?}");
+    assert!(want[0].1 != want[1].1 && want[1].1 != want[2].1, "the adapters changed nothing: {want:?}");
+
+    let models = server.request("GET", "/v1/models", Some(KEY), None).json();
+    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["base", "one", "two"]);
+
+    for (name, text) in &want {
+        let (got, v) = server.answer("/v1/chat/completions", &chat(name, json!({})));
+        assert_eq!(&got, text, "{name}");
+        assert_eq!(v["object"], "chat.completion");
+        assert_eq!(v["model"], *name);
+        let usage = &v["usage"];
+        assert_eq!(
+            usage["total_tokens"],
+            usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap()
+        );
+        let finish = v["choices"][0]["finish_reason"].as_str().unwrap();
+        let length = usage["completion_tokens"] == MAX_TOKENS;
+        assert_eq!(finish, if length { "length" } else { "stop" }, "{v}");
+
+        let r = server.post(
+            "/v1/chat/completions",
+            &chat(name, json!({"stream": true, "stream_options": {"include_usage": true}})),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        let events = r.events();
+        let (streamed_text, streamed_finish, streamed_usage) = streamed(&events);
+        assert_eq!(&streamed_text, text, "{name} streamed");
+        assert_eq!(streamed_finish, finish);
+        assert_eq!(&streamed_usage, usage);
+        assert!(events.len() > 4, "one chunk per piece of text: {events:?}");
+    }
+
+    // /v1/completions feeds text as it is, as `loft generate --raw`.
+    let raw = "The sea is";
+    let want_raw = generate(&["-p", raw, "--raw", "--adapter", &a1]);
+    let body = json!({"model": "one", "prompt": raw, "temperature": 0, "max_tokens": MAX_TOKENS});
+    let (got, v) = server.answer("/v1/completions", &body);
+    assert_eq!(got, want_raw);
+    assert_eq!(v["object"], "text_completion");
+    let stream = server.post(
+        "/v1/completions",
+        &json!({"model": "one", "prompt": raw, "temperature": 0, "max_tokens": MAX_TOKENS, "stream": true}),
+    );
+    assert_eq!(streamed(&stream.events()).0, want_raw);
+
+    // Interleaved concurrent requests for different adapters each get their own adapter's answer.
+    let server = Arc::new(server);
+    let handles: Vec<_> = (0..6)
+        .map(|i| {
+            let (server, (name, text)) = (server.clone(), want[i % 3].clone());
+            std::thread::spawn(move || {
+                let stream = i % 2 == 0;
+                let r = server.post("/v1/chat/completions", &chat(name, json!({"stream": stream})));
+                assert_eq!(r.status, 200, "{}", r.body);
+                let got = if stream {
+                    streamed(&r.events()).0
+                } else {
+                    r.json()["choices"][0]["message"]["content"].as_str().unwrap().to_string()
+                };
+                assert_eq!(got, text, "{name}, request {i}");
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+
+    // `stop` ends the answer before the string; max_tokens ends it with "length".
+    let text = want[0].1.clone();
+    let cut = text.char_indices().nth(text.chars().count() / 2).unwrap().0;
+    let stop: String = text[cut..].chars().take(3).collect();
+    let (got, v) = server.answer("/v1/chat/completions", &chat("base", json!({"stop": [stop.clone()]})));
+    let want_cut = &text[..text.find(&stop).unwrap()];
+    assert_eq!(got, want_cut, "stop {stop:?}");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    let (got, v) = server.answer("/v1/chat/completions", &chat("base", json!({"max_tokens": 3})));
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    assert_eq!(v["usage"]["completion_tokens"], 3);
+    assert!(text.starts_with(&got), "{got:?} vs {text:?}");
+    let log = server.log();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn bad_input_gets_openais_error_shape() {
+    let model = default_model();
+    let server = Server::start(&["--model", &model, "--name", "base", "--api-key", KEY, "--max-body", "4096"]);
+    assert_eq!(server.request("GET", "/health", None, None).json()["status"], "ok");
+
+    // 401: no key, a wrong key, a key that is a prefix of the right one.
+    for key in [None, Some("wrong"), Some(&KEY[..KEY.len() - 1])] {
+        let e = server.request("GET", "/v1/models", key, None).error(401);
+        assert_eq!(e["code"], "invalid_api_key");
+        let e = server.request("POST", "/v1/chat/completions", key, Some(b"{}")).error(401);
+        assert_eq!(e["type"], "invalid_request_error");
+    }
+    // 400: malformed JSON, missing fields, values out of range, unsupported features.
+    let bad = |body: &[u8], path: &str| server.request("POST", path, Some(KEY), Some(body)).error(400);
+    assert!(bad(b"{\"model\": ", "/v1/chat/completions")["message"].as_str().unwrap().contains("parse the JSON"));
+    assert!(bad(b"[1, 2]", "/v1/completions")["param"].is_null());
+    assert_eq!(bad(br#"{"messages": [{"role": "user", "content": "hi"}]}"#, "/v1/chat/completions")["param"], "model");
+    assert_eq!(
+        bad(br#"{"model": "base", "prompt": "x", "temperature": 3}"#, "/v1/completions")["param"],
+        "temperature"
+    );
+    assert_eq!(bad(br#"{"model": "base", "prompt": "x", "n": 3}"#, "/v1/completions")["param"], "n");
+    assert_eq!(
+        bad(br#"{"model": "base", "prompt": "x", "max_tokens": 100000}"#, "/v1/completions")["param"],
+        "max_tokens"
+    );
+    let long = format!(r#"{{"model": "base", "prompt": "{}"}}"#, "word ".repeat(1000));
+    let e = server.request("POST", "/v1/completions", Some(KEY), Some(long.as_bytes())).error(413);
+    assert_eq!(e["code"], "request_too_large");
+    // 404: an unknown model (the served ones named), an unknown path; 405: a wrong method.
+    let e = server.post("/v1/chat/completions", &chat("nope", json!({}))).error(404);
+    assert_eq!((e["code"].as_str(), e["param"].as_str()), (Some("model_not_found"), Some("model")));
+    assert!(e["message"].as_str().unwrap().contains("base"), "{e}");
+    server.request("GET", "/v1/nothing", Some(KEY), None).error(404);
+    server.request("GET", "/v1/chat/completions", Some(KEY), None).error(405);
+    // Still serving, and nothing panicked.
+    let (text, _) = server.answer("/v1/chat/completions", &chat("base", json!({"max_tokens": 2})));
+    assert!(!text.is_empty());
+    let log = server.log();
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(log.contains("POST /v1/chat/completions 401"), "request log: {log}");
+}
+
+#[test]
+fn a_client_that_leaves_mid_stream_frees_its_worker() {
+    let model = default_model();
+    let server = Server::start(&["--model", &model, "--max-concurrent", "1", "--max-tokens", "4000"]);
+    let name = "SmolLM2-135M-Instruct.Q4_1";
+    // A long answer (a story of up to 4000 tokens) on the only worker; read its first event, then hang up.
+    let body = json!({
+        "model": name, "prompt": "Once upon a time", "max_tokens": 4000, "temperature": 1.0, "seed": 1, "stream": true,
+    })
+    .to_string();
+    let mut s = TcpStream::connect(&server.addr).unwrap();
+    let head = format!(
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let mut first = [0u8; 256];
+    let n = s.read(&mut first).unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    drop(s);
+    // The next request gets the worker as soon as the first notices (at its next token), not after 4000 tokens.
+    let start = Instant::now();
+    let r = server.post("/v1/completions", &json!({"model": name, "prompt": "Hi", "max_tokens": 2}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let waited = start.elapsed();
+    let log = server.log();
+    assert!(log.contains("the client went away"), "{log}");
+    assert!(waited < Duration::from_secs(20), "waited {waited:?}:\n{log}");
+}
+
+/// OpenAI's official Python client (scripts/fetch.sh openai) against `loft serve`: /v1/models lists the base and
+/// the adapter, and chat completions, whole and streamed, are `loft generate`'s greedy answers.
+#[test]
+fn openais_python_client_gets_loft_generates_answers() {
+    let python = openai_py();
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = write_adapter(dir.path(), 1);
+    let model = default_model();
+    let server =
+        Server::start(&["--model", &model, "--name", "base", "--adapter", &format!("ift={adapter}"), "--api-key", KEY]);
+    let script = workspace().join("scripts/openai_client_check.py");
+    let url = format!("http://{}/v1", server.addr);
+    let out = Command::new(&python)
+        .arg(&script)
+        .args([&url, KEY, &MAX_TOKENS.to_string(), PROMPT, "base", "ift"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), server.log());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["models"], json!(["base", "ift"]));
+    for (name, want) in [("base", generate(&["-p", PROMPT])), ("ift", generate(&["-p", PROMPT, "--adapter", &adapter]))]
+    {
+        let a = &v["answers"][name];
+        assert_eq!(a["text"], want, "{name}: {a}");
+        assert_eq!(a["stream_text"], want, "{name}: {a}");
+        assert!(a["stream_pieces"].as_u64().unwrap() > 1, "{a}");
+        assert_eq!(a["finish_reason"], a["stream_finish_reason"]);
+        assert_eq!(a["usage"], a["stream_usage"]);
+    }
+}
+
+/// POST /v1/adapters loads a folder under --runs while serving, and the next request gets its greedy answer;
+/// paths outside --runs are refused; DELETE unloads it.
+#[test]
+fn adapters_load_and_unload_while_serving() {
+    let runs = tempfile::tempdir().unwrap();
+    let adapter = write_adapter(runs.path(), 1);
+    let outside = tempfile::tempdir().unwrap();
+    let elsewhere = write_adapter(outside.path(), 2);
+    let model = default_model();
+    let runs_dir = runs.path().display().to_string();
+    let server = Server::start(&["--model", &model, "--name", "base", "--runs", &runs_dir, "--api-key", KEY]);
+    server.post("/v1/chat/completions", &chat("late", json!({}))).error(404);
+    let r = server.post("/v1/adapters", &json!({"name": "late", "path": "adapter-1"}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let models = server.request("GET", "/v1/models", Some(KEY), None).json();
+    assert_eq!(models["data"][1]["id"], "late");
+    let (got, _) = server.answer("/v1/chat/completions", &chat("late", json!({})));
+    assert_eq!(got, generate(&["-p", PROMPT, "--adapter", &adapter]));
+    // Outside --runs: through '..', an absolute path, a folder elsewhere; a taken name; a bad name.
+    let relative_escape = format!("../{}", outside.path().file_name().unwrap().to_string_lossy());
+    for path in [relative_escape.as_str(), elsewhere.as_str(), "/etc", "adapter-1/../../x", "missing"] {
+        let e = server.post("/v1/adapters", &json!({"name": "other", "path": path})).error(400);
+        assert_eq!(e["param"], "path", "{path}: {e}");
+    }
+    server.post("/v1/adapters", &json!({"name": "late", "path": "adapter-1"})).error(400);
+    server.post("/v1/adapters", &json!({"name": "a/b", "path": "adapter-1"})).error(400);
+    // Unloading: the base stays; the adapter goes.
+    server.request("DELETE", "/v1/adapters/base", Some(KEY), None).error(400);
+    let r = server.request("DELETE", "/v1/adapters/late", Some(KEY), None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    server.post("/v1/chat/completions", &chat("late", json!({}))).error(404);
+    server.request("DELETE", "/v1/adapters/late", Some(KEY), None).error(404);
+    server.request("DELETE", "/v1/adapters/late", None, None).error(401);
+    let log = server.log();
+    assert!(!log.contains("panicked"), "{log}");
+}
