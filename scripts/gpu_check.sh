@@ -1,13 +1,12 @@
 #!/usr/bin/env bash
 # One command for a machine with a real GPU (Vulkan on NVIDIA/AMD/Intel, Metal on Apple, DX12 on Windows): builds
 # loft, then on the GPU that `--device auto` picks runs the kernel parity tests (every WGSL kernel against the CPU
-# engine, 1e-4 relative), `loft eval` against the CPU on the same text, a greedy `loft generate`, and prompt and
-# decode speed on both devices. Figures go to one file: $1, else $OUT/gpu_check.txt when OUT is set, else
-# runs/gpu_check.txt. Finishes in a few minutes (most of it the release build).
-#
-# Not yet here: training on the GPU. loft trains on the CPU only today (the training forward/backward is not yet
-# written against the backend seam), so `bench train --device gpu` and the PyTorch+PEFT comparison on the same
-# card come with that work; the CPU's training step is recorded for reference.
+# engine, 1e-4 relative; training on the GPU against the CPU, 3 steps and cross-device resume), `loft eval` against
+# the CPU on the same text, a greedy `loft generate`, prompt and decode speed on both devices, and the LoRA
+# training step (`loft bench train`) on the GPU at the default model's shape and at Llama-3.2-1B's (random
+# weights, 4-bit base), beside the CPU's; then, where PyTorch sees a CUDA GPU (the venv of bench/peers/venv.sh),
+# the same steps in PyTorch+PEFT on that card for the ratio. Figures go to one file: $1, else $OUT/gpu_check.txt
+# when OUT is set, else runs/gpu_check.txt. Finishes within 10 minutes (most of it the release build).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -57,6 +56,24 @@ for d in cpu "$device"; do
   "$loft" bench decode --model "$model" --device "$d" --json 2>/dev/null | tail -n 1 | sed "s/^/$d: /" | tee -a "$out"
 done
 
-say "== bench train on the CPU (for reference; training on the GPU is not yet in loft)"
-"$loft" bench train --batch 4 --seq 256 --steps 3 --warmup 1 --json 2>/dev/null | tail -n 1 | tee -a "$out"
+say "== bench train: LoRA r16 on 7 modules, AdamW, 4-bit base (Q4_0), batch 4 × 256"
+"$loft" bench train --batch 4 --seq 256 --steps 2 --warmup 1 --load-in-4bit --json 2>/dev/null | tail -n 1 |
+  sed "s/^/cpu smollm2-135m: /" | tee -a "$out"
+for shape in smollm2-135m llama-1b; do
+  "$loft" bench train --device "$device" --shape "$shape" --batch 4 --seq 256 --steps 5 --warmup 2 \
+    --load-in-4bit --json 2>/dev/null | tail -n 1 | sed "s/^/$device $shape: /" | tee -a "$out"
+done
+
+py="$root/.cache/venv-peft/bin/python"
+if [ -x "$py" ] && "$py" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
+  say "== PyTorch+PEFT on the same card (f32, TF32 off; then bf16 autocast), batch 4 × 256"
+  for shape in smollm2-135m llama-1b; do
+    for bf16 in "" --bf16; do
+      "$py" bench/peers/peft_train.py --device cuda --shape "$shape" --batch 4 --seq 256 --steps 5 --warmup 2 \
+        $bf16 2>/dev/null | tail -n 1 | sed "s/^/pytorch+peft $shape${bf16:+ bf16}: /" | tee -a "$out"
+    done
+  done
+else
+  say "== PyTorch+PEFT: skipped (no .cache/venv-peft whose torch sees a CUDA GPU; bench/peers/venv.sh makes one)"
+fi
 say "figures: $out"

@@ -13,15 +13,18 @@ pub enum Command {
     /// Prompt processing and decode speed of a model (greedy, no early stop). Set threads with --threads.
     Decode(DecodeArgs),
     /// LoRA training step speed and peak memory: forward, backward, clipping and AdamW on random tokens.
-    /// Without --model, the SmolLM2-135M shape with random weights (no file needed).
+    /// Without --model, random weights of the --shape (SmolLM2-135M's unless told; no file needed).
     Train(TrainArgs),
 }
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
-    /// A .gguf file or Hugging Face folder (default: SmolLM2-135M's shape with random weights).
+    /// A .gguf file or Hugging Face folder (default: random weights of the --shape).
     #[arg(long, short = 'm')]
     pub model: Option<String>,
+    /// The shape of the random model when no --model is given: smollm2-135m, or llama-1b (Llama-3.2-1B's).
+    #[arg(long, default_value = "smollm2-135m", conflicts_with = "model")]
+    pub shape: String,
     /// Sequences per step.
     #[arg(long, default_value_t = 4)]
     pub batch: usize,
@@ -179,7 +182,16 @@ fn train_on<B: Backend>(be: &B, args: TrainArgs) -> loft::Result<()> {
     let model = match &args.model {
         Some(spec) => load_base(spec, args.load_in_4bit)?,
         None => {
-            let cfg = LlamaConfig::smollm2_135m();
+            let cfg = match args.shape.as_str() {
+                "smollm2-135m" => LlamaConfig::smollm2_135m(),
+                "llama-1b" => LlamaConfig::llama32_1b(),
+                other => {
+                    return Err(Error::hinted(
+                        format!("--shape {other}: no such shape"),
+                        "use smollm2-135m or llama-1b",
+                    ))
+                }
+            };
             let quant = args.load_in_4bit.then_some(gguf::GgmlType::Q4_0);
             let weights = loft::model::weights::LlamaWeights::random(&cfg, 1, quant)?;
             Llama::new(cfg, weights)
@@ -279,7 +291,10 @@ fn train_on<B: Backend>(be: &B, args: TrainArgs) -> loft::Result<()> {
     let device_bytes = be.allocated_bytes();
     let threads = rayon::current_num_threads();
     if !args.json {
-        println!("model: {}", args.model.as_deref().unwrap_or("SmolLM2-135M shape, random weights"));
+        match &args.model {
+            Some(m) => println!("model: {m}"),
+            None => println!("model: {} shape, random weights", args.shape),
+        }
         println!(
             "batch {}×{}, LoRA r{} on 7 modules ({} parameters), {}, checkpointing {}, 4-bit base {}",
             args.batch,
@@ -309,6 +324,7 @@ fn train_on<B: Backend>(be: &B, args: TrainArgs) -> loft::Result<()> {
             "{}",
             serde_json::json!({
                 "tool": "loft",
+                "model": args.model.clone().unwrap_or_else(|| format!("random {}", args.shape)),
                 "batch": args.batch,
                 "seq": args.seq,
                 "rank": args.rank,

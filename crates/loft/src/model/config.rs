@@ -42,6 +42,25 @@ impl LlamaConfig {
         }
     }
 
+    /// Llama-3.2-1B's shape (its llama3 RoPE scaling left out: it changes no cost), for benchmarks with random
+    /// weights at a 1B-class size.
+    pub fn llama32_1b() -> Self {
+        LlamaConfig {
+            vocab_size: 128_256,
+            hidden_size: 2048,
+            intermediate_size: 8192,
+            num_hidden_layers: 16,
+            num_attention_heads: 32,
+            num_key_value_heads: 8,
+            head_dim: 64,
+            rms_norm_eps: 1e-5,
+            rope_theta: 500_000.0,
+            rope_scaling: None,
+            max_position_embeddings: 131_072,
+            tie_word_embeddings: true,
+        }
+    }
+
     /// Checks the relations the forward pass relies on; `source` names the file in the error.
     pub fn validate(&self, source: &Path) -> Result<()> {
         let bad = |m: String| Err(Error::format(source, m));
