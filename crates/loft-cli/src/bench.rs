@@ -52,6 +52,9 @@ pub struct TrainArgs {
     pub optim: String,
     #[command(flatten)]
     pub device: DeviceArgs,
+    /// On a GPU with f16 support, keep the saved activations in f16 (half their memory; f32 arithmetic).
+    #[arg(long)]
+    pub f16_activations: bool,
     /// Print one JSON object on the last line.
     #[arg(long)]
     pub json: bool,
@@ -155,8 +158,15 @@ fn decode_on<B: Backend>(
 
 fn train(args: TrainArgs) -> loft::Result<()> {
     match args.device.open()? {
+        Device::Cpu if args.f16_activations => Err(loft::Error::hinted(
+            "--f16-activations applies on a GPU; this bench runs on the CPU",
+            "add --device gpu (or gpu:NAME)",
+        )),
         Device::Cpu => train_on(&Cpu, args),
-        Device::Gpu(gpu) => train_on(gpu.as_ref(), args),
+        Device::Gpu(gpu) => {
+            let f16 = args.f16_activations;
+            train_on(&gpu.with_f16_activations(f16)?, args)
+        }
     }
 }
 
@@ -210,7 +220,8 @@ fn train_on<B: Backend>(be: &B, args: TrainArgs) -> loft::Result<()> {
 
     // Say so before allocating when the arena cannot fit, with the largest batch that does.
     let fixed = model.weights.storage_bytes() + adapter.num_parameters() * 4 * 4;
-    let estimate = |b| TrainArena::<B>::estimate_bytes(&cfg, &adapter.config, b, args.seq, args.checkpointing);
+    let ab = be.activation_bytes();
+    let estimate = |b| TrainArena::<B>::estimate_bytes(&cfg, &adapter.config, b, args.seq, args.checkpointing, ab);
     let need = estimate(args.batch);
     if let Some(avail) = memory::available_bytes() {
         if fixed + need > avail {
@@ -331,6 +342,7 @@ fn train_on<B: Backend>(be: &B, args: TrainArgs) -> loft::Result<()> {
                 "steps": args.steps,
                 "threads": threads,
                 "checkpointing": args.checkpointing,
+                "f16_activations": args.f16_activations,
                 "load_in_4bit": args.load_in_4bit,
                 "optim": kind.name(),
                 "tokens_per_second": tps,

@@ -46,7 +46,13 @@ pub fn run(args: Args) -> loft::Result<()> {
             e.hint().unwrap_or_default().to_string(),
         ),
     })?;
-    let gpu = loft_gpu::Wgpu::open(&choice)?;
+    let gpu = loft_gpu::Wgpu::open(&choice)?.map(|g| g.with_f16_activations(config.f16_activations)).transpose()?;
+    if gpu.is_none() && config.f16_activations {
+        return Err(loft::Error::hinted(
+            format!("{}: train.f16_activations applies on a GPU; this run is on the CPU", args.config.display()),
+            "set train.device (or --device) to a GPU, or turn f16_activations off",
+        ));
+    }
     let options = TrainOptions { resume: args.resume, overwrite: args.overwrite, dry_run: args.dry_run };
     let mut bar = Bar::new();
     let summary = match &gpu {

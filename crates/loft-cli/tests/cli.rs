@@ -243,28 +243,35 @@ fn generate_on_the_gpu_answers_the_reference_question() {
 
 /// `bench train --device gpu:lavapipe --json` at the default model's shape with a 4-bit base: the device holds what
 /// the plan's parts add up to (base in its Q4_0 blocks, adapter, gradients, optimizer state, activations) and far
-/// less than an f32 copy of the base would take — the frozen matrices stay in their blocks on the device.
+/// less than an f32 copy of the base would take — the frozen matrices stay in their blocks on the device. With
+/// `--f16-activations` the saved activations take half as much, and the device holds that much less.
 #[test]
 fn bench_train_on_the_gpu_holds_the_base_in_its_blocks() {
-    let out = loft(&[
-        "bench",
-        "train",
-        "--device",
-        "gpu:lavapipe",
-        "--batch",
-        "1",
-        "--seq",
-        "8",
-        "--steps",
-        "1",
-        "--warmup",
-        "0",
-        "--load-in-4bit",
-        "--json",
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let stdout = text(&out.stdout);
-    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let run = |f16: bool| -> serde_json::Value {
+        let mut args = vec![
+            "bench",
+            "train",
+            "--device",
+            "gpu:lavapipe",
+            "--batch",
+            "1",
+            "--seq",
+            "8",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--load-in-4bit",
+            "--json",
+        ];
+        if f16 {
+            args.push("--f16-activations");
+        }
+        let out = loft(&args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_str(text(&out.stdout).lines().last().unwrap()).unwrap()
+    };
+    let (v, h) = (run(false), run(true));
     let held = v["device_bytes"].as_f64().unwrap();
     let estimate = v["device_estimate_bytes"].as_f64().unwrap();
     let base = v["base_weight_bytes"].as_f64().unwrap();
@@ -275,6 +282,16 @@ fn bench_train_on_the_gpu_holds_the_base_in_its_blocks() {
     assert!(held < f32_base / 2.0, "the device holds {held} bytes: an f32 copy of the base is {f32_base}");
     assert!(v["device"].as_str().unwrap().contains("llvmpipe"), "{v}");
     assert!(v["loss"].as_f64().unwrap().is_finite());
+
+    let (held16, est16) = (h["device_bytes"].as_f64().unwrap(), h["device_estimate_bytes"].as_f64().unwrap());
+    let (acts, acts16) = (v["activation_bytes"].as_f64().unwrap(), h["activation_bytes"].as_f64().unwrap());
+    eprintln!(
+        "with f16 activations: device {held16:.0} bytes (estimate {est16:.0}), activations {acts16:.0} of {acts:.0}"
+    );
+    assert!((held16 - est16).abs() <= 0.01 * est16, "f16: device bytes {held16} vs the estimate {est16}");
+    assert!(acts16 < 0.75 * acts && (held - held16 - (acts - acts16)).abs() < 1e4, "{acts16} vs {acts}");
+    let (l, l16) = (v["loss"].as_f64().unwrap(), h["loss"].as_f64().unwrap());
+    assert!((l - l16).abs() < 1e-3 * l, "loss {l16} with f16 activations, {l} without");
 }
 
 /// `--device gpu:NAME` naming no adapter lists what wgpu sees; with no Vulkan driver at all (the loader pointed at

@@ -223,7 +223,8 @@ fn the_memory_estimate_is_within_15_percent_of_the_measured_peak() {
 /// `loft train --device gpu:lavapipe`: the run computes on the wgpu backend (lavapipe, Mesa's software Vulkan
 /// device), prints the device-memory plan, and reports in train_summary.json the device memory it held against that
 /// estimate; the adapter it writes loads back. (That the GPU's steps equal the CPU's is loft-gpu's parity test.) A
-/// `train.device` that names no device is a one-line error naming the file and key.
+/// `train.device` that names no device, and f16 activations asked for on the CPU, are one-line errors naming the
+/// file and key.
 #[test]
 fn a_run_on_the_gpu_reports_its_device_memory() {
     let tmp = tempfile::tempdir().unwrap();
@@ -256,4 +257,10 @@ fn a_run_on_the_gpu_reports_its_device_memory() {
     let line = err.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("{err}"));
     assert_eq!(line, format!("error: {}: train.device = \"tpu\" is not a device", config.display()), "{err}");
     assert!(err.contains("hint: use auto, cpu, gpu, gpu:N"), "{err}");
+
+    // f16 activations are a GPU setting: asked for on the CPU, the run stops before loading anything.
+    let out = loft().arg("train").arg(&config).args(["--set", "train.f16_activations=true"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("{err}"));
+    assert!(line.ends_with("train.f16_activations applies on a GPU; this run is on the CPU"), "{err}");
 }

@@ -27,11 +27,28 @@ pub struct Wgpu {
     ctx: Context,
     /// The 8-bit optimizer's code maps, uploaded on first use.
     maps: OnceLock<GpuBuffer>,
+    /// Training's saved activations are kept in f16 ([`Wgpu::with_f16_activations`]).
+    f16_activations: bool,
 }
 
 impl Wgpu {
     pub fn new(ctx: Context) -> Self {
-        Wgpu { ctx, maps: OnceLock::new() }
+        Wgpu { ctx, maps: OnceLock::new(), f16_activations: false }
+    }
+
+    /// Keeps the training forward's saved activations (normed inputs, q/k/v, attention output, the MLP's gate,
+    /// up and product) in f16, halving their memory; every kernel still computes and accumulates in f32. Err
+    /// when the adapter has no SHADER_F16.
+    pub fn with_f16_activations(mut self, on: bool) -> Result<Self> {
+        if on && !self.ctx.has_f16() {
+            let a = self.ctx.adapter();
+            return Err(Error::hinted(
+                format!("f16 activations: GPU #{} {} has no f16 support (SHADER_F16)", a.index, a.name),
+                "leave f16_activations off on this GPU",
+            ));
+        }
+        self.f16_activations = on;
+        Ok(self)
     }
 
     /// Opens the adapter `choice` picks; Ok(None) when it picks the CPU (`cpu`, or `auto` without a hardware GPU).
@@ -153,6 +170,22 @@ impl Backend for Wgpu {
 
     fn len(&self, buf: &GpuBuffer) -> usize {
         buf.len()
+    }
+
+    fn activation(&self, len: usize) -> Result<GpuBuffer> {
+        if self.f16_activations {
+            self.ctx.zeros_half(len)
+        } else {
+            self.ctx.zeros(len)
+        }
+    }
+
+    fn activation_bytes(&self) -> usize {
+        if self.f16_activations {
+            2
+        } else {
+            4
+        }
     }
 
     fn resize(&self, buf: &mut GpuBuffer, len: usize) -> Result<()> {

@@ -32,22 +32,32 @@ pub enum Binding<'a> {
     Write(&'a GpuBuffer),
 }
 
-/// A storage buffer of 32-bit words on the device (f32, u32, or packed bytes). Its bytes count in
-/// [`Context::allocated_bytes`] until it is dropped.
+/// A storage buffer on the device: 32-bit words (f32, u32, or packed bytes), or f16 values two to a word (an
+/// activation stored at half precision, [`Context::zeros_half`]). Its bytes count in [`Context::allocated_bytes`]
+/// until it is dropped.
 pub struct GpuBuffer {
     buffer: wgpu::Buffer,
+    /// Words in use (⌈len / 2⌉ for f16).
     words: usize,
+    /// Elements: words, or f16 values.
+    len: usize,
+    half: bool,
     allocated: Arc<AtomicU64>,
 }
 
 impl GpuBuffer {
-    /// Length in 32-bit words (elements, for f32 and u32 data).
+    /// Length in elements: 32-bit words for f32 and u32 data, values for f16 data.
     pub fn len(&self) -> usize {
-        self.words
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.words == 0
+        self.len == 0
+    }
+
+    /// Holds f16 values (kernels read them through their `T<binding>` element types).
+    pub fn is_half(&self) -> bool {
+        self.half
     }
 
     pub fn raw(&self) -> &wgpu::Buffer {
@@ -57,7 +67,11 @@ impl GpuBuffer {
 
 impl std::fmt::Debug for GpuBuffer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "GpuBuffer({} words)", self.words)
+        if self.half {
+            write!(f, "GpuBuffer({} f16)", self.len)
+        } else {
+            write!(f, "GpuBuffer({} words)", self.words)
+        }
     }
 }
 
@@ -238,16 +252,37 @@ impl Context {
             ));
         }
         self.allocated.fetch_add(bytes, Ordering::Relaxed);
-        Ok(GpuBuffer { buffer, words, allocated: self.allocated.clone() })
+        Ok(GpuBuffer { buffer, words, len: words, half: false, allocated: self.allocated.clone() })
     }
 
-    /// Gives `buf` `words` words: within its allocation when that is large enough (the values are then whatever it
-    /// held), else in a new zeroed buffer.
-    pub fn resize(&self, buf: &mut GpuBuffer, words: usize) -> Result<()> {
+    /// Whether kernels can read and write f16 values here (wgpu's SHADER_F16: f16 arithmetic and 16-bit storage).
+    pub fn has_f16(&self) -> bool {
+        self.device.features().contains(wgpu::Features::SHADER_F16)
+    }
+
+    /// A zero-filled buffer of `len` f16 values, two to a word; Err when the device has no SHADER_F16.
+    pub fn zeros_half(&self, len: usize) -> Result<GpuBuffer> {
+        if !self.has_f16() {
+            return Err(Error::hinted(
+                format!("GPU #{} {} has no f16 support (SHADER_F16)", self.summary.index, self.summary.name),
+                "turn f16_activations off",
+            ));
+        }
+        let mut buf = self.zeros(len.div_ceil(2))?;
+        (buf.len, buf.half) = (len, true);
+        Ok(buf)
+    }
+
+    /// Gives `buf` `len` elements of its type: within its allocation when that is large enough (the values are
+    /// then whatever it held), else in a new zeroed buffer.
+    pub fn resize(&self, buf: &mut GpuBuffer, len: usize) -> Result<()> {
+        let words = if buf.half { len.div_ceil(2) } else { len };
         if (words.max(1) as u64) * 4 <= buf.buffer.size() {
-            buf.words = words;
+            (buf.words, buf.len) = (words, len);
+        } else if buf.half {
+            *buf = self.zeros_half(len)?;
         } else {
-            *buf = self.zeros(words)?;
+            *buf = self.zeros(len)?;
         }
         Ok(())
     }
@@ -280,6 +315,9 @@ impl Context {
 
     /// Overwrites `buf` from word 0 with `data`. Submits recorded work first, so the write lands after it.
     pub fn write_f32(&self, buf: &mut GpuBuffer, data: &[f32]) -> Result<()> {
+        if buf.half {
+            return Err(self.error("write_f32: the buffer holds f16 values".into()));
+        }
         assert!(data.len() <= buf.words, "write_f32: {} values into a buffer of {}", data.len(), buf.words);
         self.flush()?;
         if !data.is_empty() {
@@ -290,16 +328,43 @@ impl Context {
 
     /// The compiled pipeline of `kernel`, compiling it on first use (once per process and name). A WGSL error
     /// names the kernel and the adapter.
+    ///
+    /// A kernel that declares a binding's array as `array<T<i>>` (binding i) takes an f32 or an f16 buffer there:
+    /// it reads through `f32(...)` and writes through `T<i>(...)`, and is compiled once per combination of the
+    /// element types bound (`alias T<i> = f32|f16;` is prepended). An f16 buffer bound where a kernel has no such
+    /// type is an error naming the kernel and the binding.
     pub fn pipeline(&self, kernel: &Kernel, bindings: &[Binding<'_>]) -> Result<Arc<wgpu::ComputePipeline>> {
-        let key = format!("{}::{}", kernel.name, kernel.entry);
+        let half: Vec<bool> =
+            bindings.iter().map(|b| matches!(b, Binding::Read(b) | Binding::Write(b) if b.half)).collect();
+        let typed: Vec<bool> = (1..=bindings.len()).map(|i| kernel.source.contains(&format!("array<T{i}>"))).collect();
+        if let Some(i) = half.iter().zip(&typed).position(|(&h, &t)| h && !t) {
+            return Err(self.error(format!(
+                "kernel '{}' reads binding {} as f32 but was given an f16 buffer",
+                kernel.name,
+                i + 1
+            )));
+        }
+        let mask: String =
+            half.iter().zip(&typed).filter(|(_, &t)| t).map(|(&h, _)| if h { 'h' } else { 'f' }).collect();
+        let key = format!("{}::{}::{mask}", kernel.name, kernel.entry);
         let mut cache = self.pipelines.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(p) = cache.get(&key) {
             return Ok(p.clone());
         }
+        let mut source = String::new();
+        if half.iter().any(|&h| h) {
+            source.push_str("enable f16;\n");
+        }
+        for (i, (&h, &t)) in half.iter().zip(&typed).enumerate() {
+            if t {
+                source.push_str(&format!("alias T{} = {};\n", i + 1, if h { "f16" } else { "f32" }));
+            }
+        }
+        source.push_str(&kernel.source);
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(&kernel.name),
-            source: wgpu::ShaderSource::Wgsl(kernel.source.as_str().into()),
+            source: wgpu::ShaderSource::Wgsl(source.as_str().into()),
         });
         let mut entries = vec![wgpu::BindGroupLayoutEntry {
             binding: 0,
@@ -397,8 +462,11 @@ impl Context {
         self.check()
     }
 
-    /// Records `words` words copied from src[src_at..] to dst[dst_at..] (word offsets).
+    /// Records `words` words copied from src[src_at..] to dst[dst_at..] (word offsets; 32-bit buffers only).
     pub fn copy(&self, src: &GpuBuffer, src_at: usize, dst: &mut GpuBuffer, dst_at: usize, words: usize) -> Result<()> {
+        if src.half || dst.half {
+            return Err(self.error("copy: f16 buffers are not copied word by word".into()));
+        }
         assert!(src_at + words <= src.words && dst_at + words <= dst.words, "copy: range outside a buffer");
         if words > 0 {
             self.record(|enc| {
@@ -489,11 +557,24 @@ impl Context {
     }
 
     pub fn read_f32(&self, buf: &GpuBuffer) -> Result<Vec<f32>> {
-        Ok(self.read_bytes(buf)?.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+        self.read_f32_range(buf, 0, buf.len)
     }
 
-    /// Values at..at+len of an f32 buffer.
+    /// Values at..at+len of an f32 buffer (or of an f16 one, widened).
     pub fn read_f32_range(&self, buf: &GpuBuffer, at: usize, len: usize) -> Result<Vec<f32>> {
+        if buf.half {
+            if at.checked_add(len).is_none_or(|end| end > buf.len) {
+                return Err(self.error(format!(
+                    "a read of {at}..{} from {} f16 values",
+                    at.saturating_add(len),
+                    buf.len
+                )));
+            }
+            let first = at / 2;
+            let bytes = self.read_word_range(buf, first, (at + len).div_ceil(2) - first)?;
+            let values = bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32());
+            return Ok(values.skip(at % 2).take(len).collect());
+        }
         let bytes = self.read_word_range(buf, at, len)?;
         Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
     }

@@ -19,9 +19,9 @@ pub(crate) fn kernel(name: &str, b_decl: &str) -> Kernel {
     Kernel { name: name.to_string(), source: TEMPLATE.replace("//B_DECL", b_decl), entry: "main" }
 }
 
-const F32_B: &str = "@group(0) @binding(3) var<storage, read> b: array<f32>;
+const F32_B: &str = "@group(0) @binding(3) var<storage, read> b: array<T3>;
 fn load_b(k: u32, n: u32) -> f32 {
-    return b[p.b_off + k * p.b_rs + n * p.b_cs];
+    return f32(b[p.b_off + k * p.b_rs + n * p.b_cs]);
 }";
 
 /// Where an operand lives in its buffer: element offset, row stride, column stride.

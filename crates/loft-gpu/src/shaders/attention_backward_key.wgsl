@@ -9,9 +9,9 @@ struct Params { b: u32, t: u32, nh: u32, nkv: u32, d: u32, has_doc: u32, scale: 
 @group(0) @binding(1) var<storage, read_write> dk_heads: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dv_heads: array<f32>;
 @group(0) @binding(3) var<storage, read> dout: array<f32>;
-@group(0) @binding(4) var<storage, read> q: array<f32>;
-@group(0) @binding(5) var<storage, read> k: array<f32>;
-@group(0) @binding(6) var<storage, read> v: array<f32>;
+@group(0) @binding(4) var<storage, read> q: array<T4>;
+@group(0) @binding(5) var<storage, read> k: array<T5>;
+@group(0) @binding(6) var<storage, read> v: array<T6>;
 @group(0) @binding(7) var<storage, read> lse_delta: array<f32>;
 @group(0) @binding(8) var<storage, read> doc_start: array<u32>;
 
@@ -38,8 +38,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let kvd = p.nkv * p.d;
     let ko = krow * kvd + g * p.d;
     for (var e = tid; e < p.d; e += WG) {
-        ks[e] = k[ko + e];
-        vs[e] = v[ko + e];
+        ks[e] = f32(k[ko + e]);
+        vs[e] = f32(v[ko + e]);
     }
     workgroupBarrier();
     var dk_acc: array<f32, 4>;
@@ -63,7 +63,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 var s = 0.0;
                 var dp = 0.0;
                 for (var e = 0u; e < p.d; e++) {
-                    s += q[qo + e] * ks[e];
+                    s += f32(q[qo + e]) * ks[e];
                     dp += dout[qo + e] * vs[e];
                 }
                 let li = (bi * p.nh + h) * p.t + i;
@@ -83,7 +83,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 let e = tid + c * WG;
                 if (e < p.d) {
                     dv_acc[c] += a * dout[qo + e];
-                    dk_acc[c] += b * q[qo + e];
+                    dk_acc[c] += b * f32(q[qo + e]);
                 }
             }
         }

@@ -7,9 +7,9 @@ struct Params { b: u32, t: u32, nh: u32, nkv: u32, d: u32, has_doc: u32, scale: 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> dq: array<f32>;
 @group(0) @binding(2) var<storage, read> dout: array<f32>;
-@group(0) @binding(3) var<storage, read> q: array<f32>;
-@group(0) @binding(4) var<storage, read> k: array<f32>;
-@group(0) @binding(5) var<storage, read> v: array<f32>;
+@group(0) @binding(3) var<storage, read> q: array<T3>;
+@group(0) @binding(4) var<storage, read> k: array<T4>;
+@group(0) @binding(5) var<storage, read> v: array<T5>;
 @group(0) @binding(6) var<storage, read> lse_delta: array<f32>;
 @group(0) @binding(7) var<storage, read> doc_start: array<u32>;
 
@@ -46,7 +46,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         range = vec2<u32>(ja, i + 1u);
     }
     for (var e = tid; e < p.d; e += WG) {
-        qs[e] = q[qo + e];
+        qs[e] = f32(q[qo + e]);
         dos[e] = dout[qo + e];
     }
     let r = workgroupUniformLoad(&range);
@@ -64,8 +64,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             var s = 0.0;
             var dp = 0.0;
             for (var e = 0u; e < p.d; e++) {
-                s += qs[e] * k[ko + e];
-                dp += dos[e] * v[ko + e];
+                s += qs[e] * f32(k[ko + e]);
+                dp += dos[e] * f32(v[ko + e]);
             }
             let pp = exp(s * p.scale - row_lse);
             ds = pp * (dp - delta) * p.scale;
@@ -79,7 +79,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             for (var c = 0u; c < 4u; c++) {
                 let e = tid + c * WG;
                 if (e < p.d) {
-                    acc[c] += d * k[ko + e];
+                    acc[c] += d * f32(k[ko + e]);
                 }
             }
         }

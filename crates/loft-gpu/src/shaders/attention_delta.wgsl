@@ -6,7 +6,7 @@ struct Params { b: u32, t: u32, nh: u32, nkv: u32, d: u32, has_doc: u32, scale: 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> lse_delta: array<f32>;
 @group(0) @binding(2) var<storage, read> dout: array<f32>;
-@group(0) @binding(3) var<storage, read> out: array<f32>;
+@group(0) @binding(3) var<storage, read> out: array<T3>;
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -22,7 +22,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let o = (bi * p.t + i) * p.nh * p.d + h * p.d;
     var s = 0.0;
     for (var e = 0u; e < p.d; e++) {
-        s += dout[o + e] * out[o + e];
+        s += dout[o + e] * f32(out[o + e]);
     }
     lse_delta[n + li] = s;
 }

@@ -7,11 +7,11 @@
 struct Params { b: u32, t: u32, nh: u32, nkv: u32, d: u32, has_doc: u32, scale: f32, p0: u32, kv_t: u32, _p0: u32, _p1: u32, _p2: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(1) var<storage, read_write> out: array<T1>;
 @group(0) @binding(2) var<storage, read_write> lse: array<f32>;
-@group(0) @binding(3) var<storage, read> q: array<f32>;
-@group(0) @binding(4) var<storage, read> k: array<f32>;
-@group(0) @binding(5) var<storage, read> v: array<f32>;
+@group(0) @binding(3) var<storage, read> q: array<T3>;
+@group(0) @binding(4) var<storage, read> k: array<T4>;
+@group(0) @binding(5) var<storage, read> v: array<T5>;
 @group(0) @binding(6) var<storage, read> doc_start: array<u32>;
 
 const WG: u32 = 64u;
@@ -26,7 +26,7 @@ var<workgroup> range: vec2<u32>;
 fn score(ko: u32) -> f32 {
     var s = 0.0;
     for (var e = 0u; e < p.d; e++) {
-        s += qs[e] * k[ko + e];
+        s += qs[e] * f32(k[ko + e]);
     }
     return s * p.scale;
 }
@@ -54,7 +54,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         range = vec2<u32>(ja, p.p0 + i + 1u);
     }
     for (var e = tid; e < p.d; e += WG) {
-        qs[e] = q[qo + e];
+        qs[e] = f32(q[qo + e]);
     }
     let r = workgroupUniformLoad(&range);
     let ja = r.x;
@@ -107,7 +107,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             for (var c = 0u; c < 4u; c++) {
                 let e = tid + c * WG;
                 if (e < p.d) {
-                    acc[c] += pp * v[vo + e];
+                    acc[c] += pp * f32(v[vo + e]);
                 }
             }
         }
@@ -116,7 +116,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     for (var c = 0u; c < 4u; c++) {
         let e = tid + c * WG;
         if (e < p.d) {
-            out[qo + e] = acc[c];
+            out[qo + e] = T1(acc[c]);
         }
     }
     if (tid == 0u) {

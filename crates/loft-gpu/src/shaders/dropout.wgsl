@@ -10,7 +10,7 @@ struct Params { n: u32, i: u32, seed_lo: u32, seed_hi: u32, thr_lo: u32, thr_hi:
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
-@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> x: array<T2>;
 
 const GOLDEN: vec2<u32> = vec2<u32>(0x7F4A7C15u, 0x9E3779B9u);
 
@@ -68,7 +68,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
     var v = 0.0;
     if (kept(e / p.i, e % p.i)) {
-        v = x[e] * p.scale;
+        v = f32(x[e]) * p.scale;
     }
     if (p.accumulate != 0u) {
         out[e] += v;

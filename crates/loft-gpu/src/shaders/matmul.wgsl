@@ -12,8 +12,8 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> c: array<f32>;
-@group(0) @binding(2) var<storage, read> a: array<f32>;
+@group(0) @binding(1) var<storage, read_write> c: array<T1>;
+@group(0) @binding(2) var<storage, read> a: array<T2>;
 //B_DECL
 
 const TM: u32 = 64u;
@@ -24,7 +24,7 @@ var<workgroup> As: array<f32, 1024>; // [TK][TM]
 var<workgroup> Bs: array<f32, 1024>; // [TK][TN]
 
 fn load_a(m: u32, k: u32) -> f32 {
-    return a[p.a_off + m * p.a_rs + k * p.a_cs];
+    return f32(a[p.a_off + m * p.a_rs + k * p.a_cs]);
 }
 
 @compute @workgroup_size(16, 16)
@@ -80,9 +80,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
                 let at = p.c_off + gm * p.c_rs + gn;
                 var v = p.alpha * acc[i * 4u + j];
                 if (p.accumulate != 0u) {
-                    v += c[at];
+                    v += f32(c[at]);
                 }
-                c[at] = v;
+                c[at] = T1(v);
             }
         }
     }

@@ -6,8 +6,8 @@
 struct Params { n: u32, rows: u32, cols: u32, accumulate: u32, row_bytes: u32, _p0: u32, _p1: u32, _p2: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> y: array<f32>;
-@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read_write> y: array<T1>;
+@group(0) @binding(2) var<storage, read> x: array<T2>;
 @group(0) @binding(3) var<storage, read> wq: array<u32>;
 
 //LOAD_W
@@ -28,7 +28,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         let w = load_w(r, c, p.row_bytes);
         var xv = vec4<f32>(0.0);
         for (var i = 0u; i < p.n; i++) {
-            xv[i] = x[i * p.cols + c];
+            xv[i] = f32(x[i * p.cols + c]);
         }
         acc += w * xv;
     }
@@ -44,8 +44,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         let at = tid * p.rows + r;
         var v = partial[0][tid];
         if (p.accumulate != 0u) {
-            v += y[at];
+            v += f32(y[at]);
         }
-        y[at] = v;
+        y[at] = T1(v);
     }
 }

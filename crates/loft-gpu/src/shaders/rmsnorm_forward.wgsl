@@ -3,9 +3,9 @@
 struct Params { n: u32, c: u32, eps: f32, _p: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> y: array<f32>;
+@group(0) @binding(1) var<storage, read_write> y: array<T1>;
 @group(0) @binding(2) var<storage, read_write> rstd: array<f32>;
-@group(0) @binding(3) var<storage, read> x: array<f32>;
+@group(0) @binding(3) var<storage, read> x: array<T3>;
 @group(0) @binding(4) var<storage, read> w: array<f32>;
 
 var<workgroup> red: array<f32, 256>;
@@ -20,7 +20,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let o = row * p.c;
     var s = 0.0;
     for (var i = lid; i < p.c; i += 256u) {
-        let v = x[o + i];
+        let v = f32(x[o + i]);
         s += v * v;
     }
     red[lid] = s;
@@ -33,7 +33,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
     let rs = 1.0 / sqrt(red[0] / f32(p.c) + p.eps);
     for (var i = lid; i < p.c; i += 256u) {
-        y[o + i] = x[o + i] * rs * w[i];
+        y[o + i] = T1(f32(x[o + i]) * rs * w[i]);
     }
     if (lid == 0u) {
         rstd[row] = rs;

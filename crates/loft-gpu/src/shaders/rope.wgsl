@@ -4,7 +4,7 @@
 struct Params { t: u32, h: u32, d: u32, backward: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> x: array<f32>;
+@group(0) @binding(1) var<storage, read_write> x: array<T1>;
 @group(0) @binding(2) var<storage, read> cos_t: array<f32>;
 @group(0) @binding(3) var<storage, read> sin_t: array<f32>;
 
@@ -23,13 +23,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let hi = lo + half;
     let c = cos_t[ti * half + i];
     let s = sin_t[ti * half + i];
-    let a = x[lo];
-    let b = x[hi];
+    let a = f32(x[lo]);
+    let b = f32(x[hi]);
     if (p.backward == 0u) {
-        x[lo] = a * c - b * s;
-        x[hi] = b * c + a * s;
+        x[lo] = T1(a * c - b * s);
+        x[hi] = T1(b * c + a * s);
     } else {
-        x[lo] = a * c + b * s;
-        x[hi] = b * c - a * s;
+        x[lo] = T1(a * c + b * s);
+        x[hi] = T1(b * c - a * s);
     }
 }

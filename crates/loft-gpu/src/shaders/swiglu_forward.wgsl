@@ -3,9 +3,9 @@
 struct Params { len: u32, _p0: u32, _p1: u32, _p2: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
-@group(0) @binding(2) var<storage, read> gate: array<f32>;
-@group(0) @binding(3) var<storage, read> up: array<f32>;
+@group(0) @binding(1) var<storage, read_write> out: array<T1>;
+@group(0) @binding(2) var<storage, read> gate: array<T2>;
+@group(0) @binding(3) var<storage, read> up: array<T3>;
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -14,6 +14,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (e >= p.len) {
         return;
     }
-    let g = gate[e];
-    out[e] = g * (1.0 / (1.0 + exp(-g))) * up[e];
+    let g = f32(gate[e]);
+    out[e] = T1(g * (1.0 / (1.0 + exp(-g))) * f32(up[e]));
 }

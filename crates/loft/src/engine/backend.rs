@@ -44,6 +44,15 @@ pub trait Backend {
     /// Bytes of device memory this backend holds now (None on the CPU, whose memory is the process's).
     fn allocated_bytes(&self) -> Option<u64>;
     fn zeros(&self, len: usize) -> Result<Self::Buf>;
+    /// A zeroed buffer for a saved activation of the training forward, which the backend may keep at reduced
+    /// precision ([`Backend::activation_bytes`] a value; the kernels read and write it in f32 all the same).
+    fn activation(&self, len: usize) -> Result<Self::Buf> {
+        self.zeros(len)
+    }
+    /// Bytes a value of [`Backend::activation`] takes: 4, or 2 where activations are kept in f16.
+    fn activation_bytes(&self) -> usize {
+        4
+    }
     /// Values the buffer holds.
     fn len(&self, buf: &Self::Buf) -> usize;
     /// Gives the buffer `len` values, reusing its memory where it is large enough; the values are unspecified

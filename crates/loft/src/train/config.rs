@@ -55,6 +55,8 @@ pub struct RunConfig {
     /// Where the run computes: `cpu`, `auto`, `gpu`, `gpu:N` or `gpu:NAME` (the CLI opens it; a checkpoint
     /// resumes on any device).
     pub device: String,
+    /// Keep the saved activations in f16 on a GPU that supports it.
+    pub f16_activations: bool,
     /// The file's config as TOML, saved with the run and every checkpoint.
     pub toml: String,
 }
@@ -240,6 +242,8 @@ pub struct TrainSection {
     pub report_to: Vec<String>,
     /// `cpu` | `auto` | `gpu` | `gpu:N` | `gpu:NAME` (`loft inspect --devices` lists the GPUs).
     pub device: String,
+    /// On a GPU with f16 support: keep the saved activations in f16 (half their memory; f32 arithmetic).
+    pub f16_activations: bool,
 }
 
 impl Default for TrainSection {
@@ -270,6 +274,7 @@ impl Default for TrainSection {
             seed: 3407,
             report_to: Vec::new(),
             device: "cpu".into(),
+            f16_activations: false,
         }
     }
 }
@@ -457,6 +462,7 @@ impl TrainConfig {
             save_total_limit: t.save_total_limit,
             seed: t.seed,
             device: t.device.clone(),
+            f16_activations: t.f16_activations,
             tensorboard,
             toml: self.to_toml()?,
         })

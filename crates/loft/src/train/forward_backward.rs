@@ -78,20 +78,22 @@ impl Dims {
     }
 }
 
-/// Declares a group of arena buffers, one line each (`name: Width, // what it holds`); allocation, `fit`, byte
-/// counts and the memory estimate are all derived from that line.
+/// Declares a group of arena buffers, one line each (`name: Width, // what it holds`, or `name: Width => act,` for a
+/// saved activation the backend may keep at half precision); allocation, `fit`, byte counts and the memory
+/// estimate are all derived from that line.
 macro_rules! buffers {
-    ($(#[$doc:meta])* struct $group:ident { $($name:ident: $width:expr,)* }) => {
+    ($(#[$doc:meta])* struct $group:ident { $($name:ident: $width:expr $(=> $act:ident)?,)* }) => {
         $(#[$doc])*
         struct $group<Bk: Backend> {
             $($name: Bk::Buf,)*
         }
 
         impl<Bk: Backend> $group<Bk> {
-            const WIDTHS: &'static [Width] = &[$($width),*];
+            /// (width, saved activation) of each buffer.
+            const LAYOUT: &'static [(Width, bool)] = &[$(($width, buffers!(@act $($act)?))),*];
 
             fn new(be: &Bk, rows: usize, d: &Dims) -> Result<Self> {
-                Ok($group { $($name: be.zeros(rows * d.width($width))?,)* })
+                Ok($group { $($name: buffers!(@alloc be, rows * d.width($width) $(, $act)?),)* })
             }
 
             /// Resizes every buffer for `rows` rows (within the memory it was allocated with, when it fits).
@@ -100,34 +102,40 @@ macro_rules! buffers {
                 Ok(())
             }
 
-            fn floats(&self, be: &Bk) -> usize {
-                0 $(+ be.len(&self.$name))*
+            /// Bytes the buffers hold at their current lengths, saved activations at `act_bytes` a value.
+            fn bytes(&self, be: &Bk, act_bytes: usize) -> usize {
+                let lens = [$(be.len(&self.$name)),*];
+                lens.iter().zip(Self::LAYOUT).map(|(&n, &(_, act))| n * if act { act_bytes } else { 4 }).sum()
             }
 
-            fn floats_for(rows: usize, d: &Dims) -> usize {
-                rows * Self::WIDTHS.iter().map(|&w| d.width(w)).sum::<usize>()
+            fn bytes_for(rows: usize, d: &Dims, act_bytes: usize) -> usize {
+                Self::LAYOUT.iter().map(|&(w, act)| rows * d.width(w) * if act { act_bytes } else { 4 }).sum()
             }
         }
     };
+    (@act act) => { true };
+    (@act) => { false };
+    (@alloc $be:ident, $len:expr, act) => { $be.activation($len)? };
+    (@alloc $be:ident, $len:expr) => { $be.zeros($len)? };
 }
 
 buffers! {
     /// What one layer keeps from its forward for the backward.
     struct LayerActs {
-        rstd1: Width::One,                         // 1 / rms(x_in)
-        h1: Width::C,                              // rmsnorm(x_in)
-        q: Width::Q,                               // after RoPE
-        k: Width::Kv,                              // after RoPE
-        v: Width::Kv,
-        att: Width::Q,                             // attention output
-        lse: Width::Nh,                            // [B, NH, T] logsumexp of the attention rows
-        x_mid: Width::C,                           // x_in + o_proj(att)
-        rstd2: Width::One,                         // 1 / rms(x_mid)
-        h2: Width::C,                              // rmsnorm(x_mid)
-        gate: Width::F,
-        up: Width::F,
-        act: Width::F,                             // silu(gate)·up
-        xa_q: Width::Rank(TargetModule::QProj),    // x·Aᵀ of each adapted module
+        rstd1: Width::One,                           // 1 / rms(x_in)
+        h1: Width::C => act,                         // rmsnorm(x_in)
+        q: Width::Q => act,                          // after RoPE
+        k: Width::Kv => act,                         // after RoPE
+        v: Width::Kv => act,
+        att: Width::Q => act,                        // attention output
+        lse: Width::Nh,                              // [B, NH, T] logsumexp of the attention rows
+        x_mid: Width::C,                             // x_in + o_proj(att)
+        rstd2: Width::One,                           // 1 / rms(x_mid)
+        h2: Width::C => act,                         // rmsnorm(x_mid)
+        gate: Width::F => act,
+        up: Width::F => act,
+        act: Width::F => act,                        // silu(gate)·up
+        xa_q: Width::Rank(TargetModule::QProj),      // x·Aᵀ of each adapted module
         xa_k: Width::Rank(TargetModule::KProj),
         xa_v: Width::Rank(TargetModule::VProj),
         xa_o: Width::Rank(TargetModule::OProj),
@@ -194,17 +202,24 @@ const HEAD_CHUNK: usize = 256;
 
 impl<Bk: Backend> TrainArena<Bk> {
     /// Bytes the arena takes for this shape, without allocating it: the same sum `bytes()` makes of the buffers
-    /// (plus the head's scratch).
-    pub fn estimate_bytes(cfg: &LlamaConfig, lora: &LoraConfig, b: usize, t: usize, checkpointing: bool) -> usize {
+    /// (plus the head's scratch), with saved activations at `act_bytes` a value (4, or 2 where the backend keeps
+    /// them at half precision: [`Backend::activation_bytes`]).
+    pub fn estimate_bytes(
+        cfg: &LlamaConfig,
+        lora: &LoraConfig,
+        b: usize,
+        t: usize,
+        checkpointing: bool,
+        act_bytes: usize,
+    ) -> usize {
         let d = dims_of(cfg, lora);
         let (n, layers) = (b * t, cfg.num_hidden_layers);
         let kept = if checkpointing { 1 } else { layers };
-        let floats = kept * LayerActs::<Bk>::floats_for(n, &d)
-            + (layers + 1) * Stream::<Bk>::floats_for(n, &d)
-            + Shared::<Bk>::floats_for(n, &d)
-            + GradScratch::<Bk>::floats_for(n, &d)
-            + CrossEntropyScratch::floats(HEAD_CHUNK.min(n), d.c, cfg.vocab_size);
-        4 * floats
+        kept * LayerActs::<Bk>::bytes_for(n, &d, act_bytes)
+            + (layers + 1) * Stream::<Bk>::bytes_for(n, &d, 4)
+            + Shared::<Bk>::bytes_for(n, &d, 4)
+            + GradScratch::<Bk>::bytes_for(n, &d, 4)
+            + 4 * CrossEntropyScratch::floats(HEAD_CHUNK.min(n), d.c, cfg.vocab_size)
     }
 
     pub fn new(be: &Bk, cfg: &LlamaConfig, lora: &LoraConfig, b: usize, t: usize, checkpointing: bool) -> Result<Self> {
@@ -255,12 +270,13 @@ impl<Bk: Backend> TrainArena<Bk> {
         Ok(())
     }
 
-    /// Floats the buffers hold at the current shape, times 4, plus the head's scratch at its allocated size.
+    /// Bytes the buffers hold at the current shape, plus the head's scratch at its allocated size.
     pub fn bytes(&self, be: &Bk) -> usize {
-        let acts: usize = self.acts.iter().map(|a| a.floats(be)).sum();
-        let xs: usize = self.xs.iter().map(|x| x.floats(be)).sum();
+        let ab = be.activation_bytes();
+        let acts: usize = self.acts.iter().map(|a| a.bytes(be, ab)).sum();
+        let xs: usize = self.xs.iter().map(|x| x.bytes(be, 4)).sum();
         let ce = CrossEntropyScratch::floats(HEAD_CHUNK.min(self.capacity), self.dims.c, self.dims.v);
-        4 * (acts + xs + self.shared.floats(be) + self.grads.floats(be) + ce)
+        acts + xs + self.shared.bytes(be, 4) + self.grads.bytes(be, 4) + 4 * ce
     }
 }
 
@@ -660,10 +676,10 @@ mod tests {
             let (b, t) = (3, 7);
             let (cfg, lora) = (&model.config, &adapter.config);
             let mut arena = TrainArena::new(&Cpu, cfg, lora, b, t, checkpointing).expect("arena");
-            assert_eq!(arena.bytes(&Cpu), TrainArena::<Cpu>::estimate_bytes(cfg, lora, b, t, checkpointing));
+            assert_eq!(arena.bytes(&Cpu), TrainArena::<Cpu>::estimate_bytes(cfg, lora, b, t, checkpointing, 4));
             // A smaller batch fits within the allocation and holds what an arena of its size would.
             arena.fit(&Cpu, 2, 5).expect("fit");
-            let small = TrainArena::<Cpu>::estimate_bytes(cfg, lora, 2, 5, checkpointing);
+            let small = TrainArena::<Cpu>::estimate_bytes(cfg, lora, 2, 5, checkpointing, 4);
             let ce_diff = 4 * (CrossEntropyScratch::floats(b * t, 24, 50) - CrossEntropyScratch::floats(10, 24, 50));
             assert_eq!(arena.bytes(&Cpu), small + ce_diff);
             assert!(arena.fit(&Cpu, 4, 6).is_err());

@@ -221,6 +221,13 @@ pub fn train_on<B: Backend>(
     let fingerprint = fingerprint(config, &model, &adapter);
     plan.device = be.describe();
     plan.memory.on_device = be.allocated_bytes().is_some();
+    if be.activation_bytes() != 4 {
+        // Saved activations kept at half precision on this device.
+        let (cfg, lora, ab) = (&model.config, &adapter.config, be.activation_bytes());
+        let (b, t, ckpt) = (plan.memory.arena_rows.0, plan.memory.arena_rows.1, config.gradient_checkpointing);
+        plan.memory.activations = TrainArena::<B>::estimate_bytes(cfg, lora, b, t, ckpt, ab);
+        plan.memory.activations_other = TrainArena::<B>::estimate_bytes(cfg, lora, b, t, !ckpt, ab);
+    }
     observer.event(Event::Plan(&plan));
     check_fits(&plan.memory, config)?;
     let adapter_dir = out.join(ADAPTER_DIR);
@@ -444,13 +451,21 @@ fn setup(config: &RunConfig, options: &TrainOptions, observer: &mut dyn Observer
         adapter: 4 * n_params,
         gradients: 4 * n_params,
         optimizer: optimizer_bytes,
-        activations: TrainArena::<Cpu>::estimate_bytes(&model.config, &adapter.config, rows_b, rows_t, checkpointing),
+        activations: TrainArena::<Cpu>::estimate_bytes(
+            &model.config,
+            &adapter.config,
+            rows_b,
+            rows_t,
+            checkpointing,
+            4,
+        ),
         activations_other: TrainArena::<Cpu>::estimate_bytes(
             &model.config,
             &adapter.config,
             rows_b,
             rows_t,
             !checkpointing,
+            4,
         ),
         runtime: RUNTIME_BYTES
             + train_set.iter().chain(&val_set).map(|t| 8 * t.ids.len()).sum::<usize>()
