@@ -336,6 +336,13 @@ impl Context {
     pub fn pipeline(&self, kernel: &Kernel, bindings: &[Binding<'_>]) -> Result<Arc<wgpu::ComputePipeline>> {
         let half: Vec<bool> =
             bindings.iter().map(|b| matches!(b, Binding::Read(b) | Binding::Write(b) if b.half)).collect();
+        let mask: String = half.iter().map(|&h| if h { 'h' } else { 'f' }).collect();
+        let key = format!("{}::{}::{mask}", kernel.name, kernel.entry);
+        let mut cache = self.pipelines.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = cache.get(&key) {
+            return Ok(p.clone());
+        }
+        // First use of this kernel with these element types: check them, then compile.
         let typed: Vec<bool> = (1..=bindings.len()).map(|i| kernel.source.contains(&format!("array<T{i}>"))).collect();
         if let Some(i) = half.iter().zip(&typed).position(|(&h, &t)| h && !t) {
             return Err(self.error(format!(
@@ -343,13 +350,6 @@ impl Context {
                 kernel.name,
                 i + 1
             )));
-        }
-        let mask: String =
-            half.iter().zip(&typed).filter(|(_, &t)| t).map(|(&h, _)| if h { 'h' } else { 'f' }).collect();
-        let key = format!("{}::{}::{mask}", kernel.name, kernel.entry);
-        let mut cache = self.pipelines.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(p) = cache.get(&key) {
-            return Ok(p.clone());
         }
         let mut source = String::new();
         if half.iter().any(|&h| h) {

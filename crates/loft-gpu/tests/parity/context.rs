@@ -63,3 +63,41 @@ fn a_buffer_beyond_the_device_is_an_error_not_a_panic() {
     assert!(msg.contains("exceeds the device's largest storage buffer") && !msg.contains('\n'), "{msg}");
     assert!(e.hint().is_some());
 }
+
+/// f16 buffers: read back widened, resized within their words, refused by word copies and host writes, and refused
+/// (naming the kernel and binding) by a kernel whose binding is not typed `T<i>`; a typed kernel takes them.
+#[test]
+fn f16_buffers_go_only_where_a_kernel_takes_them() {
+    let c = ctx();
+    assert!(c.has_f16(), "lavapipe offers SHADER_F16");
+    let mut h = c.zeros_half(5).unwrap();
+    assert!(h.is_half() && h.len() == 5);
+    assert_eq!(c.read_f32(&h).unwrap(), vec![0.0; 5]);
+    c.resize(&mut h, 3).unwrap();
+    assert_eq!(c.read_f32_range(&h, 1, 2).unwrap(), vec![0.0; 2]);
+    let mut f = c.zeros(4).unwrap();
+    assert!(c.copy(&h, 0, &mut f, 0, 1).is_err());
+    assert!(c.write_f32(&mut h, &[1.0]).is_err());
+    let untyped = Kernel {
+        name: "plain".into(),
+        source: "@group(0) @binding(0) var<uniform> p: vec4<u32>;\n\
+                 @group(0) @binding(1) var<storage, read_write> y: array<f32>;\n\
+                 @compute @workgroup_size(1) fn main() { y[0] = f32(p.x); }"
+            .into(),
+        entry: "main",
+    };
+    let e = c.dispatch(&untyped, &[1, 0, 0, 0], &[Binding::Write(&h)], [1, 1, 1]).unwrap_err().to_string();
+    assert!(e.contains("kernel 'plain' reads binding 1 as f32 but was given an f16 buffer"), "{e}");
+    let typed = Kernel {
+        name: "typed".into(),
+        source: "@group(0) @binding(0) var<uniform> p: vec4<u32>;\n\
+                 @group(0) @binding(1) var<storage, read_write> y: array<T1>;\n\
+                 @compute @workgroup_size(1) fn main() { y[1] = T1(f32(p.x) + 0.5); }"
+            .into(),
+        entry: "main",
+    };
+    c.dispatch(&typed, &[2, 0, 0, 0], &[Binding::Write(&h)], [1, 1, 1]).unwrap();
+    c.dispatch(&typed, &[3, 0, 0, 0], &[Binding::Write(&f)], [1, 1, 1]).unwrap();
+    assert_eq!(c.read_f32(&h).unwrap(), vec![0.0, 2.5, 0.0]);
+    assert_eq!(c.read_f32(&f).unwrap(), vec![0.0, 3.5, 0.0, 0.0]);
+}
