@@ -670,9 +670,9 @@ mod tests {
     use crate::lora::LoraConfig;
     use crate::model::weights::LlamaWeights;
 
-    fn tiny() -> Llama {
+    fn tiny(arch: crate::model::Arch) -> Llama {
         let cfg = LlamaConfig {
-            arch: crate::model::Arch::Llama,
+            arch,
             vocab_size: 50,
             hidden_size: 24,
             intermediate_size: 40,
@@ -692,14 +692,28 @@ mod tests {
 
     #[test]
     fn the_estimate_is_the_arena_it_allocates() {
-        let model = tiny();
+        for arch in crate::model::Arch::ALL {
+            estimate_is_the_arena(&tiny(arch));
+        }
+        // Qwen3 keeps q and k before their per-head norm, with 1/rms per head, in each of the 3 layers, and has two
+        // gradient buffers more.
+        let (llama, qwen3) = (tiny(crate::model::Arch::Llama), tiny(crate::model::Arch::Qwen3));
+        let lora = LoraConfig::default();
+        let (b, t) = (2, 5);
+        let extra = TrainArena::<Cpu>::estimate_bytes(&qwen3.config, &lora, b, t, false)
+            - TrainArena::<Cpu>::estimate_bytes(&llama.config, &lora, b, t, false);
+        let (q, kv, nh, nkv) = (4 * 6, 2 * 6, 4, 2);
+        assert_eq!(extra, 4 * b * t * (3 * (q + kv + nh + nkv) + q + kv));
+    }
+
+    fn estimate_is_the_arena(model: &Llama) {
         for (targets, dropout, checkpointing) in [
             (TargetModule::ALL.to_vec(), 0.0, false),
             (TargetModule::ALL.to_vec(), 0.1, true),
             (vec![TargetModule::QProj, TargetModule::DownProj], 0.05, false),
         ] {
             let config = LoraConfig { r: 3, lora_dropout: dropout, target_modules: targets, ..LoraConfig::default() };
-            let adapter = Adapter::new(config, &model, 1).expect("adapter");
+            let adapter = Adapter::new(config, model, 1).expect("adapter");
             let (b, t) = (3, 7);
             let (cfg, lora) = (&model.config, &adapter.config);
             let mut arena = TrainArena::new(&Cpu, cfg, lora, b, t, checkpointing).expect("arena");
