@@ -84,8 +84,14 @@ def names(hf_names):
                 walk(v)
 
     walk(gguf.Keys)
-    tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 64)
-    mapping = {hf: tmap.get_name(hf, try_suffixes=(".weight", ".bias")) for hf in hf_names}
+    # The Llama names, then what Qwen2 (biases) and Qwen3 (q/k norms) add.
+    tmaps = [gguf.get_tensor_name_map(a, 64) for a in (gguf.MODEL_ARCH.LLAMA, gguf.MODEL_ARCH.QWEN2, gguf.MODEL_ARCH.QWEN3)]
+
+    def name(hf):
+        found = (t.get_name(hf, try_suffixes=(".weight", ".bias")) for t in tmaps)
+        return next((g for g in found if g is not None), None)
+
+    mapping = {hf: name(hf) for hf in hf_names}
     json.dump({"keys": keys, "hf_to_gguf": mapping}, sys.stdout)
 
 

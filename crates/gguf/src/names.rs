@@ -17,8 +17,12 @@ pub const GENERAL_TYPE: &str = "general.type";
 pub const GENERAL_FILE_TYPE: &str = "general.file_type";
 pub const GENERAL_QUANTIZATION_VERSION: &str = "general.quantization_version";
 
-/// `general.architecture` of Llama-family models.
+/// `general.architecture` of Llama-family models (Llama 2/3, SmolLM, TinyLlama, Mistral 7B).
 pub const ARCH_LLAMA: &str = "llama";
+/// `general.architecture` of Qwen2 and Qwen2.5 (biases on q/k/v; Q/K rows not permuted by the converter).
+pub const ARCH_QWEN2: &str = "qwen2";
+/// `general.architecture` of Qwen3 dense models (per-head RMSNorm on q and k; Q/K rows not permuted).
+pub const ARCH_QWEN3: &str = "qwen3";
 /// `general.type` of a model file.
 pub const TYPE_MODEL: &str = "model";
 /// `general.type` of an adapter file.
@@ -101,6 +105,8 @@ pub const ATTN_Q: &str = "blk.{bid}.attn_q";
 pub const ATTN_K: &str = "blk.{bid}.attn_k";
 pub const ATTN_V: &str = "blk.{bid}.attn_v";
 pub const ATTN_OUT: &str = "blk.{bid}.attn_output";
+pub const ATTN_Q_NORM: &str = "blk.{bid}.attn_q_norm";
+pub const ATTN_K_NORM: &str = "blk.{bid}.attn_k_norm";
 pub const FFN_NORM: &str = "blk.{bid}.ffn_norm";
 pub const FFN_GATE: &str = "blk.{bid}.ffn_gate";
 pub const FFN_UP: &str = "blk.{bid}.ffn_up";
@@ -116,9 +122,10 @@ pub fn blk_weight(template: &str, bid: usize) -> String {
     format!("{}.weight", blk(template, bid))
 }
 
-/// GGUF tensor name ⇄ Hugging Face Llama name, without the `.weight` suffix, as in tensor_mapping.py.
-/// `rope_freqs` has no Hugging Face tensor (transformers computes it from `rope_scaling`).
-pub const TENSOR_NAMES_HF: [(&str, &str); 12] = [
+/// GGUF tensor name ⇄ Hugging Face name, without the `.weight` / `.bias` suffix, as in tensor_mapping.py (the
+/// Llama names, and Qwen3's q/k norms). `rope_freqs` has no Hugging Face tensor (transformers computes it from
+/// `rope_scaling`).
+pub const TENSOR_NAMES_HF: [(&str, &str); 14] = [
     (TOKEN_EMBD, "model.embed_tokens"),
     (OUTPUT_NORM, "model.norm"),
     (OUTPUT, "lm_head"),
@@ -127,18 +134,22 @@ pub const TENSOR_NAMES_HF: [(&str, &str); 12] = [
     (ATTN_K, "model.layers.{bid}.self_attn.k_proj"),
     (ATTN_V, "model.layers.{bid}.self_attn.v_proj"),
     (ATTN_OUT, "model.layers.{bid}.self_attn.o_proj"),
+    (ATTN_Q_NORM, "model.layers.{bid}.self_attn.q_norm"),
+    (ATTN_K_NORM, "model.layers.{bid}.self_attn.k_norm"),
     (FFN_NORM, "model.layers.{bid}.post_attention_layernorm"),
     (FFN_GATE, "model.layers.{bid}.mlp.gate_proj"),
     (FFN_UP, "model.layers.{bid}.mlp.up_proj"),
     (FFN_DOWN, "model.layers.{bid}.mlp.down_proj"),
 ];
 
-/// `"model.layers.3.self_attn.q_proj.weight"` → `"blk.3.attn_q.weight"`; `None` for any other name.
+/// `"model.layers.3.self_attn.q_proj.weight"` → `"blk.3.attn_q.weight"` (and `.bias` → `.bias`); `None` for any
+/// other name.
 pub fn hf_to_gguf(name: &str) -> Option<String> {
     translate(name, |(gguf, hf)| (hf, gguf))
 }
 
-/// `"blk.3.attn_q.weight"` → `"model.layers.3.self_attn.q_proj.weight"`; `None` for any other name.
+/// `"blk.3.attn_q.weight"` → `"model.layers.3.self_attn.q_proj.weight"` (and `.bias` → `.bias`); `None` for any
+/// other name.
 pub fn gguf_to_hf(name: &str) -> Option<String> {
     translate(name, |(gguf, hf)| (gguf, hf))
 }
@@ -147,11 +158,14 @@ fn translate(
     name: &str,
     direction: impl Fn((&'static str, &'static str)) -> (&'static str, &'static str),
 ) -> Option<String> {
-    let stem = name.strip_suffix(".weight")?;
+    let (stem, suffix) = match name.strip_suffix(".weight") {
+        Some(stem) => (stem, ".weight"),
+        None => (name.strip_suffix(".bias")?, ".bias"),
+    };
     TENSOR_NAMES_HF.iter().find_map(|&pair| {
         let (from, to) = direction(pair);
         let bid = match_template(from, stem)?;
-        Some(format!("{}.weight", to.replace("{bid}", bid)))
+        Some(format!("{}{suffix}", to.replace("{bid}", bid)))
     })
 }
 
@@ -191,11 +205,12 @@ mod tests {
             "blk..attn_q.weight",
             "blk.3.attn_q",
             "rope_freqs.weight",
-            "blk.3.attn_q.bias",
+            "blk.3.attn_q.scale",
         ] {
             assert_eq!(gguf_to_hf(bad), None, "{bad}");
         }
-        assert_eq!(hf_to_gguf("model.layers.3.self_attn.q_proj.bias"), None);
+        assert_eq!(hf_to_gguf("model.layers.3.self_attn.q_proj.bias").as_deref(), Some("blk.3.attn_q.bias"));
+        assert_eq!(gguf_to_hf("blk.3.attn_k_norm.weight").as_deref(), Some("model.layers.3.self_attn.k_norm.weight"));
         assert_eq!(block_count(ARCH_LLAMA), "llama.block_count");
         assert_eq!(arch_key(ATTENTION_HEAD_COUNT_KV, "llama"), "llama.attention.head_count_kv");
     }

@@ -262,8 +262,10 @@ fn quantizers_match_gguf_py() {
 #[test]
 fn names_match_gguf_py() {
     let py = python();
-    let hf: Vec<String> =
+    let mut hf: Vec<String> =
         gguf::names::TENSOR_NAMES_HF.iter().map(|(_, hf)| format!("{}.weight", hf.replace("{bid}", "7"))).collect();
+    // Qwen2's q/k/v biases.
+    hf.extend(["q_proj", "k_proj", "v_proj"].map(|m| format!("model.layers.7.self_attn.{m}.bias")));
     let mut args: Vec<&std::ffi::OsStr> = vec!["--names".as_ref()];
     args.extend(hf.iter().map(|s| std::ffi::OsStr::new(s.as_str())));
     let out: Json = serde_json::from_slice(&run_dump(&py, &args)).expect("json");

@@ -119,7 +119,13 @@ fn inspect_hf_folder(args: &Args) -> loft::Result<()> {
         println!("{out}");
         return Ok(());
     }
-    println!("{}: Hugging Face folder, {:.1}M parameters", args.path().display(), config.num_parameters() as f64 / 1e6);
+    println!(
+        "{}: Hugging Face folder, {} ({}), {:.1}M parameters",
+        args.path().display(),
+        config.arch.hf_class(),
+        config.arch.model_type(),
+        config.num_parameters() as f64 / 1e6
+    );
     println!(
         "  layers {}, hidden {}, ffn {}, heads {} (kv {}), head_dim {}, vocab {}, tied head: {}",
         config.num_hidden_layers,

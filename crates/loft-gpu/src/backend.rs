@@ -20,7 +20,7 @@ use crate::device::DeviceChoice;
 use crate::engine::attention::MAX_HEAD_DIM;
 use crate::engine::cross_entropy::{self, CrossEntropyScratch};
 use crate::engine::optim::{self, GpuMoments};
-use crate::engine::{attention, embedding, lora, rmsnorm, rope, swiglu, GpuFrozen, GpuLoraWeights, VocabMatrix};
+use crate::engine::{attention, bias, embedding, lora, rmsnorm, rope, swiglu, GpuFrozen, GpuLoraWeights, VocabMatrix};
 
 /// The wgpu backend: one opened adapter.
 pub struct Wgpu {
@@ -286,6 +286,10 @@ impl Backend for Wgpu {
             return Err(Error::Invalid(format!("token id {bad} is outside the vocabulary of {rows}")));
         }
         embedding::embedding_forward(&self.ctx, out, ids, table, c)
+    }
+
+    fn bias_forward(&self, y: &mut GpuBuffer, b: &GpuBuffer, n: usize) -> Result<()> {
+        bias::bias_forward(&self.ctx, y, b, n)
     }
 
     fn rmsnorm_forward(&self, y: &mut GpuBuffer, x: &GpuBuffer, w: &GpuBuffer, c: usize, eps: f32) -> Result<()> {

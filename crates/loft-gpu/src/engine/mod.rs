@@ -13,6 +13,7 @@ macro_rules! ensure {
 }
 
 pub mod attention;
+pub mod bias;
 pub mod cross_entropy;
 pub mod embedding;
 pub mod frozen;

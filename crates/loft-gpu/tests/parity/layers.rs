@@ -115,3 +115,19 @@ fn embedding_gather_and_scatter_equal_the_cpu() {
     embedding::embedding_backward(c, &mut gd, &up(&dout), &ids, ch).unwrap();
     assert_parity("embedding scatter-add [300,576]", &read(&gd), &want);
 }
+
+/// Qwen2's frozen q/k/v bias: y[N, O] += b[O], over rows of the model's widths and an odd one; the values past
+/// N·O stay.
+#[test]
+fn bias_forward_equals_the_cpu() {
+    let c = ctx();
+    for (n, o) in [(6, 576), (5, 192), (7, 45)] {
+        let (y0, b) = (rand(n * o + 3, 61), rand(o, 62));
+        let mut want = y0.clone();
+        loft::engine::bias::bias_forward(&mut want, &b, n);
+        let mut gy = up(&y0);
+        loft_gpu::engine::bias::bias_forward(c, &mut gy, &up(&b), n).unwrap();
+        assert_parity(&format!("bias forward [{n},{o}]"), &read(&gy), &want);
+        assert!(loft_gpu::engine::bias::bias_forward(c, &mut up(&y0[..o]), &up(&b), 2).is_err());
+    }
+}

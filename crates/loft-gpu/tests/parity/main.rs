@@ -9,6 +9,7 @@ mod attention;
 mod backend;
 mod common;
 mod context;
+mod families;
 mod head;
 mod layers;
 /// loft's own test fixtures and tiny-model writers (crates/loft/tests/common).

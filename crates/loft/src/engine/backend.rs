@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 use crate::engine::attention::{attention_backward, attention_forward, attention_forward_cached};
+use crate::engine::bias::bias_forward;
 use crate::engine::cross_entropy::{cross_entropy_forward, cross_entropy_forward_backward, CrossEntropyScratch};
 use crate::engine::embedding::{embedding_backward, embedding_forward, VocabMatrix};
 use crate::engine::lora::{lora_backward, lora_forward, LoraDropout, LoraWeights};
@@ -98,6 +99,9 @@ pub trait Backend {
         table: Vocab<'_, Self::Matrix<'_>, Self::Buf>,
         c: usize,
     ) -> Result<()>;
+    /// y[N, O] += b[O] on every row: a frozen bias (Qwen2's q/k/v). Training needs no backward for it: the bias
+    /// is not trained and dy passes through the addition unchanged.
+    fn bias_forward(&self, y: &mut Self::Buf, b: &Self::Vector<'_>, n: usize) -> Result<()>;
     /// y[N, C] = x / rms(x) · w, row by row.
     fn rmsnorm_forward(&self, y: &mut Self::Buf, x: &Self::Buf, w: &Self::Vector<'_>, c: usize, eps: f32)
         -> Result<()>;
@@ -448,6 +452,14 @@ impl Backend for Cpu {
         c: usize,
     ) -> Result<()> {
         embedding_forward(&mut out[..ids.len() * c], ids, cpu_vocab(table), c);
+        Ok(())
+    }
+
+    fn bias_forward(&self, y: &mut Vec<f32>, b: &&[f32], n: usize) -> Result<()> {
+        if y.len() < n * b.len() {
+            return Err(Error::Invalid(format!("bias_forward: {} values are not [{n}, {}]", y.len(), b.len())));
+        }
+        bias_forward(y, b, n);
         Ok(())
     }
 

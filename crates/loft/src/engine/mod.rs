@@ -2,6 +2,7 @@
 
 pub mod attention;
 pub mod backend;
+pub mod bias;
 pub mod cross_entropy;
 pub mod dynamic_map;
 pub mod embedding;

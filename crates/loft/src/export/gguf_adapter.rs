@@ -1,11 +1,11 @@
 //! Writing a LoRA adapter as llama.cpp's GGUF adapter (what `llama-cli --lora` and llama-server load), as
 //! llama.cpp's convert_lora_to_gguf.py writes one and src/llama-adapter.cpp reads it:
 //!
-//! - metadata `general.type = "adapter"`, `general.architecture = "llama"`, `adapter.type = "lora"`,
-//!   `adapter.lora.alpha` (f32);
+//! - metadata `general.type = "adapter"`, `general.architecture` (the base's: "llama", "qwen2", "qwen3"),
+//!   `adapter.type = "lora"`, `adapter.lora.alpha` (f32);
 //! - per adapted module `blk.N.attn_q.weight.lora_a` (PEFT's lora_A [r, in], so GGUF ne = [in, r]) and
-//!   `….lora_b` (lora_B [out, r], ne = [r, out]); Q's and K's B rows permuted into llama.cpp's RoPE order, as the
-//!   base's Q/K rows are (A acts on the input side, which the permutation leaves alone).
+//!   `….lora_b` (lora_B [out, r], ne = [r, out]); for Llama, Q's and K's B rows permuted into llama.cpp's RoPE
+//!   order, as the base's Q/K rows are (A acts on the input side, which the permutation leaves alone).
 //!
 //! llama.cpp scales B·A by alpha / r, r read from B's shape, and by 1 (no scaling) when alpha is 0 or absent. PEFT
 //! scales by alpha / r, or alpha / √r with rsLoRA, so the file's alpha is PEFT's scale × r: the adapter's own
@@ -94,7 +94,7 @@ pub fn write_gguf_adapter(
     // llama.cpp: scale = alpha / r. PEFT: alpha / r, or alpha / √r (rsLoRA).
     let alpha = if c.use_rslora { c.lora_alpha * (c.r as f32).sqrt() } else { c.lora_alpha };
 
-    let arch = n::ARCH_LLAMA;
+    let arch = cfg.arch.gguf_name();
     let mut g = GgufWriter::new();
     g.add(n::GENERAL_ARCHITECTURE, Value::String(arch.into()));
     g.add(n::GENERAL_TYPE, Value::String(n::TYPE_ADAPTER.into()));
@@ -116,6 +116,7 @@ pub fn write_gguf_adapter(
             let (r, i_len, o_len) = (lora.r, lora.in_features, lora.out_features);
             // B's rows are the module's output rows: Q and K outputs are in llama.cpp's RoPE order in the base.
             let b = match module {
+                _ if !cfg.arch.gguf_permutes_qk() => lora.b.clone(),
                 TargetModule::QProj => permute_rope_rows(&lora.b, cfg.num_attention_heads, r),
                 TargetModule::KProj => permute_rope_rows(&lora.b, cfg.num_key_value_heads, r),
                 _ => lora.b.clone(),

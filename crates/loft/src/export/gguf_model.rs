@@ -1,5 +1,6 @@
-//! Writing a model as a llama.cpp GGUF: llama.cpp's tensor names and metadata keys (from `gguf::names`), Q/K rows
-//! permuted into llama.cpp's RoPE order, the tokenizer (tokens, types, merges or scores, pre-tokenizer name,
+//! Writing a model as a llama.cpp GGUF: llama.cpp's architecture name, tensor names and metadata keys (from
+//! `gguf::names`; `qwen2.*` for Qwen2, with its q/k/v biases as `blk.N.attn_q.bias`, `qwen3.*` with
+//! `blk.N.attn_q_norm`), Q/K rows permuted into llama.cpp's RoPE order (Llama only), the tokenizer (tokens, types, merges or scores, pre-tokenizer name,
 //! special ids, add_bos) and the chat template inside, weights in the block types `quant_plan` chooses (one type,
 //! or llama.cpp's Q4_K_M mix). A tensor whose rows a block type cannot hold falls back as llama.cpp's quantizer
 //! falls back, and each fallback is reported.
@@ -30,7 +31,7 @@ pub fn write_gguf_model(
     let vocab = tokenizer
         .to_vocab()
         .ok_or_else(|| Error::Invalid("this tokenizer has no GGUF form (tokens, types, merges)".to_string()))?;
-    let arch = n::ARCH_LLAMA;
+    let arch = cfg.arch.gguf_name();
     let mut g = GgufWriter::new();
     let u32v = |v: usize| Value::U32(v as u32);
     g.add(n::GENERAL_ARCHITECTURE, Value::String(arch.into()));
@@ -125,7 +126,9 @@ pub fn write_gguf_model(
             continue;
         }
         let (rows, cols) = (t.shape[0], t.shape[1]);
-        let data = if t.name.ends_with("self_attn.q_proj.weight") {
+        let data = if !cfg.arch.gguf_permutes_qk() {
+            t.data
+        } else if t.name.ends_with("self_attn.q_proj.weight") {
             permute_rope_rows(&t.data, cfg.num_attention_heads, cols).into()
         } else if t.name.ends_with("self_attn.k_proj.weight") {
             permute_rope_rows(&t.data, cfg.num_key_value_heads, cols).into()

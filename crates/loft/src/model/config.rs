@@ -1,4 +1,6 @@
-//! The Llama architecture's hyper-parameters, read from GGUF metadata or a Hugging Face `config.json`.
+//! The hyper-parameters of the Llama-shaped families loft runs, read from GGUF metadata or a Hugging Face
+//! `config.json`. A family is data here ([`Arch`]): what it adds to Llama's block is a switch the one forward
+//! (inference in `model::llama`, training in `train::forward_backward`) reads, not a second model.
 
 use std::path::Path;
 
@@ -7,8 +9,83 @@ use serde::Deserialize;
 pub use crate::engine::rope::RopeScaling;
 use crate::error::{Error, Result};
 
+/// The model families loft runs: Llama's block, plus what each family adds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Arch {
+    /// Llama 2/3, SmolLM, TinyLlama, and Mistral without a sliding window.
+    #[default]
+    Llama,
+    /// Qwen2 and Qwen2.5: frozen biases on q_proj, k_proj and v_proj.
+    Qwen2,
+    /// Qwen3 (dense): RMSNorm over each head of q and k (`q_norm`, `k_norm`, weight [D]) before RoPE, no biases.
+    Qwen3,
+}
+
+impl Arch {
+    pub const ALL: [Arch; 3] = [Arch::Llama, Arch::Qwen2, Arch::Qwen3];
+
+    /// `general.architecture` in a GGUF file, as llama.cpp's converter writes it.
+    pub fn gguf_name(self) -> &'static str {
+        match self {
+            Arch::Llama => gguf::names::ARCH_LLAMA,
+            Arch::Qwen2 => gguf::names::ARCH_QWEN2,
+            Arch::Qwen3 => gguf::names::ARCH_QWEN3,
+        }
+    }
+
+    /// `model_type` in a Hugging Face config.json.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
+        }
+    }
+
+    /// `architectures[0]` in a Hugging Face config.json.
+    pub fn hf_class(self) -> &'static str {
+        match self {
+            Arch::Llama => "LlamaForCausalLM",
+            Arch::Qwen2 => "Qwen2ForCausalLM",
+            Arch::Qwen3 => "Qwen3ForCausalLM",
+        }
+    }
+
+    /// q_proj, k_proj and v_proj carry a bias (frozen: never trained, kept through merge and export).
+    pub fn attention_bias(self) -> bool {
+        self == Arch::Qwen2
+    }
+
+    /// q and k pass through a per-head RMSNorm (weights `self_attn.q_norm`, `self_attn.k_norm`) before RoPE.
+    pub fn qk_norm(self) -> bool {
+        self == Arch::Qwen3
+    }
+
+    /// llama.cpp's converter reorders each head's Q/K rows for its RoPE (Llama only; Qwen's rows stay as
+    /// transformers has them, and llama.cpp rotates them the NeoX way).
+    pub fn gguf_permutes_qk(self) -> bool {
+        self == Arch::Llama
+    }
+
+    fn from_gguf_name(name: &str) -> Option<Self> {
+        Arch::ALL.into_iter().find(|a| a.gguf_name() == name)
+    }
+
+    /// The families loft knows, as `names` spells them: "'llama', 'qwen2', 'qwen3'".
+    fn known(names: fn(Arch) -> &'static str, extra: &[&str]) -> String {
+        let mut all: Vec<String> = Arch::ALL.iter().map(|&a| format!("'{}'", names(a))).collect();
+        all.extend(extra.iter().map(|e| format!("'{e}'")));
+        all.join(", ")
+    }
+}
+
+const FAMILIES_HINT: &str =
+    "loft runs Llama (Llama 2/3, SmolLM, TinyLlama, Mistral without a sliding window), Qwen2/2.5 and Qwen3 dense models";
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct LlamaConfig {
+    /// The family: what its block adds to Llama's.
+    pub arch: Arch,
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -27,6 +104,7 @@ impl LlamaConfig {
     /// SmolLM2-135M's shape: the default model, and `loft bench train`'s default.
     pub fn smollm2_135m() -> Self {
         LlamaConfig {
+            arch: Arch::Llama,
             vocab_size: 49152,
             hidden_size: 576,
             intermediate_size: 1536,
@@ -46,6 +124,7 @@ impl LlamaConfig {
     /// weights at a 1B-class size.
     pub fn llama32_1b() -> Self {
         LlamaConfig {
+            arch: Arch::Llama,
             vocab_size: 128_256,
             hidden_size: 2048,
             intermediate_size: 8192,
@@ -113,22 +192,28 @@ impl LlamaConfig {
     /// Parameters of the frozen base, counting a tied head once.
     pub fn num_parameters(&self) -> usize {
         let (c, f, l) = (self.hidden_size, self.intermediate_size, self.num_hidden_layers);
-        let per_layer = c * self.q_dim() * 2 + c * self.kv_dim() * 2 + 3 * c * f + 2 * c;
+        let bias = if self.arch.attention_bias() { self.q_dim() + 2 * self.kv_dim() } else { 0 };
+        let qk_norm = if self.arch.qk_norm() { 2 * self.head_dim } else { 0 };
+        let per_layer = c * self.q_dim() * 2 + c * self.kv_dim() * 2 + 3 * c * f + 2 * c + bias + qk_norm;
         let head = if self.tie_word_embeddings { 0 } else { self.vocab_size * c };
         self.vocab_size * c + l * per_layer + c + head
     }
 
-    /// Reads the `llama.*` keys (llama.cpp's names) of a GGUF file. `rope_freqs` is the optional per-frequency
+    /// Reads the `{arch}.*` keys (llama.cpp's names) of a GGUF file. `rope_freqs` is the optional per-frequency
     /// factor tensor, already dequantized.
     pub fn from_gguf(file: &gguf::GgufFile, rope_freqs: Option<Vec<f32>>, vocab_len: usize) -> Result<Self> {
         let path = file.path.clone();
         let arch = file.get_str(gguf::names::GENERAL_ARCHITECTURE)?;
-        if arch != "llama" {
+        let Some(family) = Arch::from_gguf_name(arch) else {
             return Err(Error::hinted(
-                format!("{}: general.architecture is '{arch}', loft supports 'llama'", path.display()),
-                "Llama-family models (Llama 2/3, SmolLM, TinyLlama, Mistral-style dense models) are supported",
+                format!(
+                    "{}: general.architecture is '{arch}'; loft supports {}",
+                    path.display(),
+                    Arch::known(Arch::gguf_name, &[])
+                ),
+                FAMILIES_HINT,
             ));
-        }
+        };
         let key = |k: &str| format!("{arch}.{k}");
         let get = |k: &str| -> Result<usize> { Ok(file.get_u64(&key(k))? as usize) };
         let opt = |k: &str| file.get(&key(k)).and_then(|v| v.as_u64()).map(|v| v as usize);
@@ -138,6 +223,7 @@ impl LlamaConfig {
             .or(opt("rope.dimension_count"))
             .unwrap_or(hidden_size / num_attention_heads.max(1));
         let cfg = LlamaConfig {
+            arch: family,
             vocab_size: opt("vocab_size").unwrap_or(vocab_len),
             hidden_size,
             intermediate_size: get("feed_forward_length")?,
@@ -169,11 +255,45 @@ impl LlamaConfig {
         let raw: HfConfig =
             serde_json::from_str(&text).map_err(|e| Error::format(path, format!("invalid JSON: {e}")))?;
         let model_type = raw.model_type.as_deref().unwrap_or("llama");
-        if !matches!(model_type, "llama" | "mistral") {
+        let arch = match model_type {
+            "llama" | "mistral" => Arch::Llama,
+            "qwen2" => Arch::Qwen2,
+            "qwen3" => Arch::Qwen3,
+            other => {
+                return Err(Error::hinted(
+                    format!(
+                        "{}: model_type is '{other}'; loft supports {}",
+                        path.display(),
+                        Arch::known(Arch::model_type, &["mistral"])
+                    ),
+                    FAMILIES_HINT,
+                ))
+            }
+        };
+        // Biases other than Qwen2's q/k/v ones (Llama's and Qwen3's `attention_bias` also puts one on o_proj).
+        if raw.attention_bias == Some(true) || raw.mlp_bias == Some(true) {
             return Err(Error::hinted(
-                format!("{}: model_type is '{model_type}', loft supports 'llama'", path.display()),
-                "Llama-family models (Llama 2/3, SmolLM, TinyLlama, Mistral-style dense models) are supported",
+                format!("{}: {model_type} with attention_bias or mlp_bias set is not supported", path.display()),
+                "loft runs these models without biases (Qwen2's q/k/v biases are part of its architecture)",
             ));
+        }
+        // A sliding window narrower than the context changes attention past it; loft attends to every position.
+        let window_used = match arch {
+            Arch::Qwen2 | Arch::Qwen3 => raw.use_sliding_window.unwrap_or(false),
+            Arch::Llama => true,
+        };
+        if let (true, Some(window)) = (window_used, raw.sliding_window) {
+            let context = raw.max_position_embeddings.unwrap_or(2048);
+            if window < context {
+                return Err(Error::hinted(
+                    format!(
+                        "{}: sliding_window = {window} (below max_position_embeddings = {context}) is not supported",
+                        path.display()
+                    ),
+                    "loft's attention sees every earlier position; Mistral v0.2 and later have no window \
+                     (sliding_window: null)",
+                ));
+            }
         }
         let missing = |k: &str| Error::format(path, format!("missing key '{k}'"));
         let hidden_size = raw.hidden_size.ok_or_else(|| missing("hidden_size"))?;
@@ -201,6 +321,7 @@ impl LlamaConfig {
             None => None,
         };
         let cfg = LlamaConfig {
+            arch,
             vocab_size: raw.vocab_size.ok_or_else(|| missing("vocab_size"))?,
             hidden_size,
             intermediate_size: raw.intermediate_size.ok_or_else(|| missing("intermediate_size"))?,
@@ -221,8 +342,8 @@ impl LlamaConfig {
     /// The `config.json` transformers writes for this model (used by `loft merge` and test fixtures).
     pub fn to_hf_json(&self, bos: Option<u32>, eos: Option<u32>, torch_dtype: &str) -> serde_json::Value {
         let mut v = serde_json::json!({
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
+            "architectures": [self.arch.hf_class()],
+            "model_type": self.arch.model_type(),
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,
             "intermediate_size": self.intermediate_size,
@@ -235,12 +356,28 @@ impl LlamaConfig {
             "rope_theta": self.rope_theta,
             "max_position_embeddings": self.max_position_embeddings,
             "tie_word_embeddings": self.tie_word_embeddings,
-            "attention_bias": false,
-            "mlp_bias": false,
             "torch_dtype": torch_dtype,
             "bos_token_id": bos,
             "eos_token_id": eos,
         });
+        match self.arch {
+            Arch::Llama => {
+                v["attention_bias"] = false.into();
+                v["mlp_bias"] = false.into();
+            }
+            // Qwen2's q/k/v biases are not a config switch; it has a sliding window that is off.
+            Arch::Qwen2 => {
+                v["use_sliding_window"] = false.into();
+                v["sliding_window"] = serde_json::Value::Null;
+                v["max_window_layers"] = self.num_hidden_layers.into();
+            }
+            Arch::Qwen3 => {
+                v["attention_bias"] = false.into();
+                v["use_sliding_window"] = false.into();
+                v["sliding_window"] = serde_json::Value::Null;
+                v["max_window_layers"] = self.num_hidden_layers.into();
+            }
+        }
         match &self.rope_scaling {
             Some(RopeScaling::Llama3 {
                 factor,
@@ -280,6 +417,10 @@ struct HfConfig {
     rope_parameters: Option<HfRope>,
     max_position_embeddings: Option<usize>,
     tie_word_embeddings: Option<bool>,
+    attention_bias: Option<bool>,
+    mlp_bias: Option<bool>,
+    sliding_window: Option<usize>,
+    use_sliding_window: Option<bool>,
 }
 
 #[derive(Clone, Deserialize)]

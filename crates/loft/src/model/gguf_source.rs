@@ -1,5 +1,5 @@
 //! Tensors of a GGUF model file, served under their Hugging Face names in Hugging Face layout: dequantized to f32,
-//! dims reversed (GGUF stores the innermost dim first), and Q/K rows un-permuted from llama.cpp's RoPE order.
+//! dims reversed (GGUF stores the innermost dim first), and (Llama) Q/K rows un-permuted from llama.cpp's RoPE order.
 
 use crate::error::{Error, Result};
 use crate::model::config::LlamaConfig;
@@ -12,18 +12,28 @@ pub struct GgufSource<'a> {
     pub file: &'a gguf::GgufFile,
     pub n_heads: usize,
     pub n_kv_heads: usize,
+    /// The converter permuted Q/K rows (Llama; not Qwen).
+    pub permuted_qk: bool,
     /// Keep weight matrices in the file's own block types (inference, QLoRA) instead of converting to f32.
     pub keep_quantized: bool,
 }
 
 impl<'a> GgufSource<'a> {
     pub fn new(file: &'a gguf::GgufFile, cfg: &LlamaConfig, keep_quantized: bool) -> Self {
-        GgufSource { file, n_heads: cfg.num_attention_heads, n_kv_heads: cfg.num_key_value_heads, keep_quantized }
+        GgufSource {
+            file,
+            n_heads: cfg.num_attention_heads,
+            n_kv_heads: cfg.num_key_value_heads,
+            permuted_qk: cfg.arch.gguf_permutes_qk(),
+            keep_quantized,
+        }
     }
 
     /// Heads whose rows llama.cpp permuted in this tensor, if any.
     fn rope_heads(&self, hf_name: &str) -> Option<usize> {
-        if hf_name.ends_with("self_attn.q_proj.weight") {
+        if !self.permuted_qk {
+            None
+        } else if hf_name.ends_with("self_attn.q_proj.weight") {
             Some(self.n_heads)
         } else if hf_name.ends_with("self_attn.k_proj.weight") {
             Some(self.n_kv_heads)

@@ -1,5 +1,6 @@
-//! The Llama forward pass for inference, with a KV cache. Legend: T = new tokens, C = hidden_size,
-//! F = intermediate_size, V = vocab_size, NH/NKV = query/key-value heads, D = head_dim.
+//! The Llama forward pass for inference, with a KV cache, and what the other families add to its block (Qwen2's
+//! q/k/v biases, Qwen3's per-head q/k norm; see [`crate::model::config::Arch`]). Legend: T = new tokens,
+//! C = hidden_size, F = intermediate_size, V = vocab_size, NH/NKV = query/key-value heads, D = head_dim.
 
 use crate::engine::rope::Rope;
 use crate::engine::{Backend, Cpu, Vocab};
@@ -59,10 +60,25 @@ struct DeviceLayer<'w, B: Backend + 'w> {
     k_proj: B::Matrix<'w>,
     v_proj: B::Matrix<'w>,
     o_proj: B::Matrix<'w>,
+    attention_bias: Option<DeviceAttentionBias<'w, B>>,
+    qk_norm: Option<DeviceQkNorm<'w, B>>,
     post_attention_layernorm: B::Vector<'w>,
     gate_proj: B::Matrix<'w>,
     up_proj: B::Matrix<'w>,
     down_proj: B::Matrix<'w>,
+}
+
+/// Qwen2's frozen q/k/v biases on a backend: [Q], [KV], [KV].
+pub struct DeviceAttentionBias<'w, B: Backend + 'w> {
+    pub q_proj: B::Vector<'w>,
+    pub k_proj: B::Vector<'w>,
+    pub v_proj: B::Vector<'w>,
+}
+
+/// Qwen3's per-head q/k RMSNorm weights on a backend: [D] each.
+pub struct DeviceQkNorm<'w, B: Backend + 'w> {
+    pub q_norm: B::Vector<'w>,
+    pub k_norm: B::Vector<'w>,
 }
 
 /// A model on a backend: the host model's config and RoPE, and the backend's copy of its weights (borrowed on the
@@ -89,6 +105,20 @@ impl<'w, B: Backend + 'w> Runner<'w, B> {
                 k_proj: backend.matrix(&format!("{p}.self_attn.k_proj.weight"), &l.k_proj)?,
                 v_proj: backend.matrix(&format!("{p}.self_attn.v_proj.weight"), &l.v_proj)?,
                 o_proj: backend.matrix(&format!("{p}.self_attn.o_proj.weight"), &l.o_proj)?,
+                attention_bias: match &l.attention_bias {
+                    Some(b) => Some(DeviceAttentionBias {
+                        q_proj: backend.vector(&b.q_proj)?,
+                        k_proj: backend.vector(&b.k_proj)?,
+                        v_proj: backend.vector(&b.v_proj)?,
+                    }),
+                    None => None,
+                },
+                qk_norm: match &l.qk_norm {
+                    Some(n) => {
+                        Some(DeviceQkNorm { q_norm: backend.vector(&n.q_norm)?, k_norm: backend.vector(&n.k_norm)? })
+                    }
+                    None => None,
+                },
                 post_attention_layernorm: backend.vector(&l.post_attention_layernorm)?,
                 gate_proj: backend.matrix(&format!("{p}.mlp.gate_proj.weight"), &l.gate_proj)?,
                 up_proj: backend.matrix(&format!("{p}.mlp.up_proj.weight"), &l.up_proj)?,
@@ -135,6 +165,16 @@ impl<'w, B: Backend + 'w> Runner<'w, B> {
     /// Layer `l`'s norms: (input_layernorm, post_attention_layernorm).
     pub fn layer_norms(&self, l: usize) -> (&B::Vector<'w>, &B::Vector<'w>) {
         (&self.layers[l].input_layernorm, &self.layers[l].post_attention_layernorm)
+    }
+
+    /// Layer `l`'s q/k/v biases (Qwen2), added after the projections.
+    pub fn attention_bias(&self, l: usize) -> Option<&DeviceAttentionBias<'w, B>> {
+        self.layers[l].attention_bias.as_ref()
+    }
+
+    /// Layer `l`'s per-head q/k norms (Qwen3), applied after the projections (and biases) and before RoPE.
+    pub fn qk_norm(&self, l: usize) -> Option<&DeviceQkNorm<'w, B>> {
+        self.layers[l].qk_norm.as_ref()
     }
 
     /// The final norm.
@@ -205,6 +245,11 @@ impl<'w, B: Backend + 'w> Runner<'w, B> {
         let mut k = be.zeros(t * kvd)?; // [T, NKV·D], new positions only
         let mut v = be.zeros(t * kvd)?;
         let mut att = be.zeros(t * qd)?; // [T, NH·D]
+                                         // Qwen3: the projections before their per-head norm (the norm writes q and k).
+        let mut qk_raw = match cfg.arch.qk_norm() {
+            true => Some((be.zeros(t * qd)?, be.zeros(t * kvd)?)), // [T, NH·D], [T, NKV·D]
+            false => None,
+        };
         let mut gate = be.zeros(t * f)?; // [T, F]
         let mut up = be.zeros(t * f)?; // [T, F]
         let mut act = be.zeros(t * f)?; // [T, F]
@@ -219,10 +264,25 @@ impl<'w, B: Backend + 'w> Runner<'w, B> {
                 self.project(y, x, w, adapted(m), lora_scratch.as_mut(), t, accumulate)
             };
             // x = x + o_proj(attention(rope(q_proj(h)), rope(k_proj(h)), v_proj(h))), h = rmsnorm(x)
+            // (+ bias after each of q/k/v_proj for Qwen2; q, k = per-head rmsnorm(q, k) before RoPE for Qwen3)
             be.rmsnorm_forward(&mut h, &x, &layer.input_layernorm, c, cfg.rms_norm_eps)?;
-            linear(&mut q, &h, &layer.q_proj, TargetModule::QProj, false)?;
-            linear(&mut k, &h, &layer.k_proj, TargetModule::KProj, false)?;
+            let (q_out, k_out) = match qk_raw.as_mut() {
+                Some((q_raw, k_raw)) => (q_raw, k_raw),
+                None => (&mut q, &mut k),
+            };
+            linear(q_out, &h, &layer.q_proj, TargetModule::QProj, false)?;
+            linear(k_out, &h, &layer.k_proj, TargetModule::KProj, false)?;
             linear(&mut v, &h, &layer.v_proj, TargetModule::VProj, false)?;
+            if let Some(b) = &layer.attention_bias {
+                be.bias_forward(q_out, &b.q_proj, t)?;
+                be.bias_forward(k_out, &b.k_proj, t)?;
+                be.bias_forward(&mut v, &b.v_proj, t)?;
+            }
+            if let (Some(norm), Some((q_raw, k_raw))) = (&layer.qk_norm, qk_raw.as_ref()) {
+                be.rmsnorm_forward(&mut q, q_raw, &norm.q_norm, d, cfg.rms_norm_eps)?; // rows T·NH of width D
+                be.rmsnorm_forward(&mut k, k_raw, &norm.k_norm, d, cfg.rms_norm_eps)?;
+                // rows T·NKV of width D
+            }
             be.rope_forward(&mut q, t, nh, d, &cos, &sin)?;
             be.rope_forward(&mut k, t, nkv, d, &cos, &sin)?;
             be.copy(&k, 0, kc, p0 * kvd, t * kvd)?;

@@ -12,7 +12,7 @@ pub mod weights;
 
 use std::path::{Path, PathBuf};
 
-pub use config::LlamaConfig;
+pub use config::{Arch, LlamaConfig};
 pub use llama::{KvCache, Llama, Runner};
 pub use safetensors_source::MatrixStorage;
 pub use unmerged::{UnmergedAdapter, UnmergedOnDevice};

@@ -104,10 +104,29 @@ pub struct LlamaLayer {
     pub k_proj: FrozenMatrix,
     pub v_proj: FrozenMatrix,
     pub o_proj: FrozenMatrix,
+    /// `self_attn.{q,k,v}_proj.bias` [Q], [KV], [KV] (Qwen2), frozen.
+    pub attention_bias: Option<AttentionBias>,
+    /// `self_attn.{q,k}_norm.weight` [D] each (Qwen3).
+    pub qk_norm: Option<QkNorm>,
     pub post_attention_layernorm: Vec<f32>,
     pub gate_proj: FrozenMatrix,
     pub up_proj: FrozenMatrix,
     pub down_proj: FrozenMatrix,
+}
+
+/// Qwen2's frozen q/k/v biases, added to the projections' outputs (before RoPE).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttentionBias {
+    pub q_proj: Vec<f32>,
+    pub k_proj: Vec<f32>,
+    pub v_proj: Vec<f32>,
+}
+
+/// Qwen3's per-head RMSNorm weights of q and k, applied to each head's D values before RoPE.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QkNorm {
+    pub q_norm: Vec<f32>,
+    pub k_norm: Vec<f32>,
 }
 
 /// One tensor of a checkpoint, by its Hugging Face name.
@@ -162,15 +181,33 @@ impl LlamaWeights {
             src.matrix(name, rows, cols)?.ok_or_else(|| missing(src, name, &[rows, cols]))
         };
         let vector = |name: &str| required(src, name, &[c]);
+        let d = cfg.head_dim;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");
+            let attention_bias = match cfg.arch.attention_bias() {
+                false => None,
+                true => Some(AttentionBias {
+                    q_proj: required(src, &format!("{p}.self_attn.q_proj.bias"), &[q])?,
+                    k_proj: required(src, &format!("{p}.self_attn.k_proj.bias"), &[kv])?,
+                    v_proj: required(src, &format!("{p}.self_attn.v_proj.bias"), &[kv])?,
+                }),
+            };
+            let qk_norm = match cfg.arch.qk_norm() {
+                false => None,
+                true => Some(QkNorm {
+                    q_norm: required(src, &format!("{p}.self_attn.q_norm.weight"), &[d])?,
+                    k_norm: required(src, &format!("{p}.self_attn.k_norm.weight"), &[d])?,
+                }),
+            };
             layers.push(LlamaLayer {
                 input_layernorm: vector(&format!("{p}.input_layernorm.weight"))?,
                 q_proj: matrix(&format!("{p}.self_attn.q_proj.weight"), q, c)?,
                 k_proj: matrix(&format!("{p}.self_attn.k_proj.weight"), kv, c)?,
                 v_proj: matrix(&format!("{p}.self_attn.v_proj.weight"), kv, c)?,
                 o_proj: matrix(&format!("{p}.self_attn.o_proj.weight"), c, q)?,
+                attention_bias,
+                qk_norm,
                 post_attention_layernorm: vector(&format!("{p}.post_attention_layernorm.weight"))?,
                 gate_proj: matrix(&format!("{p}.mlp.gate_proj.weight"), f, c)?,
                 up_proj: matrix(&format!("{p}.mlp.up_proj.weight"), f, c)?,
@@ -187,7 +224,7 @@ impl LlamaWeights {
     }
 
     /// Random weights of `cfg`'s shape (benchmarks and tests that need no file): matrices uniform with the
-    /// standard deviation transformers initialises with (0.02), norms at 1. With `quantize`, every matrix is
+    /// standard deviation transformers initialises with (0.02), norms at 1, biases at 0. With `quantize`, every matrix is
     /// stored in that block type (as a 4-bit base would be).
     pub fn random(cfg: &LlamaConfig, seed: u64, quantize: Option<gguf::GgmlType>) -> Result<Self> {
         let mut rng = crate::rng::SplitMix64::new(seed);
@@ -213,6 +250,15 @@ impl LlamaWeights {
                 k_proj: matrix(kv, c)?,
                 v_proj: matrix(kv, c)?,
                 o_proj: matrix(c, q)?,
+                attention_bias: cfg.arch.attention_bias().then(|| AttentionBias {
+                    q_proj: vec![0.0; q],
+                    k_proj: vec![0.0; kv],
+                    v_proj: vec![0.0; kv],
+                }),
+                qk_norm: cfg
+                    .arch
+                    .qk_norm()
+                    .then(|| QkNorm { q_norm: vec![1.0; cfg.head_dim], k_norm: vec![1.0; cfg.head_dim] }),
                 post_attention_layernorm: vec![1.0; c],
                 gate_proj: matrix(f, c)?,
                 up_proj: matrix(f, c)?,
@@ -239,6 +285,8 @@ impl LlamaWeights {
                     + m(&l.up_proj)
                     + m(&l.down_proj)
                     + 4 * (l.input_layernorm.len() + l.post_attention_layernorm.len())
+                    + 4 * l.attention_bias.as_ref().map_or(0, |b| b.q_proj.len() + b.k_proj.len() + b.v_proj.len())
+                    + 4 * l.qk_norm.as_ref().map_or(0, |n| n.q_norm.len() + n.k_norm.len())
             })
             .sum();
         per_layer + m(&self.embed_tokens) + self.lm_head.as_ref().map_or(0, m) + 4 * self.norm.len()
@@ -260,6 +308,15 @@ impl LlamaWeights {
             out.push(matrix(format!("{p}.self_attn.k_proj.weight"), &l.k_proj));
             out.push(matrix(format!("{p}.self_attn.v_proj.weight"), &l.v_proj));
             out.push(matrix(format!("{p}.self_attn.o_proj.weight"), &l.o_proj));
+            if let Some(b) = &l.attention_bias {
+                out.push(vector(format!("{p}.self_attn.q_proj.bias"), &b.q_proj));
+                out.push(vector(format!("{p}.self_attn.k_proj.bias"), &b.k_proj));
+                out.push(vector(format!("{p}.self_attn.v_proj.bias"), &b.v_proj));
+            }
+            if let Some(n) = &l.qk_norm {
+                out.push(vector(format!("{p}.self_attn.q_norm.weight"), &n.q_norm));
+                out.push(vector(format!("{p}.self_attn.k_norm.weight"), &n.k_norm));
+            }
             out.push(vector(format!("{p}.post_attention_layernorm.weight"), &l.post_attention_layernorm));
             out.push(matrix(format!("{p}.mlp.gate_proj.weight"), &l.gate_proj));
             out.push(matrix(format!("{p}.mlp.up_proj.weight"), &l.up_proj));
@@ -281,7 +338,7 @@ impl LlamaWeights {
 fn missing(src: &dyn TensorSource, hf_name: &str, shape: &[usize]) -> Error {
     Error::hinted(
         format!("{}: tensor '{}' is missing (expected shape {shape:?})", src.describe(), src.stored_name(hf_name)),
-        "is this a complete Llama checkpoint? `loft inspect` lists its tensors",
+        "is this a complete checkpoint of the family its config names? `loft inspect` lists its tensors",
     )
 }
 

@@ -25,6 +25,11 @@ enum Width {
     Kv,
     /// One value per query head (the attention's logsumexp).
     Nh,
+    /// Q, KV, NH and NKV where the model norms q and k per head (Qwen3), else nothing.
+    NormedQ,
+    NormedKv,
+    NormedNh,
+    NormedNkv,
     /// D/2: a RoPE cos or sin table.
     HalfD,
     /// The LoRA rank.
@@ -42,11 +47,13 @@ struct Dims {
     q: usize,
     kv: usize,
     nh: usize,
+    nkv: usize,
     d: usize,
     r: usize,
     v: usize,
     adapted: [bool; 7],
     dropout: bool,
+    qk_norm: bool,
 }
 
 impl Dims {
@@ -58,6 +65,10 @@ impl Dims {
             Width::Q => self.q,
             Width::Kv => self.kv,
             Width::Nh => self.nh,
+            Width::NormedQ => self.q * self.qk_norm as usize,
+            Width::NormedKv => self.kv * self.qk_norm as usize,
+            Width::NormedNh => self.nh * self.qk_norm as usize,
+            Width::NormedNkv => self.nkv * self.qk_norm as usize,
             Width::HalfD => self.d / 2,
             Width::R => self.r,
             Width::Rank(m) => {
@@ -124,6 +135,10 @@ buffers! {
     struct LayerActs {
         rstd1: Width::One,                           // 1 / rms(x_in)
         h1: Width::C => act,                         // rmsnorm(x_in)
+        q_raw: Width::NormedQ,                       // q_proj(h1) (+ bias) before the per-head norm (Qwen3)
+        k_raw: Width::NormedKv,
+        rstd_q: Width::NormedNh,                     // 1 / rms of each head of q_raw, k_raw
+        rstd_k: Width::NormedNkv,
         q: Width::Q => act,                          // after RoPE
         k: Width::Kv => act,                         // after RoPE
         v: Width::Kv => act,
@@ -154,6 +169,8 @@ buffers! {
         dq: Width::Q,
         dk: Width::Kv,
         dv: Width::Kv,
+        dq_raw: Width::NormedQ, // gradients before the per-head norm (Qwen3)
+        dk_raw: Width::NormedKv,
         dk_heads: Width::Q, // [B, NH, T, D] per query head, before the GQA sum
         dv_heads: Width::Q,
         d_act: Width::F,
@@ -291,11 +308,13 @@ fn dims_of(cfg: &LlamaConfig, lora: &LoraConfig) -> Dims {
         q: cfg.q_dim(),
         kv: cfg.kv_dim(),
         nh: cfg.num_attention_heads,
+        nkv: cfg.num_key_value_heads,
         d: cfg.head_dim,
         r: lora.r,
         v: cfg.vocab_size,
         adapted,
         dropout: lora.lora_dropout > 0.0,
+        qk_norm: cfg.arch.qk_norm(),
     }
 }
 
@@ -410,10 +429,22 @@ fn block_forward<Bk: Backend>(
     let (q, k, v, o) = (TargetModule::QProj, TargetModule::KProj, TargetModule::VProj, TargetModule::OProj);
 
     // x_mid = x_in + o_proj(attention(rope(q_proj(h1)), rope(k_proj(h1)), v_proj(h1))), h1 = rmsnorm(x_in)
+    // (+ bias after each of q/k/v_proj for Qwen2; q, k = per-head rmsnorm(q_raw, k_raw) before RoPE for Qwen3)
     be.rmsnorm_forward_train(&mut a.h1, &mut a.rstd1, x_in, norm1, n, c, eps)?;
-    lc.forward(q, &mut a.q, &mut a.xa_q, xd, &a.h1, false)?;
-    lc.forward(k, &mut a.k, &mut a.xa_k, xd, &a.h1, false)?;
+    let qk_norm = lc.run.qk_norm(lc.l);
+    let (q_out, k_out) = if qk_norm.is_some() { (&mut a.q_raw, &mut a.k_raw) } else { (&mut a.q, &mut a.k) };
+    lc.forward(q, q_out, &mut a.xa_q, xd, &a.h1, false)?;
+    lc.forward(k, k_out, &mut a.xa_k, xd, &a.h1, false)?;
     lc.forward(v, &mut a.v, &mut a.xa_v, xd, &a.h1, false)?;
+    if let Some(bias) = lc.run.attention_bias(lc.l) {
+        be.bias_forward(q_out, &bias.q_proj, n)?;
+        be.bias_forward(k_out, &bias.k_proj, n)?;
+        be.bias_forward(&mut a.v, &bias.v_proj, n)?;
+    }
+    if let Some(norm) = qk_norm {
+        be.rmsnorm_forward_train(&mut a.q, &mut a.rstd_q, &a.q_raw, &norm.q_norm, n * nh, d, eps)?;
+        be.rmsnorm_forward_train(&mut a.k, &mut a.rstd_k, &a.k_raw, &norm.k_norm, n * nkv, d, eps)?;
+    }
     be.rope_forward(&mut a.q, n, nh, d, bc.cos, bc.sin)?;
     be.rope_forward(&mut a.k, n, nkv, d, bc.cos, bc.sin)?;
     let docs = bc.batch.doc_start.as_deref();
@@ -479,8 +510,19 @@ fn block_backward<Bk: Backend>(
     )?;
     be.rope_backward(&mut g.dq, n, nh, d, bc.cos, bc.sin)?;
     be.rope_backward(&mut g.dk, n, nkv, d, bc.cos, bc.sin)?;
-    lc.backward(q, grads, &mut g.dh, &mut g.dxa, xd, &g.dq, &a.h1, &a.xa_q, false)?;
-    lc.backward(k, grads, &mut g.dh, &mut g.dxa, xd, &g.dk, &a.h1, &a.xa_k, true)?;
+    // Qwen3: back through the per-head norms to the projections' outputs (the biases pass dq, dk unchanged).
+    let (dq, dk) = match lc.run.qk_norm(lc.l) {
+        Some(norm) => {
+            be.fill_zero(&mut g.dq_raw)?;
+            be.fill_zero(&mut g.dk_raw)?;
+            be.rmsnorm_backward(&mut g.dq_raw, None, &g.dq, &a.q_raw, &norm.q_norm, &a.rstd_q, n * nh, d)?;
+            be.rmsnorm_backward(&mut g.dk_raw, None, &g.dk, &a.k_raw, &norm.k_norm, &a.rstd_k, n * nkv, d)?;
+            (&g.dq_raw, &g.dk_raw)
+        }
+        None => (&g.dq, &g.dk),
+    };
+    lc.backward(q, grads, &mut g.dh, &mut g.dxa, xd, dq, &a.h1, &a.xa_q, false)?;
+    lc.backward(k, grads, &mut g.dh, &mut g.dxa, xd, dk, &a.h1, &a.xa_k, true)?;
     lc.backward(v, grads, &mut g.dh, &mut g.dxa, xd, &g.dv, &a.h1, &a.xa_v, true)?;
     be.rmsnorm_backward(&mut g.dx, None, &g.dh, x_in, norm1, &a.rstd1, n, c)
 }
@@ -644,8 +686,9 @@ mod tests {
     use crate::lora::LoraConfig;
     use crate::model::weights::LlamaWeights;
 
-    fn tiny() -> Llama {
+    fn tiny(arch: crate::model::Arch) -> Llama {
         let cfg = LlamaConfig {
+            arch,
             vocab_size: 50,
             hidden_size: 24,
             intermediate_size: 40,
@@ -665,14 +708,28 @@ mod tests {
 
     #[test]
     fn the_estimate_is_the_arena_it_allocates() {
-        let model = tiny();
+        for arch in crate::model::Arch::ALL {
+            estimate_is_the_arena(&tiny(arch));
+        }
+        // Qwen3 keeps q and k before their per-head norm, with 1/rms per head, in each of the 3 layers, and has two
+        // gradient buffers more.
+        let (llama, qwen3) = (tiny(crate::model::Arch::Llama), tiny(crate::model::Arch::Qwen3));
+        let lora = LoraConfig::default();
+        let (b, t) = (2, 5);
+        let extra = TrainArena::<Cpu>::estimate_bytes(&qwen3.config, &lora, b, t, false, 4)
+            - TrainArena::<Cpu>::estimate_bytes(&llama.config, &lora, b, t, false, 4);
+        let (q, kv, nh, nkv) = (4 * 6, 2 * 6, 4, 2);
+        assert_eq!(extra, 4 * b * t * (3 * (q + kv + nh + nkv) + q + kv));
+    }
+
+    fn estimate_is_the_arena(model: &Llama) {
         for (targets, dropout, checkpointing) in [
             (TargetModule::ALL.to_vec(), 0.0, false),
             (TargetModule::ALL.to_vec(), 0.1, true),
             (vec![TargetModule::QProj, TargetModule::DownProj], 0.05, false),
         ] {
             let config = LoraConfig { r: 3, lora_dropout: dropout, target_modules: targets, ..LoraConfig::default() };
-            let adapter = Adapter::new(config, &model, 1).expect("adapter");
+            let adapter = Adapter::new(config, model, 1).expect("adapter");
             let (b, t) = (3, 7);
             let (cfg, lora) = (&model.config, &adapter.config);
             let mut arena = TrainArena::new(&Cpu, cfg, lora, b, t, checkpointing).expect("arena");

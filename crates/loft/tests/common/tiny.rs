@@ -1,6 +1,9 @@
-//! Tiny random Llama models built inside the tests, written as GGUF (Q/K rows permuted as llama.cpp's converter
-//! does), plus a plain f64 reference forward written from the transformers definition, loop by loop. The tests of
-//! plumbing (training, checkpoints, the CLI) use one with a real byte-level BPE cut from the default model's.
+//! Tiny random models built inside the tests — Llama, and the families loft adds to it (Qwen2's q/k/v biases,
+//! Qwen3's per-head q/k norm) — written as GGUF (Q/K rows permuted as llama.cpp's converter does for Llama) or as
+//! a Hugging Face folder (safetensors + the config.json transformers writes), plus a plain f64 reference forward
+//! written from the transformers definitions (modeling_llama.py, modeling_qwen2.py, modeling_qwen3.py), loop by
+//! loop. The tests of plumbing (training, checkpoints, the CLI) use one with a real byte-level BPE cut from the
+//! default model's.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -8,11 +11,13 @@ use std::path::Path;
 use gguf::names as n;
 use gguf::{GgmlType, GgufWriter, Value, ValueType};
 use loft::model::weights::permute_rope_rows;
+use loft::model::Arch;
 use loft::rng::SplitMix64;
 use loft::tokenizer::{token_type, GgufVocab};
 
 #[derive(Clone, Debug)]
 pub struct TinyConfig {
+    pub arch: Arch,
     pub vocab: usize,
     pub hidden: usize,
     pub ffn: usize,
@@ -22,11 +27,14 @@ pub struct TinyConfig {
     pub tied: bool,
     pub rope_theta: f32,
     pub eps: f32,
+    /// Qwen3 sets head_dim apart from hidden / heads; None: hidden / heads.
+    pub head_dim: Option<usize>,
 }
 
 impl Default for TinyConfig {
     fn default() -> Self {
         TinyConfig {
+            arch: Arch::Llama,
             vocab: 48,
             hidden: 32,
             ffn: 40,
@@ -36,13 +44,14 @@ impl Default for TinyConfig {
             tied: true,
             rope_theta: 10000.0,
             eps: 1e-5,
+            head_dim: None,
         }
     }
 }
 
 impl TinyConfig {
     pub fn head_dim(&self) -> usize {
-        self.hidden / self.heads
+        self.head_dim.unwrap_or(self.hidden / self.heads)
     }
 }
 
@@ -66,6 +75,15 @@ pub fn random_weights(cfg: &TinyConfig, seed: u64) -> Weights {
         add(format!("{p}.self_attn.k_proj.weight"), vec![cfg.kv_heads * d, c], 0.3, 0.0);
         add(format!("{p}.self_attn.v_proj.weight"), vec![cfg.kv_heads * d, c], 0.3, 0.0);
         add(format!("{p}.self_attn.o_proj.weight"), vec![c, cfg.heads * d], 0.3, 0.0);
+        if cfg.arch.attention_bias() {
+            add(format!("{p}.self_attn.q_proj.bias"), vec![cfg.heads * d], 0.5, 0.0);
+            add(format!("{p}.self_attn.k_proj.bias"), vec![cfg.kv_heads * d], 0.5, 0.0);
+            add(format!("{p}.self_attn.v_proj.bias"), vec![cfg.kv_heads * d], 0.5, 0.0);
+        }
+        if cfg.arch.qk_norm() {
+            add(format!("{p}.self_attn.q_norm.weight"), vec![d], 0.3, 1.0);
+            add(format!("{p}.self_attn.k_norm.weight"), vec![d], 0.3, 1.0);
+        }
         add(format!("{p}.post_attention_layernorm.weight"), vec![c], 0.2, 1.0);
         add(format!("{p}.mlp.gate_proj.weight"), vec![f, c], 0.3, 0.0);
         add(format!("{p}.mlp.up_proj.weight"), vec![f, c], 0.3, 0.0);
@@ -91,21 +109,27 @@ pub fn write_gguf(path: &Path, cfg: &TinyConfig, weights: &Weights) {
     write_gguf_with_vocab(path, cfg, weights, &chars);
 }
 
-/// Writes the model as an F32 GGUF with llama.cpp's names, metadata and Q/K permutation, and `vocab` as its
-/// tokenizer (`tokenizer.*`, as llama.cpp's converter writes it).
+/// Writes the model as an F32 GGUF with llama.cpp's architecture name, tensor names, metadata and (Llama) Q/K
+/// permutation, and `vocab` as its tokenizer (`tokenizer.*`, as llama.cpp's converter writes it).
 pub fn write_gguf_with_vocab(path: &Path, cfg: &TinyConfig, weights: &Weights, vocab: &GgufVocab) {
     assert_eq!(vocab.tokens.len(), cfg.vocab, "the vocabulary and the embedding disagree");
     let mut g = GgufWriter::new();
-    g.add("general.architecture", Value::String("llama".into()));
-    g.add("llama.block_count", Value::U32(cfg.layers as u32));
-    g.add("llama.context_length", Value::U32(256));
-    g.add("llama.embedding_length", Value::U32(cfg.hidden as u32));
-    g.add("llama.feed_forward_length", Value::U32(cfg.ffn as u32));
-    g.add("llama.attention.head_count", Value::U32(cfg.heads as u32));
-    g.add("llama.attention.head_count_kv", Value::U32(cfg.kv_heads as u32));
-    g.add("llama.attention.layer_norm_rms_epsilon", Value::F32(cfg.eps));
-    g.add("llama.rope.freq_base", Value::F32(cfg.rope_theta));
-    g.add("llama.rope.dimension_count", Value::U32(cfg.head_dim() as u32));
+    let arch = cfg.arch.gguf_name();
+    g.add("general.architecture", Value::String(arch.into()));
+    let key = |k: &str| format!("{arch}.{k}");
+    g.add(key("block_count"), Value::U32(cfg.layers as u32));
+    g.add(key("context_length"), Value::U32(256));
+    g.add(key("embedding_length"), Value::U32(cfg.hidden as u32));
+    g.add(key("feed_forward_length"), Value::U32(cfg.ffn as u32));
+    g.add(key("attention.head_count"), Value::U32(cfg.heads as u32));
+    g.add(key("attention.head_count_kv"), Value::U32(cfg.kv_heads as u32));
+    g.add(key("attention.layer_norm_rms_epsilon"), Value::F32(cfg.eps));
+    g.add(key("rope.freq_base"), Value::F32(cfg.rope_theta));
+    g.add(key("rope.dimension_count"), Value::U32(cfg.head_dim() as u32));
+    if cfg.head_dim.is_some() {
+        g.add(key("attention.key_length"), Value::U32(cfg.head_dim() as u32));
+        g.add(key("attention.value_length"), Value::U32(cfg.head_dim() as u32));
+    }
     let strings = |v: &[String]| Value::Array(ValueType::String, v.iter().map(|s| Value::String(s.clone())).collect());
     g.add(n::TOKENIZER_MODEL, Value::String(vocab.model.clone()));
     if let Some(pre) = &vocab.pre {
@@ -141,9 +165,11 @@ pub fn write_gguf_with_vocab(path: &Path, cfg: &TinyConfig, weights: &Weights, v
         g.add(n::TOKENIZER_CHAT_TEMPLATE, Value::String(t.clone()));
     }
     for (name, (shape, values)) in weights {
-        let gname = gguf::names::hf_to_gguf(name).expect("llama tensor name");
+        let gname = gguf::names::hf_to_gguf(name).expect("llama.cpp tensor name");
         let cols = *shape.last().unwrap();
-        let values = if name.ends_with("q_proj.weight") {
+        let values = if !cfg.arch.gguf_permutes_qk() {
+            values.clone()
+        } else if name.ends_with("q_proj.weight") {
             permute_rope_rows(values, cfg.heads, cols)
         } else if name.ends_with("k_proj.weight") {
             permute_rope_rows(values, cfg.kv_heads, cols)
@@ -216,6 +242,59 @@ pub fn write_bpe_model(path: &Path, source: &GgufVocab, merges: usize, seed: u64
     cfg
 }
 
+/// Writes the model as a Hugging Face folder: `model.safetensors` (f32) and the config.json transformers writes
+/// for the family (`LlamaForCausalLM`, `Qwen2ForCausalLM`, `Qwen3ForCausalLM`), with `extra` keys merged in.
+/// No tokenizer files: the weights alone (`loft::model::load_base`).
+pub fn write_hf_weights(dir: &Path, cfg: &TinyConfig, weights: &Weights, extra: serde_json::Value) {
+    std::fs::create_dir_all(dir).unwrap();
+    let class = match cfg.arch {
+        Arch::Llama => "LlamaForCausalLM",
+        Arch::Qwen2 => "Qwen2ForCausalLM",
+        Arch::Qwen3 => "Qwen3ForCausalLM",
+    };
+    let mut config = serde_json::json!({
+        "architectures": [class],
+        "model_type": cfg.arch.model_type(),
+        "vocab_size": cfg.vocab,
+        "hidden_size": cfg.hidden,
+        "intermediate_size": cfg.ffn,
+        "num_hidden_layers": cfg.layers,
+        "num_attention_heads": cfg.heads,
+        "num_key_value_heads": cfg.kv_heads,
+        "hidden_act": "silu",
+        "rms_norm_eps": cfg.eps,
+        "rope_theta": cfg.rope_theta,
+        "max_position_embeddings": 256,
+        "tie_word_embeddings": cfg.tied,
+        "torch_dtype": "float32",
+    });
+    if let Some(d) = cfg.head_dim {
+        config["head_dim"] = d.into();
+    }
+    if cfg.arch != Arch::Llama {
+        config["use_sliding_window"] = false.into();
+        config["sliding_window"] = 4096.into();
+        config["max_window_layers"] = cfg.layers.into();
+    }
+    if let serde_json::Value::Object(extra) = extra {
+        for (k, v) in extra {
+            config[k] = v;
+        }
+    }
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config).unwrap()).unwrap();
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = weights
+        .iter()
+        .map(|(name, (shape, v))| (name.clone(), shape.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+        .iter()
+        .map(|(name, shape, b)| {
+            (name.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b).unwrap())
+        })
+        .collect();
+    safetensors::tensor::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+}
+
 /// Logits [T, V] of the whole sequence, in f64, straight from the transformers definition.
 pub fn reference_logits(cfg: &TinyConfig, w: &Weights, tokens: &[u32]) -> Vec<Vec<f64>> {
     let get = |n: &str| -> Vec<f64> { w[n].1.iter().map(|&v| v as f64).collect() };
@@ -246,7 +325,25 @@ pub fn reference_logits(cfg: &TinyConfig, w: &Weights, tokens: &[u32]) -> Vec<Ve
         let h: Vec<Vec<f64>> = x.iter().map(|r| norm(r, &p("input_layernorm"))).collect();
         let mut q: Vec<Vec<f64>> = h.iter().map(|r| linear(r, &wq, cfg.heads * d)).collect();
         let mut k: Vec<Vec<f64>> = h.iter().map(|r| linear(r, &wk, cfg.kv_heads * d)).collect();
-        let v: Vec<Vec<f64>> = h.iter().map(|r| linear(r, &wv, cfg.kv_heads * d)).collect();
+        let mut v: Vec<Vec<f64>> = h.iter().map(|r| linear(r, &wv, cfg.kv_heads * d)).collect();
+        // Qwen2: nn.Linear(bias=True) for q, k, v.
+        if cfg.arch.attention_bias() {
+            let b = |n: &str| get(&format!("model.layers.{l}.self_attn.{n}.bias"));
+            for (rows, bias) in [(&mut q, b("q_proj")), (&mut k, b("k_proj")), (&mut v, b("v_proj"))] {
+                rows.iter_mut().for_each(|r| r.iter_mut().zip(&bias).for_each(|(a, b)| *a += b));
+            }
+        }
+        // Qwen3: q_norm / k_norm, an RMSNorm over each head's D values, before RoPE.
+        if cfg.arch.qk_norm() {
+            for (rows, w) in [(&mut q, p("self_attn.q_norm")), (&mut k, p("self_attn.k_norm"))] {
+                for r in rows.iter_mut() {
+                    for head in r.chunks_mut(d) {
+                        let normed = norm(head, &w);
+                        head.copy_from_slice(&normed);
+                    }
+                }
+            }
+        }
         for pos in 0..t {
             for hh in 0..cfg.heads {
                 rope(&mut q[pos][hh * d..(hh + 1) * d], pos);
