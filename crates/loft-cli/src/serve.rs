@@ -24,6 +24,7 @@ use loft::chat_template::ChatTemplate;
 use loft::infer::GenerateOptions;
 use loft::model::{LoadOptions, LoadedModel, ModelPath};
 use loft::serve::openai::{chat_request, completion_request, models_list};
+use loft::serve::runs::{adapter_model_name, find_runs, open_run, read_metrics};
 use loft::serve::{ApiError, Event, Job, Models, Prompt, Request as ApiRequest, ResponseHead, Scheduler, Target};
 use loft::Error;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -165,14 +166,18 @@ async fn listen(app: Arc<App>, addr: SocketAddr) -> loft::Result<()> {
     })?;
     let bound = listener.local_addr().map_err(|e| Error::caused("cannot read the bound address", e))?;
     eprintln!("loft serve: {} on http://{bound}/v1 (models: {})", app.loaded_name(), app.models.names().join(", "));
+    eprintln!("web page: http://{bound}/");
     let v1 = Router::new()
         .route("/v1/models", get(list_models))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/adapters", post(load_adapter))
         .route("/v1/adapters/{name}", axum::routing::delete(unload_adapter))
+        .route("/api/runs", get(list_runs))
+        .route("/api/metrics/{*run}", get(run_metrics))
         .route_layer(from_fn_with_state(app.clone(), require_key));
     let router = Router::new()
+        .route("/", get(page))
         .route("/health", get(health))
         .merge(v1)
         .fallback(no_route)
@@ -309,6 +314,86 @@ async fn require_key(State(app): State<Arc<App>>, req: Request, next: Next) -> R
 
 async fn health() -> Response {
     json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+}
+
+/// The web page (crates/loft-cli/assets/index.html, built into the binary): runs and side-by-side chat. It holds
+/// no data, so it needs no key; what it shows comes from the /api and /v1 routes, which do.
+async fn page() -> Response {
+    let mut r = include_str!("../assets/index.html").into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    r
+}
+
+/// GET /api/runs: every training run under --runs (config, state, summary) with its adapter folders, each with
+/// the name it is or would be served as.
+async fn list_runs(State(app): State<Arc<App>>) -> Response {
+    let Some(root) = app.runs.clone() else {
+        return json_response(
+            StatusCode::OK,
+            &serde_json::json!({"model": app.models.base(), "runs_dir": null, "runs": []}),
+        );
+    };
+    let worker = app.clone();
+    // Reading folders and files: off the HTTP threads.
+    let listed = tokio::task::spawn_blocking(move || {
+        let served: Vec<(String, Option<PathBuf>)> =
+            worker.models.adapter_dirs().into_iter().map(|(n, d)| (n, d.canonicalize().ok())).collect();
+        let runs: Vec<serde_json::Value> = find_runs(&root)
+            .iter()
+            .map(|run| {
+                let adapters: Vec<serde_json::Value> = run
+                    .adapters
+                    .iter()
+                    .map(|path| {
+                        let dir = root.join(path).canonicalize().ok();
+                        let served_as = served.iter().find(|(_, d)| d.is_some() && *d == dir).map(|(n, _)| n);
+                        serde_json::json!({"path": path, "name": adapter_model_name(path), "served_as": served_as})
+                    })
+                    .collect();
+                let mut v = run.to_json();
+                v["adapters"] = adapters.into();
+                v
+            })
+            .collect();
+        serde_json::json!({"model": worker.models.base(), "runs_dir": root.display().to_string(), "runs": runs})
+    })
+    .await;
+    match listed {
+        Ok(v) => json_response(StatusCode::OK, &v),
+        Err(e) => error_response(ApiError::internal(format!("listing the runs failed: {e}"))),
+    }
+}
+
+/// GET /api/metrics/RUN?offset=N: the run's loss points from byte N of its metrics.jsonl (complete lines only),
+/// and where the next request starts.
+async fn run_metrics(
+    State(app): State<Arc<App>>,
+    axum::extract::Path(run): axum::extract::Path<String>,
+    req: Request,
+) -> Response {
+    let Some(root) = app.runs.clone() else {
+        return error_response(ApiError::no_route("GET", req.uri().path()));
+    };
+    let offset = req.uri().query().and_then(|q| q.strip_prefix("offset=")).map(str::parse::<u64>);
+    let offset = match offset {
+        None => 0,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => return error_response(ApiError::invalid("offset must be a byte count", Some("offset"))),
+    };
+    let read = tokio::task::spawn_blocking(move || {
+        let run = open_run(&root, &run)?;
+        read_metrics(&run.dir, offset)
+    })
+    .await;
+    match read {
+        Ok(Ok(piece)) => json_response(StatusCode::OK, &piece.to_json()),
+        Ok(Err(e)) => {
+            let mut e = ApiError::invalid(e.to_string(), Some("run"));
+            e.status = 404;
+            error_response(e)
+        }
+        Err(e) => error_response(ApiError::internal(format!("reading the metrics failed: {e}"))),
+    }
 }
 
 async fn no_route(req: Request) -> Response {

@@ -1,10 +1,11 @@
 //! `loft serve` without the HTTP: OpenAI's request and response shapes ([`openai`]), the names served ([`models`]:
-//! the base and its adapters, held unmerged), `stop` strings on streamed text ([`stop`]), and the worker pool that
+//! the base and its adapters, held unmerged), the training runs the web page shows ([`runs`]), `stop` strings on streamed text ([`stop`]), and the worker pool that
 //! answers requests concurrently, each with its own KV cache and adapter ([`scheduler`]). The HTTP server itself
 //! (axum) lives in the CLI, crates/loft-cli/src/serve.rs.
 
 pub mod models;
 pub mod openai;
+pub mod runs;
 pub mod scheduler;
 pub mod stop;
 
