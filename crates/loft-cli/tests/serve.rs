@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::browser::Browser;
 use common::{default_model, openai_py, workspace};
 use serde_json::{json, Value};
 
@@ -461,5 +462,111 @@ fn adapters_load_and_unload_while_serving() {
     server.request("DELETE", "/v1/adapters/late", Some(KEY), None).error(404);
     server.request("DELETE", "/v1/adapters/late", None, None).error(401);
     let log = server.log();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+/// The page at `/` in headless Chromium (scripts/fetch.sh browser) while `loft train` runs a short job on the
+/// default model under --runs: the page asks for the key, then shows the run running with its loss points growing,
+/// then finished with its validation points; its chat panel streams two answers side by side (the base, and the
+/// run's adapter, which the page loads through /v1/adapters) that equal the API's greedy answers.
+#[test]
+fn the_page_shows_a_growing_run_and_streams_two_answers() {
+    let runs = tempfile::tempdir().unwrap();
+    let model = default_model();
+    let mut data = String::new();
+    for i in 0..24 {
+        let n = i % 5 + 1;
+        let answer: Vec<String> = (1..=n).map(|k| k.to_string()).collect();
+        let msg = json!({"messages": [
+            {"role": "user", "content": format!("Count to {n}.")},
+            {"role": "assistant", "content": answer.join(", ")},
+        ]});
+        data += &format!("{msg}\n");
+    }
+    std::fs::write(runs.path().join("count.jsonl"), data).unwrap();
+    // About 0.4 s a step on two cores: long enough to watch, short enough for make test.
+    let steps = 30;
+    let config = format!(
+        "[model]\npath = {model:?}\nmax_seq_length = 64\nload_in_4bit = true\n\n[lora]\nr = 4\nlora_alpha = 8\n\n\
+         [data]\ntrain_files = [{:?}]\nformat = \"chat\"\nvalidation_split = 0.2\n\n\
+         [train]\nper_device_train_batch_size = 1\ngradient_accumulation_steps = 1\nmax_steps = {steps}\n\
+         eval_steps = 10\nlearning_rate = 1e-3\noutput_dir = {:?}\n",
+        runs.path().join("count.jsonl").display().to_string(),
+        runs.path().join("count").display().to_string()
+    );
+    std::fs::write(runs.path().join("count.toml"), config).unwrap();
+    let runs_dir = runs.path().display().to_string();
+    let server = Server::start(&["--model", &model, "--name", "base", "--runs", &runs_dir, "--api-key", KEY]);
+    let mut train = Command::new(env!("CARGO_BIN_EXE_loft"))
+        .args(["--threads", "2", "train"])
+        .arg(runs.path().join("count.toml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    let mut browser = Browser::launch();
+    let page = browser.open(&format!("http://{}/", server.addr));
+    // Without the key the page says so; with it, it polls the runs.
+    let minute = Duration::from_secs(60);
+    browser.wait_for(&page, "the page to ask for the key", "document.body.className", minute, |v| v == "needkey");
+    let set_key = format!(
+        "(() => {{ const k = document.getElementById('key'); k.value = '{KEY}'; \
+                           k.dispatchEvent(new Event('change')); return true; }})()"
+    );
+    browser.eval(&page, &set_key);
+
+    let card = "(() => { const c = document.querySelector('.run[data-run=\"count\"]'); if (!c) return null; \
+                return {state: c.dataset.state, train: +c.dataset.trainPoints, eval: +c.dataset.evalPoints, \
+                drawn: c.querySelector('svg polyline:nth-of-type(2)')?.getAttribute('points').split(' ').length ?? 0, \
+                figures: c.querySelector('.figures').textContent}; })()";
+    let first = browser.wait_for(&page, "the run, running, with a loss point", card, minute * 2, |v| {
+        v["state"] == "running" && v["train"].as_u64() >= Some(1)
+    });
+    eprintln!("page, first sight: {first}");
+    let n = first["train"].as_u64().unwrap();
+    let grown = browser.wait_for(&page, "more loss points", card, minute, |v| v["train"].as_u64() > Some(n));
+    eprintln!("page, later: {grown}");
+    assert!(grown["train"].as_u64().unwrap() < steps, "the run ended before the page saw it grow: {grown}");
+    let trained = train.wait().unwrap();
+    let mut log = String::new();
+    train.stderr.take().unwrap().read_to_string(&mut log).unwrap();
+    assert!(trained.success(), "loft train failed:\n{log}");
+    let done = browser.wait_for(&page, "the run, finished", card, minute, |v| v["state"] == "finished");
+    eprintln!("page, finished: {done}");
+    assert_eq!(done["train"], steps);
+    assert_eq!(done["drawn"], steps, "one vertex per logged step in the train line");
+    assert_eq!(done["eval"], 4, "validation at steps 0, 10, 20 and 30");
+    assert!(done["figures"].as_str().unwrap().contains(&format!("step {steps}/{steps}")), "{done}");
+
+    // Chat: the base and the run's adapter (not served yet: the page loads it), one prompt, two streamed columns.
+    let ask = "(() => { for (const i of document.querySelectorAll('#models input')) \
+               i.checked = i.value === 'base' || i.value === 'run:count/adapter'; \
+               document.getElementById('prompt').value = 'Count to 4.'; \
+               document.getElementById('max-tokens').value = '16'; \
+               document.getElementById('send').click(); return document.querySelectorAll('#models input:checked').length; })()";
+    let models = "document.querySelectorAll('#models input').length";
+    browser.wait_for(&page, "the run's adapters among the models", models, minute, |v| v.as_u64() >= Some(2));
+    assert_eq!(browser.eval(&page, ask), 2);
+    let answers = "[...document.querySelectorAll('.answer')].map(a => ({model: a.dataset.model, \
+                   chunks: +a.dataset.chunks, done: a.dataset.done ?? null, \
+                   text: a.querySelector('.text').textContent, foot: a.querySelector('.foot').textContent}))";
+    let got = browser.wait_for(&page, "two answers", answers, minute * 2, |v| {
+        v.as_array().is_some_and(|a| a.len() == 2 && a.iter().all(|c| !c["done"].is_null()))
+    });
+    eprintln!("page answers: {got}");
+    for column in got.as_array().unwrap() {
+        let name = column["model"].as_str().unwrap();
+        assert_ne!(column["done"], "error", "{column}");
+        let body = json!({"model": name, "messages": [{"role": "user", "content": "Count to 4."}], "temperature": 0,
+                          "max_tokens": 16});
+        let (want, _) = server.answer("/v1/chat/completions", &body);
+        assert_eq!(column["text"], want, "{name}");
+        assert!(column["chunks"].as_u64().unwrap() > 1, "streamed in pieces: {column}");
+    }
+    let names: Vec<&str> = got.as_array().unwrap().iter().map(|c| c["model"].as_str().unwrap()).collect();
+    assert_eq!(names, ["base", "count"]);
+    let log = server.log();
+    assert!(log.contains("loaded adapter count from"), "{log}");
     assert!(!log.contains("panicked"), "{log}");
 }
