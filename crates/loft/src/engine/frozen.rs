@@ -39,8 +39,8 @@ enum Storage {
 }
 
 /// Up to this many input rows, a quantized product runs row by row on the packed blocks (decode); above it,
-/// tiles are dequantized and go through gemm.
-const DOT_MAX_ROWS: usize = 4;
+/// tiles are dequantized and go through gemm. Each input row's result is the same whatever the count up to it.
+pub const DOT_MAX_ROWS: usize = 4;
 /// Weight rows dequantized at once per tile.
 const TILE_ROWS: usize = 64;
 /// Weight rows per tile of the input gradient, and rows each thread dequantizes at a time.
