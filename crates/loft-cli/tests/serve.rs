@@ -570,3 +570,94 @@ fn the_page_shows_a_growing_run_and_streams_two_answers() {
     assert!(log.contains("loaded adapter count from"), "{log}");
     assert!(!log.contains("panicked"), "{log}");
 }
+
+/// Load on loopback, bounded in count and time: 64 greedy chat requests (8 prompts × the base and two adapters) from
+/// one client, then the same 64 from 8 clients at once. Every answer from the 8 clients equals the one-client answer
+/// to the same request (which the tests above hold equal to `loft generate`'s); the figures — aggregate decode
+/// tokens/s with 1 and 8 clients, p50/p99 latency, the server's peak RSS — are printed for README.
+#[test]
+fn sixty_four_requests_from_eight_clients_get_the_sequential_answers() {
+    const PROMPTS: [&str; 8] = [
+        "Write one sentence about the sea.",
+        "Name three colours.",
+        "What is the capital of France?",
+        "Count to five.",
+        "Give me a short greeting.",
+        "What do cats eat?",
+        "Describe the sun in one line.",
+        "Say something about winter.",
+    ];
+    const MODELS: [&str; 3] = ["base", "one", "two"];
+    const TOKENS: usize = 32;
+    let dir = tempfile::tempdir().unwrap();
+    let (a1, a2) = (write_adapter(dir.path(), 1), write_adapter(dir.path(), 2));
+    let model = default_model();
+    let (one, two) = (format!("one={a1}"), format!("two={a2}"));
+    let server = Arc::new(Server::start(&[
+        "--model",
+        &model,
+        "--name",
+        "base",
+        "--adapter",
+        &one,
+        "--adapter",
+        &two,
+        "--max-concurrent",
+        "8",
+    ]));
+    fn request(j: usize) -> Value {
+        json!({"model": MODELS[j % 3], "messages": [{"role": "user", "content": PROMPTS[j % 8]}], "temperature": 0,
+               "max_tokens": TOKENS})
+    }
+    /// (answer, completion tokens, seconds) of request j.
+    fn send(server: &Server, j: usize) -> (String, u64, f64) {
+        let start = Instant::now();
+        let (text, v) = server.answer("/v1/chat/completions", &request(j));
+        (text, v["usage"]["completion_tokens"].as_u64().unwrap(), start.elapsed().as_secs_f64())
+    }
+    let figures = |label: &str, results: &[(String, u64, f64)], wall: f64| {
+        let tokens: u64 = results.iter().map(|r| r.1).sum();
+        let mut latency: Vec<f64> = results.iter().map(|r| r.2).collect();
+        latency.sort_by(f64::total_cmp);
+        let at = |q: f64| latency[((latency.len() - 1) as f64 * q).round() as usize];
+        eprintln!(
+            "{label}: {} requests, {tokens} tokens in {wall:.1} s = {:.1} tok/s; latency p50 {:.2} s, p99 {:.2} s",
+            results.len(),
+            tokens as f64 / wall,
+            at(0.5),
+            at(0.99)
+        );
+        tokens as f64 / wall
+    };
+
+    let start = Instant::now();
+    let alone: Vec<_> = (0..64).map(|j| send(&server, j)).collect();
+    let one_client = figures("1 client", &alone, start.elapsed().as_secs_f64());
+    for j in 0..64 {
+        assert_eq!(alone[j].0, alone[j % 24].0, "request {j} repeats request {}", j % 24);
+    }
+    let distinct: std::collections::BTreeSet<&str> = alone[..24].iter().map(|r| r.0.as_str()).collect();
+    assert!(distinct.len() > 12, "the prompts and adapters give different answers: {distinct:?}");
+
+    let start = Instant::now();
+    let clients: Vec<_> = (0..8)
+        .map(|c| {
+            let server = server.clone();
+            std::thread::spawn(move || (0..8).map(|i| (c * 8 + i, send(&server, c * 8 + i))).collect::<Vec<_>>())
+        })
+        .collect();
+    let mut together: Vec<(usize, (String, u64, f64))> = clients.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let wall = start.elapsed().as_secs_f64();
+    together.sort_by_key(|r| r.0);
+    for (j, (text, tokens, _)) in &together {
+        assert_eq!(text, &alone[*j].0, "request {j} ({}) from 8 clients", MODELS[j % 3]);
+        assert_eq!(*tokens, alone[*j].1);
+    }
+    let results: Vec<_> = together.into_iter().map(|r| r.1).collect();
+    let eight_clients = figures("8 clients", &results, wall);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+    let peak = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap_or_default().to_string();
+    eprintln!("8 clients / 1 client: {:.2}x; server peak RSS {peak}", eight_clients / one_client);
+    let log = server.log();
+    assert!(!log.contains("panicked"), "{log}");
+}
