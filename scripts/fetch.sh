@@ -9,6 +9,8 @@
 #   scripts/fetch.sh openai     a venv with OpenAI's official Python client (`loft serve`'s test drives it)
 #   scripts/fetch.sh vulkan     Mesa's lavapipe (software Vulkan) and the Vulkan loader, through apt-get when absent:
 #                               the GPU kernels' tests run on it (needs root, as CI has)
+#   scripts/fetch.sh browser    Debian's chromium through apt-get when absent: `loft serve`'s web page is tested in
+#                               it, headless (needs root)
 # Each step is skipped when its output is already there and verified.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -117,6 +119,26 @@ fetch_vulkan() {
   fi
 }
 
+fetch_browser() {
+  if command -v chromium >/dev/null; then return 0; fi
+  if ! command -v apt-get >/dev/null; then
+    echo "error: the web page's test needs Chromium; install it with your package manager (Debian: chromium), or set LOFT_CHROMIUM to its binary" >&2
+    exit 1
+  fi
+  local sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    if command -v sudo >/dev/null; then sudo="sudo"; else
+      echo "error: installing chromium needs root (the web page's test runs it headless)" >&2; exit 1
+    fi
+  fi
+  echo "fetch: apt-get install chromium (headless, for loft serve's web page test; about 100 MB)" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  if ! $sudo apt-get install -y -q --no-install-recommends chromium >/dev/null; then
+    $sudo apt-get update -q >/dev/null
+    $sudo apt-get install -y -q --no-install-recommends chromium >/dev/null
+  fi
+}
+
 for what in "${@:-model}"; do
   case "$what" in
     model) fetch_model ;;
@@ -126,7 +148,8 @@ for what in "${@:-model}"; do
     openai) fetch_openai ;;
     data) fetch_data ;;
     vulkan) fetch_vulkan ;;
-    all) fetch_model; fetch_vocab; fetch_gguf_py; fetch_tensorboard; fetch_openai; fetch_data; fetch_vulkan ;;
-    *) echo "error: unknown fetch target '$what' (model, vocab, gguf-py, tensorboard, openai, data, vulkan, all)" >&2; exit 2 ;;
+    browser) fetch_browser ;;
+    all) fetch_model; fetch_vocab; fetch_gguf_py; fetch_tensorboard; fetch_openai; fetch_data; fetch_vulkan; fetch_browser ;;
+    *) echo "error: unknown fetch target '$what' (model, vocab, gguf-py, tensorboard, openai, data, vulkan, browser, all)" >&2; exit 2 ;;
   esac
 done

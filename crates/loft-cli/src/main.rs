@@ -36,10 +36,11 @@ enum Command {
     /// Serve OpenAI's API (/v1/chat/completions, /v1/completions, /v1/models) for a model and its LoRA adapters,
     /// each applied unmerged to the requests that name it.
     ///
-    /// One copy of the base in memory serves every name. Up to --max-concurrent requests generate at once on the
-    /// CPU, each on its own worker thread with its own KV cache and adapter; the rest wait in a queue (--queue,
-    /// --queue-timeout). Each request is decoded on its own (no batching across requests yet). Plain HTTP/1.1 on
-    /// 127.0.0.1 by default; GET /health needs no key. README's "Serve" section lists the OpenAI fields honoured.
+    /// One copy of the base in memory serves every name. Up to --max-concurrent requests decode together on the
+    /// CPU (continuous batching: one step runs a token of each, every request with its own KV cache and adapter,
+    /// joining and leaving between steps) within --kv-budget; the rest wait in a queue (--queue, --queue-timeout).
+    /// Plain HTTP/1.1 on 127.0.0.1 by default; GET /health needs no key; GET / is a web page with the training
+    /// runs under --runs and side-by-side chat. README's "Serve" section lists the OpenAI fields honoured.
     Serve(serve::Args),
     /// Fine-tune with LoRA from a TOML config: CPT or IFT, checkpoints, metrics.jsonl, TensorBoard.
     Train(train::Args),

@@ -2,7 +2,7 @@
 //! per request. The HTTP layer only: requests are parsed, answered and scheduled by `loft::serve`.
 //!
 //! axum on tokio, because the server holds many slow connections (streams that last seconds) on few threads
-//! while the math runs on its own worker threads; hyper underneath is the most used HTTP/1.1 implementation in
+//! while the math runs on its own thread (the batch); hyper underneath is the most used HTTP/1.1 implementation in
 //! Rust, and axum adds routing, body limits and middleware without macros.
 
 use std::convert::Infallible;
@@ -22,9 +22,13 @@ use axum::routing::{get, post};
 use axum::Router;
 use loft::chat_template::ChatTemplate;
 use loft::infer::GenerateOptions;
+use loft::model::KvCache;
 use loft::model::{LoadOptions, LoadedModel, ModelPath};
 use loft::serve::openai::{chat_request, completion_request, models_list};
-use loft::serve::{ApiError, Event, Job, Models, Prompt, Request as ApiRequest, ResponseHead, Scheduler, Target};
+use loft::serve::runs::{adapter_model_name, find_runs, open_run, read_metrics};
+use loft::serve::{
+    ApiError, Event, Job, Limits, Models, Prompt, Request as ApiRequest, ResponseHead, Scheduler, Target,
+};
 use loft::Error;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt;
@@ -62,14 +66,18 @@ pub struct Args {
     /// Require `Authorization: Bearer KEY` on /v1/ requests (compared in constant time). /health stays open.
     #[arg(long, value_name = "KEY")]
     pub api_key: Option<String>,
-    /// Requests generated at the same time, each on its own worker thread with its own KV cache (they share the
-    /// math threads, --threads).
-    #[arg(long, default_value_t = 2)]
+    /// Requests decoded together, one token each per step (continuous batching: each with its own KV cache and
+    /// adapter; requests join and leave between steps).
+    #[arg(long, default_value_t = 8)]
     pub max_concurrent: usize,
-    /// Requests that may wait for a free worker; beyond them a request is answered 503.
+    /// MiB the running requests' KV caches may take together (each holds prompt + max_tokens positions); a
+    /// request that alone needs more is refused.
+    #[arg(long, value_name = "MIB", default_value_t = 1024)]
+    pub kv_budget: usize,
+    /// Requests that may wait for a place in the batch; beyond them a request is answered 503.
     #[arg(long, default_value_t = 64)]
     pub queue: usize,
-    /// Seconds a request may wait for a free worker before it is answered 503.
+    /// Seconds a request may wait for a place in the batch before it is answered 503.
     #[arg(long, default_value_t = 300)]
     pub queue_timeout: u64,
     /// The most new tokens a request may ask for (max_tokens / max_completion_tokens), and what it gets when it
@@ -89,6 +97,8 @@ struct App {
     scheduler: Scheduler,
     api_key: Option<String>,
     max_tokens: usize,
+    /// Bytes of KV cache the running requests may hold together.
+    kv_budget: usize,
     max_body: usize,
     started: u64,
     next_id: AtomicU64,
@@ -135,8 +145,13 @@ pub fn run(args: Args) -> loft::Result<()> {
     let t = &loaded.tokenizer;
     let template = t.chat_template().map(|s| ChatTemplate::new(s, t.bos_token(), t.eos_token())).transpose()?;
     let loaded = Arc::new(loaded);
-    let timeout = Duration::from_secs(args.queue_timeout);
-    let scheduler = Scheduler::start(loaded.clone(), args.max_concurrent, args.queue, timeout)?;
+    let limits = Limits {
+        max_concurrent: args.max_concurrent,
+        kv_budget: args.kv_budget.saturating_mul(1 << 20),
+        queue: args.queue,
+        timeout: Duration::from_secs(args.queue_timeout),
+    };
+    let scheduler = Scheduler::start(loaded.clone(), limits)?;
     let app = Arc::new(App {
         loaded,
         template,
@@ -144,6 +159,7 @@ pub fn run(args: Args) -> loft::Result<()> {
         scheduler,
         api_key: args.api_key.filter(|k| !k.is_empty()),
         max_tokens: args.max_tokens,
+        kv_budget: limits.kv_budget,
         max_body: args.max_body,
         started: unix_seconds(),
         next_id: AtomicU64::new(1),
@@ -165,14 +181,18 @@ async fn listen(app: Arc<App>, addr: SocketAddr) -> loft::Result<()> {
     })?;
     let bound = listener.local_addr().map_err(|e| Error::caused("cannot read the bound address", e))?;
     eprintln!("loft serve: {} on http://{bound}/v1 (models: {})", app.loaded_name(), app.models.names().join(", "));
+    eprintln!("web page: http://{bound}/");
     let v1 = Router::new()
         .route("/v1/models", get(list_models))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/adapters", post(load_adapter))
         .route("/v1/adapters/{name}", axum::routing::delete(unload_adapter))
+        .route("/api/runs", get(list_runs))
+        .route("/api/metrics/{*run}", get(run_metrics))
         .route_layer(from_fn_with_state(app.clone(), require_key));
     let router = Router::new()
+        .route("/", get(page))
         .route("/health", get(health))
         .merge(v1)
         .fallback(no_route)
@@ -288,7 +308,7 @@ fn json_response(status: StatusCode, v: &serde_json::Value) -> Response {
 }
 
 /// Method, path, status and time to the response's head (for a stream: to its first token), on stderr; the
-/// worker logs each generation's token counts and speed.
+/// batch logs each generation's token counts and speed.
 async fn log_request(req: Request, next: Next) -> Response {
     let (method, path, start) = (req.method().clone(), req.uri().path().to_string(), Instant::now());
     let response = next.run(req).await;
@@ -309,6 +329,86 @@ async fn require_key(State(app): State<Arc<App>>, req: Request, next: Next) -> R
 
 async fn health() -> Response {
     json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+}
+
+/// The web page (crates/loft-cli/assets/index.html, built into the binary): runs and side-by-side chat. It holds
+/// no data, so it needs no key; what it shows comes from the /api and /v1 routes, which do.
+async fn page() -> Response {
+    let mut r = include_str!("../assets/index.html").into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    r
+}
+
+/// GET /api/runs: every training run under --runs (config, state, summary) with its adapter folders, each with
+/// the name it is or would be served as.
+async fn list_runs(State(app): State<Arc<App>>) -> Response {
+    let Some(root) = app.runs.clone() else {
+        return json_response(
+            StatusCode::OK,
+            &serde_json::json!({"model": app.models.base(), "runs_dir": null, "runs": []}),
+        );
+    };
+    let worker = app.clone();
+    // Reading folders and files: off the HTTP threads.
+    let listed = tokio::task::spawn_blocking(move || {
+        let served: Vec<(String, Option<PathBuf>)> =
+            worker.models.adapter_dirs().into_iter().map(|(n, d)| (n, d.canonicalize().ok())).collect();
+        let runs: Vec<serde_json::Value> = find_runs(&root)
+            .iter()
+            .map(|run| {
+                let adapters: Vec<serde_json::Value> = run
+                    .adapters
+                    .iter()
+                    .map(|path| {
+                        let dir = root.join(path).canonicalize().ok();
+                        let served_as = served.iter().find(|(_, d)| d.is_some() && *d == dir).map(|(n, _)| n);
+                        serde_json::json!({"path": path, "name": adapter_model_name(path), "served_as": served_as})
+                    })
+                    .collect();
+                let mut v = run.to_json();
+                v["adapters"] = adapters.into();
+                v
+            })
+            .collect();
+        serde_json::json!({"model": worker.models.base(), "runs_dir": root.display().to_string(), "runs": runs})
+    })
+    .await;
+    match listed {
+        Ok(v) => json_response(StatusCode::OK, &v),
+        Err(e) => error_response(ApiError::internal(format!("listing the runs failed: {e}"))),
+    }
+}
+
+/// GET /api/metrics/RUN?offset=N: the run's loss points from byte N of its metrics.jsonl (complete lines only),
+/// and where the next request starts.
+async fn run_metrics(
+    State(app): State<Arc<App>>,
+    axum::extract::Path(run): axum::extract::Path<String>,
+    req: Request,
+) -> Response {
+    let Some(root) = app.runs.clone() else {
+        return error_response(ApiError::no_route("GET", req.uri().path()));
+    };
+    let offset = req.uri().query().and_then(|q| q.strip_prefix("offset=")).map(str::parse::<u64>);
+    let offset = match offset {
+        None => 0,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => return error_response(ApiError::invalid("offset must be a byte count", Some("offset"))),
+    };
+    let read = tokio::task::spawn_blocking(move || {
+        let run = open_run(&root, &run)?;
+        read_metrics(&run.dir, offset)
+    })
+    .await;
+    match read {
+        Ok(Ok(piece)) => json_response(StatusCode::OK, &piece.to_json()),
+        Ok(Err(e)) => {
+            let mut e = ApiError::invalid(e.to_string(), Some("run"));
+            e.status = 404;
+            error_response(e)
+        }
+        Err(e) => error_response(ApiError::internal(format!("reading the metrics failed: {e}"))),
+    }
 }
 
 async fn no_route(req: Request) -> Response {
@@ -431,7 +531,9 @@ async fn respond(app: Arc<App>, body: Result<Bytes, BytesRejection>, chat: bool)
     let (sender, mut events) = tokio::sync::mpsc::unbounded_channel::<Event>();
     let job = Job { sink: Box::new(move |e| sender.send(e).is_ok()), ..job };
     if app.scheduler.submit(job).is_err() {
-        return error_response(ApiError::busy("every worker is busy and the queue is full (loft serve --queue)"));
+        return error_response(ApiError::busy(
+            "the batch and the queue are full (loft serve --max-concurrent, --queue)",
+        ));
     }
     // The first event decides the status: a request that fails before its first token gets an error status.
     let first = match events.recv().await {
@@ -439,7 +541,7 @@ async fn respond(app: Arc<App>, body: Result<Bytes, BytesRejection>, chat: bool)
             return error_response(if busy { ApiError::busy(message) } else { ApiError::internal(message) })
         }
         Some(e) => e,
-        None => return error_response(ApiError::internal("the worker ended without an answer")),
+        None => return error_response(ApiError::internal("the batch ended without an answer")),
     };
     if !request.stream {
         let mut text = String::new();
@@ -454,7 +556,7 @@ async fn respond(app: Arc<App>, body: Result<Bytes, BytesRejection>, chat: bool)
             }
             next = events.recv().await;
         }
-        return error_response(ApiError::internal("the worker ended without an answer"));
+        return error_response(ApiError::internal("the batch ended without an answer"));
     }
     let mut sse = SseWriter { head, first: true, include_usage: request.include_usage };
     let chunks = tokio_stream::once(first)
@@ -492,13 +594,22 @@ fn job(app: &App, request: ApiRequest) -> Result<(Job, ApiRequest), ApiError> {
             Some("max_tokens"),
         ));
     }
+    let max_new_tokens = asked.min(context - prompt.len());
+    let kv = KvCache::<loft::engine::Cpu>::bytes(&app.loaded.model.config, prompt.len() + max_new_tokens);
+    if kv > app.kv_budget {
+        return Err(ApiError::invalid(
+            format!(
+                "The prompt and max_tokens need {} MiB of KV cache; this server allows {} MiB (--kv-budget). Lower \
+                 max_tokens.",
+                kv.div_ceil(1 << 20),
+                app.kv_budget >> 20
+            ),
+            Some("max_tokens"),
+        ));
+    }
     let mut sampling = request.sampling.clone();
     sampling.seed = request.seed.unwrap_or_else(|| app.next().1);
-    let options = GenerateOptions {
-        max_new_tokens: asked.min(context - prompt.len()),
-        sampling,
-        stop_ids: stop_ids(&app.loaded),
-    };
+    let options = GenerateOptions { max_new_tokens, sampling, stop_ids: stop_ids(&app.loaded) };
     let job = Job {
         label: request.model.clone(),
         adapter,

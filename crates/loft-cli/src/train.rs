@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use loft::memory::human;
+use loft::train::status::{write_status, TrainStatus};
 use loft::train::{Event, Observer, TrainConfig, TrainOptions};
 
 use crate::model_args::announce;
@@ -55,6 +56,11 @@ pub fn run(args: Args) -> loft::Result<()> {
     }
     let options = TrainOptions { resume: args.resume, overwrite: args.overwrite, dry_run: args.dry_run };
     let mut bar = Bar::new();
+    // train_status.json tells readers outside this process (loft serve's page) that the run is running, then how
+    // it ended; it is written once the plan is made, so a run refused before that leaves the folder as it was.
+    if !args.dry_run {
+        bar.status_dir = Some(config.output_dir.clone());
+    }
     let summary = match &gpu {
         Some(gpu) => {
             announce(gpu);
@@ -63,6 +69,12 @@ pub fn run(args: Args) -> loft::Result<()> {
         None => loft::train::train_on(&loft::engine::Cpu, &config, &options, &mut bar),
     };
     bar.bar.finish_and_clear();
+    if let (Some(dir), Some(status)) = (&bar.status_dir, &bar.status) {
+        let ended = status.ended(summary.as_ref().err().map(|e| e.to_string()));
+        if let Err(e) = write_status(dir, &ended) {
+            eprintln!("warning: {e}");
+        }
+    }
     let summary = summary?;
     if summary.dry_run {
         if args.dry_run {
@@ -88,6 +100,10 @@ pub fn run(args: Args) -> loft::Result<()> {
 
 struct Bar {
     bar: ProgressBar,
+    /// The run's folder, when the run writes train_status.json.
+    status_dir: Option<PathBuf>,
+    /// What was written there.
+    status: Option<TrainStatus>,
 }
 
 impl Bar {
@@ -98,7 +114,7 @@ impl Bar {
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         bar.enable_steady_tick(Duration::from_millis(500));
-        Bar { bar }
+        Bar { bar, status_dir: None, status: None }
     }
 
     /// A line above the bar (or a plain line when stderr is not a terminal and the bar is hidden).
@@ -134,6 +150,13 @@ impl Observer for Bar {
                 self.line(p.memory.describe());
                 if let Some((step, dir)) = &p.resumed_from {
                     self.line(format!("resuming from {} (step {step})", dir.display()));
+                }
+                if let Some(dir) = &self.status_dir {
+                    let status = TrainStatus::running(p.total_steps);
+                    match write_status(dir, &status) {
+                        Ok(()) => self.status = Some(status),
+                        Err(e) => self.line(format!("warning: {e}")),
+                    }
                 }
                 self.bar.set_length(p.total_steps as u64);
                 self.bar.set_position(p.resumed_from.as_ref().map_or(0, |(s, _)| *s));

@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::browser::Browser;
 use common::{default_model, openai_py, workspace};
 use serde_json::{json, Value};
 
@@ -460,6 +461,203 @@ fn adapters_load_and_unload_while_serving() {
     server.post("/v1/chat/completions", &chat("late", json!({}))).error(404);
     server.request("DELETE", "/v1/adapters/late", Some(KEY), None).error(404);
     server.request("DELETE", "/v1/adapters/late", None, None).error(401);
+    let log = server.log();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+/// The page at `/` in headless Chromium (scripts/fetch.sh browser) while `loft train` runs a short job on the
+/// default model under --runs: the page asks for the key, then shows the run running with its loss points growing,
+/// then finished with its validation points; its chat panel streams two answers side by side (the base, and the
+/// run's adapter, which the page loads through /v1/adapters) that equal the API's greedy answers.
+#[test]
+fn the_page_shows_a_growing_run_and_streams_two_answers() {
+    let runs = tempfile::tempdir().unwrap();
+    let model = default_model();
+    let mut data = String::new();
+    for i in 0..24 {
+        let n = i % 5 + 1;
+        let answer: Vec<String> = (1..=n).map(|k| k.to_string()).collect();
+        let msg = json!({"messages": [
+            {"role": "user", "content": format!("Count to {n}.")},
+            {"role": "assistant", "content": answer.join(", ")},
+        ]});
+        data += &format!("{msg}\n");
+    }
+    std::fs::write(runs.path().join("count.jsonl"), data).unwrap();
+    // About 0.4 s a step on two cores: long enough to watch, short enough for make test.
+    let steps = 30;
+    let config = format!(
+        "[model]\npath = {model:?}\nmax_seq_length = 64\nload_in_4bit = true\n\n[lora]\nr = 4\nlora_alpha = 8\n\n\
+         [data]\ntrain_files = [{:?}]\nformat = \"chat\"\nvalidation_split = 0.2\n\n\
+         [train]\nper_device_train_batch_size = 1\ngradient_accumulation_steps = 1\nmax_steps = {steps}\n\
+         eval_steps = 10\nlearning_rate = 1e-3\noutput_dir = {:?}\n",
+        runs.path().join("count.jsonl").display().to_string(),
+        runs.path().join("count").display().to_string()
+    );
+    std::fs::write(runs.path().join("count.toml"), config).unwrap();
+    let runs_dir = runs.path().display().to_string();
+    let server = Server::start(&["--model", &model, "--name", "base", "--runs", &runs_dir, "--api-key", KEY]);
+    let mut train = Command::new(env!("CARGO_BIN_EXE_loft"))
+        .args(["--threads", "2", "train"])
+        .arg(runs.path().join("count.toml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    let mut browser = Browser::launch();
+    let page = browser.open(&format!("http://{}/", server.addr));
+    // Without the key the page says so; with it, it polls the runs.
+    let minute = Duration::from_secs(60);
+    browser.wait_for(&page, "the page to ask for the key", "document.body.className", minute, |v| v == "needkey");
+    let set_key = format!(
+        "(() => {{ const k = document.getElementById('key'); k.value = '{KEY}'; \
+                           k.dispatchEvent(new Event('change')); return true; }})()"
+    );
+    browser.eval(&page, &set_key);
+
+    let card = "(() => { const c = document.querySelector('.run[data-run=\"count\"]'); if (!c) return null; \
+                return {state: c.dataset.state, train: +c.dataset.trainPoints, eval: +c.dataset.evalPoints, \
+                drawn: c.querySelector('svg polyline:nth-of-type(2)')?.getAttribute('points').split(' ').length ?? 0, \
+                figures: c.querySelector('.figures').textContent}; })()";
+    let first = browser.wait_for(&page, "the run, running, with a loss point", card, minute * 2, |v| {
+        v["state"] == "running" && v["train"].as_u64() >= Some(1)
+    });
+    eprintln!("page, first sight: {first}");
+    let n = first["train"].as_u64().unwrap();
+    let grown = browser.wait_for(&page, "more loss points", card, minute, |v| v["train"].as_u64() > Some(n));
+    eprintln!("page, later: {grown}");
+    assert!(grown["train"].as_u64().unwrap() < steps, "the run ended before the page saw it grow: {grown}");
+    let trained = train.wait().unwrap();
+    let mut log = String::new();
+    train.stderr.take().unwrap().read_to_string(&mut log).unwrap();
+    assert!(trained.success(), "loft train failed:\n{log}");
+    let done = browser.wait_for(&page, "the run, finished", card, minute, |v| v["state"] == "finished");
+    eprintln!("page, finished: {done}");
+    assert_eq!(done["train"], steps);
+    assert_eq!(done["drawn"], steps, "one vertex per logged step in the train line");
+    assert_eq!(done["eval"], 4, "validation at steps 0, 10, 20 and 30");
+    assert!(done["figures"].as_str().unwrap().contains(&format!("step {steps}/{steps}")), "{done}");
+
+    // Chat: the base and the run's adapter (not served yet: the page loads it), one prompt, two streamed columns.
+    let ask = "(() => { for (const i of document.querySelectorAll('#models input')) \
+               i.checked = i.value === 'base' || i.value === 'run:count/adapter'; \
+               document.getElementById('prompt').value = 'Count to 4.'; \
+               document.getElementById('max-tokens').value = '16'; \
+               document.getElementById('send').click(); return document.querySelectorAll('#models input:checked').length; })()";
+    let models = "document.querySelectorAll('#models input').length";
+    browser.wait_for(&page, "the run's adapters among the models", models, minute, |v| v.as_u64() >= Some(2));
+    assert_eq!(browser.eval(&page, ask), 2);
+    let answers = "[...document.querySelectorAll('.answer')].map(a => ({model: a.dataset.model, \
+                   chunks: +a.dataset.chunks, done: a.dataset.done ?? null, \
+                   text: a.querySelector('.text').textContent, foot: a.querySelector('.foot').textContent}))";
+    let got = browser.wait_for(&page, "two answers", answers, minute * 2, |v| {
+        v.as_array().is_some_and(|a| a.len() == 2 && a.iter().all(|c| !c["done"].is_null()))
+    });
+    eprintln!("page answers: {got}");
+    for column in got.as_array().unwrap() {
+        let name = column["model"].as_str().unwrap();
+        assert_ne!(column["done"], "error", "{column}");
+        let body = json!({"model": name, "messages": [{"role": "user", "content": "Count to 4."}], "temperature": 0,
+                          "max_tokens": 16});
+        let (want, _) = server.answer("/v1/chat/completions", &body);
+        assert_eq!(column["text"], want, "{name}");
+        assert!(column["chunks"].as_u64().unwrap() > 1, "streamed in pieces: {column}");
+    }
+    let names: Vec<&str> = got.as_array().unwrap().iter().map(|c| c["model"].as_str().unwrap()).collect();
+    assert_eq!(names, ["base", "count"]);
+    let log = server.log();
+    assert!(log.contains("loaded adapter count from"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+/// Load on loopback, bounded in count and time: 64 greedy chat requests (8 prompts × the base and two adapters) from
+/// one client, then the same 64 from 8 clients at once. Every answer from the 8 clients equals the one-client answer
+/// to the same request (which the tests above hold equal to `loft generate`'s); the figures — aggregate decode
+/// tokens/s with 1 and 8 clients, p50/p99 latency, the server's peak RSS — are printed for README.
+#[test]
+fn sixty_four_requests_from_eight_clients_get_the_sequential_answers() {
+    const PROMPTS: [&str; 8] = [
+        "Write one sentence about the sea.",
+        "Name three colours.",
+        "What is the capital of France?",
+        "Count to five.",
+        "Give me a short greeting.",
+        "What do cats eat?",
+        "Describe the sun in one line.",
+        "Say something about winter.",
+    ];
+    const MODELS: [&str; 3] = ["base", "one", "two"];
+    const TOKENS: usize = 32;
+    let dir = tempfile::tempdir().unwrap();
+    let (a1, a2) = (write_adapter(dir.path(), 1), write_adapter(dir.path(), 2));
+    let model = default_model();
+    let (one, two) = (format!("one={a1}"), format!("two={a2}"));
+    let server = Arc::new(Server::start(&[
+        "--model",
+        &model,
+        "--name",
+        "base",
+        "--adapter",
+        &one,
+        "--adapter",
+        &two,
+        "--max-concurrent",
+        "8",
+    ]));
+    fn request(j: usize) -> Value {
+        json!({"model": MODELS[j % 3], "messages": [{"role": "user", "content": PROMPTS[j % 8]}], "temperature": 0,
+               "max_tokens": TOKENS})
+    }
+    /// (answer, completion tokens, seconds) of request j.
+    fn send(server: &Server, j: usize) -> (String, u64, f64) {
+        let start = Instant::now();
+        let (text, v) = server.answer("/v1/chat/completions", &request(j));
+        (text, v["usage"]["completion_tokens"].as_u64().unwrap(), start.elapsed().as_secs_f64())
+    }
+    let figures = |label: &str, results: &[(String, u64, f64)], wall: f64| {
+        let tokens: u64 = results.iter().map(|r| r.1).sum();
+        let mut latency: Vec<f64> = results.iter().map(|r| r.2).collect();
+        latency.sort_by(f64::total_cmp);
+        let at = |q: f64| latency[((latency.len() - 1) as f64 * q).round() as usize];
+        eprintln!(
+            "{label}: {} requests, {tokens} tokens in {wall:.1} s = {:.1} tok/s; latency p50 {:.2} s, p99 {:.2} s",
+            results.len(),
+            tokens as f64 / wall,
+            at(0.5),
+            at(0.99)
+        );
+        tokens as f64 / wall
+    };
+
+    let start = Instant::now();
+    let alone: Vec<_> = (0..64).map(|j| send(&server, j)).collect();
+    let one_client = figures("1 client", &alone, start.elapsed().as_secs_f64());
+    for j in 0..64 {
+        assert_eq!(alone[j].0, alone[j % 24].0, "request {j} repeats request {}", j % 24);
+    }
+    let distinct: std::collections::BTreeSet<&str> = alone[..24].iter().map(|r| r.0.as_str()).collect();
+    assert!(distinct.len() > 12, "the prompts and adapters give different answers: {distinct:?}");
+
+    let start = Instant::now();
+    let clients: Vec<_> = (0..8)
+        .map(|c| {
+            let server = server.clone();
+            std::thread::spawn(move || (0..8).map(|i| (c * 8 + i, send(&server, c * 8 + i))).collect::<Vec<_>>())
+        })
+        .collect();
+    let mut together: Vec<(usize, (String, u64, f64))> = clients.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let wall = start.elapsed().as_secs_f64();
+    together.sort_by_key(|r| r.0);
+    for (j, (text, tokens, _)) in &together {
+        assert_eq!(text, &alone[*j].0, "request {j} ({}) from 8 clients", MODELS[j % 3]);
+        assert_eq!(*tokens, alone[*j].1);
+    }
+    let results: Vec<_> = together.into_iter().map(|r| r.1).collect();
+    let eight_clients = figures("8 clients", &results, wall);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+    let peak = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap_or_default().to_string();
+    eprintln!("8 clients / 1 client: {:.2}x; server peak RSS {peak}", eight_clients / one_client);
     let log = server.log();
     assert!(!log.contains("panicked"), "{log}");
 }

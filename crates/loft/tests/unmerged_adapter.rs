@@ -1,7 +1,8 @@
 //! An adapter run unmerged (`Runner::forward_with`, one base serving several adapters) gives the logits of the
 //! same adapter merged into the base (`lora::merge::merge_adapter`): on tiny models, tied and untied, with and
 //! without a trained embedding and head, over a prompt and then token by token through the KV cache; and on the
-//! default model (Q4_1 base), where greedy generation picks the same tokens.
+//! default model (Q4_1 base), where greedy generation picks the same tokens. Sequences decoded together
+//! (`model::batch::decode_step`, continuous batching) get the very logits each gets alone, bit for bit.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
 mod common;
@@ -14,7 +15,8 @@ use loft::engine::Cpu;
 use loft::infer::{generate, generate_with, GenerateOptions, SamplingParams};
 use loft::lora::merge::merge_adapter;
 use loft::lora::{Adapter, LoraConfig};
-use loft::model::{llama_from_gguf, load_base, Llama, Runner};
+use loft::model::batch::{decode_step, Row};
+use loft::model::{llama_from_gguf, load_base, KvCache, Llama, Runner, UnmergedAdapter};
 
 /// Logits of every position of `prompt`, then of `extra` fed one token at a time through the cache: the prompt
 /// pass runs the tiled products, the decode steps the row-by-row ones.
@@ -154,4 +156,121 @@ fn unmerged_equals_merged_on_the_default_model() {
     let mut cache = merged_runner.cache(64).unwrap();
     let (want_tokens, _) = generate(&merged_runner, &prompt, &opts, &mut cache, |_| Ok(())).unwrap();
     assert_eq!(tokens, want_tokens);
+}
+
+/// One sequence of the batching test: its adapter, its prompt, the tokens it is fed after it, and the step at which
+/// it joins the batch (sequences join and leave at different steps, as requests do).
+struct Sequence<'a> {
+    adapter: Option<&'a UnmergedAdapter>,
+    prompt: Vec<u32>,
+    fed: Vec<u32>,
+    joins: usize,
+}
+
+/// The logits after each fed token, from `Runner::forward_with` one sequence at a time.
+fn logits_alone(base: &Llama, s: &Sequence<'_>) -> Vec<Vec<f32>> {
+    let runner = Runner::new(&Cpu, base).unwrap();
+    let device = s.adapter.map(|a| runner.adapter(a).unwrap());
+    let mut cache = runner.cache(s.prompt.len() + s.fed.len()).unwrap();
+    runner.forward_with(&s.prompt, &mut cache, device.as_ref()).unwrap();
+    s.fed
+        .iter()
+        .map(|&id| {
+            let hidden = runner.forward_with(&[id], &mut cache, device.as_ref()).unwrap();
+            runner.logits_with(&hidden, 0, 1, device.as_ref()).unwrap()
+        })
+        .collect()
+}
+
+/// The same logits from `decode_step` over every sequence running at each step.
+fn logits_batched(base: &Llama, seqs: &[Sequence<'_>]) -> Vec<Vec<Vec<f32>>> {
+    let runner = Runner::new(&Cpu, base).unwrap();
+    let v = base.config.vocab_size;
+    let mut caches: Vec<KvCache> = seqs.iter().map(|s| runner.cache(s.prompt.len() + s.fed.len()).unwrap()).collect();
+    for (s, cache) in seqs.iter().zip(&mut caches) {
+        let device = s.adapter.map(|a| runner.adapter(a).unwrap());
+        runner.forward_with(&s.prompt, cache, device.as_ref()).unwrap();
+    }
+    let mut out: Vec<Vec<Vec<f32>>> = seqs.iter().map(|_| Vec::new()).collect();
+    for step in 0.. {
+        let running: Vec<usize> =
+            (0..seqs.len()).filter(|&i| step >= seqs[i].joins && step - seqs[i].joins < seqs[i].fed.len()).collect();
+        if running.is_empty() && seqs.iter().all(|s| step >= s.joins + s.fed.len()) {
+            break;
+        }
+        let mut rows: Vec<Row<'_>> = Vec::new();
+        for (i, cache) in caches.iter_mut().enumerate().filter(|(i, _)| running.contains(i)) {
+            let s = &seqs[i];
+            rows.push(Row { token: s.fed[step - s.joins], cache, adapter: s.adapter });
+        }
+        let logits = decode_step(&runner, &mut rows).unwrap();
+        for (k, &i) in running.iter().enumerate() {
+            out[i].push(logits[k * v..(k + 1) * v].to_vec());
+        }
+    }
+    out
+}
+
+fn batched_equals_alone(base: &Llama, seqs: &[Sequence<'_>], case: &str) {
+    let batched = logits_batched(base, seqs);
+    for (i, s) in seqs.iter().enumerate() {
+        let alone = logits_alone(base, s);
+        assert_eq!(batched[i].len(), alone.len(), "{case}: sequence {i}");
+        for (step, (b, a)) in batched[i].iter().zip(&alone).enumerate() {
+            let same = b.iter().zip(a).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(
+                same,
+                "{case}: sequence {i}, step {step}: batched logits differ by {}",
+                worst_difference(std::slice::from_ref(b), std::slice::from_ref(a))
+            );
+        }
+    }
+}
+
+/// Six sequences of different lengths, for the base and two adapters, joining and leaving at different steps.
+fn six<'a>(a: &'a UnmergedAdapter, b: &'a UnmergedAdapter, vocab: u32) -> Vec<Sequence<'a>> {
+    let adapters = [None, Some(a), Some(b), Some(a), None, Some(b)];
+    adapters
+        .into_iter()
+        .enumerate()
+        .map(|(i, adapter)| {
+            let id = |k: usize| ((i * 7 + k * 13 + 1) % vocab as usize) as u32;
+            Sequence {
+                adapter,
+                prompt: (0..2 + i * 3).map(id).collect(),
+                fed: (0..3 + i % 3).map(|k| id(k + 50)).collect(),
+                joins: [0, 0, 1, 0, 2, 4][i],
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn batched_decoding_equals_each_sequence_alone_on_tiny_models() {
+    let dir = tempfile::tempdir().unwrap();
+    for tied in [true, false] {
+        let base = tiny(dir.path(), tied);
+        let plain = LoraConfig { r: 4, lora_alpha: 8.0, ..Default::default() };
+        let trained = LoraConfig { train_embed_tokens: true, train_lm_head: true, ..plain.clone() };
+        let a = adapter_with_nonzero_b(&base, plain).into_unmerged(&base.config).unwrap();
+        let mut b = adapter_with_nonzero_b(&base, trained);
+        for m in [&mut b.embed_tokens, &mut b.lm_head].into_iter().flatten() {
+            m.iter_mut().enumerate().for_each(|(i, v)| *v += (i as f32 * 0.37).sin() * 0.1);
+        }
+        let b = b.into_unmerged(&base.config).unwrap();
+        batched_equals_alone(&base, &six(&a, &b, base.config.vocab_size as u32), &format!("tiny, tied {tied}"));
+    }
+}
+
+/// On the default model's Q4_1 blocks, up to four rows share each pass over a weight (the dot kernel), and the
+/// answers stay those of each sequence alone.
+#[test]
+fn batched_decoding_equals_each_sequence_alone_on_the_default_model() {
+    let base = load_base(&default_model().display().to_string(), true).unwrap();
+    let config = LoraConfig { r: 8, lora_alpha: 16.0, ..Default::default() };
+    let a = adapter_with_nonzero_b(&base, config.clone()).into_unmerged(&base.config).unwrap();
+    let mut b = adapter_with_nonzero_b(&base, config);
+    b.for_each_tensor_mut(|_, t| t.iter_mut().for_each(|v| *v *= -0.5));
+    let b = b.into_unmerged(&base.config).unwrap();
+    batched_equals_alone(&base, &six(&a, &b, 49152), "default model, Q4_1");
 }

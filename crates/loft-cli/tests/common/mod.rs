@@ -5,6 +5,8 @@
 #[path = "../../../loft/tests/common/mod.rs"]
 mod library;
 
+pub mod browser;
+
 pub use library::{openai_py, reference_dir, tensorboard_py, tiny_bpe_model, workspace};
 
 /// The default model (`scripts/fetch.sh model`, or LOFT_MODEL); a missing one fails the test, naming it.

@@ -39,8 +39,8 @@ enum Storage {
 }
 
 /// Up to this many input rows, a quantized product runs row by row on the packed blocks (decode); above it,
-/// tiles are dequantized and go through gemm.
-const DOT_MAX_ROWS: usize = 4;
+/// tiles are dequantized and go through gemm. Each input row's result is the same whatever the count up to it.
+pub const DOT_MAX_ROWS: usize = quant_dot::MAX_ROWS;
 /// Weight rows dequantized at once per tile.
 const TILE_ROWS: usize = 64;
 /// Weight rows per tile of the input gradient, and rows each thread dequantizes at a time.
@@ -142,12 +142,11 @@ impl FrozenMatrix {
                         let r1 = (r0 + chunk).min(rows);
                         let mut out = vec![0.0f32; (r1 - r0) * n];
                         let mut scratch = Vec::new();
+                        let xs: Vec<&[f32]> = x[..n * cols].chunks_exact(cols).collect();
                         for r in r0..r1 {
                             let wr = &data[r * row_bytes..(r + 1) * row_bytes];
-                            for i in 0..n {
-                                out[(r - r0) * n + i] =
-                                    quant_dot::dot(*dtype, wr, &x[i * cols..(i + 1) * cols], &mut scratch);
-                            }
+                            let o = &mut out[(r - r0) * n..(r - r0 + 1) * n];
+                            quant_dot::dot_rows(*dtype, wr, &xs, &mut scratch, o);
                         }
                         (r0, out)
                     })

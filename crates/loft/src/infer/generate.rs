@@ -58,43 +58,90 @@ pub fn generate_with<B: Backend>(
     cache: &mut KvCache<B>,
     mut on_token: impl FnMut(u32) -> Result<()>,
 ) -> Result<(Vec<u32>, GenerationStats)> {
-    let mut sampler = Sampler::new(opts.sampling.clone());
     let mut stats = GenerationStats { prompt_tokens: prompt.len(), ..Default::default() };
-    let mut out = Vec::new();
     if opts.max_new_tokens == 0 || prompt.is_empty() {
-        return Ok((out, stats));
+        return Ok((Vec::new(), stats));
     }
     let start = Instant::now();
     let hidden = model.forward_with(prompt, cache, adapter)?;
     let mut logits = model.logits_with(&hidden, prompt.len() - 1, 1, adapter)?;
     stats.prompt_seconds = start.elapsed().as_secs_f64();
     let decode_start = Instant::now();
-    let penalty = opts.sampling.repetition_penalty;
-    let mut seen = vec![false; if penalty == 1.0 { 0 } else { logits.len() }];
-    for &id in prompt {
-        if let Some(s) = seen.get_mut(id as usize) {
-            *s = true;
-        }
-    }
+    let mut decoding = Decoding::new(opts, prompt, logits.len());
     loop {
-        apply_repetition_penalty(&mut logits, &seen, penalty);
-        let next = sampler.sample(&logits);
-        if let Some(s) = seen.get_mut(next as usize) {
-            *s = true;
-        }
-        out.push(next);
+        let (next, end) = decoding.choose(&mut logits, cache.len >= cache.capacity);
         stats.generated_tokens += 1;
         on_token(next)?;
-        if opts.stop_ids.contains(&next) {
-            stats.stopped = true;
-            break;
-        }
-        if out.len() >= opts.max_new_tokens || cache.len >= cache.capacity {
+        if let Some(end) = end {
+            stats.stopped = end == End::Stop;
             break;
         }
         let hidden = model.forward_with(&[next], cache, adapter)?;
         logits = model.logits_with(&hidden, 0, 1, adapter)?;
     }
     stats.decode_seconds = decode_start.elapsed().as_secs_f64();
-    Ok((out, stats))
+    Ok((decoding.out, stats))
+}
+
+/// Why a sequence ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// A stop token was chosen.
+    Stop,
+    /// max_new_tokens, or the cache's capacity, was reached.
+    Length,
+}
+
+/// One sequence's choices, apart from the model that computes its logits: the sampler, the tokens the repetition
+/// penalty remembers, and the answer so far. [`generate_with`] runs it one sequence at a time; `loft serve` runs
+/// several in one batch, and both choose the same tokens from the same logits.
+pub struct Decoding {
+    sampler: Sampler,
+    penalty: f32,
+    /// seen[id]: the token is in the prompt or the answer (empty when the penalty is off).
+    seen: Vec<bool>,
+    stop_ids: Vec<u32>,
+    max_new_tokens: usize,
+    /// The tokens chosen so far.
+    pub out: Vec<u32>,
+}
+
+impl Decoding {
+    /// A sequence after `prompt`, over a vocabulary of `vocab` tokens.
+    pub fn new(opts: &GenerateOptions, prompt: &[u32], vocab: usize) -> Self {
+        let penalty = opts.sampling.repetition_penalty;
+        let mut seen = vec![false; if penalty == 1.0 { 0 } else { vocab }];
+        for &id in prompt {
+            if let Some(s) = seen.get_mut(id as usize) {
+                *s = true;
+            }
+        }
+        Decoding {
+            sampler: Sampler::new(opts.sampling.clone()),
+            penalty,
+            seen,
+            stop_ids: opts.stop_ids.clone(),
+            max_new_tokens: opts.max_new_tokens,
+            out: Vec::new(),
+        }
+    }
+
+    /// Chooses the next token from the logits after the last one (the penalty is applied to them in place), and
+    /// says whether the sequence ends with it; `cache_full` when no position is left for another token.
+    pub fn choose(&mut self, logits: &mut [f32], cache_full: bool) -> (u32, Option<End>) {
+        apply_repetition_penalty(logits, &self.seen, self.penalty);
+        let next = self.sampler.sample(logits);
+        if let Some(s) = self.seen.get_mut(next as usize) {
+            *s = true;
+        }
+        self.out.push(next);
+        let end = if self.stop_ids.contains(&next) {
+            Some(End::Stop)
+        } else if self.out.len() >= self.max_new_tokens || cache_full {
+            Some(End::Length)
+        } else {
+            None
+        };
+        (next, end)
+    }
 }

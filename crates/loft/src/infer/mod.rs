@@ -3,5 +3,5 @@
 pub mod generate;
 pub mod sample;
 
-pub use generate::{generate, generate_with, GenerateOptions, GenerationStats};
+pub use generate::{generate, generate_with, Decoding, End, GenerateOptions, GenerationStats};
 pub use sample::{Sampler, SamplingParams};

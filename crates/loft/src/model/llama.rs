@@ -51,6 +51,16 @@ impl<B: Backend> KvCache<B> {
     pub fn clear(&mut self) {
         self.len = 0;
     }
+
+    /// Layer `l`'s keys and values, each [capacity, NKV·D] (a batched decode writes each sequence's own).
+    pub fn layer_mut(&mut self, l: usize) -> (&mut B::Buf, &mut B::Buf) {
+        (&mut self.k[l], &mut self.v[l])
+    }
+
+    /// Bytes the keys and values of `capacity` positions take in f32.
+    pub fn bytes(cfg: &LlamaConfig, capacity: usize) -> usize {
+        2 * cfg.num_hidden_layers * capacity * cfg.kv_dim() * 4
+    }
 }
 
 /// One block's frozen weights as a backend holds them (field names as the checkpoint's).

@@ -1,6 +1,7 @@
 //! Loading a Llama-family model from a GGUF file, a Hugging Face folder or a hub id, together with its tokenizer
 //! and chat template.
 
+pub mod batch;
 pub mod bnb;
 pub mod config;
 pub mod gguf_source;

@@ -88,7 +88,7 @@ impl ApiError {
         }
     }
 
-    /// 503: every worker is busy and the queue is full, or a request waited in the queue too long.
+    /// 503: the batch and the queue are full, or a request waited in the queue too long.
     pub fn busy(message: impl Into<String>) -> Self {
         ApiError { status: 503, message: message.into(), kind: "server_error", param: None, code: Some("server_busy") }
     }

@@ -7,6 +7,7 @@ pub mod forward_backward;
 pub mod optim;
 pub mod recipe;
 pub mod schedule;
+pub mod status;
 pub mod steps;
 pub mod tensorboard;
 
