@@ -356,7 +356,7 @@ fn train_on<B: Backend>(be: &B, args: TrainArgs) -> loft::Result<()> {
                 "adapter_parameters": n_params,
                 "device": be.describe(),
                 "device_bytes": device_bytes,
-                "device_estimate_bytes": device_estimate,
+                "device_estimate_bytes": device_bytes.map(|_| device_estimate),
                 "load_seconds": load_seconds,
                 "loss": last_loss,
             })

@@ -9,6 +9,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use common::{adapter_tensors, relative_l2};
 use loft::train::{train, Quiet, RunConfig, TrainConfig, TrainOptions};
 
 /// Alpaca records of varied lengths (so padded micro-batches differ in length).
@@ -53,32 +54,6 @@ fn losses(out: &Path, key: &str) -> Vec<(u64, f64)> {
             Some((v["step"].as_u64()?, v.get(key)?.as_f64()?))
         })
         .collect()
-}
-
-fn adapter_tensors(dir: &Path) -> Vec<(String, Vec<f32>)> {
-    let bytes = std::fs::read(dir.join("adapter_model.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut out: Vec<(String, Vec<f32>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, v)| (n, v.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()))
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
-}
-
-/// ‖a − b‖ / ‖b‖ over all tensors.
-fn relative_l2(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f64 {
-    let (mut diff, mut norm) = (0f64, 0f64);
-    assert_eq!(a.len(), b.len());
-    for ((na, ta), (nb, tb)) in a.iter().zip(b) {
-        assert_eq!(na, nb);
-        for (x, y) in ta.iter().zip(tb) {
-            diff += ((x - y) as f64).powi(2);
-            norm += (*y as f64).powi(2);
-        }
-    }
-    (diff / norm).sqrt()
 }
 
 #[test]

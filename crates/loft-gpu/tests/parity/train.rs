@@ -20,6 +20,7 @@ use loft::train::{train_on, Quiet, RunConfig, TrainConfig, TrainOptions};
 use crate::common::gpu;
 
 use crate::lcommon;
+use crate::lcommon::{adapter_tensors as adapter, l2_parts, relative_l2};
 
 /// The tiny model, re-written with Q4_0 blocks (as a 4-bit GGUF holds them).
 fn tiny_q4_model(dir: &Path) -> PathBuf {
@@ -74,41 +75,6 @@ fn losses(out: &Path) -> Vec<(u64, f64)> {
             Some((v["step"].as_u64()?, v.get("loss")?.as_f64()?))
         })
         .collect()
-}
-
-fn adapter(dir: &Path) -> Vec<(String, Vec<f32>)> {
-    let bytes = std::fs::read(dir.join("adapter_model.safetensors")).expect("adapter_model.safetensors");
-    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
-    let mut out: Vec<(String, Vec<f32>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, v)| (n, v.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()))
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
-}
-
-/// ‖a − b‖ / ‖b‖ over all tensors.
-fn relative_l2(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f64 {
-    let (diff, norm) = l2_parts(a, b, |_| true);
-    (diff / norm).sqrt()
-}
-
-/// (‖a − b‖², ‖b‖²) over the tensors whose name `keep` accepts.
-fn l2_parts(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)], keep: impl Fn(&str) -> bool) -> (f64, f64) {
-    assert_eq!(a.len(), b.len());
-    let (mut diff, mut norm) = (0f64, 0f64);
-    for ((na, ta), (nb, tb)) in a.iter().zip(b) {
-        assert_eq!(na, nb);
-        if !keep(na) {
-            continue;
-        }
-        for (x, y) in ta.iter().zip(tb) {
-            diff += ((x - y) as f64).powi(2);
-            norm += (*y as f64).powi(2);
-        }
-    }
-    (diff, norm)
 }
 
 /// For the LoRA matrices and for the trained embedding/head apart: ‖gpu − cpu‖ against how far the last step

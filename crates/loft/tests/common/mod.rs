@@ -137,6 +137,43 @@ pub fn adapter_with_nonzero_b(model: &loft::model::Llama, config: loft::lora::Lo
     a
 }
 
+/// The tensors of a PEFT adapter folder (`adapter_model.safetensors`), as f32, sorted by name.
+pub fn adapter_tensors(dir: &Path) -> Vec<(String, Vec<f32>)> {
+    let path = dir.join("adapter_model.safetensors");
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<(String, Vec<f32>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()))
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// (‖a − b‖², ‖b‖²) over the tensors whose name `keep` accepts (a and b name the same tensors in the same order).
+pub fn l2_parts(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)], keep: impl Fn(&str) -> bool) -> (f64, f64) {
+    assert_eq!(a.len(), b.len());
+    let (mut diff, mut norm) = (0f64, 0f64);
+    for ((na, ta), (nb, tb)) in a.iter().zip(b) {
+        assert_eq!(na, nb);
+        if !keep(na) {
+            continue;
+        }
+        for (x, y) in ta.iter().zip(tb) {
+            diff += ((x - y) as f64).powi(2);
+            norm += (*y as f64).powi(2);
+        }
+    }
+    (diff, norm)
+}
+
+/// ‖a − b‖ / ‖b‖ over all tensors.
+pub fn relative_l2(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f64 {
+    let (diff, norm) = l2_parts(a, b, |_| true);
+    (diff / norm).sqrt()
+}
+
 /// Merges kept in the tiny models' tokenizer: enough that common English words are one or two tokens.
 pub const TINY_BPE_MERGES: usize = 2000;
 
