@@ -52,6 +52,13 @@ pub struct SamplingArgs {
     /// small models fall into; 1: off).
     #[arg(long, default_value_t = 1.0)]
     pub repetition_penalty: f32,
+    /// OpenAI's frequency_penalty: a token's logit drops by this for every time it was already chosen in the answer
+    /// (-2 to 2; 0: off).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub frequency_penalty: f32,
+    /// OpenAI's presence_penalty: a token's logit drops by this once it was chosen in the answer (-2 to 2; 0: off).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub presence_penalty: f32,
 }
 
 impl SamplingArgs {
@@ -72,6 +79,13 @@ impl SamplingArgs {
                 "use 1 for none, or a value such as 1.1",
             ));
         }
+        for (flag, v) in
+            [("--frequency-penalty", self.frequency_penalty), ("--presence-penalty", self.presence_penalty)]
+        {
+            if !(-2.0..=2.0).contains(&v) {
+                return Err(Error::hinted(format!("{flag} {v} is out of range"), "use a value from -2 to 2 (0: off)"));
+            }
+        }
         Ok(())
     }
 
@@ -85,6 +99,8 @@ impl SamplingArgs {
                 top_p: self.top_p,
                 seed: self.seed,
                 repetition_penalty: self.repetition_penalty,
+                frequency_penalty: self.frequency_penalty,
+                presence_penalty: self.presence_penalty,
             },
             stop_ids: stop_ids(loaded),
         }

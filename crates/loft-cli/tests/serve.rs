@@ -319,6 +319,12 @@ fn greedy_answers_equal_loft_generate_for_the_base_and_two_adapters() {
     assert_eq!(v["choices"][0]["finish_reason"], "length");
     assert_eq!(v["usage"]["completion_tokens"], 3);
     assert!(text.starts_with(&got), "{got:?} vs {text:?}");
+
+    // OpenAI's frequency and presence penalties choose what `loft generate` does with the same ones.
+    let penalised = generate(&["-p", PROMPT, "--frequency-penalty", "1.5", "--presence-penalty", "0.5"]);
+    assert_ne!(penalised, want[0].1, "the penalties changed nothing");
+    let body = chat("base", json!({"frequency_penalty": 1.5, "presence_penalty": 0.5}));
+    assert_eq!(server.answer("/v1/chat/completions", &body).0, penalised);
     let log = server.log();
     assert!(!log.contains("panicked"), "{log}");
 }

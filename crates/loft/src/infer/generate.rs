@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use crate::engine::Backend;
 use crate::error::Result;
-use crate::infer::sample::{apply_repetition_penalty, Sampler, SamplingParams};
+use crate::infer::sample::{apply_openai_penalties, apply_repetition_penalty, Sampler, SamplingParams};
 use crate::model::{KvCache, Runner, UnmergedOnDevice};
 
 #[derive(Clone, Debug)]
@@ -100,6 +100,8 @@ pub struct Decoding {
     penalty: f32,
     /// seen[id]: the token is in the prompt or the answer (empty when the penalty is off).
     seen: Vec<bool>,
+    /// counts[id]: how often the token was chosen in the answer (empty when OpenAI's penalties are off).
+    counts: Vec<u32>,
     stop_ids: Vec<u32>,
     max_new_tokens: usize,
     /// The tokens chosen so far.
@@ -116,10 +118,12 @@ impl Decoding {
                 *s = true;
             }
         }
+        let (f, p) = (opts.sampling.frequency_penalty, opts.sampling.presence_penalty);
         Decoding {
             sampler: Sampler::new(opts.sampling.clone()),
             penalty,
             seen,
+            counts: vec![0; if f == 0.0 && p == 0.0 { 0 } else { vocab }],
             stop_ids: opts.stop_ids.clone(),
             max_new_tokens: opts.max_new_tokens,
             out: Vec::new(),
@@ -130,9 +134,14 @@ impl Decoding {
     /// says whether the sequence ends with it; `cache_full` when no position is left for another token.
     pub fn choose(&mut self, logits: &mut [f32], cache_full: bool) -> (u32, Option<End>) {
         apply_repetition_penalty(logits, &self.seen, self.penalty);
+        let sp = &self.sampler.params;
+        apply_openai_penalties(logits, &self.counts, sp.frequency_penalty, sp.presence_penalty);
         let next = self.sampler.sample(logits);
         if let Some(s) = self.seen.get_mut(next as usize) {
             *s = true;
+        }
+        if let Some(c) = self.counts.get_mut(next as usize) {
+            *c += 1;
         }
         self.out.push(next);
         let end = if self.stop_ids.contains(&next) {

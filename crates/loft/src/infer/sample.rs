@@ -15,11 +15,24 @@ pub struct SamplingParams {
     /// transformers' `repetition_penalty`: the logit of every token already in the prompt or the answer is divided
     /// by it when positive, multiplied when negative; 1 turns it off.
     pub repetition_penalty: f32,
+    /// OpenAI's `frequency_penalty`: each logit loses this much for every time its token was already chosen in the
+    /// answer; 0 turns it off.
+    pub frequency_penalty: f32,
+    /// OpenAI's `presence_penalty`: each logit loses this much once its token was chosen in the answer.
+    pub presence_penalty: f32,
 }
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0, repetition_penalty: 1.0 }
+        SamplingParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+            repetition_penalty: 1.0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+        }
     }
 }
 
@@ -30,6 +43,14 @@ pub fn apply_repetition_penalty(logits: &mut [f32], seen: &[bool], penalty: f32)
     }
     for (l, _) in logits.iter_mut().zip(seen).filter(|(_, &s)| s) {
         *l = if *l > 0.0 { *l / penalty } else { *l * penalty };
+    }
+}
+
+/// OpenAI's frequency and presence penalties (its API reference): logit[j] −= counts[j]·frequency +
+/// (counts[j] > 0)·presence, counts[j] being how often token j was chosen before this position.
+pub fn apply_openai_penalties(logits: &mut [f32], counts: &[u32], frequency: f32, presence: f32) {
+    for (l, &c) in logits.iter_mut().zip(counts).filter(|(_, &c)| c > 0) {
+        *l -= c as f32 * frequency + presence;
     }
 }
 
@@ -101,6 +122,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn openai_penalties_as_its_reference_says() {
+        let mut l = vec![1.0, 1.0, 1.0];
+        apply_openai_penalties(&mut l, &[0, 1, 3], 0.5, 0.25);
+        assert_eq!(l, vec![1.0, 0.25, -0.75]);
+    }
+
+    #[test]
     fn repetition_penalty_as_transformers() {
         let mut l = vec![2.0, -2.0, 3.0];
         apply_repetition_penalty(&mut l, &[true, true, false], 2.0);
@@ -111,14 +139,29 @@ mod tests {
     fn greedy_takes_argmax_and_filters_restrict_choices() {
         let logits = [0.1, 3.0, 2.9, -1.0];
         assert_eq!(Sampler::new(SamplingParams::default()).sample(&logits), 1);
-        let mut top1 =
-            Sampler::new(SamplingParams { temperature: 1.0, top_k: 1, top_p: 1.0, seed: 3, repetition_penalty: 1.0 });
+        let mut top1 = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            top_k: 1,
+            top_p: 1.0,
+            seed: 3,
+            ..SamplingParams::default()
+        });
         assert!((0..50).all(|_| top1.sample(&logits) == 1));
-        let mut nucleus =
-            Sampler::new(SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.9, seed: 3, repetition_penalty: 1.0 });
+        let mut nucleus = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 0.9,
+            seed: 3,
+            ..SamplingParams::default()
+        });
         assert!((0..200).all(|_| matches!(nucleus.sample(&logits), 1 | 2)));
-        let mut all =
-            Sampler::new(SamplingParams { temperature: 5.0, top_k: 0, top_p: 1.0, seed: 9, repetition_penalty: 1.0 });
+        let mut all = Sampler::new(SamplingParams {
+            temperature: 5.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 9,
+            ..SamplingParams::default()
+        });
         let seen: std::collections::BTreeSet<u32> = (0..500).map(|_| all.sample(&logits)).collect();
         assert_eq!(seen.len(), 4);
     }
@@ -126,7 +169,7 @@ mod tests {
     #[test]
     fn same_seed_same_stream() {
         let logits: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin()).collect();
-        let p = SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, seed: 42, repetition_penalty: 1.0 };
+        let p = SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, seed: 42, ..SamplingParams::default() };
         let (mut a, mut b) = (Sampler::new(p.clone()), Sampler::new(p));
         let xa: Vec<u32> = (0..20).map(|_| a.sample(&logits)).collect();
         let xb: Vec<u32> = (0..20).map(|_| b.sample(&logits)).collect();

@@ -3,9 +3,9 @@
 //! `/v1/models`, and the error object.
 //!
 //! Unknown fields are ignored, so clients that send more (`user`, `metadata`, `store`, …) work. Known fields that
-//! loft cannot honour are refused with a 400 naming them: `n` > 1, `logprobs`, `tools`/`functions`, a
-//! `response_format` other than text, and non-zero `presence_penalty`/`frequency_penalty` (loft's
-//! `repetition_penalty`, accepted as an extension, is transformers' multiplicative one, not OpenAI's).
+//! loft cannot honour are refused with a 400 naming them: `n` > 1, `logprobs`, `tools`/`functions`, and a
+//! `response_format` other than text. `presence_penalty`/`frequency_penalty` are OpenAI's (additive, over the
+//! answer's tokens); `repetition_penalty`, accepted as an extension, is transformers' multiplicative one.
 
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -295,8 +295,11 @@ fn common_request(model: Option<String>, prompt: Prompt, c: CommonBody) -> Resul
         }
     }
     for (param, v) in [("presence_penalty", c.presence_penalty), ("frequency_penalty", c.frequency_penalty)] {
-        if v.is_some_and(|v| v != 0.0) {
-            return Err(ApiError::unsupported(param, "a non-zero value (repetition_penalty is loft's penalty)"));
+        if v.is_some_and(|v| !(-2.0..=2.0).contains(&v)) {
+            return Err(ApiError::invalid(
+                format!("Invalid '{param}': {}; expected a value between -2 and 2.", v.unwrap_or_default()),
+                Some(param),
+            ));
         }
     }
     let temperature = c.temperature.unwrap_or(1.0);
@@ -343,6 +346,8 @@ fn common_request(model: Option<String>, prompt: Prompt, c: CommonBody) -> Resul
         top_p: if greedy { 1.0 } else { top_p as f32 },
         seed: 0,
         repetition_penalty: repetition_penalty as f32,
+        frequency_penalty: c.frequency_penalty.unwrap_or(0.0) as f32,
+        presence_penalty: c.presence_penalty.unwrap_or(0.0) as f32,
     };
     Ok(Request {
         model,
@@ -521,8 +526,8 @@ mod tests {
             ("max_tokens", "0"),
             ("n", "2"),
             ("logprobs", "true"),
-            ("presence_penalty", "0.5"),
-            ("frequency_penalty", "1"),
+            ("presence_penalty", "2.5"),
+            ("frequency_penalty", "-3"),
             ("tools", r#"[{"type": "function"}]"#),
             ("response_format", r#"{"type": "json_object"}"#),
             ("stop", r#"["a", "b", "c", "d", "e"]"#),
