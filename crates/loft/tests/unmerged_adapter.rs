@@ -16,6 +16,7 @@ use loft::infer::{generate, generate_with, GenerateOptions, SamplingParams};
 use loft::lora::merge::merge_adapter;
 use loft::lora::{Adapter, LoraConfig};
 use loft::model::batch::{decode_step, Row};
+use loft::model::Arch;
 use loft::model::{llama_from_gguf, load_base, KvCache, Llama, Runner, UnmergedAdapter};
 
 /// Logits of every position of `prompt`, then of `extra` fed one token at a time through the cache: the prompt
@@ -40,8 +41,12 @@ fn worst_difference(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
 }
 
 fn tiny(dir: &Path, tied: bool) -> Llama {
-    let cfg = TinyConfig { tied, ..Default::default() };
-    let path = dir.join(format!("tiny-{tied}.gguf"));
+    tiny_of(dir, tied, Arch::Llama)
+}
+
+fn tiny_of(dir: &Path, tied: bool, arch: Arch) -> Llama {
+    let cfg = TinyConfig { tied, arch, ..Default::default() };
+    let path = dir.join(format!("tiny-{tied}-{arch:?}.gguf"));
     write_gguf(&path, &cfg, &random_weights(&cfg, 7));
     llama_from_gguf(&gguf::GgufFile::open(&path).unwrap()).unwrap()
 }
@@ -245,11 +250,12 @@ fn six<'a>(a: &'a UnmergedAdapter, b: &'a UnmergedAdapter, vocab: u32) -> Vec<Se
         .collect()
 }
 
+/// Llama, and the families whose block adds a q/k/v bias (Qwen2) or a per-head q/k norm (Qwen3).
 #[test]
 fn batched_decoding_equals_each_sequence_alone_on_tiny_models() {
     let dir = tempfile::tempdir().unwrap();
-    for tied in [true, false] {
-        let base = tiny(dir.path(), tied);
+    for (tied, arch) in [(true, Arch::Llama), (false, Arch::Llama), (true, Arch::Qwen2), (false, Arch::Qwen3)] {
+        let base = tiny_of(dir.path(), tied, arch);
         let plain = LoraConfig { r: 4, lora_alpha: 8.0, ..Default::default() };
         let trained = LoraConfig { train_embed_tokens: true, train_lm_head: true, ..plain.clone() };
         let a = adapter_with_nonzero_b(&base, plain).into_unmerged(&base.config).unwrap();
@@ -258,7 +264,8 @@ fn batched_decoding_equals_each_sequence_alone_on_tiny_models() {
             m.iter_mut().enumerate().for_each(|(i, v)| *v += (i as f32 * 0.37).sin() * 0.1);
         }
         let b = b.into_unmerged(&base.config).unwrap();
-        batched_equals_alone(&base, &six(&a, &b, base.config.vocab_size as u32), &format!("tiny, tied {tied}"));
+        let case = format!("tiny {arch:?}, tied {tied}");
+        batched_equals_alone(&base, &six(&a, &b, base.config.vocab_size as u32), &case);
     }
 }
 

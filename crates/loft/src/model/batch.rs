@@ -71,9 +71,23 @@ pub fn decode_step(runner: &Runner<'_, Cpu>, rows: &mut [Row<'_>]) -> Result<Vec
         let (input_layernorm, post_attention_layernorm) = runner.layer_norms(l);
         // x = x + o_proj(attention(rope(q_proj(h)), rope(k_proj(h)), v_proj(h))), h = rmsnorm(x)
         be.rmsnorm_forward(&mut h, &x, input_layernorm, c, cfg.rms_norm_eps)?;
-        linear(&mut q, &h, TargetModule::QProj, false);
-        linear(&mut k, &h, TargetModule::KProj, false);
+        // (+ bias after each of q/k/v_proj for Qwen2; q, k = per-head rmsnorm(q, k) before RoPE for Qwen3: the
+        // same operations as Runner::forward_with, row by row)
+        let qk_norm = runner.qk_norm(l);
+        let (mut q_raw, mut k_raw) = (vec![0.0f32; n * qd], vec![0.0f32; n * kvd]);
+        let (q_out, k_out) = if qk_norm.is_some() { (&mut q_raw, &mut k_raw) } else { (&mut q, &mut k) };
+        linear(q_out, &h, TargetModule::QProj, false);
+        linear(k_out, &h, TargetModule::KProj, false);
         linear(&mut val, &h, TargetModule::VProj, false);
+        if let Some(b) = runner.attention_bias(l) {
+            be.bias_forward(q_out, &b.q_proj, n)?;
+            be.bias_forward(k_out, &b.k_proj, n)?;
+            be.bias_forward(&mut val, &b.v_proj, n)?;
+        }
+        if let Some(norm) = qk_norm {
+            be.rmsnorm_forward(&mut q, &q_raw, &norm.q_norm, d, cfg.rms_norm_eps)?; // rows N·NH of width D
+            be.rmsnorm_forward(&mut k, &k_raw, &norm.k_norm, d, cfg.rms_norm_eps)?;
+        }
         be.rope_forward(&mut q, n, nh, d, &cos, &sin)?;
         be.rope_forward(&mut k, n, nkv, d, &cos, &sin)?;
         for (i, row) in rows.iter_mut().enumerate() {
