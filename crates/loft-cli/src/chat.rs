@@ -45,10 +45,11 @@ fn converse<B: Backend>(
     opts: &GenerateOptions,
     system: Option<String>,
 ) -> loft::Result<()> {
-    let capacity = loaded.model.config.max_position_embeddings;
+    // The context the model allows; the cache starts small and doubles as the conversation grows.
+    let limit = loaded.model.config.max_position_embeddings;
     let runner = Runner::new(backend, &loaded.model)?;
     announce(backend);
-    let mut cache = runner.cache(capacity.min(8192))?;
+    let mut cache = runner.cache(limit.min(1024))?;
     let mut cached: Vec<u32> = Vec::new(); // the ids whose keys/values are in the cache
     let mut messages: Vec<Message> = Vec::new();
     let reset = |messages: &mut Vec<Message>| {
@@ -78,11 +79,16 @@ fn converse<B: Backend>(
         messages.push(Message { role: "user".into(), content: line });
         let text = template.render(&messages, true)?;
         let ids = loaded.tokenizer.encode(&text, false, true);
-        if ids.len() + opts.max_new_tokens > cache.capacity {
+        let need = ids.len() + opts.max_new_tokens;
+        if need > limit {
             eprintln!("the conversation is too long for the context ({} tokens); starting over", ids.len());
             messages.truncate(messages.len() - 1);
             reset(&mut messages);
             continue;
+        }
+        if need > cache.capacity {
+            let grown = need.max(2 * cache.capacity).min(limit);
+            runner.reserve(&mut cache, grown)?;
         }
         // Reuse the cached prefix; run only what differs.
         let keep = cached.iter().zip(&ids).take_while(|(a, b)| a == b).count().min(ids.len() - 1);

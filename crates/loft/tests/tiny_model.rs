@@ -1,5 +1,5 @@
 //! The forward pass on tiny random models against a plain f64 implementation of the transformers definition;
-//! loading from GGUF (with llama.cpp's Q/K permutation) and the errors for broken files.
+//! loading from GGUF (with llama.cpp's Q/K permutation), the errors for broken files, and the KV cache grown in use.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
 mod common;
@@ -114,6 +114,30 @@ fn prompt_longer_than_context_is_an_error() {
     assert!(err.contains("do not fit the context"), "{err}");
     let err = model.forward(&[999], &mut cache).unwrap_err().to_string();
     assert!(err.contains("outside the vocabulary"), "{err}");
+}
+
+/// A cache grown while in use (`loft chat` starts small and doubles it) keeps its positions: decoding after
+/// `reserve` gives exactly the logits of a cache that was large from the start.
+#[test]
+fn a_grown_cache_decodes_as_a_large_one() {
+    let cfg = TinyConfig::default();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    write_gguf(&path, &cfg, &random_weights(&cfg, 11));
+    let model = llama_from_gguf(&gguf::GgufFile::open(&path).unwrap()).unwrap();
+    let runner = loft::model::Runner::new(&loft::engine::Cpu, &model).unwrap();
+    let (prompt, next) = ([3u32, 1, 4, 1], [5u32, 9, 2]);
+    let mut small = runner.cache(4).unwrap();
+    let mut large = runner.cache(16).unwrap();
+    runner.forward(&prompt, &mut small).unwrap();
+    runner.forward(&prompt, &mut large).unwrap();
+    assert!(runner.forward(&next[..1], &mut small).is_err(), "a full cache refuses another token");
+    runner.reserve(&mut small, 16).unwrap();
+    assert_eq!((small.len, small.capacity), (4, 16));
+    for &t in &next {
+        let (a, b) = (runner.forward(&[t], &mut small).unwrap(), runner.forward(&[t], &mut large).unwrap());
+        assert_eq!(runner.logits(&a, 0, 1).unwrap(), runner.logits(&b, 0, 1).unwrap());
+    }
 }
 
 /// The tokenizer of the tiny models that tests of plumbing train (common::tiny_bpe_model) is a real byte-level BPE:

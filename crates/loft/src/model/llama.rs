@@ -52,6 +52,22 @@ impl<B: Backend> KvCache<B> {
         self.len = 0;
     }
 
+    /// Room for at least `capacity` positions: larger buffers on `backend` with the first `len` positions copied
+    /// over (nothing happens when the cache already has the room).
+    pub fn reserve(&mut self, backend: &B, cfg: &LlamaConfig, capacity: usize) -> Result<()> {
+        if capacity <= self.capacity {
+            return Ok(());
+        }
+        let kvd = cfg.kv_dim();
+        for buf in self.k.iter_mut().chain(self.v.iter_mut()) {
+            let mut bigger = backend.zeros(capacity * kvd)?;
+            backend.copy(buf, 0, &mut bigger, 0, self.len * kvd)?;
+            *buf = bigger;
+        }
+        self.capacity = capacity;
+        Ok(())
+    }
+
     /// Layer `l`'s keys and values, each [capacity, NKV·D] (a batched decode writes each sequence's own).
     pub fn layer_mut(&mut self, l: usize) -> (&mut B::Buf, &mut B::Buf) {
         (&mut self.k[l], &mut self.v[l])
@@ -204,6 +220,11 @@ impl<'w, B: Backend + 'w> Runner<'w, B> {
     /// An empty KV cache of `capacity` positions on this runner's backend.
     pub fn cache(&self, capacity: usize) -> Result<KvCache<B>> {
         KvCache::on(self.backend, &self.model.config, capacity)
+    }
+
+    /// Grows `cache` (one of this runner's) to at least `capacity` positions, keeping what it holds.
+    pub fn reserve(&self, cache: &mut KvCache<B>, capacity: usize) -> Result<()> {
+        cache.reserve(self.backend, &self.model.config, capacity)
     }
 
     /// `host` on this runner's backend, checked against its model, for [`Runner::forward_with`].
