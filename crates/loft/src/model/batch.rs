@@ -4,7 +4,10 @@
 //! [`DOT_MAX_ROWS`] sequences instead of once per sequence, and adds each row's LoRA term, attention and RoPE on its
 //! own. Every row's numbers are the ones [`Runner::forward_with`] computes for that sequence alone, bit for bit: the
 //! quantized dot kernel gives a row the same result whatever the number of rows beside it (up to
-//! [`DOT_MAX_ROWS`]); f32 and NF4 weights, whose products go through gemm, run a row at a time.
+//! [`DOT_MAX_ROWS`]); f32 and NF4 weights, whose products go through gemm, run a row at a time. The sublayers
+//! themselves are the runner's ([`Runner::attention_inputs`], [`Runner::mlp`]: norms, projections, each family's
+//! biases and q/k norms, RoPE, SwiGLU), so a family is written once; only the products (per-row adapters) and the
+//! attention (per-row caches) are this step's own.
 //! Legend: N = sequences, C = hidden_size, F = intermediate_size, V = vocab_size, NH/NKV = query/key-value heads,
 //! D = head_dim, R = rank, I/O = a module's in/out features.
 
@@ -12,6 +15,7 @@ use crate::engine::frozen::DOT_MAX_ROWS;
 use crate::engine::matmul::matmul_nt;
 use crate::engine::{Backend, Cpu, FrozenMatrix, Vocab};
 use crate::error::{Error, Result};
+use crate::model::llama::Qkv;
 use crate::model::{KvCache, Runner, TargetModule, UnmergedAdapter};
 
 /// One sequence in a step.
@@ -64,32 +68,16 @@ pub fn decode_step(runner: &Runner<'_, Cpu>, rows: &mut [Row<'_>]) -> Result<Vec
     let mut up = vec![0.0f32; n * f];
     let mut act = vec![0.0f32; n * f];
     let adapters: Vec<Option<&UnmergedAdapter>> = rows.iter().map(|r| r.adapter).collect();
+    let mut qk_raw = cfg.arch.qk_norm().then(|| (vec![0.0f32; n * qd], vec![0.0f32; n * kvd]));
     for l in 0..cfg.num_hidden_layers {
-        let linear = |y: &mut [f32], x: &[f32], m: TargetModule, accumulate: bool| {
-            project(y, x, runner.module(l, m), &adapters, l, m, accumulate)
+        let mut linear = |y: &mut Vec<f32>, x: &Vec<f32>, m: TargetModule, accumulate: bool| -> Result<()> {
+            project(y, x, runner.module(l, m), &adapters, l, m, accumulate);
+            Ok(())
         };
-        let (input_layernorm, post_attention_layernorm) = runner.layer_norms(l);
-        // x = x + o_proj(attention(rope(q_proj(h)), rope(k_proj(h)), v_proj(h))), h = rmsnorm(x)
-        be.rmsnorm_forward(&mut h, &x, input_layernorm, c, cfg.rms_norm_eps)?;
-        // (+ bias after each of q/k/v_proj for Qwen2; q, k = per-head rmsnorm(q, k) before RoPE for Qwen3: the
-        // same operations as Runner::forward_with, row by row)
-        let qk_norm = runner.qk_norm(l);
-        let (mut q_raw, mut k_raw) = (vec![0.0f32; n * qd], vec![0.0f32; n * kvd]);
-        let (q_out, k_out) = if qk_norm.is_some() { (&mut q_raw, &mut k_raw) } else { (&mut q, &mut k) };
-        linear(q_out, &h, TargetModule::QProj, false);
-        linear(k_out, &h, TargetModule::KProj, false);
-        linear(&mut val, &h, TargetModule::VProj, false);
-        if let Some(b) = runner.attention_bias(l) {
-            be.bias_forward(q_out, &b.q_proj, n)?;
-            be.bias_forward(k_out, &b.k_proj, n)?;
-            be.bias_forward(&mut val, &b.v_proj, n)?;
-        }
-        if let Some(norm) = qk_norm {
-            be.rmsnorm_forward(&mut q, &q_raw, &norm.q_norm, d, cfg.rms_norm_eps)?; // rows N·NH of width D
-            be.rmsnorm_forward(&mut k, &k_raw, &norm.k_norm, d, cfg.rms_norm_eps)?;
-        }
-        be.rope_forward(&mut q, n, nh, d, &cos, &sin)?;
-        be.rope_forward(&mut k, n, nkv, d, &cos, &sin)?;
+        // x = x + o_proj(attention(q, k, v)), the inputs from h = rmsnorm(x) as every forward makes them; each row
+        // attends over its own cache.
+        let qkv = Qkv { q: &mut q, k: &mut k, v: &mut val, raw: qk_raw.as_mut() };
+        runner.attention_inputs(l, &x, &mut h, qkv, &cos, &sin, n, &mut linear)?;
         for (i, row) in rows.iter_mut().enumerate() {
             let p = row.cache.len;
             let (kc, vc) = row.cache.layer_mut(l);
@@ -99,14 +87,8 @@ pub fn decode_step(runner: &Runner<'_, Cpu>, rows: &mut [Row<'_>]) -> Result<Vec
             be.attention_forward_cached(&mut att_i, &q_i, kc, vc, 1, p, nh, nkv, d)?;
             att[i * qd..(i + 1) * qd].copy_from_slice(&att_i);
         }
-        linear(&mut x, &att, TargetModule::OProj, true);
-
-        // x = x + down_proj(silu(gate_proj(h)) · up_proj(h)), h = rmsnorm(x)
-        be.rmsnorm_forward(&mut h, &x, post_attention_layernorm, c, cfg.rms_norm_eps)?;
-        linear(&mut gate, &h, TargetModule::GateProj, false);
-        linear(&mut up, &h, TargetModule::UpProj, false);
-        be.swiglu_forward(&mut act, &gate, &up)?;
-        linear(&mut x, &act, TargetModule::DownProj, true);
+        linear(&mut x, &att, TargetModule::OProj, true)?;
+        runner.mlp(l, &mut x, &mut h, (&mut gate, &mut up, &mut act), &mut linear)?;
     }
     for row in rows.iter_mut() {
         row.cache.len += 1;

@@ -288,45 +288,20 @@ impl<'w, B: Backend + 'w> Runner<'w, B> {
             Some(a) => Some(LoraScratch { xa: be.zeros(t * a.rank)?, xd: be.zeros(0)? }), // xa: [T, R]
             None => None,
         };
-        let layers = self.layers.iter().zip(cache.k.iter_mut().zip(cache.v.iter_mut()));
-        for (l, (layer, (kc, vc))) in layers.enumerate() {
+        let layers = cache.k.iter_mut().zip(cache.v.iter_mut());
+        for (l, (kc, vc)) in layers.enumerate() {
             let adapted = |m: TargetModule| adapter.and_then(|a| a.lora(l, m));
-            let mut linear = |y: &mut B::Buf, x: &B::Buf, w: &B::Matrix<'w>, m: TargetModule, accumulate: bool| {
-                self.project(y, x, w, adapted(m), lora_scratch.as_mut(), t, accumulate)
+            let mut linear = |y: &mut B::Buf, x: &B::Buf, m: TargetModule, accumulate: bool| {
+                self.project(y, x, self.module(l, m), adapted(m), lora_scratch.as_mut(), t, accumulate)
             };
-            // x = x + o_proj(attention(rope(q_proj(h)), rope(k_proj(h)), v_proj(h))), h = rmsnorm(x)
-            // (+ bias after each of q/k/v_proj for Qwen2; q, k = per-head rmsnorm(q, k) before RoPE for Qwen3)
-            be.rmsnorm_forward(&mut h, &x, &layer.input_layernorm, c, cfg.rms_norm_eps)?;
-            let (q_out, k_out) = match qk_raw.as_mut() {
-                Some((q_raw, k_raw)) => (q_raw, k_raw),
-                None => (&mut q, &mut k),
-            };
-            linear(q_out, &h, &layer.q_proj, TargetModule::QProj, false)?;
-            linear(k_out, &h, &layer.k_proj, TargetModule::KProj, false)?;
-            linear(&mut v, &h, &layer.v_proj, TargetModule::VProj, false)?;
-            if let Some(b) = &layer.attention_bias {
-                be.bias_forward(q_out, &b.q_proj, t)?;
-                be.bias_forward(k_out, &b.k_proj, t)?;
-                be.bias_forward(&mut v, &b.v_proj, t)?;
-            }
-            if let (Some(norm), Some((q_raw, k_raw))) = (&layer.qk_norm, qk_raw.as_ref()) {
-                be.rmsnorm_forward(&mut q, q_raw, &norm.q_norm, d, cfg.rms_norm_eps)?; // rows T·NH of width D
-                be.rmsnorm_forward(&mut k, k_raw, &norm.k_norm, d, cfg.rms_norm_eps)?;
-                // rows T·NKV of width D
-            }
-            be.rope_forward(&mut q, t, nh, d, &cos, &sin)?;
-            be.rope_forward(&mut k, t, nkv, d, &cos, &sin)?;
+            // x = x + o_proj(attention(q, k, v)) with q, k, v from h = rmsnorm(x)
+            let qkv = Qkv { q: &mut q, k: &mut k, v: &mut v, raw: qk_raw.as_mut() };
+            self.attention_inputs(l, &x, &mut h, qkv, &cos, &sin, t, &mut linear)?;
             be.copy(&k, 0, kc, p0 * kvd, t * kvd)?;
             be.copy(&v, 0, vc, p0 * kvd, t * kvd)?;
             be.attention_forward_cached(&mut att, &q, kc, vc, t, p0, nh, nkv, d)?;
-            linear(&mut x, &att, &layer.o_proj, TargetModule::OProj, true)?;
-
-            // x = x + down_proj(silu(gate_proj(h)) · up_proj(h)), h = rmsnorm(x)
-            be.rmsnorm_forward(&mut h, &x, &layer.post_attention_layernorm, c, cfg.rms_norm_eps)?;
-            linear(&mut gate, &h, &layer.gate_proj, TargetModule::GateProj, false)?;
-            linear(&mut up, &h, &layer.up_proj, TargetModule::UpProj, false)?;
-            be.swiglu_forward(&mut act, &gate, &up)?;
-            linear(&mut x, &act, &layer.down_proj, TargetModule::DownProj, true)?;
+            linear(&mut x, &att, TargetModule::OProj, true)?;
+            self.mlp(l, &mut x, &mut h, (&mut gate, &mut up, &mut act), &mut linear)?;
         }
         cache.len = p0 + t;
         be.rmsnorm_forward(&mut h, &x, &self.norm, c, cfg.rms_norm_eps)?;
@@ -360,6 +335,66 @@ impl<'w, B: Backend + 'w> Runner<'w, B> {
             }
         }
         be.download(logits)
+    }
+
+    /// The attention sublayer's inputs for N rows of the residual stream x, written once for every forward (one
+    /// sequence here, several in `model::batch`): h = rmsnorm(x), q, k, v = the projections of h (through
+    /// `linear`, which applies the base weight and any adapter), plus Qwen2's biases, Qwen3's per-head norm of q
+    /// and k (projected into `raw` first), and RoPE at the rows' positions (cos, sin: [N, D/2]).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn attention_inputs(
+        &self,
+        l: usize,
+        x: &B::Buf,
+        h: &mut B::Buf,
+        qkv: Qkv<'_, B>,
+        cos: &B::Buf,
+        sin: &B::Buf,
+        n: usize,
+        linear: &mut impl FnMut(&mut B::Buf, &B::Buf, TargetModule, bool) -> Result<()>,
+    ) -> Result<()> {
+        let (cfg, be, layer) = (&self.model.config, self.backend, &self.layers[l]);
+        let (nh, nkv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let Qkv { q, k, v, mut raw } = qkv;
+        be.rmsnorm_forward(h, x, &layer.input_layernorm, cfg.hidden_size, cfg.rms_norm_eps)?;
+        {
+            let (q_out, k_out) = match raw.as_mut() {
+                Some((q_raw, k_raw)) => (q_raw, k_raw),
+                None => (&mut *q, &mut *k),
+            };
+            linear(q_out, h, TargetModule::QProj, false)?;
+            linear(k_out, h, TargetModule::KProj, false)?;
+            linear(v, h, TargetModule::VProj, false)?;
+            if let Some(b) = &layer.attention_bias {
+                be.bias_forward(q_out, &b.q_proj, n)?;
+                be.bias_forward(k_out, &b.k_proj, n)?;
+                be.bias_forward(v, &b.v_proj, n)?;
+            }
+        }
+        if let (Some(norm), Some((q_raw, k_raw))) = (&layer.qk_norm, raw) {
+            be.rmsnorm_forward(q, q_raw, &norm.q_norm, d, cfg.rms_norm_eps)?; // rows N·NH of width D
+            be.rmsnorm_forward(k, k_raw, &norm.k_norm, d, cfg.rms_norm_eps)?; // rows N·NKV of width D
+        }
+        be.rope_forward(q, n, nh, d, cos, sin)?;
+        be.rope_forward(k, n, nkv, d, cos, sin)
+    }
+
+    /// The MLP sublayer of layer `l` over N rows: x += down_proj(silu(gate_proj(h)) · up_proj(h)), h = rmsnorm(x),
+    /// through `linear` as [`Runner::attention_inputs`]; (gate, up, act) are scratch [N, F].
+    pub(crate) fn mlp(
+        &self,
+        l: usize,
+        x: &mut B::Buf,
+        h: &mut B::Buf,
+        (gate, up, act): (&mut B::Buf, &mut B::Buf, &mut B::Buf),
+        linear: &mut impl FnMut(&mut B::Buf, &B::Buf, TargetModule, bool) -> Result<()>,
+    ) -> Result<()> {
+        let (cfg, be) = (&self.model.config, self.backend);
+        be.rmsnorm_forward(h, x, &self.layers[l].post_attention_layernorm, cfg.hidden_size, cfg.rms_norm_eps)?;
+        linear(gate, h, TargetModule::GateProj, false)?;
+        linear(up, h, TargetModule::UpProj, false)?;
+        be.swiglu_forward(act, gate, up)?;
+        linear(x, act, TargetModule::DownProj, true)
     }
 
     /// y[N, O] = (accumulate ? y : 0) + x·Wᵀ, plus scale · (x·Aᵀ)·Bᵀ when the module is adapted.
@@ -418,6 +453,15 @@ impl<'w, B: Backend + 'w> Runner<'w, B> {
 }
 
 /// The LoRA forward's scratch: xa [T, R] (x·Aᵀ, which inference does not keep) and xd (dropout's, unused).
+/// The attention's projections of N rows: q [N, NH·D], k and v [N, NKV·D], and, for a family that norms q and k
+/// per head (Qwen3), the projections before that norm.
+pub(crate) struct Qkv<'a, B: Backend> {
+    pub q: &'a mut B::Buf,
+    pub k: &'a mut B::Buf,
+    pub v: &'a mut B::Buf,
+    pub raw: Option<&'a mut (B::Buf, B::Buf)>,
+}
+
 struct LoraScratch<B: Backend> {
     xa: B::Buf,
     xd: B::Buf,
