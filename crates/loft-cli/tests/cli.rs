@@ -110,9 +110,13 @@ fn error_output_on_bad_input() {
     write("run.toml", config.as_bytes());
     write("unknown-key.toml", format!("{config}[train]\nlerning_rate = 1e-4\n").as_bytes());
     write("target.toml", format!("{config}[lora]\ntarget_modules = [\"q_prj\"]\n").as_bytes());
+    std::fs::create_dir(dir.join("cut-config")).unwrap();
+    let cut = r#"{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64}"#;
+    write("cut-config/config.json", cut.as_bytes());
     let cases: Vec<ErrorCase> = vec![
         ("model-missing", vec!["generate", "--model", "nope.gguf", "--prompt", "hi"], true),
         ("model-folder-without-config", vec!["generate", "--model", "empty", "--prompt", "hi"], true),
+        ("model-config-missing-key", vec!["inspect", "cut-config"], true),
         ("gguf-cut-short", vec!["inspect", "junk.gguf"], true),
         ("gguf-wrong-magic", vec!["eval", "--model", "magic.gguf", "--text", "run.toml"], true),
         ("config-missing", vec!["train", "missing.toml"], false),

@@ -295,7 +295,12 @@ impl LlamaConfig {
                 ));
             }
         }
-        let missing = |k: &str| Error::format(path, format!("missing key '{k}'"));
+        let missing = |k: &str| {
+            Error::format(path, format!("missing key '{k}'")).with_hint(
+                "a model's config.json as transformers' save_pretrained writes it names hidden_size, \
+                 intermediate_size, num_hidden_layers, num_attention_heads and vocab_size; is this file complete?",
+            )
+        };
         let hidden_size = raw.hidden_size.ok_or_else(|| missing("hidden_size"))?;
         let num_attention_heads = raw.num_attention_heads.ok_or_else(|| missing("num_attention_heads"))?;
         // transformers 5 folds rope_theta and rope_scaling into `rope_parameters`.
