@@ -9,8 +9,8 @@
 
 mod common;
 
-use common::adapter_with_nonzero_b;
 use common::tiny::{self, random_weights, reference_logits, TinyConfig, Weights};
+use common::{adapter_with_nonzero_b, mean_loss, random_batch};
 use loft::data::Batch;
 use loft::engine::Cpu;
 use loft::export::{write_gguf_adapter, write_gguf_model, write_hf_folder, AdapterDtype, GgufQuant, WeightDtype};
@@ -19,7 +19,7 @@ use loft::lora::peft::{load_peft_adapter, save_peft_adapter};
 use loft::lora::{Adapter, LoraConfig};
 use loft::model::{llama_from_gguf, load_base, Arch, KvCache, Llama, LoadedModel, Runner};
 use loft::rng::SplitMix64;
-use loft::train::forward_backward::{forward_backward_host, loss_host, TrainArena};
+use loft::train::forward_backward::{forward_backward_host, TrainArena};
 
 /// The tiny shapes of each family: tied and untied heads, GQA and MQA, and Qwen3's head_dim 12 ≠ 32 / 4.
 fn shapes() -> Vec<TinyConfig> {
@@ -108,24 +108,6 @@ fn a_missing_family_tensor_is_named() {
     }
 }
 
-fn batch(vocab: u32, b: usize, t: usize, seed: u64) -> Batch {
-    let mut rng = SplitMix64::new(seed);
-    let rows: Vec<Vec<u32>> =
-        (0..b).map(|_| (0..t).map(|_| (rng.next_u64() % vocab as u64) as u32).collect()).collect();
-    let labels: Vec<Vec<i32>> = rows
-        .iter()
-        .enumerate()
-        .map(|(i, r)| r.iter().enumerate().map(|(j, &id)| if j < 2 + i { -100 } else { id as i32 }).collect())
-        .collect();
-    Batch::from_rows(&rows, &labels)
-}
-
-fn mean_loss(model: &Llama, a: &Adapter, batch: &Batch) -> f64 {
-    let mut arena = TrainArena::new(&Cpu, &model.config, &a.config, batch.b, batch.t, false).unwrap();
-    let (sum, n) = loss_host(model, a, &mut arena, batch).unwrap();
-    sum / n as f64
-}
-
 fn gradients(model: &Llama, a: &Adapter, batch: &Batch, checkpointing: bool) -> (f64, Vec<f32>) {
     let mut arena = TrainArena::new(&Cpu, &model.config, &a.config, batch.b, batch.t, checkpointing).unwrap();
     let mut grads = a.zeros_like();
@@ -160,7 +142,7 @@ fn qwen_lora_training_loss_and_gradients_are_right() {
         let want = nll.iter().sum::<f64>() / nll.len() as f64;
         let got = mean_loss(&model, &a, &one);
         assert!((got - want).abs() < 1e-5, "{:?}: training loss {got}, inference {want}", cfg.arch);
-        let batch = batch(cfg.vocab as u32, 2, 9, 1);
+        let batch = random_batch(cfg.vocab as u32, 2, 9, 1);
         let (l0, grads) = gradients(&model, &a, &batch, false);
         let (l1, grads_ckpt) = gradients(&model, &a, &batch, true);
         assert_eq!(l0, l1);

@@ -7,12 +7,13 @@ mod common;
 
 use common::adapter_with_nonzero_b as adapter;
 use common::tiny::{random_weights, write_gguf, TinyConfig};
+use common::{mean_loss, random_batch};
 use loft::data::Batch;
 use loft::engine::Cpu;
 use loft::lora::{Adapter, LoraConfig, TensorName};
 use loft::model::{llama_from_gguf, llama_from_gguf_with, Llama};
 use loft::rng::SplitMix64;
-use loft::train::forward_backward::{forward_backward_host, loss_host, TrainArena};
+use loft::train::forward_backward::{forward_backward_host, TrainArena};
 
 fn tiny_model(seed: u64) -> Llama {
     let cfg = TinyConfig::default();
@@ -21,24 +22,6 @@ fn tiny_model(seed: u64) -> Llama {
     let path = dir.path().join("tiny.gguf");
     write_gguf(&path, &cfg, &w);
     llama_from_gguf(&gguf::GgufFile::open(&path).unwrap()).unwrap()
-}
-
-fn batch(vocab: u32, b: usize, t: usize, seed: u64) -> Batch {
-    let mut rng = SplitMix64::new(seed);
-    let rows: Vec<Vec<u32>> =
-        (0..b).map(|_| (0..t).map(|_| (rng.next_u64() % vocab as u64) as u32).collect()).collect();
-    let labels: Vec<Vec<i32>> = rows
-        .iter()
-        .enumerate()
-        .map(|(i, r)| r.iter().enumerate().map(|(j, &id)| if j < 2 + i { -100 } else { id as i32 }).collect())
-        .collect();
-    Batch::from_rows(&rows, &labels)
-}
-
-fn mean_loss(model: &Llama, a: &Adapter, batch: &Batch) -> f64 {
-    let mut arena = TrainArena::new(&Cpu, &model.config, &a.config, batch.b, batch.t, false).unwrap();
-    let (sum, n) = loss_host(model, a, &mut arena, batch).unwrap();
-    sum / n as f64
 }
 
 fn gradients(model: &Llama, a: &Adapter, batch: &Batch, checkpointing: bool) -> (f64, Adapter) {
@@ -63,7 +46,7 @@ fn whole_model_gradients_match_finite_differences() {
         LoraConfig { r: 4, lora_alpha: 8.0, train_embed_tokens: true, train_lm_head: true, ..Default::default() };
     let a = adapter(&model, config);
     assert!(a.lm_head.is_none(), "a tied model trains one shared matrix");
-    let batch = batch(48, 2, 9, 1);
+    let batch = random_batch(48, 2, 9, 1);
     let (l0, grads) = gradients(&model, &a, &batch, false);
     assert!((l0 - mean_loss(&model, &a, &batch)).abs() < 1e-6);
 
@@ -107,7 +90,7 @@ fn checkpointing_and_micro_batches_give_the_same_gradients() {
     let model = tiny_model(22);
     let config = LoraConfig { r: 4, lora_alpha: 8.0, use_rslora: true, ..Default::default() };
     let a = adapter(&model, config);
-    let full = batch(48, 2, 10, 2);
+    let full = random_batch(48, 2, 10, 2);
     let (l_full, g_full) = gradients(&model, &a, &full, false);
     let (l_ckpt, g_ckpt) = gradients(&model, &a, &full, true);
     assert_eq!(l_full, l_ckpt);

@@ -174,6 +174,27 @@ pub fn relative_l2(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f64 {
     (diff / norm).sqrt()
 }
 
+/// A random batch of B rows of T ids below `vocab`; row i trains only from position 2 + i (ragged targets).
+pub fn random_batch(vocab: u32, b: usize, t: usize, seed: u64) -> loft::data::Batch {
+    let mut rng = loft::rng::SplitMix64::new(seed);
+    let rows: Vec<Vec<u32>> =
+        (0..b).map(|_| (0..t).map(|_| (rng.next_u64() % vocab as u64) as u32).collect()).collect();
+    let labels: Vec<Vec<i32>> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| r.iter().enumerate().map(|(j, &id)| if j < 2 + i { -100 } else { id as i32 }).collect())
+        .collect();
+    loft::data::Batch::from_rows(&rows, &labels)
+}
+
+/// The training forward's mean loss over the batch's targets, on the CPU.
+pub fn mean_loss(model: &loft::model::Llama, a: &loft::lora::Adapter, batch: &loft::data::Batch) -> f64 {
+    use loft::train::forward_backward::{loss_host, TrainArena};
+    let mut arena = TrainArena::new(&loft::engine::Cpu, &model.config, &a.config, batch.b, batch.t, false).unwrap();
+    let (sum, n) = loss_host(model, a, &mut arena, batch).unwrap();
+    sum / n as f64
+}
+
 /// Merges kept in the tiny models' tokenizer: enough that common English words are one or two tokens.
 pub const TINY_BPE_MERGES: usize = 2000;
 
