@@ -23,8 +23,9 @@ fn ok(out: Output) -> Output {
 }
 
 /// Steps of the run that is killed and resumed: enough that it is still running when the test sees checkpoint-4
-/// (a step of the tiny model takes milliseconds).
-const STEPS: u64 = 100;
+/// even when the other tests load both cores and this one is slow to look (a step of the tiny model takes
+/// milliseconds).
+const STEPS: u64 = 300;
 
 /// A chat dataset and a config training on it for [`STEPS`] steps, checkpointing every 2.
 fn setup(dir: &Path, model: &Path) -> PathBuf {

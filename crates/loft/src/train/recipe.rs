@@ -219,15 +219,7 @@ pub fn train_on<B: Backend>(
     let Setup { model, train_set, val_set, batcher, eval_batcher, steps, schedule, adapter, mut plan, resumed } =
         setup(config, options, observer)?;
     let fingerprint = fingerprint(config, &model, &adapter);
-    plan.device = be.describe();
-    plan.memory.on_device = be.allocated_bytes().is_some();
-    if be.activation_bytes() != 4 {
-        // Saved activations kept at half precision on this device.
-        let (cfg, lora, ab) = (&model.config, &adapter.config, be.activation_bytes());
-        let (b, t, ckpt) = (plan.memory.arena_rows.0, plan.memory.arena_rows.1, config.gradient_checkpointing);
-        plan.memory.activations = TrainArena::<B>::estimate_bytes(cfg, lora, b, t, ckpt, ab);
-        plan.memory.activations_other = TrainArena::<B>::estimate_bytes(cfg, lora, b, t, !ckpt, ab);
-    }
+    plan_on(be, &mut plan, &model, &adapter, config);
     observer.event(Event::Plan(&plan));
     check_fits(&plan.memory, config)?;
     let adapter_dir = out.join(ADAPTER_DIR);
@@ -235,15 +227,11 @@ pub fn train_on<B: Backend>(
         return Ok(Summary { steps: 0, final_loss: f64::NAN, eval: None, adapter_dir, dry_run: true });
     }
     let mut report = Reporter::create(config, observer)?;
-    let (rows_b, rows_t) = plan.memory.arena_rows;
     let held_before = be.allocated_bytes().unwrap_or(0);
     let on_device = |e: Error| device_memory_error(e, &plan, config);
     let run = Runner::new(be, &model).map_err(on_device)?;
-    let ckpt = config.gradient_checkpointing;
-    let mut arena = TrainArena::new(be, &model.config, &adapter.config, rows_b, rows_t, ckpt).map_err(on_device)?;
-    let mut trained = DeviceAdapter::upload(be, &adapter).map_err(on_device)?;
-    let mut grads = Gradients::zeros(be, &adapter).map_err(on_device)?;
-    let mut optimizer = Optimizer::on(be, config.optim, &tensor_list(&adapter)).map_err(on_device)?;
+    let (mut arena, mut trained, mut grads, mut optimizer) =
+        upload(be, &model, &adapter, &plan.memory, config).map_err(on_device)?;
     let device_bytes = be.allocated_bytes().map(|b| b.saturating_sub(held_before));
     if let Some(held) = device_bytes {
         report.note(format!(
@@ -282,9 +270,7 @@ pub fn train_on<B: Backend>(
         let factor = schedule.factor(step);
         let lr = config.learning_rate * factor;
         let embedding_lr = (config.embedding_learning_rate * factor) as f32;
-        let mut params: Vec<&mut B::Buf> = trained.tensors_mut().into_iter().map(|(_, t)| t).collect();
-        let gs: Vec<&B::Buf> = grads.tensors().into_iter().map(|(_, g)| g).collect();
-        optimizer.update(be, &mut params, &gs, lr as f32, embedding_lr).map_err(at_step)?;
+        update(be, &mut optimizer, &mut trained, &grads, lr as f32, embedding_lr).map_err(at_step)?;
         tokens_seen += tokens as u64;
         last_loss = step_loss;
         let done = step + 1;
@@ -320,6 +306,53 @@ pub fn train_on<B: Backend>(
     let summary = RunSummary { plan: &plan, resumed_from, seconds, tokens_seen, device_bytes };
     write_summary(out, &summary, last_loss, last_eval.as_ref())?;
     Ok(Summary { steps: total_steps, final_loss: last_loss, eval: last_eval, adapter_dir, dry_run: false })
+}
+
+/// The plan as the backend holds it: its name, whether its memory is the device's, and the activations at the
+/// bytes a saved activation takes there (half with f16 activations).
+fn plan_on<B: Backend>(be: &B, plan: &mut Plan, model: &Llama, adapter: &Adapter, config: &RunConfig) {
+    plan.device = be.describe();
+    plan.memory.on_device = be.allocated_bytes().is_some();
+    let ab = be.activation_bytes();
+    if ab != 4 {
+        let (cfg, lora, ckpt) = (&model.config, &adapter.config, config.gradient_checkpointing);
+        let (b, t) = plan.memory.arena_rows;
+        plan.memory.activations = TrainArena::<B>::estimate_bytes(cfg, lora, b, t, ckpt, ab);
+        plan.memory.activations_other = TrainArena::<B>::estimate_bytes(cfg, lora, b, t, !ckpt, ab);
+    }
+}
+
+/// What a run keeps on the backend beside the frozen weights: the activation arena for the plan's rows, the adapter,
+/// its gradients and the optimizer's (zero) moments.
+type OnDevice<B> = (TrainArena<B>, DeviceAdapter<B>, Gradients<B>, Optimizer<B>);
+
+fn upload<B: Backend>(
+    be: &B,
+    model: &Llama,
+    adapter: &Adapter,
+    memory: &MemoryPlan,
+    config: &RunConfig,
+) -> Result<OnDevice<B>> {
+    let (b, t) = memory.arena_rows;
+    let arena = TrainArena::new(be, &model.config, &adapter.config, b, t, config.gradient_checkpointing)?;
+    let trained = DeviceAdapter::upload(be, adapter)?;
+    let grads = Gradients::zeros(be, adapter)?;
+    let optimizer = Optimizer::on(be, config.optim, &tensor_list(adapter))?;
+    Ok((arena, trained, grads, optimizer))
+}
+
+/// One optimizer update of the trained tensors by their gradients, on the backend.
+fn update<B: Backend>(
+    be: &B,
+    optimizer: &mut Optimizer<B>,
+    trained: &mut DeviceAdapter<B>,
+    grads: &Gradients<B>,
+    lr: f32,
+    embedding_lr: f32,
+) -> Result<()> {
+    let mut params: Vec<&mut B::Buf> = trained.tensors_mut().into_iter().map(|(_, t)| t).collect();
+    let gs: Vec<&B::Buf> = grads.tensors().into_iter().map(|(_, g)| g).collect();
+    optimizer.update(be, &mut params, &gs, lr, embedding_lr)
 }
 
 /// Name and length of each trained tensor, in the optimizer's order.
