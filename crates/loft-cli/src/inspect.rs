@@ -206,7 +206,8 @@ fn value_json(v: &gguf::Value) -> serde_json::Value {
     }
 }
 
-/// What `loft train --dry-run` estimates for this config (the model and adapter are built; nothing is written).
+/// What `loft train --dry-run` estimates for this config on its `train.device` (the model and adapter are built;
+/// nothing is written or allocated on a GPU).
 fn memory_plan(config: &loft::train::RunConfig) -> loft::Result<loft::train::recipe::MemoryPlan> {
     struct Capture(Option<loft::train::recipe::MemoryPlan>);
     impl loft::train::Observer for Capture {
@@ -219,7 +220,14 @@ fn memory_plan(config: &loft::train::RunConfig) -> loft::Result<loft::train::rec
     let mut capture = Capture(None);
     let options = loft::train::TrainOptions { resume: false, overwrite: false, dry_run: true };
     // A plan that does not fit still has its estimate (reported before the refusal): show it.
-    let result = loft::train::train(config, &options, &mut capture);
+    let choice = loft_gpu::DeviceChoice::parse(&config.device)?;
+    let result = match loft_gpu::Wgpu::open(&choice)? {
+        Some(gpu) => {
+            let gpu = gpu.with_f16_activations(config.f16_activations)?;
+            loft::train::train_on(&gpu, config, &options, &mut capture)
+        }
+        None => loft::train::train(config, &options, &mut capture),
+    };
     match capture.0 {
         Some(plan) => Ok(plan),
         None => result.map(|_| loft::train::recipe::MemoryPlan::default()),
@@ -265,7 +273,8 @@ fn inspect_data(args: &Args) -> loft::Result<()> {
                 "adapter_bytes": memory.adapter, "gradients_bytes": memory.gradients,
                 "optimizer_bytes": memory.optimizer, "activations_bytes": memory.activations,
                 "runtime_bytes": memory.runtime, "activations_other_checkpointing_bytes": memory.activations_other,
-                "batch": memory.arena_rows.0, "seq": memory.arena_rows.1,
+                "batch": memory.arena_rows.0, "seq": memory.arena_rows.1, "on_device": memory.on_device,
+                "device_total_bytes": memory.on_device.then(|| memory.device_total()),
             },
             "samples": samples,
         });

@@ -253,6 +253,18 @@ fn a_run_on_the_gpu_reports_its_device_memory() {
     assert!(summary["device"].as_str().unwrap().contains("llvmpipe"), "{summary}");
     assert!(!adapter_floats(&out).is_empty());
 
+    // `inspect --data` shows the plan on the config's device: the device's memory, the estimate the run held.
+    let shown = ok(loft()
+        .args(["inspect", "--data"])
+        .arg(&config)
+        .args(["--samples", "0", "--json", "--set", "train.device=\"gpu:lavapipe\""])
+        .output()
+        .unwrap());
+    let v: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    let m = &v["memory_estimate"];
+    assert_eq!(m["on_device"], true, "{v}");
+    assert_eq!(m["device_total_bytes"].as_f64().unwrap(), estimate, "{v}");
+
     let out = loft().arg("train").arg(&config).args(["--set", "train.device=\"tpu\""]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     let line = err.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("{err}"));
