@@ -35,13 +35,14 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# loft against PyTorch+PEFT on the same LoRA step, one after the other in one run (nothing else should be running:
-# PyTorch's threads collapse when another process holds a core). Installs torch+peft into .cache/venv-peft.
+# loft's decode against llama.cpp's on the same GGUF (bench/decode_vs_llamacpp.sh, which builds llama-bench once),
+# then loft against PyTorch+PEFT on the same LoRA step, one after the other in one run (nothing else should be
+# running: PyTorch's threads collapse when another process holds a core). Installs torch+peft into .cache/venv-peft.
 BENCH_BATCH ?= 4
 BENCH_SEQ ?= 256
 bench: fetch build
 	bench/peers/venv.sh
-	$(LOFT) bench decode --model $(MODEL) --threads 2
+	bench/decode_vs_llamacpp.sh $(MODEL)
 	bench/compare.sh $(BENCH_BATCH) $(BENCH_SEQ)
 
 clean-cache:

@@ -34,8 +34,13 @@ find_cmake() {
   echo "$venv/bin/cmake"
 }
 
+# The llama.cpp programs to build (bench/decode_vs_llamacpp.sh asks for llama-bench through LLAMA_TARGETS).
+targets="${LLAMA_TARGETS:-llama-perplexity llama-quantize}"
+
 build() {
-  if [ -x "$bin/llama-perplexity" ] && [ -x "$bin/llama-quantize" ]; then return 0; fi
+  local missing=""
+  for t in $targets; do [ -x "$bin/$t" ] || missing="$missing $t"; done
+  if [ -z "$missing" ]; then return 0; fi
   local cmake; cmake="$(find_cmake)"
   if [ ! -f "$llama/src/CMakeLists.txt" ]; then
     echo "check: llama-cpp-python==$version sdist (vendor/llama.cpp)" >&2
@@ -53,8 +58,9 @@ build() {
     -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
     -DLLAMA_BUILD_SERVER=OFF >"$llama/cmake.log"
   local start=$SECONDS
-  "$cmake" --build "$llama/build" --target llama-perplexity llama-quantize -j"$threads" >"$llama/build.log"
-  echo "check: built llama-perplexity and llama-quantize in $((SECONDS - start)) s" >&2
+  # shellcheck disable=SC2086 # a list of targets
+  "$cmake" --build "$llama/build" --target $missing -j"$threads" >"$llama/build.log"
+  echo "check: built$missing in $((SECONDS - start)) s" >&2
 }
 
 # llama-perplexity's final estimate for a model (and extra arguments such as --lora FILE).
