@@ -137,8 +137,15 @@ pub fn prune_checkpoints(output_dir: &Path, limit: usize) -> Result<()> {
         return Ok(());
     }
     let all = list_checkpoints(output_dir)?;
-    for (_, dir) in all.iter().take(all.len().saturating_sub(limit)) {
-        std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    for (step, dir) in all.iter().take(all.len().saturating_sub(limit)) {
+        // Renamed first (atomic), then deleted: a run killed while deleting leaves a `.partial` folder, which the
+        // next prune removes, never a `checkpoint-N` without its marker that nothing would clean up.
+        let doomed = output_dir.join(format!("checkpoint-{step}.partial"));
+        if doomed.exists() {
+            std::fs::remove_dir_all(&doomed).map_err(|e| Error::io(&doomed, e))?;
+        }
+        std::fs::rename(dir, &doomed).map_err(|e| Error::io(dir, e))?;
+        std::fs::remove_dir_all(&doomed).map_err(|e| Error::io(&doomed, e))?;
     }
     Ok(())
 }
@@ -175,4 +182,31 @@ pub fn load_checkpoint(dir: &Path, model: &Llama) -> Result<Restored> {
     let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::format(&opt_path, e.to_string()))?;
     let optimizer_tensors = st.tensors().into_iter().map(|(name, view)| (name, view.data().to_vec())).collect();
     Ok(Restored { adapter, state, optimizer_tensors, optimizer_steps })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pruning keeps the newest complete checkpoints and leaves no folder behind: leftover `.partial` folders (a
+    /// save or a prune cut short) go, and the checkpoints beyond the limit are gone, not half-deleted.
+    #[test]
+    fn pruning_leaves_only_the_newest_complete_checkpoints() {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let out = dir.path();
+        for step in [2, 4, 6] {
+            let c = out.join(format!("checkpoint-{step}"));
+            std::fs::create_dir_all(&c).expect("mkdir");
+            std::fs::write(c.join(OPTIMIZER_FILE), b"state").expect("write");
+            std::fs::write(c.join(COMPLETE_MARKER), format!("{step}\n")).expect("write");
+        }
+        std::fs::create_dir_all(out.join("checkpoint-1.partial")).expect("mkdir");
+        std::fs::create_dir_all(out.join("checkpoint-2.partial")).expect("mkdir");
+        std::fs::create_dir_all(out.join("adapter")).expect("mkdir");
+        prune_checkpoints(out, 2).expect("prune");
+        let mut left: Vec<String> =
+            std::fs::read_dir(out).expect("read_dir").flatten().map(|e| e.file_name().into_string().unwrap()).collect();
+        left.sort();
+        assert_eq!(left, ["adapter", "checkpoint-4", "checkpoint-6"]);
+    }
 }
