@@ -718,7 +718,7 @@ impl Backend for Cpu {
     }
 
     fn write_moments(&self, moments: &mut Moments, parts: &[&[u8]]) -> Result<()> {
-        let want: Vec<usize> = moments.tensors().iter().map(Vec::len).collect();
+        let want = moments.byte_sizes();
         let got: Vec<usize> = parts.iter().map(|p| p.len()).collect();
         if want != got {
             return Err(Error::Invalid(format!("write_moments: parts of {got:?} bytes, the state holds {want:?}")));

@@ -181,6 +181,17 @@ impl Moments {
         }
     }
 
+    /// Bytes of each state tensor, in [`moment_layout`] order (what [`Moments::tensors`] would give, without the
+    /// copy).
+    pub fn byte_sizes(&self) -> Vec<usize> {
+        match self {
+            Moments::F32 { exp_avg, exp_avg_sq } => vec![4 * exp_avg.len(), 4 * exp_avg_sq.len()],
+            Moments::Blockwise8 { state1, absmax1, state2, absmax2 } => {
+                vec![state1.len(), 4 * absmax1.len(), state2.len(), 4 * absmax2.len()]
+            }
+        }
+    }
+
     /// Restores what [`Moments::tensors`] gave; `parts` must already match [`moment_layout`] in count and size.
     pub fn load(&mut self, parts: &[&[u8]]) {
         match self {
