@@ -86,6 +86,17 @@ fn check_heads(call: &str, nh: usize, nkv: usize, d: usize) -> Result<()> {
     })
 }
 
+/// Err for a sliding window, which the GPU kernels do not apply yet.
+fn check_window(call: &str, window: Option<usize>) -> Result<()> {
+    match window {
+        None => Ok(()),
+        Some(w) => Err(Error::hinted(
+            format!("{call}: a sliding window ({w} positions) is not applied by the GPU kernels"),
+            "use --device cpu",
+        )),
+    }
+}
+
 /// Err unless doc_start is [B, T] with each start at or before its own token.
 fn check_docs(call: &str, doc_start: Option<&[u32]>, b: usize, t: usize) -> Result<()> {
     let Some(ds) = doc_start else { return Ok(()) };
@@ -319,10 +330,12 @@ impl Backend for Wgpu {
         v: &GpuBuffer,
         t: usize,
         p0: usize,
+        window: Option<usize>,
         nh: usize,
         nkv: usize,
         d: usize,
     ) -> Result<()> {
+        check_window("attention_forward_cached", window)?;
         if d > MAX_HEAD_DIM {
             return Err(Error::hinted(
                 format!("head_dim {d} is above the GPU attention kernel's {MAX_HEAD_DIM}"),
@@ -537,6 +550,7 @@ impl Backend for Wgpu {
         k: &GpuBuffer,
         v: &GpuBuffer,
         doc_start: Option<&[u32]>,
+        window: Option<usize>,
         b: usize,
         t: usize,
         nh: usize,
@@ -544,6 +558,7 @@ impl Backend for Wgpu {
         d: usize,
     ) -> Result<()> {
         let call = "attention_forward";
+        check_window(call, window)?;
         check_heads(call, nh, nkv, d)?;
         let (nq, nk) = (b * t * nh * d, b * t * nkv * d);
         check(
@@ -579,6 +594,7 @@ impl Backend for Wgpu {
         out: &GpuBuffer,
         lse: &GpuBuffer,
         doc_start: Option<&[u32]>,
+        window: Option<usize>,
         b: usize,
         t: usize,
         nh: usize,
@@ -586,6 +602,7 @@ impl Backend for Wgpu {
         d: usize,
     ) -> Result<()> {
         let call = "attention_backward";
+        check_window(call, window)?;
         check_heads(call, nh, nkv, d)?;
         let (nq, nk) = (b * t * nh * d, b * t * nkv * d);
         let q_ok = [dq.len(), q.len(), out.len(), dout.len(), dk_heads.len(), dv_heads.len()].iter().all(|&l| l == nq);

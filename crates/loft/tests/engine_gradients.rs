@@ -379,6 +379,8 @@ struct AttentionCase {
     k: Vec<f32>,
     v: Vec<f32>,
     doc_start: Option<Vec<u32>>,
+    /// Sliding window W: query i sees keys i − W < j ≤ i.
+    window: Option<usize>,
 }
 
 impl AttentionCase {
@@ -404,13 +406,14 @@ impl AttentionCase {
             k: rand(b * t * nkv * d, 1.0, 32),
             v: rand(b * t * nkv * d, 1.0, 33),
             doc_start,
+            window: None,
         }
     }
 
     fn forward(&self, q: &[f32], k: &[f32], v: &[f32]) -> (Vec<f32>, Vec<f32>) {
         let (b, t, nh, nkv, d) = (self.b, self.t, self.nh, self.nkv, self.d);
         let (mut out, mut lse) = (vec![f32::NAN; b * t * nh * d], vec![f32::NAN; b * nh * t]);
-        attention_forward(&mut out, &mut lse, q, k, v, self.doc_start.as_deref(), b, t, nh, nkv, d);
+        attention_forward(&mut out, &mut lse, q, k, v, self.doc_start.as_deref(), self.window, b, t, nh, nkv, d);
         (out, lse)
     }
 
@@ -433,6 +436,7 @@ impl AttentionCase {
             &out,
             &lse,
             self.doc_start.as_deref(),
+            self.window,
             b,
             t,
             nh,
@@ -460,6 +464,20 @@ fn attention_backward_matches_finite_differences_with_documents() {
     AttentionCase::new(2, 150, Some(&docs)).check_gradients("packed");
 }
 
+#[test]
+fn attention_backward_matches_finite_differences_with_a_window() {
+    // A window inside a tile (5), one tile wide (64), and one that is wider than some documents but not others.
+    for window in [5, TILE, 50] {
+        let mut case = AttentionCase::new(2, 150, None);
+        case.window = Some(window);
+        case.check_gradients(&format!("window {window}"));
+    }
+    let docs: [&[usize]; 2] = [&[0, 40, 64, 100], &[0, 70, 149]];
+    let mut case = AttentionCase::new(2, 150, Some(&docs));
+    case.window = Some(50);
+    case.check_gradients("packed, window 50");
+}
+
 /// The largest |a − b| / (1 + |b|).
 fn worst(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs() / (1.0 + y.abs())).fold(0.0, f32::max)
@@ -475,7 +493,7 @@ fn attention_forward_equals_the_inference_attention() {
         let mut want = vec![0.0; t * qd];
         let (q, k, v) =
             (&case.q[bi * t * qd..][..t * qd], &case.k[bi * t * kvd..][..t * kvd], &case.v[bi * t * kvd..][..t * kvd]);
-        attention_forward_cached(&mut want, q, k, v, t, 0, nh, nkv, d);
+        attention_forward_cached(&mut want, q, k, v, t, 0, None, nh, nkv, d);
         let err = worst(&out[bi * t * qd..][..t * qd], &want);
         assert!(err < 1e-5, "sequence {bi}: flash and cached attention differ by {err}");
     }
@@ -516,12 +534,129 @@ fn packed_attention_equals_attention_on_each_document_alone() {
                 &rows(&case.v, kvd),
                 len,
                 0,
+                None,
                 nh,
                 nkv,
                 d,
             );
             let err = worst(&out[(bi * t + s) * qd..(bi * t + e) * qd], &want);
             assert!(err < 1e-5, "sequence {bi}, document at {s}: differs by {err}");
+        }
+    }
+}
+
+/// Attention of every query row against an f64 softmax written from the rule itself: query i sees key j iff
+/// doc_start ≤ j ≤ i and i − j < W. Returns (out, lse) as attention_forward lays them out.
+fn windowed_reference(case: &AttentionCase) -> (Vec<f64>, Vec<f64>) {
+    let (b, t, nh, nkv, d) = (case.b, case.t, case.nh, case.nkv, case.d);
+    let (qd, kvd) = (nh * d, nkv * d);
+    let (mut out, mut lse) = (vec![0.0f64; b * t * qd], vec![0.0f64; b * nh * t]);
+    for bi in 0..b {
+        for i in 0..t {
+            let doc = case.doc_start.as_ref().map_or(0, |ds| ds[bi * t + i] as usize);
+            let seen: Vec<usize> = (0..=i).filter(|&j| j >= doc && case.window.is_none_or(|w| i - j < w)).collect();
+            for h in 0..nh {
+                let g = h / (nh / nkv);
+                let qrow = &case.q[(bi * t + i) * qd + h * d..][..d];
+                let scores: Vec<f64> = seen
+                    .iter()
+                    .map(|&j| {
+                        let krow = &case.k[(bi * t + j) * kvd + g * d..][..d];
+                        qrow.iter().zip(krow).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() / (d as f64).sqrt()
+                    })
+                    .collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+                lse[(bi * nh + h) * t + i] = max + z.ln();
+                for (&j, s) in seen.iter().zip(&scores) {
+                    let p = (s - max).exp() / z;
+                    let vrow = &case.v[(bi * t + j) * kvd + g * d..][..d];
+                    for (o, &x) in out[(bi * t + i) * qd + h * d..][..d].iter_mut().zip(vrow) {
+                        *o += p * x as f64;
+                    }
+                }
+            }
+        }
+    }
+    (out, lse)
+}
+
+fn worst_f64(a: &[f32], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(&x, &y)| (x as f64 - y).abs() / (1.0 + y.abs())).fold(0.0, f64::max)
+}
+
+/// The training attention and the inference one (a prompt, then one query at a time against the growing cache)
+/// with a window, on and off tile edges and with packed documents, against the f64 rule.
+#[test]
+fn windowed_attention_matches_the_rule_in_training_and_inference() {
+    let docs: [&[usize]; 2] = [&[0, 40, 64, 100], &[0, 70, 149]];
+    for (window, docs) in [(1, None), (4, None), (TILE, None), (100, None), (50, Some(&docs[..]))] {
+        let mut case = AttentionCase::new(2, 150, docs);
+        case.window = Some(window);
+        let (b, t, nh, nkv, d) = (case.b, case.t, case.nh, case.nkv, case.d);
+        let (qd, kvd) = (nh * d, nkv * d);
+        let (want, want_lse) = windowed_reference(&case);
+        let (out, lse) = case.forward(&case.q, &case.k, &case.v);
+        let err = worst_f64(&out, &want).max(worst_f64(&lse, &want_lse));
+        assert!(err < 1e-5, "window {window}, documents {}: training attention differs by {err}", docs.is_some());
+        if docs.is_some() {
+            continue;
+        }
+        for bi in 0..b {
+            let (q, k, v) = (
+                &case.q[bi * t * qd..][..t * qd],
+                &case.k[bi * t * kvd..][..t * kvd],
+                &case.v[bi * t * kvd..][..t * kvd],
+            );
+            let prompt = 7;
+            let mut got = vec![0.0; t * qd];
+            attention_forward_cached(
+                &mut got[..prompt * qd],
+                &q[..prompt * qd],
+                k,
+                v,
+                prompt,
+                0,
+                Some(window),
+                nh,
+                nkv,
+                d,
+            );
+            for p in prompt..t {
+                let row = &mut got[p * qd..(p + 1) * qd];
+                attention_forward_cached(row, &q[p * qd..(p + 1) * qd], k, v, 1, p, Some(window), nh, nkv, d);
+            }
+            let err = worst_f64(&got, &want[bi * t * qd..][..t * qd]);
+            assert!(err < 1e-5, "window {window}, sequence {bi}: cached attention differs by {err}");
+        }
+    }
+}
+
+/// A window at least as long as the sequence masks nothing: the same bits as no window, in every kernel.
+#[test]
+fn a_window_as_long_as_the_sequence_changes_no_bit() {
+    let docs: [&[usize]; 2] = [&[0, 40, 64, 100], &[0, 70, 149]];
+    for docs in [None, Some(&docs[..])] {
+        let mut case = AttentionCase::new(2, 150, docs);
+        let g = rand(case.q.len(), 1.0, 35);
+        let run = |case: &AttentionCase| {
+            let (b, t, nh, nkv, d) = (case.b, case.t, case.nh, case.nkv, case.d);
+            let (out, lse) = case.forward(&case.q, &case.k, &case.v);
+            let (mut dq, mut dk, mut dv) = (vec![0.0; case.q.len()], vec![0.0; case.k.len()], vec![0.0; case.v.len()]);
+            let (mut dkh, mut dvh) = (vec![0.0; case.q.len()], vec![0.0; case.q.len()]);
+            let (q, k, v, ds) = (&case.q, &case.k, &case.v, case.doc_start.as_deref());
+            #[rustfmt::skip]
+            attention_backward(&mut dq, &mut dk, &mut dv, &mut dkh, &mut dvh, &g, q, k, v, &out, &lse, ds, case.window, b, t, nh, nkv, d);
+            // The last query of the first sequence against its cache.
+            let qd = nh * d;
+            let mut cached = vec![0.0; qd];
+            attention_forward_cached(&mut cached, &q[(t - 1) * qd..t * qd], k, v, 1, t - 1, case.window, nh, nkv, d);
+            (out, lse, dq, dk, dv, cached)
+        };
+        let none = run(&case);
+        for window in [case.t, case.t + 1, 1 << 20] {
+            case.window = Some(window);
+            assert!(run(&case) == none, "window {window}: not the same bits as no window");
         }
     }
 }

@@ -39,7 +39,7 @@ fn attention_forward_and_backward_equal_the_cpu() {
         let (nq, nk) = (b * t * nh * d, b * t * nkv * d);
         let (q, k, v) = (rand(nq, 1), rand(nk, 2), rand(nk, 3));
         let (mut out, mut lse) = (vec![0.0; nq], vec![0.0; b * nh * t]);
-        cpu::attention_forward(&mut out, &mut lse, &q, &k, &v, docs.as_deref(), b, t, nh, nkv, d);
+        cpu::attention_forward(&mut out, &mut lse, &q, &k, &v, docs.as_deref(), None, b, t, nh, nkv, d);
         let (gq, gk, gv) = (up(&q), up(&k), up(&v));
         let (mut gout, mut glse) = (c.zeros(nq).unwrap(), c.zeros(b * nh * t).unwrap());
         attention::attention_forward(c, &mut gout, &mut glse, &gq, &gk, &gv, docs.as_deref(), b, t, nh, nkv, d)
@@ -63,6 +63,7 @@ fn attention_forward_and_backward_equal_the_cpu() {
             &out,
             &lse,
             docs.as_deref(),
+            None,
             b,
             t,
             nh,
@@ -106,7 +107,7 @@ fn cached_attention_equals_the_cpu() {
         let cache = p0 + t + 4; // rows past p0 + T are never read
         let (q, k, v) = (rand(t * nh * d, 1), rand(cache * nkv * d, 2), rand(cache * nkv * d, 3));
         let mut want = vec![0.0; t * nh * d];
-        cpu::attention_forward_cached(&mut want, &q, &k, &v, t, p0, nh, nkv, d);
+        cpu::attention_forward_cached(&mut want, &q, &k, &v, t, p0, None, nh, nkv, d);
         let mut out = c.zeros(t * nh * d).unwrap();
         attention::attention_forward_cached(c, &mut out, &up(&q), &up(&k), &up(&v), t, p0, nh, nkv, d).unwrap();
         assert_parity(&format!("attention cached T={t} p0={p0} NH={nh} NKV={nkv} D={d}"), &read(&out), &want);

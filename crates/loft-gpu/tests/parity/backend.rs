@@ -126,14 +126,14 @@ fn train_kernels<B: Backend>(be: &B, s: &Shape) -> loft::Result<Vec<(String, Vec
     let doc_start = s.docs.then_some(docs.as_slice());
     let (q, k, v) = (be.upload(&rand(n * qd, 24))?, be.upload(&rand(n * kvd, 25))?, be.upload(&rand(n * kvd, 26))?);
     let (mut out, mut lse) = (be.zeros(n * qd)?, be.zeros(b * nh * t)?);
-    be.attention_forward(&mut out, &mut lse, &q, &k, &v, doc_start, b, t, nh, nkv, d)?;
+    be.attention_forward(&mut out, &mut lse, &q, &k, &v, doc_start, None, b, t, nh, nkv, d)?;
     keep("attention_forward out", &out, n * qd)?;
     keep("attention_forward lse", &lse, b * nh * t)?;
     let dout = be.upload(&rand(n * qd, 27))?;
     let (mut dq, mut dk, mut dv) = (be.zeros(n * qd)?, be.zeros(n * kvd)?, be.zeros(n * kvd)?);
     let (mut dkh, mut dvh) = (be.zeros(n * qd)?, be.zeros(n * qd)?);
     be.attention_backward(
-        &mut dq, &mut dk, &mut dv, &mut dkh, &mut dvh, &dout, &q, &k, &v, &out, &lse, doc_start, b, t, nh, nkv, d,
+        &mut dq, &mut dk, &mut dv, &mut dkh, &mut dvh, &dout, &q, &k, &v, &out, &lse, doc_start, None, b, t, nh, nkv, d,
     )?;
     keep("attention_backward dq", &dq, n * qd)?;
     keep("attention_backward dk", &dk, n * kvd)?;
@@ -242,12 +242,14 @@ fn training_kernels_on_the_gpu_refuse_bad_shapes() {
     assert!(be.lora(&bad).is_err());
     let (mut out, mut lse) = (buf(2 * 4 * 8), buf(2 * 4));
     let q = buf(2 * 4 * 8);
-    assert!(be.attention_forward(&mut out, &mut lse, &q, &buf(8), &buf(8), None, 1, 2, 3, 2, 8).is_err());
-    assert!(be.attention_forward(&mut out, &mut lse, &q, &buf(16), &buf(16), Some(&[1, 0]), 1, 2, 4, 1, 8).is_err());
+    assert!(be.attention_forward(&mut out, &mut lse, &q, &buf(8), &buf(8), None, None, 1, 2, 3, 2, 8).is_err());
+    assert!(be
+        .attention_forward(&mut out, &mut lse, &q, &buf(16), &buf(16), Some(&[1, 0]), None, 1, 2, 4, 1, 8)
+        .is_err());
     let kv = buf(2 * 8);
     let (mut dq, mut dk, mut dv, mut h1, mut h2) = (buf(64), buf(16), buf(16), buf(64), buf(63));
     let r = be.attention_backward(
-        &mut dq, &mut dk, &mut dv, &mut h1, &mut h2, &q, &q, &kv, &kv, &q, &lse, None, 1, 2, 4, 1, 8,
+        &mut dq, &mut dk, &mut dv, &mut h1, &mut h2, &q, &q, &kv, &kv, &q, &lse, None, None, 1, 2, 4, 1, 8,
     );
     assert!(r.is_err());
 }

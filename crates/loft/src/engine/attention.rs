@@ -1,6 +1,8 @@
-//! Causal self-attention with grouped-query heads.
+//! Causal self-attention with grouped-query heads, optionally within a sliding window (Mistral): with a window of
+//! W, the query at position i sees the keys j ≤ i with i − j < W, itself and the W − 1 before it (transformers'
+//! and llama.cpp's rule).
 //! Legend: T = new tokens, P = positions in the cache (past + new), NH = query heads, NKV = key/value heads,
-//! D = head_dim. Query head h reads key/value head h / (NH / NKV).
+//! D = head_dim, W = window. Query head h reads key/value head h / (NH / NKV).
 
 #![forbid(unsafe_code)]
 
@@ -10,7 +12,8 @@ use rayon::prelude::*;
 use super::matmul::gemm_strided;
 
 /// out[T, NH·D] = softmax(q·kᵀ/√D, causal) · v for queries at positions p0..p0+T against k, v [P, NKV·D]
-/// (P ≥ p0 + T; query t sees keys 0..=p0+t). One task per query row; each keeps one score row.
+/// (P ≥ p0 + T; query t sees keys 0..=p0+t, or only the last W of them with a window). One task per query row;
+/// each keeps one score row.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_forward_cached(
     out: &mut [f32],
@@ -19,6 +22,7 @@ pub fn attention_forward_cached(
     v: &[f32],
     t: usize,
     p0: usize,
+    window: Option<usize>,
     nh: usize,
     nkv: usize,
     d: usize,
@@ -26,15 +30,17 @@ pub fn attention_forward_cached(
     let (qd, kvd) = (nh * d, nkv * d);
     let group = nh / nkv;
     let scale = 1.0 / (d as f32).sqrt();
+    assert!(window != Some(0), "attention: a window of 0 keys");
     debug_assert!(out.len() == t * qd && q.len() == t * qd && k.len() >= (p0 + t) * kvd && v.len() >= (p0 + t) * kvd);
     // One task per (query row, head): decoding has a single row, and its heads still spread over the threads.
     out.par_chunks_mut(d).zip(q.par_chunks(d)).enumerate().for_each_init(Vec::new, |scores, (task, (oh, qh))| {
         let (ti, h) = (task / nh, task % nh);
         let seen = p0 + ti + 1;
+        let first = window.map_or(0, |w| seen.saturating_sub(w));
         let g = h / group;
         scores.clear();
         let mut max = f32::NEG_INFINITY;
-        for j in 0..seen {
+        for j in first..seen {
             let s = dot(qh, &k[j * kvd + g * d..j * kvd + (g + 1) * d]) * scale;
             max = max.max(s);
             scores.push(s);
@@ -46,7 +52,7 @@ pub fn attention_forward_cached(
         }
         oh.fill(0.0);
         let inv = 1.0 / sum;
-        for (j, &p) in scores.iter().enumerate() {
+        for (j, &p) in (first..seen).zip(scores.iter()) {
             let vj = &v[j * kvd + g * d..j * kvd + (g + 1) * d];
             let p = p * inv;
             for (o, &x) in oh.iter_mut().zip(vj) {
@@ -77,7 +83,8 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 // ---------------------------------------------------------------------------------------------------------------
 // Training: flash-style causal attention over a batch of sequences.
 // Legend: B = batch, T = time, NH = query heads, NKV = key/value heads, D = head_dim.
-// Layouts: q, out [B, T, NH·D]; k, v [B, T, NKV·D]; lse [B, NH, T]; doc_start [B, T].
+// Layouts: q, out [B, T, NH·D]; k, v [B, T, NKV·D]; lse [B, NH, T]; doc_start [B, T]. A window W bounds each
+// query's first key as doc_start does: query i sees max(doc_start, i + 1 − W) ≤ j ≤ i.
 //
 // Scores are computed one TILE × TILE block at a time with an online softmax, so memory per task is O(TILE²)
 // whatever T is; only out and the row logsumexp are saved. The backward recomputes each block from q, k and lse.
@@ -88,7 +95,8 @@ pub const TILE: usize = 64;
 
 /// Causal self-attention for training: out = softmax(q·kᵀ/√D + mask) · v, saving lse[b, h, i] = log Σⱼ exp(sᵢⱼ)
 /// for the backward. Query (b, i) sees keys j with doc_start[b·T + i] ≤ j ≤ i (doc_start None: from 0), so packed
-/// documents do not see each other; positions restarting at each document is the caller's job (RoPE).
+/// documents do not see each other, and i − j < W with a window W; positions restarting at each document is the
+/// caller's job (RoPE).
 /// Query head h reads key/value head h / (NH / NKV). out and lse are overwritten.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_forward(
@@ -98,13 +106,14 @@ pub fn attention_forward(
     k: &[f32],
     v: &[f32],
     doc_start: Option<&[u32]>,
+    window: Option<usize>,
     b: usize,
     t: usize,
     nh: usize,
     nkv: usize,
     d: usize,
 ) {
-    let s = Shape::new(b, t, nh, nkv, d, doc_start);
+    let s = Shape::new(b, t, nh, nkv, d, doc_start, window);
     assert!(out.len() == b * t * s.qd && q.len() == b * t * s.qd, "attention_forward: q/out are not [B, T, NH·D]");
     assert!(k.len() == b * t * s.kvd && v.len() == b * t * s.kvd, "attention_forward: k/v are not [B, T, NKV·D]");
     assert_eq!(lse.len(), b * nh * t, "attention_forward: lse is not [B, NH, T]");
@@ -197,13 +206,14 @@ pub fn attention_backward(
     out: &[f32],
     lse: &[f32],
     doc_start: Option<&[u32]>,
+    window: Option<usize>,
     b: usize,
     t: usize,
     nh: usize,
     nkv: usize,
     d: usize,
 ) {
-    let s = Shape::new(b, t, nh, nkv, d, doc_start);
+    let s = Shape::new(b, t, nh, nkv, d, doc_start, window);
     let (nq, nk) = (b * t * s.qd, b * t * s.kvd);
     assert!(dq.len() == nq && q.len() == nq && out.len() == nq && dout.len() == nq, "attention_backward: q shapes");
     assert!(dk.len() == nk && dv.len() == nk && k.len() == nk && v.len() == nk, "attention_backward: k/v shapes");
@@ -295,10 +305,19 @@ struct Shape<'a> {
     group: usize,
     scale: f32,
     doc_start: Option<&'a [u32]>,
+    window: Option<usize>,
 }
 
 impl<'a> Shape<'a> {
-    fn new(b: usize, t: usize, nh: usize, nkv: usize, d: usize, doc_start: Option<&'a [u32]>) -> Self {
+    fn new(
+        b: usize,
+        t: usize,
+        nh: usize,
+        nkv: usize,
+        d: usize,
+        doc_start: Option<&'a [u32]>,
+        window: Option<usize>,
+    ) -> Self {
         assert!(
             nkv > 0 && nh >= nkv && nh.is_multiple_of(nkv) && d > 0,
             "attention: NH = {nh} is not a positive multiple of NKV = {nkv}, or D = 0"
@@ -307,8 +326,9 @@ impl<'a> Shape<'a> {
             assert_eq!(ds.len(), b * t, "attention: doc_start is not [B, T]");
             assert!(ds.iter().enumerate().all(|(i, &s)| s as usize <= i % t), "attention: doc_start after its token");
         }
+        assert!(window != Some(0), "attention: a window of 0 keys");
         let scale = 1.0 / (d as f32).sqrt();
-        Shape { t, nh, d, qd: nh * d, kvd: nkv * d, group: nh / nkv, scale, doc_start }
+        Shape { t, nh, d, qd: nh * d, kvd: nkv * d, group: nh / nkv, scale, doc_start, window }
     }
 
     /// Offset of q[b, i, h, 0] (also of out, dq, dout).
@@ -325,18 +345,21 @@ impl<'a> Shape<'a> {
         (b * self.nh + h) * self.t + i
     }
 
-    fn doc_start(&self, b: usize, i: usize) -> usize {
-        self.doc_start.map_or(0, |ds| ds[b * self.t + i] as usize)
+    /// The first key query (b, i) sees: its document's start, or the window's, whichever is later.
+    fn first_seen(&self, b: usize, i: usize) -> usize {
+        let doc = self.doc_start.map_or(0, |ds| ds[b * self.t + i] as usize);
+        let window = self.window.map_or(0, |w| (i + 1).saturating_sub(w));
+        doc.max(window)
     }
 
     /// The first key any query of rows [i0, i1) may see.
     fn first_key(&self, b: usize, i0: usize, i1: usize) -> usize {
-        (i0..i1).map(|i| self.doc_start(b, i)).min().unwrap_or(0)
+        (i0..i1).map(|i| self.first_seen(b, i)).min().unwrap_or(0)
     }
 
     /// Keys of the block [j0, j1) that query i sees, as indices into the block: [ja, jb) (empty when ja ≥ jb).
     fn key_range(&self, b: usize, i: usize, j0: usize, j1: usize) -> (usize, usize) {
-        let lo = self.doc_start(b, i).max(j0);
+        let lo = self.first_seen(b, i).max(j0);
         let hi = (i + 1).min(j1);
         (lo.saturating_sub(j0), hi.saturating_sub(j0))
     }

@@ -115,7 +115,8 @@ pub trait Backend {
         cos: &Self::Buf,
         sin: &Self::Buf,
     ) -> Result<()>;
-    /// att[T, NH·D] for queries q[T, NH·D] at positions p0.. against the cache k, v [≥ p0+T, NKV·D] (causal).
+    /// att[T, NH·D] for queries q[T, NH·D] at positions p0.. against the cache k, v [≥ p0+T, NKV·D] (causal; with
+    /// a `window` W, the query at position i sees only the keys i − W < j ≤ i).
     #[allow(clippy::too_many_arguments)]
     fn attention_forward_cached(
         &self,
@@ -125,6 +126,7 @@ pub trait Backend {
         v: &Self::Buf,
         t: usize,
         p0: usize,
+        window: Option<usize>,
         nh: usize,
         nkv: usize,
         d: usize,
@@ -251,7 +253,8 @@ pub trait Backend {
         grad_scale: f32,
     ) -> Result<(f64, usize)>;
     /// Causal self-attention for training over q[B, T, NH·D], k, v [B, T, NKV·D]: out [B, T, NH·D] and
-    /// lse[B, NH, T] (overwritten). Query (b, i) sees keys doc_start[b·T + i] ≤ j ≤ i (None: from 0).
+    /// lse[B, NH, T] (overwritten). Query (b, i) sees keys doc_start[b·T + i] ≤ j ≤ i (None: from 0), and with a
+    /// `window` W only those with i − j < W.
     #[allow(clippy::too_many_arguments)]
     fn attention_forward(
         &self,
@@ -261,6 +264,7 @@ pub trait Backend {
         k: &Self::Buf,
         v: &Self::Buf,
         doc_start: Option<&[u32]>,
+        window: Option<usize>,
         b: usize,
         t: usize,
         nh: usize,
@@ -284,6 +288,7 @@ pub trait Backend {
         out: &Self::Buf,
         lse: &Self::Buf,
         doc_start: Option<&[u32]>,
+        window: Option<usize>,
         b: usize,
         t: usize,
         nh: usize,
@@ -489,6 +494,7 @@ impl Backend for Cpu {
         v: &Vec<f32>,
         t: usize,
         p0: usize,
+        window: Option<usize>,
         nh: usize,
         nkv: usize,
         d: usize,
@@ -498,9 +504,10 @@ impl Backend for Cpu {
         if p0 == 0 {
             // A fresh sequence: the tiled kernel (gemm on blocks of queries and keys) is several times faster.
             let mut lse = vec![0.0f32; nh * t];
-            attention_forward(att, &mut lse, q, &k[..t * kvd], &v[..t * kvd], None, 1, t, nh, nkv, d);
+            attention_forward(att, &mut lse, q, &k[..t * kvd], &v[..t * kvd], None, window, 1, t, nh, nkv, d);
         } else {
-            attention_forward_cached(att, q, &k[..(p0 + t) * kvd], &v[..(p0 + t) * kvd], t, p0, nh, nkv, d);
+            let (k, v) = (&k[..(p0 + t) * kvd], &v[..(p0 + t) * kvd]);
+            attention_forward_cached(att, q, k, v, t, p0, window, nh, nkv, d);
         }
         Ok(())
     }
@@ -651,13 +658,14 @@ impl Backend for Cpu {
         k: &Vec<f32>,
         v: &Vec<f32>,
         doc_start: Option<&[u32]>,
+        window: Option<usize>,
         b: usize,
         t: usize,
         nh: usize,
         nkv: usize,
         d: usize,
     ) -> Result<()> {
-        attention_forward(out, lse, q, k, v, doc_start, b, t, nh, nkv, d);
+        attention_forward(out, lse, q, k, v, doc_start, window, b, t, nh, nkv, d);
         Ok(())
     }
 
@@ -675,13 +683,15 @@ impl Backend for Cpu {
         out: &Vec<f32>,
         lse: &Vec<f32>,
         doc_start: Option<&[u32]>,
+        window: Option<usize>,
         b: usize,
         t: usize,
         nh: usize,
         nkv: usize,
         d: usize,
     ) -> Result<()> {
-        attention_backward(dq, dk, dv, dk_heads, dv_heads, dout, q, k, v, out, lse, doc_start, b, t, nh, nkv, d);
+        let ds = doc_start;
+        attention_backward(dq, dk, dv, dk_heads, dv_heads, dout, q, k, v, out, lse, ds, window, b, t, nh, nkv, d);
         Ok(())
     }
 

@@ -448,7 +448,7 @@ fn block_forward<Bk: Backend>(
     be.rope_forward(&mut a.q, n, nh, d, bc.cos, bc.sin)?;
     be.rope_forward(&mut a.k, n, nkv, d, bc.cos, bc.sin)?;
     let docs = bc.batch.doc_start.as_deref();
-    be.attention_forward(&mut a.att, &mut a.lse, &a.q, &a.k, &a.v, docs, b, t, nh, nkv, d)?;
+    be.attention_forward(&mut a.att, &mut a.lse, &a.q, &a.k, &a.v, docs, None, b, t, nh, nkv, d)?;
     be.copy(x_in, 0, &mut a.x_mid, 0, n * c)?;
     lc.forward(o, &mut a.x_mid, &mut a.xa_o, xd, &a.att, true)?;
 
@@ -502,6 +502,7 @@ fn block_backward<Bk: Backend>(
         &a.att,
         &a.lse,
         docs,
+        None,
         b,
         t,
         nh,
