@@ -51,6 +51,10 @@ arch_keys! {
     attention_key_length, ATTENTION_KEY_LENGTH = "attention.key_length";
     attention_value_length, ATTENTION_VALUE_LENGTH = "attention.value_length";
     attention_layer_norm_rms_epsilon, ATTENTION_LAYERNORM_RMS_EPS = "attention.layer_norm_rms_epsilon";
+    /// Keys a query sees: itself and the W − 1 before it (llama.cpp's `n_swa`; 0 or absent: every earlier key).
+    attention_sliding_window, ATTENTION_SLIDING_WINDOW = "attention.sliding_window";
+    /// Which layers the window applies to (an array of bools, or a period); absent: the architecture's default.
+    attention_sliding_window_pattern, ATTENTION_SLIDING_WINDOW_PATTERN = "attention.sliding_window_pattern";
     rope_dimension_count, ROPE_DIMENSION_COUNT = "rope.dimension_count";
     rope_freq_base, ROPE_FREQ_BASE = "rope.freq_base";
     /// "none", "linear", "yarn", "longrope".

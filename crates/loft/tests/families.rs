@@ -3,8 +3,9 @@
 //! `qwen2` / `qwen3` keys and from a Hugging Face folder, and run as the f64 reference written from transformers'
 //! modeling_qwen2.py / modeling_qwen3.py (common::tiny::reference_logits); their LoRA gradients match finite
 //! differences; an adapter survives PEFT's files, a merge into a Hugging Face folder with the family's config.json
-//! and a GGUF export (read back by loft and by llama.cpp's gguf-py) with the same logits. Mistral without a sliding
-//! window is Llama; one with a window narrower than its context, and any other architecture, is refused in one line.
+//! and a GGUF export (read back by loft and by llama.cpp's gguf-py) with the same logits. Mistral is Llama plus its
+//! sliding window, honoured in inference (full and cached), batched decoding and training, and kept through merge
+//! and export; any other architecture is refused in one line.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
 mod common;
@@ -118,12 +119,12 @@ fn gradients(model: &Llama, a: &Adapter, batch: &Batch, checkpointing: bool) -> 
     (mean_loss(model, a, batch), flat)
 }
 
-/// The training forward (biases, per-head norms) gives the inference forward's loss; the backward through Qwen2's
-/// biases (nothing to train, dy passes) and Qwen3's per-head norms matches central differences on a sample of
-/// every tensor of an adapter on all seven modules plus the embedding.
+/// The training forward (biases, per-head norms, Mistral's window) gives the inference forward's loss; the
+/// backward through Qwen2's biases (nothing to train, dy passes), Qwen3's per-head norms and the window matches
+/// central differences on a sample of every tensor of an adapter on all seven modules plus the embedding.
 #[test]
 fn qwen_lora_training_loss_and_gradients_are_right() {
-    for cfg in [shapes()[1].clone(), shapes()[2].clone()] {
+    for cfg in [shapes()[1].clone(), shapes()[2].clone(), mistral()] {
         let dir = tempfile::tempdir().unwrap();
         let model = gguf_model(dir.path(), &cfg, &random_weights(&cfg, 9));
         let config = LoraConfig { r: 4, lora_alpha: 8.0, train_embed_tokens: true, ..Default::default() };
@@ -143,6 +144,7 @@ fn qwen_lora_training_loss_and_gradients_are_right() {
         let got = mean_loss(&model, &a, &one);
         assert!((got - want).abs() < 1e-5, "{:?}: training loss {got}, inference {want}", cfg.arch);
         let batch = random_batch(cfg.vocab as u32, 2, 9, 1);
+        assert_eq!(model.config.sliding_window, cfg.sliding_window);
         let (l0, grads) = gradients(&model, &a, &batch, false);
         let (l1, grads_ckpt) = gradients(&model, &a, &batch, true);
         assert_eq!(l0, l1);
@@ -173,7 +175,8 @@ fn qwen_lora_training_loss_and_gradients_are_right() {
         }
         let diff: f32 = num.iter().zip(&ana).map(|(a, b)| (a - b) * (a - b)).sum::<f32>().sqrt();
         let norm: f32 = num.iter().map(|a| a * a).sum::<f32>().sqrt();
-        eprintln!("{:?}: relative error {:.2e} over {} entries (|g| = {norm:.3})", cfg.arch, diff / norm, num.len());
+        let what = format!("{:?}, window {:?}", cfg.arch, cfg.sliding_window);
+        eprintln!("{what}: relative error {:.2e} over {} entries (|g| = {norm:.3})", diff / norm, num.len());
         assert!(norm > 1e-3, "gradients vanished");
         assert!(diff / norm < 1e-2, "{:?}: analytic vs numeric gradient: relative error {}", cfg.arch, diff / norm);
     }
@@ -194,12 +197,13 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
-/// A tiny model of `arch` with the default model's tokenizer cut small, as a GGUF loft loads whole.
-fn tiny_with_tokenizer(dir: &std::path::Path, arch: Arch, tied: bool) -> std::path::PathBuf {
+/// A tiny model of `cfg`'s family and shape with the default model's tokenizer cut small, as a GGUF loft loads
+/// whole.
+fn tiny_with_tokenizer(dir: &std::path::Path, cfg: TinyConfig) -> std::path::PathBuf {
     let source = gguf::GgufFile::open(common::default_model()).unwrap();
     let vocab = tiny::bpe_cut(&loft::tokenizer::GgufVocab::from_gguf(&source).unwrap(), 300);
-    let cfg = TinyConfig { arch, vocab: vocab.tokens.len(), tied, head_dim: Some(16), ..TinyConfig::default() };
-    let path = dir.join(format!("tiny-{}.gguf", arch.gguf_name()));
+    let cfg = TinyConfig { vocab: vocab.tokens.len(), ..cfg };
+    let path = dir.join(format!("tiny-{}.gguf", cfg.arch.gguf_name()));
     tiny::write_gguf_with_vocab(&path, &cfg, &random_weights(&cfg, 12), &vocab);
     path
 }
@@ -235,7 +239,8 @@ fn read_with_gguf_py(file: &std::path::Path) -> (Vec<String>, Vec<(String, Vec<f
 fn qwen_adapters_merge_and_export_with_the_familys_names() {
     for (arch, tied) in [(Arch::Qwen2, true), (Arch::Qwen3, false)] {
         let dir = tempfile::tempdir().unwrap();
-        let path = tiny_with_tokenizer(dir.path(), arch, tied);
+        let cfg = TinyConfig { arch, tied, head_dim: Some(16), ..TinyConfig::default() };
+        let path = tiny_with_tokenizer(dir.path(), cfg);
         let spec = path.to_str().unwrap();
         let loaded = LoadedModel::load(spec).unwrap();
         let model = &loaded.model;
@@ -302,43 +307,159 @@ fn qwen_adapters_merge_and_export_with_the_familys_names() {
     }
 }
 
-/// Mistral's config.json with no sliding window (v0.2 and later) is Llama; a window narrower than the context is
-/// refused in one line naming it; a window as wide as the context changes nothing and is accepted.
+/// A tiny Mistral: Llama's block, MQA, and a sliding window of 4 positions, narrower than the 17 tokens it runs.
+fn mistral() -> TinyConfig {
+    TinyConfig { kv_heads: 1, sliding_window: Some(4), ..TinyConfig::default() }
+}
+
+/// Mistral's window, from its config.json (`MistralForCausalLM`, `sliding_window`) and from a GGUF
+/// (`llama.attention.sliding_window`): the forward over the whole sequence, and a prompt then one token at a time
+/// through the KV cache, run as the f64 reference masked as modeling_mistral.py masks (which differs from the
+/// unmasked one by far more than the tolerance); a window as long as the sequence gives the unwindowed bits.
 #[test]
-fn mistral_loads_as_llama_unless_its_window_is_narrower_than_its_context() {
-    let cfg = TinyConfig { kv_heads: 1, ..TinyConfig::default() };
+fn mistral_honours_its_sliding_window() {
+    let cfg = mistral();
     let w = random_weights(&cfg, 21);
     let toks = tokens(&cfg);
     let want = reference_logits(&cfg, &w, &toks);
+    let unmasked = reference_logits(&TinyConfig { sliding_window: None, ..cfg.clone() }, &w, &toks);
+    let masked_away = want.iter().flatten().zip(unmasked.iter().flatten()).map(|(a, b)| (a - b).abs());
+    assert!(masked_away.fold(0.0, f64::max) > 1e-1, "the window changes nothing on these weights");
+
+    let dir = tempfile::tempdir().unwrap();
+    let from_gguf = gguf_model(dir.path(), &cfg, &w);
+    let hf_dir = dir.path().join("hf");
+    tiny::write_hf_weights(&hf_dir, &cfg, &w, serde_json::json!({}));
+    let from_hf = load_base(hf_dir.to_str().unwrap(), false).unwrap();
+    assert_eq!((from_hf.config.arch, from_hf.config.sliding_window), (Arch::Llama, Some(4)));
+    assert_eq!(from_hf.config, from_gguf.config, "GGUF and config.json disagree");
+    for (source, model) in [("GGUF", &from_gguf), ("HF folder", &from_hf)] {
+        let mut cache = KvCache::new(&model.config, toks.len());
+        let d = max_rel_diff(model, &want, &model.forward(&toks, &mut cache).unwrap());
+        assert!(d < 1e-4, "mistral from {source}: forward differs from the reference by {d}");
+    }
+    let mut cache = KvCache::new(&from_gguf.config, toks.len());
+    let full = from_gguf.forward(&toks, &mut cache).unwrap();
+    for prompt in [1, 3, 5] {
+        let mut cache = KvCache::new(&from_gguf.config, toks.len());
+        let mut rows = from_gguf.forward(&toks[..prompt], &mut cache).unwrap();
+        for &id in &toks[prompt..] {
+            rows.extend(from_gguf.forward(&[id], &mut cache).unwrap());
+        }
+        let d = max_rel_diff(&from_gguf, &want, &rows);
+        assert!(d < 1e-4, "prompt of {prompt}: cached forward differs from the reference by {d}");
+        let worst = rows.iter().zip(&full).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst < 1e-5, "prompt of {prompt}: cached forward differs from the full one by {worst}");
+    }
+
+    let mut wide = gguf_model(dir.path(), &cfg, &w);
+    let run = |model: &Llama| model.forward(&toks, &mut KvCache::new(&model.config, toks.len())).unwrap();
+    wide.config.sliding_window = None;
+    let none = run(&wide);
+    for window in [toks.len(), toks.len() + 1, 1 << 20] {
+        wide.config.sliding_window = Some(window);
+        assert!(run(&wide) == none, "window {window}: not the same bits as no window");
+    }
+}
+
+/// Mistral's config.json: a window below the context is kept, null or one as wide as the context is none, 0 is an
+/// error; Llama's ignores the key (transformers' Llama does); Qwen2 with its window switched on is refused (its
+/// window covers only the layers from max_window_layers on). A GGUF's window of 0 is none (llama.cpp's reading), and
+/// a per-layer pattern is refused. Errors are one line naming the file and key.
+#[test]
+fn the_window_is_read_from_config_json_and_gguf() {
+    let cfg = TinyConfig { kv_heads: 1, ..TinyConfig::default() };
+    let w = random_weights(&cfg, 21);
+    let hf = |extra: serde_json::Value| {
+        let dir = tempfile::tempdir().unwrap();
+        tiny::write_hf_weights(dir.path(), &cfg, &w, extra);
+        load_base(dir.path().to_str().unwrap(), false).map(|m| m.config.sliding_window)
+    };
     let mistral = |window: serde_json::Value, context: usize| {
         serde_json::json!({
             "model_type": "mistral", "architectures": ["MistralForCausalLM"],
             "sliding_window": window, "max_position_embeddings": context,
         })
     };
-    for (window, context) in [(serde_json::Value::Null, 32768), (256.into(), 256)] {
-        let dir = tempfile::tempdir().unwrap();
-        tiny::write_hf_weights(dir.path(), &cfg, &w, mistral(window, context));
-        let model = load_base(dir.path().to_str().unwrap(), false).unwrap();
-        assert_eq!(model.config.arch, Arch::Llama);
-        let mut cache = KvCache::new(&model.config, toks.len());
-        let d = max_rel_diff(&model, &want, &model.forward(&toks, &mut cache).unwrap());
-        assert!(d < 1e-4, "mistral: forward differs from the reference by {d}");
-        // The same weights as llama.cpp converts Mistral (architecture "llama", no window key) run the same.
-        let gguf = gguf_model(dir.path(), &cfg, &w);
-        assert_eq!(gguf.config.arch, Arch::Llama);
-    }
-    let dir = tempfile::tempdir().unwrap();
-    tiny::write_hf_weights(dir.path(), &cfg, &w, mistral(4096.into(), 32768));
-    let err = load_base(dir.path().to_str().unwrap(), false).err().unwrap().to_string();
-    assert!(err.contains("sliding_window = 4096") && err.contains("config.json") && !err.contains('\n'), "{err}");
-    // Qwen2 with its window switched on is refused the same way.
+    assert_eq!(hf(mistral(serde_json::Value::Null, 32768)).unwrap(), None);
+    assert_eq!(hf(mistral(256.into(), 256)).unwrap(), None);
+    assert_eq!(hf(mistral(4096.into(), 32768)).unwrap(), Some(4096));
+    assert_eq!(hf(serde_json::json!({ "sliding_window": 4, "max_position_embeddings": 32768 })).unwrap(), None);
+    let err = hf(mistral(0.into(), 32768)).err().unwrap().to_string();
+    assert!(err.contains("sliding_window = 0") && err.contains("config.json") && !err.contains('\n'), "{err}");
     let qwen = TinyConfig { arch: Arch::Qwen2, ..TinyConfig::default() };
     let dir = tempfile::tempdir().unwrap();
     let window_on = serde_json::json!({ "use_sliding_window": true, "max_position_embeddings": 32768 });
     tiny::write_hf_weights(dir.path(), &qwen, &random_weights(&qwen, 2), window_on);
     let err = load_base(dir.path().to_str().unwrap(), false).err().unwrap().to_string();
-    assert!(err.contains("sliding_window = 4096"), "{err}");
+    assert!(err.contains("sliding_window = 4096") && err.contains("qwen2") && !err.contains('\n'), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    let with_key = |key: &str, value: gguf::Value| {
+        tiny::write_gguf(&path, &cfg, &w);
+        let file = gguf::GgufFile::open(&path).unwrap();
+        let mut g = gguf::GgufWriter::new();
+        for (k, v) in &file.metadata {
+            g.add(k.clone(), v.clone());
+        }
+        g.add(key, value);
+        for t in &file.tensors {
+            g.add_tensor(t.name.clone(), t.shape.clone(), t.dtype, file.tensor_bytes(t).to_vec()).unwrap();
+        }
+        let out = dir.path().join("keyed.gguf");
+        g.write(&out).unwrap();
+        llama_from_gguf(&gguf::GgufFile::open(&out).unwrap()).map(|m| m.config.sliding_window)
+    };
+    let window = gguf::names::attention_sliding_window("llama");
+    assert_eq!(with_key(&window, gguf::Value::U32(0)).unwrap(), None);
+    assert_eq!(with_key(&window, gguf::Value::U32(256)).unwrap(), None);
+    assert_eq!(with_key(&window, gguf::Value::U32(5)).unwrap(), Some(5));
+    let pattern = gguf::names::attention_sliding_window_pattern("llama");
+    let err = with_key(&pattern, gguf::Value::U32(6)).err().unwrap().to_string();
+    assert!(err.contains("llama.attention.sliding_window_pattern") && !err.contains('\n'), "{err}");
+}
+
+/// An adapter on a Mistral with a window: merged into a Hugging Face folder, its config.json is transformers'
+/// Mistral's with the window (Llama's class would drop it); exported to GGUF, `llama.attention.sliding_window`
+/// carries it (gguf-py reads the key); both read back to the same config and the unmerged adapter's logits.
+#[test]
+fn mistral_keeps_its_window_through_merge_and_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny_with_tokenizer(dir.path(), TinyConfig { head_dim: Some(16), ..mistral() });
+    let spec = path.to_str().unwrap();
+    let loaded = LoadedModel::load(spec).unwrap();
+    let model = &loaded.model;
+    assert_eq!(model.config.sliding_window, Some(4));
+    let adapter = adapter_with_nonzero_b(model, LoraConfig { r: 4, lora_alpha: 8.0, ..Default::default() });
+    let toks: Vec<u32> = loaded.tokenizer.encode("The quick brown fox jumps over the lazy dog.", false, false);
+    assert!(toks.len() > 8, "{} tokens do not reach past the window", toks.len());
+    let want = logits(model, &toks, Some(&adapter));
+
+    let mut merged = LoadedModel::load(spec).unwrap();
+    merge_adapter(&mut merged.model, &adapter).unwrap();
+    let hf = dir.path().join("merged-hf");
+    write_hf_folder(&hf, &merged.model, &merged.tokenizer, WeightDtype::F32, usize::MAX).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(hf.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"][0], "MistralForCausalLM");
+    assert_eq!((&config["model_type"], &config["sliding_window"]), (&"mistral".into(), &4.into()));
+    let from_hf = LoadedModel::load(hf.to_str().unwrap()).unwrap();
+    assert_eq!(from_hf.model.config, merged.model.config);
+    let d = max_abs_diff(&logits(&from_hf.model, &toks, None), &want);
+    assert!(d < 1e-4, "merged HF folder differs by {d}");
+
+    let out = dir.path().join("merged.gguf");
+    write_gguf_model(&out, &merged.model, &merged.tokenizer, GgufQuant::F32, "tiny").unwrap();
+    let file = gguf::GgufFile::open(&out).unwrap();
+    assert_eq!(file.get_str("general.architecture").unwrap(), "llama");
+    assert_eq!(file.get_u64("llama.attention.sliding_window").unwrap(), 4);
+    let from_gguf = llama_from_gguf(&file).unwrap();
+    assert_eq!(from_gguf.config, merged.model.config);
+    let d = max_abs_diff(&logits(&from_gguf, &toks, None), &want);
+    assert!(d < 1e-4, "merged GGUF differs by {d}");
+    let (keys, _) = read_with_gguf_py(&out);
+    assert!(keys.contains(&"llama.attention.sliding_window".to_string()), "gguf-py does not see the window");
 }
 
 #[test]

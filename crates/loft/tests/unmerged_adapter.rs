@@ -45,8 +45,11 @@ fn tiny(dir: &Path, tied: bool) -> Llama {
 }
 
 fn tiny_of(dir: &Path, tied: bool, arch: Arch) -> Llama {
-    let cfg = TinyConfig { tied, arch, ..Default::default() };
-    let path = dir.join(format!("tiny-{tied}-{arch:?}.gguf"));
+    tiny_from(dir, TinyConfig { tied, arch, ..Default::default() })
+}
+
+fn tiny_from(dir: &Path, cfg: TinyConfig) -> Llama {
+    let path = dir.join(format!("tiny-{}-{:?}-{:?}.gguf", cfg.tied, cfg.arch, cfg.sliding_window));
     write_gguf(&path, &cfg, &random_weights(&cfg, 7));
     llama_from_gguf(&gguf::GgufFile::open(&path).unwrap()).unwrap()
 }
@@ -250,12 +253,20 @@ fn six<'a>(a: &'a UnmergedAdapter, b: &'a UnmergedAdapter, vocab: u32) -> Vec<Se
         .collect()
 }
 
-/// Llama, and the families whose block adds a q/k/v bias (Qwen2) or a per-head q/k norm (Qwen3).
+/// Llama, the families whose block adds a q/k/v bias (Qwen2) or a per-head q/k norm (Qwen3), and Mistral's
+/// sliding window of 4 (the six sequences hold 2 to 22 positions, so some rows attend to all of theirs and others
+/// to their last 4).
 #[test]
 fn batched_decoding_equals_each_sequence_alone_on_tiny_models() {
     let dir = tempfile::tempdir().unwrap();
-    for (tied, arch) in [(true, Arch::Llama), (false, Arch::Llama), (true, Arch::Qwen2), (false, Arch::Qwen3)] {
-        let base = tiny_of(dir.path(), tied, arch);
+    for cfg in [
+        TinyConfig { tied: true, ..Default::default() },
+        TinyConfig { tied: false, ..Default::default() },
+        TinyConfig { tied: true, arch: Arch::Qwen2, ..Default::default() },
+        TinyConfig { tied: false, arch: Arch::Qwen3, ..Default::default() },
+        TinyConfig { kv_heads: 1, sliding_window: Some(4), ..Default::default() },
+    ] {
+        let base = tiny_from(dir.path(), cfg.clone());
         let plain = LoraConfig { r: 4, lora_alpha: 8.0, ..Default::default() };
         let trained = LoraConfig { train_embed_tokens: true, train_lm_head: true, ..plain.clone() };
         let a = adapter_with_nonzero_b(&base, plain).into_unmerged(&base.config).unwrap();
@@ -264,7 +275,7 @@ fn batched_decoding_equals_each_sequence_alone_on_tiny_models() {
             m.iter_mut().enumerate().for_each(|(i, v)| *v += (i as f32 * 0.37).sin() * 0.1);
         }
         let b = b.into_unmerged(&base.config).unwrap();
-        let case = format!("tiny {arch:?}, tied {tied}");
+        let case = format!("tiny {:?}, tied {}, window {:?}", cfg.arch, cfg.tied, cfg.sliding_window);
         batched_equals_alone(&base, &six(&a, &b, base.config.vocab_size as u32), &case);
     }
 }

@@ -52,6 +52,9 @@ pub fn write_gguf_model(
         g.add(n::attention_value_length(arch), u32v(cfg.head_dim));
     }
     g.add(n::attention_layer_norm_rms_epsilon(arch), Value::F32(cfg.rms_norm_eps));
+    if let Some(window) = cfg.sliding_window {
+        g.add(n::attention_sliding_window(arch), u32v(window));
+    }
     g.add(n::rope_freq_base(arch), Value::F32(cfg.rope_theta));
     g.add(n::vocab_size(arch), u32v(cfg.vocab_size));
     if let Some(RopeScaling::Linear { factor }) = &cfg.rope_scaling {

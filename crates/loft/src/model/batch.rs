@@ -84,7 +84,7 @@ pub fn decode_step(runner: &Runner<'_, Cpu>, rows: &mut [Row<'_>]) -> Result<Vec
             kc[p * kvd..(p + 1) * kvd].copy_from_slice(&k[i * kvd..(i + 1) * kvd]);
             vc[p * kvd..(p + 1) * kvd].copy_from_slice(&val[i * kvd..(i + 1) * kvd]);
             let (mut att_i, q_i) = (vec![0.0f32; qd], q[i * qd..(i + 1) * qd].to_vec());
-            be.attention_forward_cached(&mut att_i, &q_i, kc, vc, 1, p, None, nh, nkv, d)?;
+            be.attention_forward_cached(&mut att_i, &q_i, kc, vc, 1, p, cfg.layer_window(l), nh, nkv, d)?;
             att[i * qd..(i + 1) * qd].copy_from_slice(&att_i);
         }
         linear(&mut x, &att, TargetModule::OProj, true)?;

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 /// The model families loft runs: Llama's block, plus what each family adds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Arch {
-    /// Llama 2/3, SmolLM, TinyLlama, and Mistral without a sliding window.
+    /// Llama 2/3, SmolLM, TinyLlama, and Mistral (its sliding window is [`LlamaConfig::sliding_window`]).
     #[default]
     Llama,
     /// Qwen2 and Qwen2.5: frozen biases on q_proj, k_proj and v_proj.
@@ -79,8 +79,7 @@ impl Arch {
     }
 }
 
-const FAMILIES_HINT: &str =
-    "loft runs Llama (Llama 2/3, SmolLM, TinyLlama, Mistral without a sliding window), Qwen2/2.5 and Qwen3 dense models";
+const FAMILIES_HINT: &str = "loft runs Llama (Llama 2/3, SmolLM, TinyLlama, Mistral), Qwen2/2.5 and Qwen3 dense models";
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct LlamaConfig {
@@ -98,6 +97,9 @@ pub struct LlamaConfig {
     pub rope_scaling: Option<RopeScaling>,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
+    /// Mistral's sliding window W: a query at position i sees the keys j ≤ i with i − j < W (itself and the
+    /// W − 1 before it). None: every earlier key. Read per layer through [`LlamaConfig::layer_window`].
+    pub sliding_window: Option<usize>,
 }
 
 impl LlamaConfig {
@@ -117,6 +119,7 @@ impl LlamaConfig {
             rope_scaling: None,
             max_position_embeddings: 8192,
             tie_word_embeddings: true,
+            sliding_window: None,
         }
     }
 
@@ -137,6 +140,7 @@ impl LlamaConfig {
             rope_scaling: None,
             max_position_embeddings: 131_072,
             tie_word_embeddings: true,
+            sliding_window: None,
         }
     }
 
@@ -173,12 +177,20 @@ impl LlamaConfig {
                 self.rms_norm_eps, self.rope_theta
             ));
         }
+        if self.sliding_window == Some(0) {
+            return bad("sliding_window = 0 leaves a query no key to attend to (expected at least 1, or none)".into());
+        }
         if let Some(RopeScaling::FreqFactors(f)) = &self.rope_scaling {
             if f.len() != self.head_dim / 2 {
                 return bad(format!("rope_freqs has {} values, expected head_dim/2 = {}", f.len(), self.head_dim / 2));
             }
         }
         Ok(())
+    }
+
+    /// The window of layer `l`'s attention (Mistral: every layer's is the same).
+    pub fn layer_window(&self, _l: usize) -> Option<usize> {
+        self.sliding_window
     }
 
     pub fn q_dim(&self) -> usize {
@@ -219,6 +231,13 @@ impl LlamaConfig {
         let opt = |k: &str| file.get(&key(k)).and_then(|v| v.as_u64()).map(|v| v as usize);
         let hidden_size = get("embedding_length")?;
         let num_attention_heads = get("attention.head_count")?;
+        if file.get(&key("attention.sliding_window_pattern")).is_some() {
+            return Err(Error::hinted(
+                format!("{}: {arch}.attention.sliding_window_pattern is not supported", path.display()),
+                "loft applies a sliding window to every layer or to none",
+            ));
+        }
+        let context = opt("context_length").unwrap_or(2048);
         let head_dim = opt("attention.key_length")
             .or(opt("rope.dimension_count"))
             .unwrap_or(hidden_size / num_attention_heads.max(1));
@@ -242,8 +261,10 @@ impl LlamaConfig {
                     _ => None,
                 },
             },
-            max_position_embeddings: opt("context_length").unwrap_or(2048),
+            max_position_embeddings: context,
             tie_word_embeddings: file.tensor_info("output.weight").is_none(),
+            // 0 means none, as llama.cpp reads it; a window as wide as the context changes nothing.
+            sliding_window: opt("attention.sliding_window").filter(|&w| w > 0 && w < context),
         };
         cfg.validate(&path)?;
         Ok(cfg)
@@ -277,21 +298,26 @@ impl LlamaConfig {
                 "loft runs these models without biases (Qwen2's q/k/v biases are part of its architecture)",
             ));
         }
-        // A sliding window narrower than the context changes attention past it; loft attends to every position.
-        let window_used = match arch {
-            Arch::Qwen2 | Arch::Qwen3 => raw.use_sliding_window.unwrap_or(false),
-            Arch::Llama => true,
+        // transformers' Mistral applies `sliding_window` in every layer (null: none); Llama's ignores the key. A
+        // window as wide as the context changes nothing.
+        let context = raw.max_position_embeddings.unwrap_or(2048);
+        let sliding_window = match model_type {
+            "mistral" => raw.sliding_window.filter(|&w| w < context),
+            _ => None,
         };
-        if let (true, Some(window)) = (window_used, raw.sliding_window) {
-            let context = raw.max_position_embeddings.unwrap_or(2048);
+        // Qwen2/3 window only the layers from max_window_layers on, which loft does not do.
+        if let (Arch::Qwen2 | Arch::Qwen3, true, Some(window)) =
+            (arch, raw.use_sliding_window.unwrap_or(false), raw.sliding_window)
+        {
             if window < context {
                 return Err(Error::hinted(
                     format!(
-                        "{}: sliding_window = {window} (below max_position_embeddings = {context}) is not supported",
+                        "{}: use_sliding_window with sliding_window = {window} (below max_position_embeddings = \
+                         {context}) is not supported for {model_type}",
                         path.display()
                     ),
-                    "loft's attention sees every earlier position; Mistral v0.2 and later have no window \
-                     (sliding_window: null)",
+                    "loft applies a sliding window to every layer (Mistral) or to none; Qwen releases ship with \
+                     use_sliding_window: false",
                 ));
             }
         }
@@ -337,8 +363,9 @@ impl LlamaConfig {
             rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
             rope_theta,
             rope_scaling,
-            max_position_embeddings: raw.max_position_embeddings.unwrap_or(2048),
+            max_position_embeddings: context,
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+            sliding_window,
         };
         cfg.validate(path)?;
         Ok(cfg)
@@ -366,6 +393,12 @@ impl LlamaConfig {
             "eos_token_id": eos,
         });
         match self.arch {
+            // Mistral's class is the one of transformers' that honours a sliding window (Llama's ignores it).
+            Arch::Llama if self.sliding_window.is_some() => {
+                v["architectures"] = serde_json::json!(["MistralForCausalLM"]);
+                v["model_type"] = "mistral".into();
+                v["sliding_window"] = self.sliding_window.into();
+            }
             Arch::Llama => {
                 v["attention_bias"] = false.into();
                 v["mlp_bias"] = false.into();

@@ -299,7 +299,7 @@ impl<'w, B: Backend + 'w> Runner<'w, B> {
             self.attention_inputs(l, &x, &mut h, qkv, &cos, &sin, t, &mut linear)?;
             be.copy(&k, 0, kc, p0 * kvd, t * kvd)?;
             be.copy(&v, 0, vc, p0 * kvd, t * kvd)?;
-            be.attention_forward_cached(&mut att, &q, kc, vc, t, p0, None, nh, nkv, d)?;
+            be.attention_forward_cached(&mut att, &q, kc, vc, t, p0, cfg.layer_window(l), nh, nkv, d)?;
             linear(&mut x, &att, TargetModule::OProj, true)?;
             self.mlp(l, &mut x, &mut h, (&mut gate, &mut up, &mut act), &mut linear)?;
         }

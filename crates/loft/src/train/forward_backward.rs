@@ -447,8 +447,8 @@ fn block_forward<Bk: Backend>(
     }
     be.rope_forward(&mut a.q, n, nh, d, bc.cos, bc.sin)?;
     be.rope_forward(&mut a.k, n, nkv, d, bc.cos, bc.sin)?;
-    let docs = bc.batch.doc_start.as_deref();
-    be.attention_forward(&mut a.att, &mut a.lse, &a.q, &a.k, &a.v, docs, None, b, t, nh, nkv, d)?;
+    let (docs, window) = (bc.batch.doc_start.as_deref(), cfg.layer_window(lc.l));
+    be.attention_forward(&mut a.att, &mut a.lse, &a.q, &a.k, &a.v, docs, window, b, t, nh, nkv, d)?;
     be.copy(x_in, 0, &mut a.x_mid, 0, n * c)?;
     lc.forward(o, &mut a.x_mid, &mut a.xa_o, xd, &a.att, true)?;
 
@@ -502,7 +502,7 @@ fn block_backward<Bk: Backend>(
         &a.att,
         &a.lse,
         docs,
-        None,
+        cfg.layer_window(lc.l),
         b,
         t,
         nh,
@@ -702,6 +702,7 @@ mod tests {
             rope_scaling: None,
             max_position_embeddings: 64,
             tie_word_embeddings: true,
+            sliding_window: None,
         };
         let weights = LlamaWeights::random(&cfg, 1, None).expect("random weights");
         Llama::new(cfg, weights)

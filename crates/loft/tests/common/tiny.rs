@@ -1,8 +1,8 @@
 //! Tiny random models built inside the tests — Llama, and the families loft adds to it (Qwen2's q/k/v biases,
-//! Qwen3's per-head q/k norm) — written as GGUF (Q/K rows permuted as llama.cpp's converter does for Llama) or as
+//! Qwen3's per-head q/k norm, Mistral's sliding window) — written as GGUF (Q/K rows permuted as llama.cpp's converter does for Llama) or as
 //! a Hugging Face folder (safetensors + the config.json transformers writes), plus a plain f64 reference forward
-//! written from the transformers definitions (modeling_llama.py, modeling_qwen2.py, modeling_qwen3.py), loop by
-//! loop. The tests of plumbing (training, checkpoints, the CLI) use one with a real byte-level BPE cut from the
+//! written from the transformers definitions (modeling_llama.py, modeling_qwen2.py, modeling_qwen3.py,
+//! modeling_mistral.py), loop by loop. The tests of plumbing (training, checkpoints, the CLI) use one with a real byte-level BPE cut from the
 //! default model's.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -29,6 +29,8 @@ pub struct TinyConfig {
     pub eps: f32,
     /// Qwen3 sets head_dim apart from hidden / heads; None: hidden / heads.
     pub head_dim: Option<usize>,
+    /// Mistral's sliding window (a Llama-arch model; written as `MistralForCausalLM` in config.json).
+    pub sliding_window: Option<usize>,
 }
 
 impl Default for TinyConfig {
@@ -45,6 +47,7 @@ impl Default for TinyConfig {
             rope_theta: 10000.0,
             eps: 1e-5,
             head_dim: None,
+            sliding_window: None,
         }
     }
 }
@@ -129,6 +132,9 @@ pub fn write_gguf_with_vocab(path: &Path, cfg: &TinyConfig, weights: &Weights, v
     if cfg.head_dim.is_some() {
         g.add(key("attention.key_length"), Value::U32(cfg.head_dim() as u32));
         g.add(key("attention.value_length"), Value::U32(cfg.head_dim() as u32));
+    }
+    if let Some(w) = cfg.sliding_window {
+        g.add(key("attention.sliding_window"), Value::U32(w as u32));
     }
     let strings = |v: &[String]| Value::Array(ValueType::String, v.iter().map(|s| Value::String(s.clone())).collect());
     g.add(n::TOKENIZER_MODEL, Value::String(vocab.model.clone()));
@@ -243,18 +249,20 @@ pub fn write_bpe_model(path: &Path, source: &GgufVocab, merges: usize, seed: u64
 }
 
 /// Writes the model as a Hugging Face folder: `model.safetensors` (f32) and the config.json transformers writes
-/// for the family (`LlamaForCausalLM`, `Qwen2ForCausalLM`, `Qwen3ForCausalLM`), with `extra` keys merged in.
+/// for the family (`LlamaForCausalLM`, `Qwen2ForCausalLM`, `Qwen3ForCausalLM`; `MistralForCausalLM` with its
+/// `sliding_window` for a Llama with a window), with `extra` keys merged in.
 /// No tokenizer files: the weights alone (`loft::model::load_base`).
 pub fn write_hf_weights(dir: &Path, cfg: &TinyConfig, weights: &Weights, extra: serde_json::Value) {
     std::fs::create_dir_all(dir).unwrap();
-    let class = match cfg.arch {
-        Arch::Llama => "LlamaForCausalLM",
-        Arch::Qwen2 => "Qwen2ForCausalLM",
-        Arch::Qwen3 => "Qwen3ForCausalLM",
+    let (class, model_type) = match (cfg.arch, cfg.sliding_window) {
+        (Arch::Llama, Some(_)) => ("MistralForCausalLM", "mistral"),
+        (Arch::Llama, None) => ("LlamaForCausalLM", "llama"),
+        (Arch::Qwen2, _) => ("Qwen2ForCausalLM", "qwen2"),
+        (Arch::Qwen3, _) => ("Qwen3ForCausalLM", "qwen3"),
     };
     let mut config = serde_json::json!({
         "architectures": [class],
-        "model_type": cfg.arch.model_type(),
+        "model_type": model_type,
         "vocab_size": cfg.vocab,
         "hidden_size": cfg.hidden,
         "intermediate_size": cfg.ffn,
@@ -270,6 +278,9 @@ pub fn write_hf_weights(dir: &Path, cfg: &TinyConfig, weights: &Weights, extra: 
     });
     if let Some(d) = cfg.head_dim {
         config["head_dim"] = d.into();
+    }
+    if let (Arch::Llama, Some(w)) = (cfg.arch, cfg.sliding_window) {
+        config["sliding_window"] = w.into();
     }
     if cfg.arch != Arch::Llama {
         config["use_sliding_window"] = false.into();
@@ -295,7 +306,8 @@ pub fn write_hf_weights(dir: &Path, cfg: &TinyConfig, weights: &Weights, extra: 
     safetensors::tensor::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
 }
 
-/// Logits [T, V] of the whole sequence, in f64, straight from the transformers definition.
+/// Logits [T, V] of the whole sequence, in f64, straight from the transformers definition. With a sliding window
+/// W, query i attends to the keys j ≤ i with i − j < W (modeling_mistral.py's mask).
 pub fn reference_logits(cfg: &TinyConfig, w: &Weights, tokens: &[u32]) -> Vec<Vec<f64>> {
     let get = |n: &str| -> Vec<f64> { w[n].1.iter().map(|&v| v as f64).collect() };
     let (c, d, t) = (cfg.hidden, cfg.head_dim(), tokens.len());
@@ -357,13 +369,15 @@ pub fn reference_logits(cfg: &TinyConfig, w: &Weights, tokens: &[u32]) -> Vec<Ve
             let mut att = vec![0.0; cfg.heads * d];
             for hh in 0..cfg.heads {
                 let g = hh / group;
-                let s: Vec<f64> = (0..=i)
-                    .map(|j| (0..d).map(|e| q[i][hh * d + e] * k[j][g * d + e]).sum::<f64>() / (d as f64).sqrt())
+                let seen: Vec<usize> = (0..=i).filter(|&j| cfg.sliding_window.is_none_or(|w| i - j < w)).collect();
+                let s: Vec<f64> = seen
+                    .iter()
+                    .map(|&j| (0..d).map(|e| q[i][hh * d + e] * k[j][g * d + e]).sum::<f64>() / (d as f64).sqrt())
                     .collect();
                 let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let z: f64 = s.iter().map(|v| (v - m).exp()).sum();
-                for j in 0..=i {
-                    let pj = (s[j] - m).exp() / z;
+                for (&j, sj) in seen.iter().zip(&s) {
+                    let pj = (sj - m).exp() / z;
                     for e in 0..d {
                         att[hh * d + e] += pj * v[j][g * d + e];
                     }
