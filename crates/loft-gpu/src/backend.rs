@@ -86,15 +86,9 @@ fn check_heads(call: &str, nh: usize, nkv: usize, d: usize) -> Result<()> {
     })
 }
 
-/// Err for a sliding window, which the GPU kernels do not apply yet.
+/// Err for a sliding window of 0 keys, which leaves a query nothing to attend to.
 fn check_window(call: &str, window: Option<usize>) -> Result<()> {
-    match window {
-        None => Ok(()),
-        Some(w) => Err(Error::hinted(
-            format!("{call}: a sliding window ({w} positions) is not applied by the GPU kernels"),
-            "use --device cpu",
-        )),
-    }
+    check(window != Some(0), call, || "a sliding window of 0 keys leaves a query nothing to attend to".into())
 }
 
 /// Err unless doc_start is [B, T] with each start at or before its own token.
@@ -360,7 +354,7 @@ impl Backend for Wgpu {
                 )
             },
         )?;
-        attention::attention_forward_cached(&self.ctx, att, q, k, v, t, p0, nh, nkv, d)
+        attention::attention_forward_cached(&self.ctx, att, q, k, v, t, p0, window, nh, nkv, d)
     }
 
     fn swiglu_forward(&self, out: &mut GpuBuffer, gate: &GpuBuffer, up: &GpuBuffer) -> Result<()> {
@@ -577,7 +571,7 @@ impl Backend for Wgpu {
             },
         )?;
         check_docs(call, doc_start, b, t)?;
-        attention::attention_forward(&self.ctx, out, lse, q, k, v, doc_start, b, t, nh, nkv, d)
+        attention::attention_forward(&self.ctx, out, lse, q, k, v, doc_start, window, b, t, nh, nkv, d)
     }
 
     fn attention_backward(
@@ -616,7 +610,7 @@ impl Backend for Wgpu {
         })?;
         check_docs(call, doc_start, b, t)?;
         attention::attention_backward(
-            &self.ctx, dq, dk, dv, dk_heads, dv_heads, dout, q, k, v, out, lse, doc_start, b, t, nh, nkv, d,
+            &self.ctx, dq, dk, dv, dk_heads, dv_heads, dout, q, k, v, out, lse, doc_start, window, b, t, nh, nkv, d,
         )
     }
 

@@ -1,7 +1,7 @@
-//! Twin of `loft::engine::attention`: causal self-attention with grouped-query heads, with a KV cache (inference)
-//! and for training with document boundaries, saving the row logsumexp; the backward recomputes the
-//! probabilities from q, k and lse.
-//! Legend: B = batch, T = time, NH = query heads, NKV = key/value heads, D = head_dim (≤ 256 here).
+//! Twin of `loft::engine::attention`: causal self-attention with grouped-query heads, optionally within a sliding
+//! window (query i sees keys i − W < j ≤ i), with a KV cache (inference) and for training with document boundaries,
+//! saving the row logsumexp; the backward recomputes the probabilities from q, k and lse.
+//! Legend: B = batch, T = time, NH = query heads, NKV = key/value heads, D = head_dim (≤ 256 here), W = window.
 //! Layouts: q, out [B, T, NH·D]; k, v [B, T, NKV·D]; lse [B, NH, T]; doc_start [B, T].
 
 use loft::Result;
@@ -16,14 +16,24 @@ fn kernel(name: &str, source: &str) -> Kernel {
 }
 
 /// The parameter block of the attention kernels (the training ones read its first eight words; p0 and kv_t, the
-/// cache offset and rows, only the forward reads).
-fn params(b: usize, t: usize, nh: usize, nkv: usize, d: usize, has_doc: bool) -> [u32; 12] {
+/// cache offset and rows, only the forward reads). The window word is 0 for none; a window of `positions` keys or
+/// more (every key any query sees) is the same as none, so it is capped there to stay within a u32.
+fn params(b: usize, t: usize, nh: usize, nkv: usize, d: usize, has_doc: bool, window: Window) -> [u32; 12] {
     let scale = 1.0 / (d as f32).sqrt();
-    [b as u32, t as u32, nh as u32, nkv as u32, d as u32, has_doc as u32, scale.to_bits(), 0, t as u32, 0, 0, 0]
+    let w = window.size.map_or(0, |w| w.min(window.positions) as u32);
+    [b as u32, t as u32, nh as u32, nkv as u32, d as u32, has_doc as u32, scale.to_bits(), w, 0, t as u32, 0, 0]
+}
+
+/// A sliding window of `size` keys (None: every earlier key) over rows of `positions` keys.
+#[derive(Clone, Copy)]
+struct Window {
+    size: Option<usize>,
+    positions: usize,
 }
 
 /// out[T, NH·D] = softmax(q·kᵀ/√D, causal) · v for queries at positions p0..p0+T against k, v [P, NKV·D]
-/// (P ≥ p0 + T; query t sees keys 0..=p0+t): decoding and prefill with a KV cache.
+/// (P ≥ p0 + T; query t sees keys 0..=p0+t, only the last W of them with a window): decoding and prefill with a
+/// KV cache.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_forward_cached(
     ctx: &Context,
@@ -33,19 +43,21 @@ pub fn attention_forward_cached(
     v: &GpuBuffer,
     t: usize,
     p0: usize,
+    window: Option<usize>,
     nh: usize,
     nkv: usize,
     d: usize,
 ) -> Result<()> {
     check_heads(nh, nkv, d)?;
+    ensure!(window != Some(0), "attention: a window of 0 keys");
     let (qd, kvd) = (nh * d, nkv * d);
     ensure!(out.len() == t * qd && q.len() == t * qd, "attention_forward_cached: q/out are not [T, NH·D]");
     ensure!(k.len() >= (p0 + t) * kvd && v.len() >= (p0 + t) * kvd, "attention_forward_cached: cache too short");
     let lse = ctx.zeros(nh * t)?;
     let docs = ctx.zeros(1)?;
-    let mut p = params(1, t, nh, nkv, d, false);
-    p[7] = p0 as u32;
-    p[8] = (p0 + t) as u32;
+    let mut p = params(1, t, nh, nkv, d, false, Window { size: window, positions: p0 + t });
+    p[8] = p0 as u32;
+    p[9] = (p0 + t) as u32;
     ctx.dispatch(
         &kernel("attention_forward", include_str!("../shaders/attention_forward.wgsl")),
         &p,
@@ -81,7 +93,8 @@ fn check_heads(nh: usize, nkv: usize, d: usize) -> Result<()> {
 }
 
 /// Causal self-attention for training: out = softmax(q·kᵀ/√D + mask) · v, saving lse[b, h, i] = log Σⱼ exp(sᵢⱼ).
-/// Query (b, i) sees keys j with doc_start[b·T + i] ≤ j ≤ i (doc_start None: from 0). out and lse are overwritten.
+/// Query (b, i) sees keys j with doc_start[b·T + i] ≤ j ≤ i (doc_start None: from 0), and i − j < W with a window.
+/// out and lse are overwritten.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_forward(
     ctx: &Context,
@@ -91,6 +104,7 @@ pub fn attention_forward(
     k: &GpuBuffer,
     v: &GpuBuffer,
     doc_start: Option<&[u32]>,
+    window: Option<usize>,
     b: usize,
     t: usize,
     nh: usize,
@@ -98,6 +112,7 @@ pub fn attention_forward(
     d: usize,
 ) -> Result<()> {
     check_heads(nh, nkv, d)?;
+    ensure!(window != Some(0), "attention: a window of 0 keys");
     let (qd, kvd) = (nh * d, nkv * d);
     ensure!(out.len() == b * t * qd && q.len() == b * t * qd, "attention_forward: q/out are not [B, T, NH·D]");
     ensure!(k.len() == b * t * kvd && v.len() == b * t * kvd, "attention_forward: k/v are not [B, T, NKV·D]");
@@ -105,7 +120,7 @@ pub fn attention_forward(
     let docs = doc_buffer(ctx, doc_start, b, t)?;
     ctx.dispatch(
         &kernel("attention_forward", include_str!("../shaders/attention_forward.wgsl")),
-        &params(b, t, nh, nkv, d, doc_start.is_some()),
+        &params(b, t, nh, nkv, d, doc_start.is_some(), Window { size: window, positions: t }),
         &[
             Binding::Write(out),
             Binding::Write(lse),
@@ -137,6 +152,7 @@ pub fn attention_backward(
     out: &GpuBuffer,
     lse: &GpuBuffer,
     doc_start: Option<&[u32]>,
+    window: Option<usize>,
     b: usize,
     t: usize,
     nh: usize,
@@ -144,13 +160,14 @@ pub fn attention_backward(
     d: usize,
 ) -> Result<()> {
     check_heads(nh, nkv, d)?;
+    ensure!(window != Some(0), "attention: a window of 0 keys");
     let (nq, nk) = (b * t * nh * d, b * t * nkv * d);
     ensure!(dq.len() == nq && q.len() == nq && out.len() == nq && dout.len() == nq, "attention_backward: q shapes");
     ensure!(dk.len() == nk && dv.len() == nk && k.len() == nk && v.len() == nk, "attention_backward: k/v shapes");
     ensure!(dk_heads.len() == nq && dv_heads.len() == nq, "attention_backward: head scratch is not [B, NH, T, D]");
     ensure!(lse.len() == b * nh * t, "attention_backward: lse is not [B, NH, T]");
     let docs = doc_buffer(ctx, doc_start, b, t)?;
-    let p = params(b, t, nh, nkv, d, doc_start.is_some());
+    let p = params(b, t, nh, nkv, d, doc_start.is_some(), Window { size: window, positions: t });
     // lse and Δ side by side in one buffer (keeps every kernel within 8 storage bindings).
     let n_lse = b * nh * t;
     let mut lse_delta = ctx.zeros(2 * n_lse)?;

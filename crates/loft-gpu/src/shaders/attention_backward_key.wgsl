@@ -1,9 +1,9 @@
 // Attention backward, part 2 of 3: each query head's share of dk and dv, one workgroup per (sequence, key row,
-// head), over the queries i ≥ j whose document starts at or before j:
+// head), over the queries i ≥ j whose document starts at or before j (and, with a sliding window W > 0, i < j + W):
 //   dvₕ[j] = Σᵢ Pᵢⱼ · dOᵢ,   dkₕ[j] = Σᵢ dSᵢⱼ · qᵢ   (dS = P ⊙ (dO·Vᵀ − Δ) / √D).
 // dk_heads, dv_heads: [B, NH, T, D]; lse_delta: [2, B, NH, T].
 
-struct Params { b: u32, t: u32, nh: u32, nkv: u32, d: u32, has_doc: u32, scale: f32, _p: u32 }
+struct Params { b: u32, t: u32, nh: u32, nkv: u32, d: u32, has_doc: u32, scale: f32, window: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> dk_heads: array<f32>;
@@ -49,11 +49,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         dv_acc[c] = 0.0;
     }
     let n_lse = p.b * p.nh * p.t;
-    for (var i0 = j; i0 < p.t; i0 += WG) {
+    var iend = p.t;
+    if (p.window != 0u) {
+        iend = min(p.t, j + p.window);
+    }
+    for (var i0 = j; i0 < iend; i0 += WG) {
         let i = i0 + tid;
         var pp = 0.0;
         var ds = 0.0;
-        if (i < p.t) {
+        if (i < iend) {
             var seen = true;
             if (p.has_doc != 0u) {
                 seen = doc_start[bi * p.t + i] <= j;
@@ -74,7 +78,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         ps[tid] = pp;
         dss[tid] = ds;
         workgroupBarrier();
-        let cnt = min(WG, p.t - i0);
+        let cnt = min(WG, iend - i0);
         for (var ii = 0u; ii < cnt; ii++) {
             let qo = (bi * p.t + i0 + ii) * qd + h * p.d;
             let a = ps[ii];

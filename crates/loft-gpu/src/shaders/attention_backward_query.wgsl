@@ -2,7 +2,7 @@
 // With P = exp(S − lse), Δᵢ = Σ_d dOᵢ·Oᵢ and dS = P ⊙ (dO·Vᵀ − Δ) / √D:  dQᵢ = Σⱼ dSᵢⱼ · kⱼ.
 // lse_delta: [2, B, NH, T], the forward's lse then Δ.
 
-struct Params { b: u32, t: u32, nh: u32, nkv: u32, d: u32, has_doc: u32, scale: f32, _p: u32 }
+struct Params { b: u32, t: u32, nh: u32, nkv: u32, d: u32, has_doc: u32, scale: f32, window: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> dq: array<f32>;
@@ -42,6 +42,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         var ja = 0u;
         if (p.has_doc != 0u) {
             ja = doc_start[row];
+        }
+        if (p.window != 0u && i + 1u > p.window) {
+            ja = max(ja, i + 1u - p.window);
         }
         range = vec2<u32>(ja, i + 1u);
     }

@@ -1,7 +1,7 @@
 // Attention backward, part 0: Δ[b, h, i] = Σ_d dout·out of each query row and head, into the second half of
 // lse_delta [2, B, NH, T] (the first half holds the forward's lse). One thread per (b, h, i).
 
-struct Params { b: u32, t: u32, nh: u32, nkv: u32, d: u32, has_doc: u32, scale: f32, _p: u32 }
+struct Params { b: u32, t: u32, nh: u32, nkv: u32, d: u32, has_doc: u32, scale: f32, window: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> lse_delta: array<f32>;

@@ -1,10 +1,11 @@
 // Causal self-attention, one workgroup per (sequence, query row, head): out = softmax(q·kᵀ/√D + mask)·v and
 // lse = log Σⱼ exp(sᵢⱼ), over keys doc_start[b, i] ≤ j ≤ p0 + i (p0 = 0 in training; with a KV cache the T new
-// queries sit at positions p0.. and k, v hold KV_T ≥ p0 + T rows per sequence). Two passes over the keys: the row's max and sum
+// queries sit at positions p0.. and k, v hold KV_T ≥ p0 + T rows per sequence), and with a sliding window W > 0
+// only the last W of them (p0 + i − j < W). Two passes over the keys: the row's max and sum
 // (online, per thread, then merged), then the output with p = exp(s − lse), 64 keys at a time through workgroup
 // memory. Legend: B, T, NH, NKV, D; q, out [B, T, NH·D]; k, v [B, T, NKV·D]; lse [B, NH, T]; doc_start [B, T].
 
-struct Params { b: u32, t: u32, nh: u32, nkv: u32, d: u32, has_doc: u32, scale: f32, p0: u32, kv_t: u32, _p0: u32, _p1: u32, _p2: u32 }
+struct Params { b: u32, t: u32, nh: u32, nkv: u32, d: u32, has_doc: u32, scale: f32, window: u32, p0: u32, kv_t: u32, _p0: u32, _p1: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> out: array<T1>;
@@ -51,7 +52,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         if (p.has_doc != 0u) {
             ja = doc_start[row];
         }
-        range = vec2<u32>(ja, p.p0 + i + 1u);
+        let jb = p.p0 + i + 1u;
+        if (p.window != 0u && jb > p.window) {
+            ja = max(ja, jb - p.window);
+        }
+        range = vec2<u32>(ja, jb);
     }
     for (var e = tid; e < p.d; e += WG) {
         qs[e] = f32(q[qo + e]);

@@ -1,7 +1,7 @@
 // Attention backward, part 3 of 3: dk[b, j, g] = Σ over the query heads h of group g of dk_heads[b, h, j] (and dv
 // likewise), heads in order. One thread per element of dk.
 
-struct Params { b: u32, t: u32, nh: u32, nkv: u32, d: u32, has_doc: u32, scale: f32, _p: u32 }
+struct Params { b: u32, t: u32, nh: u32, nkv: u32, d: u32, has_doc: u32, scale: f32, window: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> dk: array<f32>;

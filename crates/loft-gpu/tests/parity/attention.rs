@@ -1,5 +1,5 @@
 //! Training attention, forward (out, lse) and backward (dq, dk, dv), causal with grouped-query heads, with and
-//! without document boundaries.
+//! without document boundaries and a sliding window.
 
 use loft::engine::attention as cpu;
 use loft_gpu::engine::attention;
@@ -13,6 +13,7 @@ struct Case {
     nkv: usize,
     d: usize,
     docs: Option<Vec<u32>>,
+    window: Option<usize>,
 }
 
 #[test]
@@ -29,20 +30,33 @@ fn attention_forward_and_backward_equal_the_cpu() {
             _ => 50,
         })
         .collect();
+    // Windows: narrower than a document, wider than some (sequence 1's 45-token one), and 3 keys. (A window of one
+    // key gives dq = dk = 0 up to rounding, which a relative comparison cannot judge.)
     let cases = [
-        Case { b: 2, t: 70, nh: 9, nkv: 3, d: 64, docs: None },
-        Case { b: 2, t: 70, nh: 9, nkv: 3, d: 64, docs: Some(packed) },
-        Case { b: 1, t: 13, nh: 4, nkv: 2, d: 22, docs: Some(vec![0, 0, 0, 3, 3, 3, 3, 3, 8, 8, 8, 8, 12]) },
+        Case { b: 2, t: 70, nh: 9, nkv: 3, d: 64, docs: None, window: None },
+        Case { b: 2, t: 70, nh: 9, nkv: 3, d: 64, docs: Some(packed.clone()), window: None },
+        Case { b: 2, t: 70, nh: 9, nkv: 3, d: 64, docs: None, window: Some(20) },
+        Case { b: 2, t: 70, nh: 9, nkv: 3, d: 64, docs: Some(packed), window: Some(33) },
+        Case {
+            b: 1,
+            t: 13,
+            nh: 4,
+            nkv: 2,
+            d: 22,
+            docs: Some(vec![0, 0, 0, 3, 3, 3, 3, 3, 8, 8, 8, 8, 12]),
+            window: None,
+        },
+        Case { b: 1, t: 13, nh: 4, nkv: 2, d: 22, docs: None, window: Some(3) },
     ];
-    for Case { b, t, nh, nkv, d, docs } in cases {
-        let label = format!("B={b} T={t} NH={nh} NKV={nkv} D={d} docs={}", docs.is_some());
+    for Case { b, t, nh, nkv, d, docs, window } in cases {
+        let label = format!("B={b} T={t} NH={nh} NKV={nkv} D={d} docs={} window={window:?}", docs.is_some());
         let (nq, nk) = (b * t * nh * d, b * t * nkv * d);
         let (q, k, v) = (rand(nq, 1), rand(nk, 2), rand(nk, 3));
         let (mut out, mut lse) = (vec![0.0; nq], vec![0.0; b * nh * t]);
-        cpu::attention_forward(&mut out, &mut lse, &q, &k, &v, docs.as_deref(), None, b, t, nh, nkv, d);
+        cpu::attention_forward(&mut out, &mut lse, &q, &k, &v, docs.as_deref(), window, b, t, nh, nkv, d);
         let (gq, gk, gv) = (up(&q), up(&k), up(&v));
         let (mut gout, mut glse) = (c.zeros(nq).unwrap(), c.zeros(b * nh * t).unwrap());
-        attention::attention_forward(c, &mut gout, &mut glse, &gq, &gk, &gv, docs.as_deref(), b, t, nh, nkv, d)
+        attention::attention_forward(c, &mut gout, &mut glse, &gq, &gk, &gv, docs.as_deref(), window, b, t, nh, nkv, d)
             .unwrap();
         assert_parity(&format!("attention forward out {label}"), &read(&gout), &out);
         assert_parity(&format!("attention forward lse {label}"), &read(&glse), &lse);
@@ -63,7 +77,7 @@ fn attention_forward_and_backward_equal_the_cpu() {
             &out,
             &lse,
             docs.as_deref(),
-            None,
+            window,
             b,
             t,
             nh,
@@ -86,6 +100,7 @@ fn attention_forward_and_backward_equal_the_cpu() {
             &gout,
             &glse,
             docs.as_deref(),
+            window,
             b,
             t,
             nh,
@@ -99,17 +114,22 @@ fn attention_forward_and_backward_equal_the_cpu() {
     }
 }
 
-/// The inference forward against a KV cache: one decoded token, a prefill, and new tokens past 64 cached ones.
+/// The inference forward against a KV cache: one decoded token, a prefill, and new tokens past 64 cached ones,
+/// without and with sliding windows (narrower than the cache, and wider than the positions: no window).
 #[test]
 fn cached_attention_equals_the_cpu() {
     let c = ctx();
-    for (t, p0, nh, nkv, d) in [(1, 37, 9, 3, 64), (5, 0, 9, 3, 64), (3, 70, 9, 3, 64), (2, 11, 4, 2, 22)] {
+    let shapes = [(1, 37, 9, 3, 64), (5, 0, 9, 3, 64), (3, 70, 9, 3, 64), (2, 11, 4, 2, 22)];
+    let windows = [None, Some(1), Some(4), Some(50), Some(1000)];
+    for ((t, p0, nh, nkv, d), window) in shapes.into_iter().flat_map(|s| windows.map(|w| (s, w))) {
         let cache = p0 + t + 4; // rows past p0 + T are never read
         let (q, k, v) = (rand(t * nh * d, 1), rand(cache * nkv * d, 2), rand(cache * nkv * d, 3));
         let mut want = vec![0.0; t * nh * d];
-        cpu::attention_forward_cached(&mut want, &q, &k, &v, t, p0, None, nh, nkv, d);
+        cpu::attention_forward_cached(&mut want, &q, &k, &v, t, p0, window, nh, nkv, d);
         let mut out = c.zeros(t * nh * d).unwrap();
-        attention::attention_forward_cached(c, &mut out, &up(&q), &up(&k), &up(&v), t, p0, nh, nkv, d).unwrap();
-        assert_parity(&format!("attention cached T={t} p0={p0} NH={nh} NKV={nkv} D={d}"), &read(&out), &want);
+        let (q, k, v) = (up(&q), up(&k), up(&v));
+        attention::attention_forward_cached(c, &mut out, &q, &k, &v, t, p0, window, nh, nkv, d).unwrap();
+        let label = format!("attention cached T={t} p0={p0} NH={nh} NKV={nkv} D={d} window={window:?}");
+        assert_parity(&label, &read(&out), &want);
     }
 }

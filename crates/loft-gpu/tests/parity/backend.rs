@@ -246,6 +246,7 @@ fn training_kernels_on_the_gpu_refuse_bad_shapes() {
     assert!(be
         .attention_forward(&mut out, &mut lse, &q, &buf(16), &buf(16), Some(&[1, 0]), None, 1, 2, 4, 1, 8)
         .is_err());
+    assert!(be.attention_forward(&mut out, &mut lse, &q, &buf(16), &buf(16), None, Some(0), 1, 2, 4, 1, 8).is_err());
     let kv = buf(2 * 8);
     let (mut dq, mut dk, mut dv, mut h1, mut h2) = (buf(64), buf(16), buf(16), buf(64), buf(63));
     let r = be.attention_backward(
