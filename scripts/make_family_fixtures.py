@@ -240,7 +240,11 @@ def convert_to_gguf(hf_dir: Path, out_file: Path, family: Family):
     if not (LLAMA_CPP / "convert_hf_to_gguf.py").is_file():
         raise SystemExit(
             f"error: no {LLAMA_CPP}/convert_hf_to_gguf.py\n"
-            "hint: LLAMA_TARGETS=llama-quantize scripts/check_export_llamacpp.sh unpacks the llama.cpp sources there"
+            "hint: unpack vendor/llama.cpp of the llama-cpp-python 0.3.36 sdist there, as the first step of "
+            "scripts/check_export_llamacpp.sh does: pip download --no-deps --no-binary llama-cpp-python "
+            "llama-cpp-python==0.3.36 -d /tmp/sdist && mkdir -p .cache/llama.cpp-0.3.36/src && tar xzf "
+            "/tmp/sdist/llama_cpp_python-0.3.36.tar.gz -C .cache/llama.cpp-0.3.36/src --strip-components=3 "
+            "llama_cpp_python-0.3.36/vendor/llama.cpp"
         )
     for p in (str(LLAMA_CPP / "gguf-py"), str(LLAMA_CPP)):
         if p not in sys.path:
