@@ -28,6 +28,11 @@ versions=(torch="$(pin torch)" transformers="$(pin transformers)" peft="$(pin pe
           safetensors="$(pin safetensors)" numpy="$(pin numpy)")
 
 if [[ -x "$venv/bin/python" ]] && "$venv/bin/python" -W ignore -c "$check" "${versions[@]}" 2>/dev/null; then
+    # Pins added after the venv was built are installed on top (a small wheel, not the whole venv again).
+    if ! "$venv/bin/python" -c "import sentencepiece" 2>/dev/null; then
+        log "adding sentencepiece==$(pin sentencepiece) (llama.cpp's converter, for scripts/make_family_fixtures.py)"
+        "$venv/bin/python" -m pip install --quiet --no-deps --only-binary=:all: "sentencepiece==$(pin sentencepiece)" >&2
+    fi
     log "$venv is ready (${versions[*]})"
     exit 0
 fi
