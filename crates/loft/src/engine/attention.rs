@@ -10,6 +10,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::matmul::gemm_strided;
+use super::vector_math as vm;
 
 /// out[T, NH·D] = softmax(q·kᵀ/√D, causal) · v for queries at positions p0..p0+T against k, v [P, NKV·D]
 /// (P ≥ p0 + T; query t sees keys 0..=p0+t, or only the last W of them with a window). One task per query row;
@@ -155,14 +156,12 @@ pub fn attention_forward(
                     srow.fill(0.0);
                     continue;
                 }
-                let tile_max = srow[ja..jb].iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
-                let m_new = mx[r].max(tile_max);
+                let m_new = mx[r].max(vm::max(&srow[ja..jb]));
                 let correction = (mx[r] - m_new).exp();
-                let mut sum = 0.0f32;
-                for (jj, x) in srow.iter_mut().enumerate() {
-                    *x = if jj >= ja && jj < jb { (*x - m_new).exp() } else { 0.0 };
-                    sum += *x;
-                }
+                vm::exp_shifted(&mut srow[ja..jb], m_new);
+                srow[..ja].fill(0.0);
+                srow[jb..].fill(0.0);
+                let sum = vm::sum(&srow[ja..jb]);
                 l[r] = l[r] * correction + sum;
                 mx[r] = m_new;
                 acc[r * d..(r + 1) * d].iter_mut().for_each(|a| *a *= correction);
@@ -253,9 +252,14 @@ pub fn attention_backward(
                 for r in 0..br {
                     let (ja, jb) = s.key_range(bi, i0 + r, j0, j1);
                     let row_lse = lse[s.lse_at(bi, h, i0 + r)];
-                    for (jj, x) in p[r * bc..(r + 1) * bc].iter_mut().enumerate() {
-                        *x = if jj >= ja && jj < jb { (*x - row_lse).exp() } else { 0.0 };
+                    let p_row = &mut p[r * bc..(r + 1) * bc];
+                    if ja >= jb {
+                        p_row.fill(0.0);
+                        continue;
                     }
+                    vm::exp_shifted(&mut p_row[ja..jb], row_lse);
+                    p_row[..ja].fill(0.0);
+                    p_row[jb..].fill(0.0);
                 }
                 // dv_tile[bc, D] += pᵀ · dout_tile
                 let dvo = j0 * d;

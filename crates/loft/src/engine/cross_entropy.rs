@@ -11,6 +11,7 @@ use rayon::prelude::*;
 
 use super::embedding::VocabMatrix;
 use super::matmul::matmul_tn;
+use super::vector_math as vm;
 
 /// The target of a row that does not count (transformers' `ignore_index`); any negative target is ignored.
 pub const IGNORE_INDEX: i32 = -100;
@@ -132,12 +133,9 @@ fn head_cross_entropy(
             .map(|(row, &i)| {
                 let t = targets[i] as usize;
                 let target_logit = row[t];
-                let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-                let mut sum = 0.0f64;
-                for x in row.iter_mut() {
-                    *x = (*x - max).exp();
-                    sum += *x as f64;
-                }
+                let max = vm::max(row);
+                vm::exp_shifted(row, max);
+                let sum = vm::sum_f64(row);
                 if grads {
                     let k = (grad_scale as f64 / sum) as f32;
                     row.iter_mut().for_each(|x| *x *= k);

@@ -15,6 +15,7 @@ pub mod quant_dot;
 pub mod rmsnorm;
 pub mod rope;
 pub mod swiglu;
+pub mod vector_math;
 
 pub use backend::{Backend, Cpu, Vocab};
 pub use embedding::VocabMatrix;

@@ -5,21 +5,16 @@
 
 use rayon::prelude::*;
 
+use super::vector_math::{silu_mul, silu_mul_backward};
+
 /// Elements per parallel task: small enough to split a [1024, 1536] activation over the cores.
 const CHUNK: usize = 1 << 14;
-
-#[inline]
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
 
 /// out = silu(gate) · up, with silu(g) = g · σ(g).
 pub fn swiglu_forward(out: &mut [f32], gate: &[f32], up: &[f32]) {
     assert!(out.len() == gate.len() && up.len() == gate.len(), "swiglu_forward: shapes");
     out.par_chunks_mut(CHUNK).zip(gate.par_chunks(CHUNK)).zip(up.par_chunks(CHUNK)).for_each(|((o, g), u)| {
-        for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-            *o = g * sigmoid(g) * u;
-        }
+        silu_mul(o, g, u);
     });
 }
 
@@ -28,13 +23,8 @@ pub fn swiglu_forward(out: &mut [f32], gate: &[f32], up: &[f32]) {
 pub fn swiglu_backward(dgate: &mut [f32], dup: &mut [f32], dout: &[f32], gate: &[f32], up: &[f32]) {
     let len = gate.len();
     assert!(dgate.len() == len && dup.len() == len && dout.len() == len && up.len() == len, "swiglu_backward: shapes");
-    dgate.par_chunks_mut(CHUNK).zip(dup.par_chunks_mut(CHUNK)).enumerate().for_each(|(ci, (dg, du))| {
-        let base = ci * CHUNK;
-        for (i, (dg, du)) in dg.iter_mut().zip(du.iter_mut()).enumerate() {
-            let (g, u, d) = (gate[base + i], up[base + i], dout[base + i]);
-            let s = sigmoid(g);
-            *du = d * g * s;
-            *dg = d * u * s * (1.0 + g * (1.0 - s));
-        }
+    let ins = dout.par_chunks(CHUNK).zip(gate.par_chunks(CHUNK)).zip(up.par_chunks(CHUNK));
+    dgate.par_chunks_mut(CHUNK).zip(dup.par_chunks_mut(CHUNK)).zip(ins).for_each(|((dg, du), ((d, g), u))| {
+        silu_mul_backward(dg, du, d, g, u);
     });
 }
