@@ -1,5 +1,5 @@
-//! The model families beside Llama on the wgpu backend: Qwen2's q/k/v biases (`bias_forward`) and Qwen3's per-head
-//! q/k norm (RMSNorm over rows T·NH of width D), through the inference forward (`loft::model::Runner`, see
+//! The model families beside Llama on the wgpu backend: Qwen2's q/k/v biases (`bias_forward`), Qwen3's per-head
+//! q/k norm (RMSNorm over rows T·NH of width D), and Gemma 3 (`scale`, `add`, `geglu_forward`/`geglu_backward`), through the inference forward (`loft::model::Runner`, see
 //! runner.rs) and the training forward/backward (`loft::train::forward_backward`) against the same code on the
 //! CPU, on tiny models written as GGUF by loft's own test helpers.
 
@@ -24,7 +24,13 @@ fn tiny_model(cfg: &TinyConfig, seed: u64) -> Llama {
 fn families() -> Vec<(&'static str, Llama)> {
     let qwen2 = TinyConfig { arch: Arch::Qwen2, tied: false, ..TinyConfig::default() };
     let qwen3 = TinyConfig { arch: Arch::Qwen3, kv_heads: 1, head_dim: Some(12), ..TinyConfig::default() };
-    vec![("qwen2 untied", tiny_model(&qwen2, 31)), ("qwen3 tied, D = 12", tiny_model(&qwen3, 32))]
+    // Gemma 3: scaled embedding, sandwich norms, GeGLU, local and global RoPE (6 layers), untied GQA.
+    let gemma3 = TinyConfig { arch: Arch::Gemma3, tied: false, layers: 6, rope_theta: 1e6, ..TinyConfig::default() };
+    vec![
+        ("qwen2 untied", tiny_model(&qwen2, 31)),
+        ("qwen3 tied, D = 12", tiny_model(&qwen3, 32)),
+        ("gemma3 untied, 6 layers", tiny_model(&gemma3, 33)),
+    ]
 }
 
 fn flat(a: &Adapter) -> Vec<f32> {
