@@ -128,7 +128,7 @@ impl LocalLayers {
     /// Every `pattern`-th layer global, the others local (Gemma 3's `sliding_window_pattern`, 6; llama.cpp's
     /// `set_swa_pattern`).
     pub fn pattern(layers: usize, pattern: usize, sliding_window: usize, rope_theta: f32) -> Self {
-        let is_local = (0..layers).map(|l| pattern == 0 || (l + 1) % pattern != 0).collect();
+        let is_local = (0..layers).map(|l| pattern == 0 || !(l + 1).is_multiple_of(pattern)).collect();
         LocalLayers { sliding_window, rope_theta, is_local }
     }
 }

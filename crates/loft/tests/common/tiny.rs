@@ -65,7 +65,7 @@ impl TinyConfig {
 
     /// Layer `l` is one of Gemma 3's local layers (every 6th layer is global).
     pub fn is_local(&self, l: usize) -> bool {
-        self.arch == Arch::Gemma3 && (l + 1) % 6 != 0
+        self.arch == Arch::Gemma3 && !(l + 1).is_multiple_of(6)
     }
 }
 
