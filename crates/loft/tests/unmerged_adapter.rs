@@ -254,7 +254,9 @@ fn six<'a>(a: &'a UnmergedAdapter, b: &'a UnmergedAdapter, vocab: u32) -> Vec<Se
 #[test]
 fn batched_decoding_equals_each_sequence_alone_on_tiny_models() {
     let dir = tempfile::tempdir().unwrap();
-    for (tied, arch) in [(true, Arch::Llama), (false, Arch::Llama), (true, Arch::Qwen2), (false, Arch::Qwen3)] {
+    let families =
+        [(true, Arch::Llama), (false, Arch::Llama), (true, Arch::Qwen2), (false, Arch::Qwen3), (true, Arch::Gemma3)];
+    for (tied, arch) in families {
         let base = tiny_of(dir.path(), tied, arch);
         let plain = LoraConfig { r: 4, lora_alpha: 8.0, ..Default::default() };
         let trained = LoraConfig { train_embed_tokens: true, train_lm_head: true, ..plain.clone() };
