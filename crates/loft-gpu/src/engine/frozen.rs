@@ -1,5 +1,5 @@
 //! Twin of `loft::engine::frozen`: a frozen linear weight [out, in] kept on the device in its own storage (f32,
-//! f16, bf16, GGUF Q4_0 / Q4_1 / Q8_0 / Q4_K / Q5_K / Q6_K blocks, or bitsandbytes' NF4) and decoded element by element inside the matmul kernel, so a
+//! f16, bf16, GGUF Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 / Q4_K / Q5_K / Q6_K blocks, or bitsandbytes' NF4) and decoded element by element inside the matmul kernel, so a
 //! 4-bit base never has an f32 copy on the device.
 
 use gguf::GgmlType;
@@ -52,6 +52,29 @@ pub(crate) fn load_w_wgsl(dtype: GgmlType) -> Option<&'static str> {
     let q = byte_at(base + 4u + j % 16u);
     let nib = select(q & 15u, q >> 4u, j >= 16u);
     return f32(nib) * half_at(base) + half_at(base + 2u);
+}"
+        }
+        // 22-byte blocks of 32: d (f16), qh (32 fifth bits, little-endian), 16 bytes of nibbles; element j is
+        // (lo_j | bit_j << 4 − 16)·d, element j+16 (hi_j | bit_(j+16) << 4 − 16)·d.
+        GgmlType::Q5_0 => {
+            "fn load_w(r: u32, c: u32, row_bytes: u32) -> f32 {
+    let base = r * row_bytes + (c / 32u) * 22u;
+    let j = c % 32u;
+    let q = byte_at(base + 6u + j % 16u);
+    let nib = select(q & 15u, q >> 4u, j >= 16u);
+    let bit = (byte_at(base + 2u + j / 8u) >> (j % 8u)) & 1u;
+    return (f32(nib | (bit << 4u)) - 16.0) * half_at(base);
+}"
+        }
+        // 24-byte blocks of 32: d, m (f16), qh, 16 bytes of nibbles; element = (nibble | bit << 4)·d + m.
+        GgmlType::Q5_1 => {
+            "fn load_w(r: u32, c: u32, row_bytes: u32) -> f32 {
+    let base = r * row_bytes + (c / 32u) * 24u;
+    let j = c % 32u;
+    let q = byte_at(base + 8u + j % 16u);
+    let nib = select(q & 15u, q >> 4u, j >= 16u);
+    let bit = (byte_at(base + 4u + j / 8u) >> (j % 8u)) & 1u;
+    return f32(nib | (bit << 4u)) * half_at(base) + half_at(base + 2u);
 }"
         }
         // 34-byte blocks of 32: d (f16), 32 signed bytes; element = q·d.
@@ -204,7 +227,7 @@ impl GpuFrozen {
             Error::hinted(
                 format!(
                     "{name}: frozen weights stored as {what} have no GPU kernel yet (f32, f16, bf16, q4_0, q4_1, \
-                     q8_0, q4_k, q5_k, q6_k and nf4 do)"
+                     q5_0, q5_1, q8_0, q4_k, q5_k, q6_k and nf4 do)"
                 ),
                 "load the base at another type, or use --device cpu",
             )
