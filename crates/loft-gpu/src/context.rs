@@ -92,8 +92,7 @@ pub struct Context {
     encoder: Mutex<Option<wgpu::CommandEncoder>>,
     /// The first error wgpu reported outside an error scope, or the device's loss; sticky.
     failure: Arc<Mutex<Option<String>>>,
-    /// A lower bound than the device's on the bytes of one block of a frozen weight
-    /// ([`Context::with_weight_block_bytes`]).
+    /// A limit below the device's on the bytes of one block of a frozen weight ([`Context::with_weight_block_bytes`]).
     weight_block_bytes: Option<u64>,
 }
 
