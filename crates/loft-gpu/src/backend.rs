@@ -20,7 +20,9 @@ use crate::device::DeviceChoice;
 use crate::engine::attention::MAX_HEAD_DIM;
 use crate::engine::cross_entropy::{self, CrossEntropyScratch};
 use crate::engine::optim::{self, GpuMoments};
-use crate::engine::{attention, bias, embedding, lora, rmsnorm, rope, swiglu, GpuFrozen, GpuLoraWeights, VocabMatrix};
+use crate::engine::{
+    attention, bias, elementwise, embedding, geglu, lora, rmsnorm, rope, swiglu, GpuFrozen, GpuLoraWeights, VocabMatrix,
+};
 
 /// The wgpu backend: one opened adapter.
 pub struct Wgpu {
@@ -361,6 +363,18 @@ impl Backend for Wgpu {
         swiglu::swiglu_forward(&self.ctx, out, gate, up)
     }
 
+    fn geglu_forward(&self, out: &mut GpuBuffer, gate: &GpuBuffer, up: &GpuBuffer) -> Result<()> {
+        geglu::geglu_forward(&self.ctx, out, gate, up)
+    }
+
+    fn scale(&self, x: &mut GpuBuffer, s: f32) -> Result<()> {
+        elementwise::scale_forward(&self.ctx, x, s)
+    }
+
+    fn add(&self, y: &mut GpuBuffer, x: &GpuBuffer) -> Result<()> {
+        elementwise::add_forward(&self.ctx, y, x)
+    }
+
     fn linear_backward_input(
         &self,
         dx: &mut GpuBuffer,
@@ -420,6 +434,17 @@ impl Backend for Wgpu {
         up: &GpuBuffer,
     ) -> Result<()> {
         swiglu::swiglu_backward(&self.ctx, dgate, dup, dout, gate, up)
+    }
+
+    fn geglu_backward(
+        &self,
+        dgate: &mut GpuBuffer,
+        dup: &mut GpuBuffer,
+        dout: &GpuBuffer,
+        gate: &GpuBuffer,
+        up: &GpuBuffer,
+    ) -> Result<()> {
+        geglu::geglu_backward(&self.ctx, dgate, dup, dout, gate, up)
     }
 
     fn embedding_backward(&self, dtable: &mut GpuBuffer, dout: &GpuBuffer, ids: &[u32], c: usize) -> Result<()> {

@@ -92,6 +92,8 @@ pub struct Context {
     encoder: Mutex<Option<wgpu::CommandEncoder>>,
     /// The first error wgpu reported outside an error scope, or the device's loss; sticky.
     failure: Arc<Mutex<Option<String>>>,
+    /// A limit below the device's on the bytes of one block of a frozen weight ([`Context::with_weight_block_bytes`]).
+    weight_block_bytes: Option<u64>,
 }
 
 impl Context {
@@ -166,7 +168,29 @@ impl Context {
             allocated: Arc::default(),
             encoder: Mutex::default(),
             failure,
+            weight_block_bytes: None,
         })
+    }
+
+    /// Keeps each block of a frozen weight within `bytes` (rounded down to whole words), below the device's own
+    /// limit: a test setting that splits tiny matrices as a large head is split on a real device.
+    pub fn with_weight_block_bytes(mut self, bytes: u64) -> Self {
+        self.weight_block_bytes = Some(bytes);
+        self
+    }
+
+    /// The largest buffer a kernel can bind: the device's largest storage binding, or its largest buffer if
+    /// smaller.
+    pub fn max_buffer_bytes(&self) -> u64 {
+        self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size)
+    }
+
+    /// The most bytes one block of a frozen weight may take ([`crate::engine::GpuFrozen`] keeps a larger weight
+    /// as several blocks of whole rows): the largest binding, the test setting if lower, and at most 4 GiB, since
+    /// the kernels address a block's bytes with 32-bit offsets; whole words.
+    pub fn max_weight_block_bytes(&self) -> u64 {
+        let device = self.max_buffer_bytes().min(u32::MAX as u64);
+        self.weight_block_bytes.map_or(device, |b| b.min(device)) & !3
     }
 
     pub fn adapter(&self) -> &AdapterSummary {
@@ -211,11 +235,16 @@ impl Context {
         Error::hinted(format!("GPU #{} {}: {msg}", self.summary.index, self.summary.name), hint)
     }
 
+    /// `GPU #0 NAME`, to begin an error about this device.
+    pub(crate) fn label(&self) -> String {
+        format!("GPU #{} {}", self.summary.index, self.summary.name)
+    }
+
     /// A zero-filled buffer of `words` 32-bit words (wgpu zero-initialises new buffers).
     pub fn zeros(&self, words: usize) -> Result<GpuBuffer> {
         self.check()?;
         let bytes = (words.max(1) as u64).checked_mul(4).ok_or_else(|| self.error("buffer size overflows".into()))?;
-        let max = self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size);
+        let max = self.max_buffer_bytes();
         if bytes > max {
             return Err(Error::hinted(
                 format!(
@@ -602,6 +631,15 @@ pub fn groups_for(n: usize) -> [u32; 3] {
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 20) as f64
+}
+
+/// `170.0 MiB`, `9.0 KiB`, `12 B`.
+pub(crate) fn human_bytes(bytes: u64) -> String {
+    match bytes {
+        0..1024 => format!("{bytes} B"),
+        1024..1048576 => format!("{:.1} KiB", bytes as f64 / 1024.0),
+        _ => format!("{:.1} MiB", mib(bytes)),
+    }
 }
 
 /// wgpu's errors span lines ("Validation Error\n\nCaused by:\n  In …"): one line for loft's error.

@@ -52,6 +52,20 @@ const ALPACA: &str = "\
 {% endfor %}\
 {% if add_generation_prompt %}{{ '\\n\\n' if messages else '' }}{{ '### Response:\\n' }}{% endif %}";
 
+/// Gemma 3's turns: `<start_of_turn>user\n…<end_of_turn>\n`, the assistant's role named `model`, a system message
+/// put before the first user turn's text (Gemma has no system role), contents trimmed, after BOS. Gemma 3's GGUF
+/// files carry no template; loft gives them this one (llama.cpp too formats Gemma's turns itself).
+const GEMMA: &str = "\
+{{ bos_token }}\
+{%- if messages and messages[0]['role'] == 'system' -%}\
+{%- set prefix = messages[0]['content'] | trim ~ '\n\n' -%}{%- set turns = messages[1:] -%}\
+{%- else -%}{%- set prefix = '' -%}{%- set turns = messages -%}{%- endif -%}\
+{%- for message in turns -%}\
+{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}\
+{{ '<start_of_turn>' ~ role ~ '\n' ~ (prefix if loop.first else '') ~ message['content'] | trim ~ '<end_of_turn>\n' }}\
+{%- endfor -%}\
+{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}";
+
 /// One turn of a conversation, as `apply_chat_template` receives it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
@@ -185,12 +199,13 @@ impl ChatTemplate {
         template.render(ctx).map_err(classify_render_error)
     }
 
-    /// Source of a built-in template: `chatml`, `llama3` or `alpaca`.
+    /// Source of a built-in template: `chatml`, `llama3`, `alpaca` or `gemma`.
     pub fn named(name: &str) -> Option<&'static str> {
         match name {
             "chatml" => Some(CHATML),
             "llama3" => Some(LLAMA3),
             "alpaca" => Some(ALPACA),
+            "gemma" => Some(GEMMA),
             _ => None,
         }
     }

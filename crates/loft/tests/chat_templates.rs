@@ -164,6 +164,25 @@ fn builtin_chatml() {
     );
 }
 
+/// Gemma's turns (Gemma 3's GGUF carries no template): the system text before the first user turn, `model` for
+/// the assistant; without a system message, what Gemma 2's own template (llama.cpp's copy) renders.
+#[test]
+fn builtin_gemma() {
+    assert_eq!(
+        render(builtin("gemma"), &conversation(), true),
+        "<s><start_of_turn>user\nS\n\nU1<end_of_turn>\n\
+         <start_of_turn>model\nA1<end_of_turn>\n\
+         <start_of_turn>user\nU2<end_of_turn>\n\
+         <start_of_turn>model\n"
+    );
+    let official =
+        std::fs::read_to_string(common::LLAMA_CPP.join("models/templates/google-gemma-2-2b-it.jinja")).unwrap();
+    for add in [false, true] {
+        let turns = &conversation()[1..];
+        assert_eq!(render(builtin("gemma"), turns, add), render(&official, turns, add), "add_generation_prompt={add}");
+    }
+}
+
 #[test]
 fn builtin_llama3() {
     let template = ChatTemplate::new(builtin("llama3"), Some("<|begin_of_text|>"), Some("<|eot_id|>"))

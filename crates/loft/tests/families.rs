@@ -29,7 +29,11 @@ fn shapes() -> Vec<TinyConfig> {
         TinyConfig { arch: Arch::Qwen2, tied: true, kv_heads: 2, ..base.clone() },
         TinyConfig { arch: Arch::Qwen2, tied: false, kv_heads: 1, ..base.clone() },
         TinyConfig { arch: Arch::Qwen3, tied: true, kv_heads: 2, head_dim: Some(12), ..base.clone() },
-        TinyConfig { arch: Arch::Qwen3, tied: false, kv_heads: 4, ..base },
+        TinyConfig { arch: Arch::Qwen3, tied: false, kv_heads: 4, ..base.clone() },
+        // Gemma 3: 6 layers so that the last is global (its own RoPE base), MQA as the 270M model, then GQA untied
+        // with head_dim 12.
+        TinyConfig { arch: Arch::Gemma3, tied: true, kv_heads: 1, layers: 6, rope_theta: 1e6, ..base.clone() },
+        TinyConfig { arch: Arch::Gemma3, tied: false, layers: 6, head_dim: Some(12), rope_theta: 1e6, ..base },
     ]
 }
 
@@ -88,11 +92,37 @@ fn qwen_forward_matches_the_reference_from_gguf_and_hf_folder() {
     }
 }
 
+/// Gemma 3's query_pre_attn_scalar apart from head_dim (as in Gemma 3 27B; only config.json can say so) scales
+/// the softmax as transformers does; local and global layers take their own RoPE bases, so swapping them changes
+/// the logits.
+#[test]
+fn gemma3_query_pre_attn_scalar_and_local_rope_follow_the_config() {
+    let cfg = TinyConfig { query_pre_attn_scalar: Some(32.0), ..shapes()[4].clone() };
+    let w = random_weights(&cfg, 77);
+    let toks = tokens(&cfg);
+    let want = reference_logits(&cfg, &w, &toks);
+    let dir = tempfile::tempdir().unwrap();
+    tiny::write_hf_weights(dir.path(), &cfg, &w, serde_json::json!({}));
+    let model = load_base(dir.path().to_str().unwrap(), false).unwrap();
+    assert_eq!(model.config.query_pre_attn_scalar, Some(32.0));
+    assert_eq!(model.config.query_scale(), Some(0.5));
+    let local = model.config.local_layers.as_ref().unwrap();
+    assert_eq!(local.is_local, [true, true, true, true, true, false]);
+    let mut cache = KvCache::new(&model.config, toks.len());
+    let d = max_rel_diff(&model, &want, &model.forward(&toks, &mut cache).unwrap());
+    assert!(d < 1e-4, "query_pre_attn_scalar 32: forward differs from the reference by {d}");
+    let swapped = TinyConfig { rope_theta: tiny::GEMMA3_LOCAL_THETA, ..cfg };
+    let other = reference_logits(&swapped, &w, &toks);
+    assert!(max_rel_diff(&model, &other, &model.forward(&toks, &mut KvCache::new(&model.config, 17)).unwrap()) > 1e-3);
+}
+
 #[test]
 fn a_missing_family_tensor_is_named() {
     for (arch, hf, stored) in [
         (Arch::Qwen2, "model.layers.1.self_attn.k_proj.bias", "blk.1.attn_k.bias"),
         (Arch::Qwen3, "model.layers.0.self_attn.q_norm.weight", "blk.0.attn_q_norm.weight"),
+        (Arch::Gemma3, "model.layers.1.pre_feedforward_layernorm.weight", "blk.1.ffn_norm.weight"),
+        (Arch::Gemma3, "model.layers.0.post_attention_layernorm.weight", "blk.0.post_attention_norm.weight"),
     ] {
         let cfg = TinyConfig { arch, ..TinyConfig::default() };
         let mut w = random_weights(&cfg, 3);
@@ -124,7 +154,7 @@ fn gradients(model: &Llama, a: &Adapter, batch: &Batch, checkpointing: bool) -> 
 /// central differences on a sample of every tensor of an adapter on all seven modules plus the embedding.
 #[test]
 fn qwen_lora_training_loss_and_gradients_are_right() {
-    for cfg in [shapes()[1].clone(), shapes()[2].clone(), mistral()] {
+    for cfg in [shapes()[1].clone(), shapes()[2].clone(), shapes()[4].clone(), shapes()[5].clone(), mistral()] {
         let dir = tempfile::tempdir().unwrap();
         let model = gguf_model(dir.path(), &cfg, &random_weights(&cfg, 9));
         let config = LoraConfig { r: 4, lora_alpha: 8.0, train_embed_tokens: true, ..Default::default() };
@@ -237,7 +267,7 @@ fn read_with_gguf_py(file: &std::path::Path) -> (Vec<String>, Vec<(String, Vec<f
 /// llama.cpp LoRA GGUF names the family and keeps B's rows as PEFT has them.
 #[test]
 fn qwen_adapters_merge_and_export_with_the_familys_names() {
-    for (arch, tied) in [(Arch::Qwen2, true), (Arch::Qwen3, false)] {
+    for (arch, tied) in [(Arch::Qwen2, true), (Arch::Qwen3, false), (Arch::Gemma3, true)] {
         let dir = tempfile::tempdir().unwrap();
         let cfg = TinyConfig { arch, tied, head_dim: Some(16), ..TinyConfig::default() };
         let path = tiny_with_tokenizer(dir.path(), cfg);
@@ -280,6 +310,7 @@ fn qwen_adapters_merge_and_export_with_the_familys_names() {
         assert_eq!(file.get_str("general.architecture").unwrap(), arch.gguf_name());
         let family_tensor = match arch {
             Arch::Qwen2 => "blk.1.attn_v.bias",
+            Arch::Gemma3 => "blk.1.post_ffw_norm.weight",
             _ => "blk.1.attn_k_norm.weight",
         };
         assert!(file.tensor_info(family_tensor).is_some(), "{arch:?}: no {family_tensor}");
@@ -293,7 +324,7 @@ fn qwen_adapters_merge_and_export_with_the_familys_names() {
         }
         assert_eq!(tensors.len(), file.tensors.len());
         for (name, theirs) in &tensors {
-            assert!(gguf::names::gguf_to_hf(name).is_some(), "'{name}' is not a llama.cpp tensor name");
+            assert!(gguf::names::gguf_to_hf_for(a, name).is_some(), "'{name}' is not a llama.cpp tensor name");
             assert!(file.dequantize(name).unwrap() == *theirs, "{name}: gguf-py reads other values");
         }
 
@@ -467,22 +498,25 @@ fn an_unknown_architecture_is_one_line_naming_the_known_ones() {
     let cfg = TinyConfig::default();
     let w = random_weights(&cfg, 5);
     let dir = tempfile::tempdir().unwrap();
-    tiny::write_hf_weights(dir.path(), &cfg, &w, serde_json::json!({ "model_type": "gemma3" }));
+    tiny::write_hf_weights(dir.path(), &cfg, &w, serde_json::json!({ "model_type": "gemma2" }));
     let err = load_base(dir.path().to_str().unwrap(), false).err().unwrap();
     let line = err.to_string();
-    assert!(line.contains("model_type is 'gemma3'"), "{line}");
-    assert!(line.contains("'llama', 'qwen2', 'qwen3', 'mistral'") && !line.contains('\n'), "{line}");
+    assert!(line.contains("model_type is 'gemma2'"), "{line}");
+    assert!(line.contains("'llama', 'qwen2', 'qwen3', 'gemma3_text', 'mistral'") && !line.contains('\n'), "{line}");
 
     let path = dir.path().join("gemma.gguf");
     tiny::write_gguf(&path, &cfg, &w);
     let file = gguf::GgufFile::open(&path).unwrap();
     let mut g = gguf::GgufWriter::new();
     for (k, v) in &file.metadata {
-        let v = if k == "general.architecture" { gguf::Value::String("gemma3".into()) } else { v.clone() };
+        let v = if k == "general.architecture" { gguf::Value::String("gemma2".into()) } else { v.clone() };
         g.add(k.clone(), v);
     }
     let renamed = dir.path().join("renamed.gguf");
     g.write(&renamed).unwrap();
     let err = llama_from_gguf(&gguf::GgufFile::open(&renamed).unwrap()).err().unwrap().to_string();
-    assert!(err.contains("general.architecture is 'gemma3'") && err.contains("'llama', 'qwen2', 'qwen3'"), "{err}");
+    assert!(
+        err.contains("general.architecture is 'gemma2'") && err.contains("'llama', 'qwen2', 'qwen3', 'gemma3'"),
+        "{err}"
+    );
 }

@@ -265,6 +265,7 @@ fn batched_decoding_equals_each_sequence_alone_on_tiny_models() {
         TinyConfig { tied: true, arch: Arch::Qwen2, ..Default::default() },
         TinyConfig { tied: false, arch: Arch::Qwen3, ..Default::default() },
         TinyConfig { kv_heads: 1, sliding_window: Some(4), ..Default::default() },
+        TinyConfig { tied: true, arch: Arch::Gemma3, layers: 6, ..Default::default() },
     ] {
         let base = tiny_from(dir.path(), cfg.clone());
         let plain = LoraConfig { r: 4, lora_alpha: 8.0, ..Default::default() };

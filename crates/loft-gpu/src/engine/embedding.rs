@@ -43,6 +43,7 @@ impl VocabMatrix<'_> {
 }
 
 /// out[N, C] = table[ids[n]] for each token (overwritten). ids: [N], each < V (the caller validated them).
+/// A frozen table kept in several blocks of rows is read one block at a time, each writing its tokens' rows.
 pub fn embedding_forward(
     ctx: &Context,
     out: &mut GpuBuffer,
@@ -53,22 +54,31 @@ pub fn embedding_forward(
     ensure!(out.len() == ids.len() * c, "embedding_forward: shapes");
     let v = table.rows(c);
     ensure!(ids.iter().all(|&id| (id as usize) < v), "embedding_forward: token id outside the vocabulary");
-    let (name, load_w, row_bytes, data) = match table {
-        VocabMatrix::Frozen(m) => (m.storage_name(), m.load_w_wgsl(), m.row_bytes(), m.data()),
+    // (row0, rows, data) of each block of the table.
+    let (name, load_w, row_bytes, blocks) = match table {
+        VocabMatrix::Frozen(m) => (
+            m.storage_name(),
+            m.load_w_wgsl(),
+            m.row_bytes(),
+            m.blocks().iter().map(|b| (b.row0, b.rows, &b.data)).collect::<Vec<_>>(),
+        ),
         VocabMatrix::Trained(w) => {
             let f32_rows = format!("{BYTES_WGSL}\n{}", load_w_wgsl(GgmlType::F32).expect("f32 has a decoder"));
-            ("f32".to_string(), f32_rows, 4 * c, w)
+            ("f32".to_string(), f32_rows, 4 * c, vec![(0, v, w)])
         }
     };
     let source = include_str!("../shaders/embedding_forward.wgsl").replace("//LOAD_W", &load_w);
     let kernel = Kernel { name: format!("embedding_forward_{name}"), source, entry: "main" };
     let ids_buf = ctx.upload_u32(ids)?;
-    ctx.dispatch(
-        &kernel,
-        &[ids.len() as u32, c as u32, row_bytes as u32, 0],
-        &[Binding::Write(out), Binding::Read(&ids_buf), Binding::Read(data)],
-        groups_1d(ids.len() * c, 256),
-    )
+    for (row0, rows, data) in blocks {
+        ctx.dispatch(
+            &kernel,
+            &[ids.len() as u32, c as u32, row_bytes as u32, row0 as u32, rows as u32, 0, 0, 0],
+            &[Binding::Write(out), Binding::Read(&ids_buf), Binding::Read(data)],
+            groups_1d(ids.len() * c, 256),
+        )?;
+    }
+    Ok(())
 }
 
 /// Backward of [`embedding_forward`] for a trained table: dtable[V, C] += dout[N, C] scattered by ids (a token

@@ -1,5 +1,5 @@
 //! Twin of `loft::engine::frozen`: a frozen linear weight [out, in] kept on the device in its own storage (f32,
-//! f16, bf16, GGUF Q4_0 / Q4_1 / Q8_0 / Q4_K / Q5_K / Q6_K blocks, or bitsandbytes' NF4) and decoded element by element inside the matmul kernel, so a
+//! f16, bf16, GGUF Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 / Q4_K / Q5_K / Q6_K blocks, or bitsandbytes' NF4) and decoded element by element inside the matmul kernel, so a
 //! 4-bit base never has an f32 copy on the device.
 
 use gguf::GgmlType;
@@ -8,7 +8,7 @@ use loft::engine::FrozenMatrix;
 use loft::{Error, Result};
 
 use super::matmul::{groups, kernel, params, View};
-use crate::context::{groups_for, Binding, Context, GpuBuffer, Kernel};
+use crate::context::{groups_for, human_bytes, Binding, Context, GpuBuffer, Kernel};
 
 /// Up to this many input rows (decoding), the forward runs one workgroup per weight row (shaders/matvec_frozen.wgsl)
 /// instead of the tiled matmul, whose 64-row tiles would be nearly all padding.
@@ -52,6 +52,29 @@ pub(crate) fn load_w_wgsl(dtype: GgmlType) -> Option<&'static str> {
     let q = byte_at(base + 4u + j % 16u);
     let nib = select(q & 15u, q >> 4u, j >= 16u);
     return f32(nib) * half_at(base) + half_at(base + 2u);
+}"
+        }
+        // 22-byte blocks of 32: d (f16), qh (32 fifth bits, little-endian), 16 bytes of nibbles; element j is
+        // (lo_j | bit_j << 4 − 16)·d, element j+16 (hi_j | bit_(j+16) << 4 − 16)·d.
+        GgmlType::Q5_0 => {
+            "fn load_w(r: u32, c: u32, row_bytes: u32) -> f32 {
+    let base = r * row_bytes + (c / 32u) * 22u;
+    let j = c % 32u;
+    let q = byte_at(base + 6u + j % 16u);
+    let nib = select(q & 15u, q >> 4u, j >= 16u);
+    let bit = (byte_at(base + 2u + j / 8u) >> (j % 8u)) & 1u;
+    return (f32(nib | (bit << 4u)) - 16.0) * half_at(base);
+}"
+        }
+        // 24-byte blocks of 32: d, m (f16), qh, 16 bytes of nibbles; element = (nibble | bit << 4)·d + m.
+        GgmlType::Q5_1 => {
+            "fn load_w(r: u32, c: u32, row_bytes: u32) -> f32 {
+    let base = r * row_bytes + (c / 32u) * 24u;
+    let j = c % 32u;
+    let q = byte_at(base + 8u + j % 16u);
+    let nib = select(q & 15u, q >> 4u, j >= 16u);
+    let bit = (byte_at(base + 4u + j / 8u) >> (j % 8u)) & 1u;
+    return f32(nib | (bit << 4u)) * half_at(base) + half_at(base + 2u);
 }"
         }
         // 34-byte blocks of 32: d (f16), 32 signed bytes; element = q·d.
@@ -129,7 +152,7 @@ fn scale_min_k4(at: u32, j: u32) -> vec2<u32> {
     return vec2<u32>(d, m);
 }";
 
-/// NF4 (bitsandbytes' 4-bit NormalFloat, blocks straddling rows) in one buffer of words: a header
+/// NF4 (bitsandbytes' 4-bit NormalFloat, blocks straddling rows) in one buffer of words per block of rows: a header
 /// `[blocksize, word offset P of the codes, rounding (0 f32, 1 f16, 2 bf16)]`, the 16-entry quant_map at words 3..19,
 /// each block's f32 scale from word 19 (double-quantized scales are decoded once on the host: 4 bytes per 64
 /// values), then the packed codes from word P (value 2i in the high nibble of byte i). `row_bytes` is the number
@@ -167,44 +190,120 @@ enum Storage {
     Nf4,
 }
 
+/// Rows row0..row0 + rows of a frozen weight in a buffer of their own, laid out as a whole weight of that many rows
+/// (`load_w(r, …)` takes r from the block's first row).
+pub(crate) struct RowBlock {
+    pub row0: usize,
+    pub rows: usize,
+    pub data: GpuBuffer,
+}
+
 /// The frozen weight on the device. Layout as on the CPU: [rows = out, cols = in], each row a whole number of
 /// blocks (NF4: the matrix flattened, blocks straddling rows).
+///
+/// A weight larger than one storage binding allows ([`Context::max_weight_block_bytes`]: 128 MiB on lavapipe and
+/// by wgpu's defaults, which Gemma 3's tied 262k × 640 Q8_0 table and Llama 3.1 8B's head pass) is kept as several
+/// [`RowBlock`]s of whole rows, each within it; the products and the embedding lookup run block by block, each
+/// writing its slice of the output (or, for the input gradient, adding its share).
 pub struct GpuFrozen {
     pub rows: usize,
     pub cols: usize,
     storage: Storage,
     /// What load_w takes as `row_bytes`: bytes per row, or values per row for NF4.
     row_bytes: usize,
-    data: GpuBuffer,
+    blocks: Vec<RowBlock>,
+}
+
+/// Splits `rows` rows into the fewest blocks of about equal size whose `bytes(rows)` stay within `limit`, each a
+/// multiple of `unit` rows but the last: [(row0, row1)]. None when `unit` rows alone exceed the limit.
+fn row_blocks(rows: usize, unit: usize, limit: u64, bytes: impl Fn(usize) -> u64) -> Option<Vec<(usize, usize)>> {
+    if bytes(rows) <= limit {
+        return Some(vec![(0, rows)]);
+    }
+    let units = rows.div_ceil(unit);
+    // The most units that fit one block (bytes grows with rows).
+    let (mut lo, mut hi) = (0, units);
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if bytes(mid * unit) <= limit {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    if lo == 0 {
+        return None;
+    }
+    let per = units.div_ceil(units.div_ceil(lo)) * unit;
+    Some((0..rows).step_by(per).map(|r0| (r0, (r0 + per).min(rows))).collect())
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
 }
 
 impl GpuFrozen {
-    /// Uploads the weight in its own storage. `name` (the tensor) is for the error when its type has no GPU
-    /// decoder.
+    /// Uploads the weight in its own storage, in blocks of whole rows when it exceeds one binding. `name` (the
+    /// tensor) is for the errors: a type without a GPU decoder, or a row too large for any binding.
     pub fn upload(ctx: &Context, m: &FrozenMatrix, name: &str) -> Result<Self> {
+        let limit = ctx.max_weight_block_bytes();
+        let too_large = |unit: usize, bytes: u64| {
+            let (shape, storage) = (format!("[{}, {}]", m.rows, m.cols), m.storage_name());
+            let rows = match unit {
+                1 => format!("one row of {shape} ({storage}) takes"),
+                _ => format!("{unit} rows of {shape} ({storage}, whole blocks of codes) take"),
+            };
+            Error::hinted(
+                format!(
+                    "{name}: {rows} {}, more than {}'s largest storage buffer ({})",
+                    human_bytes(bytes),
+                    ctx.label(),
+                    human_bytes(limit)
+                ),
+                "use --device cpu",
+            )
+        };
         if let Some(nf4) = m.nf4() {
-            let (blocks, packed_at) = (nf4.len.div_ceil(nf4.blocksize), 19 + nf4.len.div_ceil(nf4.blocksize));
+            // A block of rows starts on a whole NF4 block and a whole byte of codes: `unit` rows hold a multiple
+            // of both. Each block has its own header, quant_map and scales (NF4_WGSL).
+            let bs = nf4.blocksize;
+            let step = bs * 2 / gcd(bs, 2);
+            let unit = step / gcd(step, m.cols.max(1));
+            let bytes = |rows: usize| {
+                let values = rows * m.cols;
+                ((19 + values.div_ceil(bs)) * 4 + values.div_ceil(2)).next_multiple_of(4) as u64
+            };
+            let spans = row_blocks(m.rows, unit, limit, bytes).ok_or_else(|| too_large(unit, bytes(unit)))?;
             let rounding = match nf4.dtype {
                 Nf4Dtype::F32 => 0u32,
                 Nf4Dtype::F16 => 1,
                 Nf4Dtype::BF16 => 2,
             };
-            let mut words: Vec<u8> = [nf4.blocksize as u32, packed_at as u32, rounding]
-                .iter()
-                .flat_map(|w| w.to_le_bytes())
-                .chain(nf4.quant_map.iter().flat_map(|x| x.to_le_bytes()))
-                .chain((0..blocks).flat_map(|b| nf4.block_absmax(b).to_le_bytes()))
-                .collect();
-            words.extend_from_slice(&nf4.packed);
-            words.resize(words.len().next_multiple_of(4), 0);
-            let data = ctx.upload_words(&words)?;
-            return Ok(GpuFrozen { rows: m.rows, cols: m.cols, storage: Storage::Nf4, row_bytes: m.cols, data });
+            let mut blocks = Vec::with_capacity(spans.len());
+            for (r0, r1) in spans {
+                let (v0, v1) = (r0 * m.cols, r1 * m.cols);
+                let (b0, b1) = (v0 / bs, v1.div_ceil(bs));
+                let mut words: Vec<u8> = [bs as u32, (19 + b1 - b0) as u32, rounding]
+                    .iter()
+                    .flat_map(|w| w.to_le_bytes())
+                    .chain(nf4.quant_map.iter().flat_map(|x| x.to_le_bytes()))
+                    .chain((b0..b1).flat_map(|b| nf4.block_absmax(b).to_le_bytes()))
+                    .collect();
+                words.extend_from_slice(&nf4.packed[v0 / 2..v1.div_ceil(2)]);
+                words.resize(words.len().next_multiple_of(4), 0);
+                blocks.push(RowBlock { row0: r0, rows: r1 - r0, data: ctx.upload_words(&words)? });
+            }
+            return Ok(GpuFrozen { rows: m.rows, cols: m.cols, storage: Storage::Nf4, row_bytes: m.cols, blocks });
         }
         let unsupported = |what: String| {
             Error::hinted(
                 format!(
                     "{name}: frozen weights stored as {what} have no GPU kernel yet (f32, f16, bf16, q4_0, q4_1, \
-                     q8_0, q4_k, q5_k, q6_k and nf4 do)"
+                     q5_0, q5_1, q8_0, q4_k, q5_k, q6_k and nf4 do)"
                 ),
                 "load the base at another type, or use --device cpu",
             )
@@ -214,8 +313,14 @@ impl GpuFrozen {
             return Err(unsupported(m.storage_name()));
         }
         let row_bytes = dtype.row_bytes(m.cols).expect("the matrix was validated when it was built");
-        let data = ctx.upload_bytes(&bytes)?;
-        Ok(GpuFrozen { rows: m.rows, cols: m.cols, storage: Storage::Ggml(dtype), row_bytes, data })
+        let block_bytes = |rows: usize| (rows * row_bytes).next_multiple_of(4) as u64;
+        let spans = row_blocks(m.rows, 1, limit, block_bytes).ok_or_else(|| too_large(1, block_bytes(1)))?;
+        let mut blocks = Vec::with_capacity(spans.len());
+        for (r0, r1) in spans {
+            let data = ctx.upload_bytes(&bytes[r0 * row_bytes..r1 * row_bytes])?;
+            blocks.push(RowBlock { row0: r0, rows: r1 - r0, data });
+        }
+        Ok(GpuFrozen { rows: m.rows, cols: m.cols, storage: Storage::Ggml(dtype), row_bytes, blocks })
     }
 
     /// The storage in words: `f32`, a ggml block type (`q4_1`), or `nf4`.
@@ -239,13 +344,20 @@ impl GpuFrozen {
         self.row_bytes
     }
 
-    pub(crate) fn data(&self) -> &GpuBuffer {
-        &self.data
+    /// The blocks of rows, in order (one unless the weight exceeds a binding).
+    pub(crate) fn blocks(&self) -> &[RowBlock] {
+        &self.blocks
     }
 
-    /// Device bytes of the weight (its blocks, padded to whole words; NF4 with its scales in f32).
+    /// How many blocks of rows the weight is kept in.
+    pub fn block_count(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Device bytes of the weight (its blocks, each padded to whole words; NF4 with its scales in f32 and a header
+    /// per block).
     pub fn storage_bytes(&self) -> usize {
-        self.data.len() * 4
+        self.blocks.iter().map(|b| b.data.len() * 4).sum()
     }
 
     fn kernel(&self) -> Kernel {
@@ -258,7 +370,7 @@ impl GpuFrozen {
         kernel(&format!("matmul_frozen_{}", self.storage_name()), &decl)
     }
 
-    /// y[N, rows] = (accumulate ? y : 0) + x[N, cols] · Wᵀ
+    /// y[N, rows] = (accumulate ? y : 0) + x[N, cols] · Wᵀ; each block of rows writes its columns of y.
     pub fn forward(&self, ctx: &Context, y: &mut GpuBuffer, x: &GpuBuffer, n: usize, accumulate: bool) -> Result<()> {
         let (rows, cols) = (self.rows, self.cols);
         ensure!(y.len() >= n * rows && x.len() >= n * cols, "GpuFrozen::forward: operand too small");
@@ -268,18 +380,27 @@ impl GpuFrozen {
         if n <= MATVEC_MAX_ROWS {
             let source = include_str!("../shaders/matvec_frozen.wgsl").replace("//LOAD_W", &self.load_w_wgsl());
             let kernel = Kernel { name: format!("matvec_frozen_{}", self.storage_name()), source, entry: "main" };
-            let p = [n, rows, cols, accumulate as usize, self.row_bytes, 0, 0, 0].map(|v| v as u32);
-            let b = [Binding::Write(y), Binding::Read(x), Binding::Read(&self.data)];
-            return ctx.dispatch(&kernel, &p, &b, groups_for(rows));
+            for b in &self.blocks {
+                let p = [n, b.rows, cols, accumulate as usize, self.row_bytes, b.row0, rows, 0].map(|v| v as u32);
+                let bind = [Binding::Write(y), Binding::Read(x), Binding::Read(&b.data)];
+                ctx.dispatch(&kernel, &p, &bind, groups_for(b.rows))?;
+            }
+            return Ok(());
         }
-        // B(k, n) = W[n, k]: transposed (b_cs = 1), rows row_bytes apart (b_rs).
-        let xv = View { off: 0, rs: cols, cs: 1 };
-        let p = params(n, rows, cols, accumulate, 1.0, xv, View { off: 0, rs: self.row_bytes, cs: 1 }, rows);
-        let b = [Binding::Write(y), Binding::Read(x), Binding::Read(&self.data)];
-        ctx.dispatch(&self.kernel(), &p, &b, groups(n, rows))
+        // B(k, n) = W[n, k]: transposed (b_cs = 1), rows row_bytes apart (b_rs); the block's rows are columns
+        // row0.. of y, whose rows are `rows` apart.
+        let (kernel, xv) = (self.kernel(), View { off: 0, rs: cols, cs: 1 });
+        let wv = View { off: 0, rs: self.row_bytes, cs: 1 };
+        for b in &self.blocks {
+            let p = params(n, b.rows, cols, accumulate, 1.0, xv, wv, b.row0, rows);
+            let bind = [Binding::Write(y), Binding::Read(x), Binding::Read(&b.data)];
+            ctx.dispatch(&kernel, &p, &bind, groups(n, b.rows))?;
+        }
+        Ok(())
     }
 
-    /// dx[N, cols] = (accumulate ? dx : 0) + dy[N, rows] · W  (the input gradient; W itself gets none)
+    /// dx[N, cols] = (accumulate ? dx : 0) + dy[N, rows] · W  (the input gradient; W itself gets none), summed
+    /// over the blocks of rows: dx += dy[:, row0..row0 + rows] · W[row0..row0 + rows].
     pub fn backward_input(
         &self,
         ctx: &Context,
@@ -293,9 +414,14 @@ impl GpuFrozen {
         if n == 0 || cols == 0 {
             return Ok(());
         }
-        let dyv = View { off: 0, rs: rows, cs: 1 };
-        let p = params(n, cols, rows, accumulate, 1.0, dyv, View { off: 0, rs: self.row_bytes, cs: 0 }, cols);
-        let b = [Binding::Write(dx), Binding::Read(dy), Binding::Read(&self.data)];
-        ctx.dispatch(&self.kernel(), &p, &b, groups(n, cols))
+        let kernel = self.kernel();
+        for (i, b) in self.blocks.iter().enumerate() {
+            let dyv = View { off: b.row0, rs: rows, cs: 1 };
+            let wv = View { off: 0, rs: self.row_bytes, cs: 0 };
+            let p = params(n, cols, b.rows, accumulate || i > 0, 1.0, dyv, wv, 0, cols);
+            let bind = [Binding::Write(dx), Binding::Read(dy), Binding::Read(&b.data)];
+            ctx.dispatch(&kernel, &p, &bind, groups(n, cols))?;
+        }
+        Ok(())
     }
 }

@@ -32,7 +32,7 @@ pub struct View {
     pub cs: usize,
 }
 
-/// Parameter block of shaders/matmul.wgsl.
+/// Parameter block of shaders/matmul.wgsl: c's element (m, n) is at c_off + m · c_rs + n.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn params(
     m: usize,
@@ -42,13 +42,14 @@ pub(crate) fn params(
     alpha: f32,
     a: View,
     b: View,
+    c_off: usize,
     c_rs: usize,
 ) -> Vec<u32> {
     [m, n, k, accumulate as usize]
         .iter()
         .map(|&v| v as u32)
         .chain([alpha.to_bits()])
-        .chain([a.off, a.rs, a.cs, b.off, b.rs, b.cs, 0, c_rs, 0, 0, 0].iter().map(|&v| v as u32))
+        .chain([a.off, a.rs, a.cs, b.off, b.rs, b.cs, c_off, c_rs, 0, 0, 0].iter().map(|&v| v as u32))
         .collect()
 }
 
@@ -85,7 +86,7 @@ pub fn gemm(
     if m == 0 || n == 0 {
         return Ok(());
     }
-    let p = params(m, n, k, accumulate, alpha, av, bv, n);
+    let p = params(m, n, k, accumulate, alpha, av, bv, 0, n);
     ctx.dispatch(
         &kernel("matmul_f32", F32_B),
         &p,

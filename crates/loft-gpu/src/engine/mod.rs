@@ -15,8 +15,10 @@ macro_rules! ensure {
 pub mod attention;
 pub mod bias;
 pub mod cross_entropy;
+pub mod elementwise;
 pub mod embedding;
 pub mod frozen;
+pub mod geglu;
 pub mod lora;
 pub mod matmul;
 pub mod optim;

@@ -1,9 +1,10 @@
-// A frozen weight times a few input rows (decoding, N ≤ 4): y[N, R] = (accumulate ? y : 0) + x[N, C] · Wᵀ.
+// A frozen weight times a few input rows (decoding, N ≤ 4): y[N, R] = (accumulate ? y : 0) + x[N, C] · Wᵀ, for
+// the R rows of one block of the weight (GpuFrozen), written to columns row0.. of y, whose rows are y_rs apart.
 // One workgroup per weight row: its 64 threads stride over the row's C values (element c decoded by `load_w`,
 // spliced in below, once for all N inputs), then a tree reduction. The tiled matmul would compute a 64-row tile
 // for the one row decoding has.
 
-struct Params { n: u32, rows: u32, cols: u32, accumulate: u32, row_bytes: u32, _p0: u32, _p1: u32, _p2: u32 }
+struct Params { n: u32, rows: u32, cols: u32, accumulate: u32, row_bytes: u32, row0: u32, y_rs: u32, _p: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> y: array<T1>;
@@ -41,7 +42,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         workgroupBarrier();
     }
     if (tid < p.n) {
-        let at = tid * p.rows + r;
+        let at = tid * p.y_rs + p.row0 + r;
         var v = partial[0][tid];
         if (p.accumulate != 0u) {
             v += f32(y[at]);

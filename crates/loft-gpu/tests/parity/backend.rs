@@ -113,6 +113,20 @@ fn train_kernels<B: Backend>(be: &B, s: &Shape) -> loft::Result<Vec<(String, Vec
     keep("swiglu_backward dgate", &dgate, n * f)?;
     keep("swiglu_backward dup", &dup, n * f)?;
 
+    // Gemma's GeGLU (tanh GELU) forward and backward, with gates out to ±8 where tanh saturates; scale and add.
+    let wide = |seed: u64| rand(n * f, seed).iter().map(|v| 8.0 * v).collect::<Vec<f32>>();
+    let gate = be.upload(&wide(24))?;
+    let mut act = be.zeros(n * f)?;
+    be.geglu_forward(&mut act, &gate, &upv)?;
+    keep("geglu_forward", &act, n * f)?;
+    be.geglu_backward(&mut dgate, &mut dup, &dout, &gate, &upv)?;
+    keep("geglu_backward dgate", &dgate, n * f)?;
+    keep("geglu_backward dup", &dup, n * f)?;
+    be.scale(&mut act, 25.3)?;
+    keep("scale", &act, n * f)?;
+    be.add(&mut act, &upv)?;
+    keep("add", &act, n * f)?;
+
     // embedding_backward: scatter-add with repeated ids into a table that holds values.
     let ids: Vec<u32> = (0..n).map(|i| ((i * 7 + 3) % s.v.min(n.max(2) / 2 + 1)) as u32).collect();
     let mut dtable = be.upload(&rand(s.v * c, 22))?;
@@ -203,6 +217,9 @@ fn training_kernels_on_the_gpu_refuse_bad_shapes() {
     assert!(be.rmsnorm_backward(&mut a, Some(&mut buf(4)), &buf(10), &buf(10), &w, &buf(2), 2, 5).is_err());
     assert!(be.rope_backward(&mut a, 2, 1, 4, &buf(4), &buf(4)).is_err());
     assert!(be.swiglu_backward(&mut a, &mut buf(9), &buf(10), &buf(10), &buf(10)).is_err());
+    assert!(be.geglu_backward(&mut a, &mut buf(9), &buf(10), &buf(10), &buf(10)).is_err());
+    assert!(be.geglu_forward(&mut a, &buf(9), &buf(10)).is_err());
+    assert!(be.add(&mut a, &buf(9)).is_err());
     assert!(be.embedding_backward(&mut buf(10), &buf(10), &[0, 2], 5).is_err());
     let fm = FrozenMatrix::from_f32(3, 4, vec![0.0; 12]);
     let m = be.matrix("w", &fm).unwrap();

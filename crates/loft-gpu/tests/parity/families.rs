@@ -1,5 +1,5 @@
 //! The model families beside Llama on the wgpu backend: Qwen2's q/k/v biases (`bias_forward`), Qwen3's per-head
-//! q/k norm (RMSNorm over rows T·NH of width D) and Mistral's sliding window (4 positions of 9 to 12), through the inference forward (`loft::model::Runner`, see
+//! q/k norm (RMSNorm over rows T·NH of width D), Mistral's sliding window (4 positions of 9 to 12), and Gemma 3 (`scale`, `add`, `geglu_forward`/`geglu_backward`, local layers' window), through the inference forward (`loft::model::Runner`, see
 //! runner.rs) and the training forward/backward (`loft::train::forward_backward`) against the same code on the
 //! CPU, on tiny models written as GGUF by loft's own test helpers.
 
@@ -25,10 +25,13 @@ fn families() -> Vec<(&'static str, Llama)> {
     let qwen2 = TinyConfig { arch: Arch::Qwen2, tied: false, ..TinyConfig::default() };
     let qwen3 = TinyConfig { arch: Arch::Qwen3, kv_heads: 1, head_dim: Some(12), ..TinyConfig::default() };
     let mistral = TinyConfig { kv_heads: 1, sliding_window: Some(4), ..TinyConfig::default() };
+    // Gemma 3: scaled embedding, sandwich norms, GeGLU, local and global RoPE (6 layers), untied GQA.
+    let gemma3 = TinyConfig { arch: Arch::Gemma3, tied: false, layers: 6, rope_theta: 1e6, ..TinyConfig::default() };
     vec![
         ("qwen2 untied", tiny_model(&qwen2, 31)),
         ("qwen3 tied, D = 12", tiny_model(&qwen3, 32)),
         ("mistral, window 4", tiny_model(&mistral, 33)),
+        ("gemma3 untied, 6 layers", tiny_model(&gemma3, 34)),
     ]
 }
 

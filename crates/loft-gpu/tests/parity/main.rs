@@ -19,4 +19,5 @@ mod lora;
 mod matmul;
 mod optim;
 mod runner;
+mod split;
 mod train;

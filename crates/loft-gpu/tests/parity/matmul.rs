@@ -46,7 +46,16 @@ fn frozen_products_over_blocks_equal_the_cpu() {
     let c = ctx();
     for (rows, cols) in [(1536, 576), (67, 96)] {
         let w: Vec<f32> = rand(rows * cols, 7).iter().map(|v| v * 0.1).collect();
-        for dtype in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::F16, GgmlType::BF16, GgmlType::F32] {
+        for dtype in [
+            GgmlType::Q4_1,
+            GgmlType::Q8_0,
+            GgmlType::Q4_0,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+            GgmlType::F16,
+            GgmlType::BF16,
+            GgmlType::F32,
+        ] {
             let m = if dtype == GgmlType::F32 {
                 FrozenMatrix::from_f32(rows, cols, w.clone())
             } else {

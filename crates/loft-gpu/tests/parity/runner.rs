@@ -92,11 +92,14 @@ fn runner_on_the_gpu_equals_the_cpu_with_q4_1_blocks() {
 fn a_block_type_without_a_gpu_kernel_names_the_tensor() {
     let cfg = TinyConfig { hidden: 64, ffn: 96, ..TinyConfig::default() };
     let mut model = tiny_model(&cfg, 4);
-    quantize(&mut model, GgmlType::Q5_0);
-    let e = Runner::new(gpu(), &model).err().expect("q5_0 has no GPU kernel");
+    // Q8_1 (ggml's activation blocks, 36 bytes per 32 values) has no GPU decoder; zero blocks are valid ones.
+    let q = model.weights.layers[0].module_mut(TargetModule::QProj);
+    let bytes = vec![0u8; q.rows * GgmlType::Q8_1.row_bytes(q.cols).expect("whole blocks")];
+    *q = FrozenMatrix::from_quantized(q.rows, q.cols, GgmlType::Q8_1, bytes).expect("the shape fits the blocks");
+    let e = Runner::new(gpu(), &model).err().expect("q8_1 has no GPU kernel");
     let msg = e.to_string();
     assert!(
-        msg.starts_with("model.layers.0.self_attn.q_proj.weight: ") && msg.contains("q5_0") && !msg.contains('\n'),
+        msg.starts_with("model.layers.0.self_attn.q_proj.weight: ") && msg.contains("q8_1") && !msg.contains('\n'),
         "{msg}"
     );
     assert!(e.hint().is_some_and(|h| h.contains("--device cpu")), "{msg}");

@@ -103,7 +103,7 @@ impl Formatter {
                     None => tokens.chat_template.clone().ok_or_else(|| {
                         Error::hinted(
                             "format = \"chat\" but the model has no chat template",
-                            "set chat_template = \"chatml\" (or \"llama3\", \"alpaca\", or a Jinja template)",
+                            "set chat_template = \"chatml\" (or \"llama3\", \"alpaca\", \"gemma\", or a Jinja template)",
                         )
                     })?,
                 };

@@ -12,7 +12,9 @@
 use crate::engine::attention::{attention_backward, attention_forward, attention_forward_cached};
 use crate::engine::bias::bias_forward;
 use crate::engine::cross_entropy::{cross_entropy_forward, cross_entropy_forward_backward, CrossEntropyScratch};
+use crate::engine::elementwise::{add_forward, scale_forward};
 use crate::engine::embedding::{embedding_backward, embedding_forward, VocabMatrix};
+use crate::engine::geglu::{geglu_backward, geglu_forward};
 use crate::engine::lora::{lora_backward, lora_forward, LoraDropout, LoraWeights};
 use crate::engine::optim::{clip_coefficient, global_norm, scale, Moments, OptimConfig, OptimKind};
 use crate::engine::rmsnorm::{rmsnorm_backward, rmsnorm_forward, rmsnorm_forward_train};
@@ -133,6 +135,13 @@ pub trait Backend {
     ) -> Result<()>;
     /// out = silu(gate) · up.
     fn swiglu_forward(&self, out: &mut Self::Buf, gate: &Self::Buf, up: &Self::Buf) -> Result<()>;
+    /// out = gelu(gate) · up, GELU's tanh approximation (Gemma's GeGLU).
+    fn geglu_forward(&self, out: &mut Self::Buf, gate: &Self::Buf, up: &Self::Buf) -> Result<()>;
+    /// x *= s over the whole buffer (Gemma's embedding scale and query scale; also their backward).
+    fn scale(&self, x: &mut Self::Buf, s: f32) -> Result<()>;
+    /// y += x over the whole of y (x at least as long): a residual add (Gemma adds a normed sublayer output; its
+    /// backward passes dy to both operands).
+    fn add(&self, y: &mut Self::Buf, x: &Self::Buf) -> Result<()>;
 
     // ---- Training pairs (backward of the frozen projections, norms, RoPE, SwiGLU, embedding, attention) ----
 
@@ -183,6 +192,15 @@ pub trait Backend {
     ) -> Result<()>;
     /// Backward of [`Backend::swiglu_forward`]; dgate and dup are OVERWRITTEN.
     fn swiglu_backward(
+        &self,
+        dgate: &mut Self::Buf,
+        dup: &mut Self::Buf,
+        dout: &Self::Buf,
+        gate: &Self::Buf,
+        up: &Self::Buf,
+    ) -> Result<()>;
+    /// Backward of [`Backend::geglu_forward`]; dgate and dup are OVERWRITTEN.
+    fn geglu_backward(
         &self,
         dgate: &mut Self::Buf,
         dup: &mut Self::Buf,
@@ -517,6 +535,24 @@ impl Backend for Cpu {
         Ok(())
     }
 
+    fn geglu_forward(&self, out: &mut Vec<f32>, gate: &Vec<f32>, up: &Vec<f32>) -> Result<()> {
+        geglu_forward(out, gate, up);
+        Ok(())
+    }
+
+    fn scale(&self, x: &mut Vec<f32>, s: f32) -> Result<()> {
+        scale_forward(x, s);
+        Ok(())
+    }
+
+    fn add(&self, y: &mut Vec<f32>, x: &Vec<f32>) -> Result<()> {
+        if x.len() < y.len() {
+            return Err(Error::Invalid(format!("add: {} values onto a buffer of {}", x.len(), y.len())));
+        }
+        add_forward(y, x);
+        Ok(())
+    }
+
     fn linear_backward_input(
         &self,
         dx: &mut Vec<f32>,
@@ -580,6 +616,18 @@ impl Backend for Cpu {
         up: &Vec<f32>,
     ) -> Result<()> {
         swiglu_backward(dgate, dup, dout, gate, up);
+        Ok(())
+    }
+
+    fn geglu_backward(
+        &self,
+        dgate: &mut Vec<f32>,
+        dup: &mut Vec<f32>,
+        dout: &Vec<f32>,
+        gate: &Vec<f32>,
+        up: &Vec<f32>,
+    ) -> Result<()> {
+        geglu_backward(dgate, dup, dout, gate, up);
         Ok(())
     }
 

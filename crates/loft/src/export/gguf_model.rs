@@ -1,6 +1,6 @@
 //! Writing a model as a llama.cpp GGUF: llama.cpp's architecture name, tensor names and metadata keys (from
 //! `gguf::names`; `qwen2.*` for Qwen2, with its q/k/v biases as `blk.N.attn_q.bias`, `qwen3.*` with
-//! `blk.N.attn_q_norm`), Q/K rows permuted into llama.cpp's RoPE order (Llama only), the tokenizer (tokens, types, merges or scores, pre-tokenizer name,
+//! `blk.N.attn_q_norm`, `gemma3.*` with its sandwich norms and sliding window), Q/K rows permuted into llama.cpp's RoPE order (Llama only), the tokenizer (tokens, types, merges or scores, pre-tokenizer name,
 //! special ids, add_bos) and the chat template inside, weights in the block types `quant_plan` chooses (one type,
 //! or llama.cpp's Q4_K_M mix). A tensor whose rows a block type cannot hold falls back as llama.cpp's quantizer
 //! falls back, and each fallback is reported.
@@ -57,6 +57,22 @@ pub fn write_gguf_model(
     }
     g.add(n::rope_freq_base(arch), Value::F32(cfg.rope_theta));
     g.add(n::vocab_size(arch), u32v(cfg.vocab_size));
+    if let Some(local) = &cfg.local_layers {
+        g.add(n::attention_sliding_window(arch), u32v(local.sliding_window));
+        // llama.cpp takes Gemma 3's pattern (every 6th layer global) and local RoPE base (10000) from the
+        // architecture; a model with others cannot be written for it.
+        let standard = crate::model::config::LocalLayers::pattern(cfg.num_hidden_layers, 6, 1, 1.0).is_local;
+        if local.is_local != standard || local.rope_theta != 10_000.0 {
+            return Err(Error::hinted(
+                format!(
+                    "this model's local layers (layer_types, rope_local_base_freq = {}) are not Gemma 3's standard \
+                     ones, which llama.cpp assumes",
+                    local.rope_theta
+                ),
+                "write it as a Hugging Face folder instead (loft merge)",
+            ));
+        }
+    }
     if let Some(RopeScaling::Linear { factor }) = &cfg.rope_scaling {
         g.add(n::rope_scaling_type(arch), Value::String("linear".into()));
         g.add(n::rope_scaling_factor(arch), Value::F32(*factor));
@@ -122,7 +138,8 @@ pub fn write_gguf_model(
         add_vector(&mut g, format!("{}.weight", n::ROPE_FREQS), &factors)?;
     }
     for t in model.weights.named_tensors() {
-        let gname = gguf::names::hf_to_gguf(&t.name)
+        // Gemma's (1 + w) norms are written as the factor, as llama.cpp's converter writes them (`t.norm_factor`).
+        let gname = gguf::names::hf_to_gguf_for(arch, &t.name)
             .ok_or_else(|| Error::Invalid(format!("tensor '{}' has no llama.cpp name", t.name)))?;
         if t.shape.len() == 1 {
             add_vector(&mut g, gname, &t.data)?;

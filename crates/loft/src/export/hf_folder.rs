@@ -147,7 +147,15 @@ fn write_contents(
             if n == 1 { "model.safetensors".to_string() } else { format!("model-{:05}-of-{n:05}.safetensors", s + 1) };
         let encoded: Vec<(String, Vec<usize>, Vec<u8>)> = members
             .iter()
-            .map(|&i| (tensors[i].name.clone(), tensors[i].shape.clone(), dtype.encode(&tensors[i].data)))
+            .map(|&i| {
+                let t = &tensors[i];
+                // A (1 + w) norm is held as its factor; the checkpoint stores w.
+                let data: std::borrow::Cow<'_, [f32]> = match t.norm_factor {
+                    true => t.data.iter().map(|v| v - 1.0).collect::<Vec<f32>>().into(),
+                    false => std::borrow::Cow::Borrowed(&t.data[..]),
+                };
+                (t.name.clone(), t.shape.clone(), dtype.encode(&data))
+            })
             .collect();
         let views: Vec<(String, TensorView<'_>)> = encoded
             .iter()

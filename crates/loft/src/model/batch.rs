@@ -58,7 +58,11 @@ pub fn decode_step(runner: &Runner<'_, Cpu>, rows: &mut [Row<'_>]) -> Result<Vec
         }
         xr.copy_from_slice(&one);
     }
-    let (cos, sin) = runner.model().rope.tables(rows.iter().map(|r| r.cache.len)); // [N, D/2]
+    if let Some(s) = cfg.embedding_scale() {
+        be.scale(&mut x, s)?;
+    }
+    let positions: Vec<usize> = rows.iter().map(|r| r.cache.len).collect();
+    let tables = runner.model().rope_tables(be, positions.into_iter())?; // [N, D/2] each
     let mut h = vec![0.0f32; n * c]; // normalised input of a sublayer: [N, C]
     let mut q = vec![0.0f32; n * qd]; // [N, NH·D]
     let mut k = vec![0.0f32; n * kvd]; // [N, NKV·D]
@@ -67,6 +71,7 @@ pub fn decode_step(runner: &Runner<'_, Cpu>, rows: &mut [Row<'_>]) -> Result<Vec
     let mut gate = vec![0.0f32; n * f]; // [N, F]
     let mut up = vec![0.0f32; n * f];
     let mut act = vec![0.0f32; n * f];
+    let mut sub = cfg.arch.sandwich_norms().then(|| vec![0.0f32; n * c]); // Gemma: a sublayer's output, [N, C]
     let adapters: Vec<Option<&UnmergedAdapter>> = rows.iter().map(|r| r.adapter).collect();
     let mut qk_raw = cfg.arch.qk_norm().then(|| (vec![0.0f32; n * qd], vec![0.0f32; n * kvd]));
     for l in 0..cfg.num_hidden_layers {
@@ -77,7 +82,8 @@ pub fn decode_step(runner: &Runner<'_, Cpu>, rows: &mut [Row<'_>]) -> Result<Vec
         // x = x + o_proj(attention(q, k, v)), the inputs from h = rmsnorm(x) as every forward makes them; each row
         // attends over its own cache.
         let qkv = Qkv { q: &mut q, k: &mut k, v: &mut val, raw: qk_raw.as_mut() };
-        runner.attention_inputs(l, &x, &mut h, qkv, &cos, &sin, n, &mut linear)?;
+        let (cos, sin) = tables.layer(cfg, l);
+        runner.attention_inputs(l, &x, &mut h, qkv, cos, sin, n, &mut linear)?;
         for (i, row) in rows.iter_mut().enumerate() {
             let p = row.cache.len;
             let (kc, vc) = row.cache.layer_mut(l);
@@ -87,8 +93,8 @@ pub fn decode_step(runner: &Runner<'_, Cpu>, rows: &mut [Row<'_>]) -> Result<Vec
             be.attention_forward_cached(&mut att_i, &q_i, kc, vc, 1, p, cfg.layer_window(l), nh, nkv, d)?;
             att[i * qd..(i + 1) * qd].copy_from_slice(&att_i);
         }
-        linear(&mut x, &att, TargetModule::OProj, true)?;
-        runner.mlp(l, &mut x, &mut h, (&mut gate, &mut up, &mut act), &mut linear)?;
+        runner.attention_output(l, &mut x, &mut h, sub.as_mut(), &att, &mut linear)?;
+        runner.mlp(l, &mut x, &mut h, (&mut gate, &mut up, &mut act), sub.as_mut(), &mut linear)?;
     }
     for row in rows.iter_mut() {
         row.cache.len += 1;

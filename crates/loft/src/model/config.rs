@@ -19,10 +19,14 @@ pub enum Arch {
     Qwen2,
     /// Qwen3 (dense): RMSNorm over each head of q and k (`q_norm`, `k_norm`, weight [D]) before RoPE, no biases.
     Qwen3,
+    /// Gemma 3 (text): embeddings × √C, RMSNorms that multiply by (1 + w), a norm after the attention and after the
+    /// MLP as well as before each, Qwen3's per-head q/k norm, GeGLU (tanh GELU), the softmax scaled by
+    /// query_pre_attn_scalar^-½, and local layers (their own RoPE base) between the global ones.
+    Gemma3,
 }
 
 impl Arch {
-    pub const ALL: [Arch; 3] = [Arch::Llama, Arch::Qwen2, Arch::Qwen3];
+    pub const ALL: [Arch; 4] = [Arch::Llama, Arch::Qwen2, Arch::Qwen3, Arch::Gemma3];
 
     /// `general.architecture` in a GGUF file, as llama.cpp's converter writes it.
     pub fn gguf_name(self) -> &'static str {
@@ -30,6 +34,7 @@ impl Arch {
             Arch::Llama => gguf::names::ARCH_LLAMA,
             Arch::Qwen2 => gguf::names::ARCH_QWEN2,
             Arch::Qwen3 => gguf::names::ARCH_QWEN3,
+            Arch::Gemma3 => gguf::names::ARCH_GEMMA3,
         }
     }
 
@@ -39,6 +44,7 @@ impl Arch {
             Arch::Llama => "llama",
             Arch::Qwen2 => "qwen2",
             Arch::Qwen3 => "qwen3",
+            Arch::Gemma3 => "gemma3_text",
         }
     }
 
@@ -48,6 +54,7 @@ impl Arch {
             Arch::Llama => "LlamaForCausalLM",
             Arch::Qwen2 => "Qwen2ForCausalLM",
             Arch::Qwen3 => "Qwen3ForCausalLM",
+            Arch::Gemma3 => "Gemma3ForCausalLM",
         }
     }
 
@@ -58,7 +65,31 @@ impl Arch {
 
     /// q and k pass through a per-head RMSNorm (weights `self_attn.q_norm`, `self_attn.k_norm`) before RoPE.
     pub fn qk_norm(self) -> bool {
-        self == Arch::Qwen3
+        matches!(self, Arch::Qwen3 | Arch::Gemma3)
+    }
+
+    /// Every RMSNorm multiplies by (1 + w), and a Hugging Face checkpoint stores w (Gemma). loft holds the factor
+    /// itself, 1 + w, as llama.cpp's GGUF stores it, so the norm kernels are Llama's: +1 when reading a Hugging Face
+    /// checkpoint, −1 when writing one.
+    pub fn norm_plus_one(self) -> bool {
+        self == Arch::Gemma3
+    }
+
+    /// Gemma's sandwich: `post_attention_layernorm` normalises the attention's output before the residual add,
+    /// `pre_feedforward_layernorm` is the MLP's input norm (Llama's `post_attention_layernorm`), and
+    /// `post_feedforward_layernorm` normalises the MLP's output.
+    pub fn sandwich_norms(self) -> bool {
+        self == Arch::Gemma3
+    }
+
+    /// The MLP gates with GELU (tanh approximation) instead of SiLU: GeGLU.
+    pub fn gelu_mlp(self) -> bool {
+        self == Arch::Gemma3
+    }
+
+    /// The embedding's rows are scaled by √hidden_size (the tied head reads the unscaled table).
+    pub fn scaled_embedding(self) -> bool {
+        self == Arch::Gemma3
     }
 
     /// llama.cpp's converter reorders each head's Q/K rows for its RoPE (Llama only; Qwen's rows stay as
@@ -79,7 +110,28 @@ impl Arch {
     }
 }
 
-const FAMILIES_HINT: &str = "loft runs Llama (Llama 2/3, SmolLM, TinyLlama, Mistral), Qwen2/2.5 and Qwen3 dense models";
+const FAMILIES_HINT: &str = "loft runs Llama (Llama 2/3, SmolLM, TinyLlama, Mistral), Qwen2/2.5 and Qwen3 dense \
+                             models, and Gemma 3 text models";
+
+/// Gemma 3's local layers: sliding-window attention with their own RoPE base, between the global layers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LocalLayers {
+    /// A local layer's query at position i sees keys i − sliding_window < j ≤ i.
+    pub sliding_window: usize,
+    /// The local layers' RoPE base (`rope_local_base_freq`; rope_scaling applies to the global layers only).
+    pub rope_theta: f32,
+    /// For each layer, whether it is local (`layer_types[l] == "sliding_attention"`).
+    pub is_local: Vec<bool>,
+}
+
+impl LocalLayers {
+    /// Every `pattern`-th layer global, the others local (Gemma 3's `sliding_window_pattern`, 6; llama.cpp's
+    /// `set_swa_pattern`).
+    pub fn pattern(layers: usize, pattern: usize, sliding_window: usize, rope_theta: f32) -> Self {
+        let is_local = (0..layers).map(|l| pattern == 0 || !(l + 1).is_multiple_of(pattern)).collect();
+        LocalLayers { sliding_window, rope_theta, is_local }
+    }
+}
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct LlamaConfig {
@@ -97,9 +149,13 @@ pub struct LlamaConfig {
     pub rope_scaling: Option<RopeScaling>,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
-    /// Mistral's sliding window W: a query at position i sees the keys j ≤ i with i − j < W (itself and the
-    /// W − 1 before it). None: every earlier key. Read per layer through [`LlamaConfig::layer_window`].
+    /// Mistral's sliding window W, in every layer: a query at position i sees the keys j ≤ i with i − j < W (itself
+    /// and the W − 1 before it). None: every earlier key. Read per layer through [`LlamaConfig::layer_window`].
     pub sliding_window: Option<usize>,
+    /// The attention's softmax scale is query_pre_attn_scalar^-½ (Gemma 3); None: head_dim^-½.
+    pub query_pre_attn_scalar: Option<f32>,
+    /// Gemma 3's local layers; None: every layer is global.
+    pub local_layers: Option<LocalLayers>,
 }
 
 impl LlamaConfig {
@@ -120,6 +176,8 @@ impl LlamaConfig {
             max_position_embeddings: 8192,
             tie_word_embeddings: true,
             sliding_window: None,
+            query_pre_attn_scalar: None,
+            local_layers: None,
         }
     }
 
@@ -141,6 +199,8 @@ impl LlamaConfig {
             max_position_embeddings: 131_072,
             tie_word_embeddings: true,
             sliding_window: None,
+            query_pre_attn_scalar: None,
+            local_layers: None,
         }
     }
 
@@ -180,6 +240,26 @@ impl LlamaConfig {
         if self.sliding_window == Some(0) {
             return bad("sliding_window = 0 leaves a query no key to attend to (expected at least 1, or none)".into());
         }
+        if let Some(s) = self.query_pre_attn_scalar {
+            if s.is_nan() || s <= 0.0 {
+                return bad(format!("query_pre_attn_scalar ({s}) must be positive"));
+            }
+        }
+        if let Some(local) = &self.local_layers {
+            if local.is_local.len() != self.num_hidden_layers {
+                return bad(format!(
+                    "layer_types has {} entries, expected num_hidden_layers = {}",
+                    local.is_local.len(),
+                    self.num_hidden_layers
+                ));
+            }
+            if local.sliding_window == 0 || local.rope_theta.is_nan() || local.rope_theta <= 0.0 {
+                return bad(format!(
+                    "sliding_window ({}) and rope_local_base_freq ({}) must be positive",
+                    local.sliding_window, local.rope_theta
+                ));
+            }
+        }
         if let Some(RopeScaling::FreqFactors(f)) = &self.rope_scaling {
             if f.len() != self.head_dim / 2 {
                 return bad(format!("rope_freqs has {} values, expected head_dim/2 = {}", f.len(), self.head_dim / 2));
@@ -188,9 +268,12 @@ impl LlamaConfig {
         Ok(())
     }
 
-    /// The window of layer `l`'s attention (Mistral: every layer's is the same).
-    pub fn layer_window(&self, _l: usize) -> Option<usize> {
-        self.sliding_window
+    /// The window of layer `l`'s attention: Gemma 3's local layers', Mistral's in every layer, else none.
+    pub fn layer_window(&self, l: usize) -> Option<usize> {
+        match &self.local_layers {
+            Some(local) => self.is_local(l).then_some(local.sliding_window),
+            None => self.sliding_window,
+        }
     }
 
     pub fn q_dim(&self) -> usize {
@@ -201,12 +284,32 @@ impl LlamaConfig {
         self.num_key_value_heads * self.head_dim
     }
 
+    /// Layer `l` is a local (sliding-window) layer, with the local RoPE base.
+    pub fn is_local(&self, l: usize) -> bool {
+        self.local_layers.as_ref().is_some_and(|s| s.is_local.get(l).copied().unwrap_or(false))
+    }
+
+    /// What the queries are multiplied by so that the attention kernels' softmax scale, head_dim^-½, becomes
+    /// query_pre_attn_scalar^-½: √(head_dim / query_pre_attn_scalar); None when it is 1.
+    pub fn query_scale(&self) -> Option<f32> {
+        let s = self.query_pre_attn_scalar?;
+        let scale = ((self.head_dim as f64) / s as f64).sqrt() as f32;
+        (scale != 1.0).then_some(scale)
+    }
+
+    /// What the embedding's rows are multiplied by: √hidden_size for Gemma, else None.
+    pub fn embedding_scale(&self) -> Option<f32> {
+        // transformers keeps √C as a tensor of the weights' dtype: in f32, the f32 nearest to it.
+        self.arch.scaled_embedding().then(|| (self.hidden_size as f64).sqrt() as f32)
+    }
+
     /// Parameters of the frozen base, counting a tied head once.
     pub fn num_parameters(&self) -> usize {
         let (c, f, l) = (self.hidden_size, self.intermediate_size, self.num_hidden_layers);
         let bias = if self.arch.attention_bias() { self.q_dim() + 2 * self.kv_dim() } else { 0 };
         let qk_norm = if self.arch.qk_norm() { 2 * self.head_dim } else { 0 };
-        let per_layer = c * self.q_dim() * 2 + c * self.kv_dim() * 2 + 3 * c * f + 2 * c + bias + qk_norm;
+        let sandwich = if self.arch.sandwich_norms() { 2 * c } else { 0 };
+        let per_layer = c * self.q_dim() * 2 + c * self.kv_dim() * 2 + 3 * c * f + 2 * c + bias + qk_norm + sandwich;
         let head = if self.tie_word_embeddings { 0 } else { self.vocab_size * c };
         self.vocab_size * c + l * per_layer + c + head
     }
@@ -231,10 +334,10 @@ impl LlamaConfig {
         let opt = |k: &str| file.get(&key(k)).and_then(|v| v.as_u64()).map(|v| v as usize);
         let hidden_size = get("embedding_length")?;
         let num_attention_heads = get("attention.head_count")?;
-        if file.get(&key("attention.sliding_window_pattern")).is_some() {
+        if family != Arch::Gemma3 && file.get(&key("attention.sliding_window_pattern")).is_some() {
             return Err(Error::hinted(
                 format!("{}: {arch}.attention.sliding_window_pattern is not supported", path.display()),
-                "loft applies a sliding window to every layer or to none",
+                "loft applies a sliding window to every layer or to none (Gemma 3: to its local layers)",
             ));
         }
         let context = opt("context_length").unwrap_or(2048);
@@ -263,8 +366,32 @@ impl LlamaConfig {
             },
             max_position_embeddings: context,
             tie_word_embeddings: file.tensor_info("output.weight").is_none(),
-            // 0 means none, as llama.cpp reads it; a window as wide as the context changes nothing.
-            sliding_window: opt("attention.sliding_window").filter(|&w| w > 0 && w < context),
+            // 0 means none, as llama.cpp reads it; a window as wide as the context changes nothing. Gemma 3's
+            // window is its local layers' (below).
+            sliding_window: match family {
+                Arch::Gemma3 => None,
+                _ => opt("attention.sliding_window").filter(|&w| w > 0 && w < context),
+            },
+            query_pre_attn_scalar: None,
+            local_layers: None,
+        };
+        let cfg = match family {
+            Arch::Gemma3 => LlamaConfig {
+                // llama.cpp: 1/√head_dim, except Gemma 3 27B (62 layers), whose query_pre_attn_scalar is C / NH.
+                query_pre_attn_scalar: Some(match cfg.num_hidden_layers {
+                    62 => (cfg.hidden_size / cfg.num_attention_heads) as f32,
+                    _ => cfg.head_dim as f32,
+                }),
+                // llama.cpp takes the local layers' base (10000) and pattern (6) from the architecture.
+                local_layers: Some(LocalLayers::pattern(
+                    cfg.num_hidden_layers,
+                    opt("attention.sliding_window_pattern").unwrap_or(6),
+                    get("attention.sliding_window")?,
+                    10_000.0,
+                )),
+                ..cfg
+            },
+            _ => cfg,
         };
         cfg.validate(&path)?;
         Ok(cfg)
@@ -280,6 +407,14 @@ impl LlamaConfig {
             "llama" | "mistral" => Arch::Llama,
             "qwen2" => Arch::Qwen2,
             "qwen3" => Arch::Qwen3,
+            "gemma3_text" => Arch::Gemma3,
+            "gemma3" => {
+                return Err(Error::hinted(
+                    format!("{}: model_type 'gemma3' is Gemma 3's image-text model", path.display()),
+                    "loft runs Gemma 3's text models (model_type 'gemma3_text': Gemma 3 270M and 1B, or a text \
+                     model extracted from a larger one)",
+                ))
+            }
             other => {
                 return Err(Error::hinted(
                     format!(
@@ -329,9 +464,27 @@ impl LlamaConfig {
         };
         let hidden_size = raw.hidden_size.ok_or_else(|| missing("hidden_size"))?;
         let num_attention_heads = raw.num_attention_heads.ok_or_else(|| missing("num_attention_heads"))?;
-        // transformers 5 folds rope_theta and rope_scaling into `rope_parameters`.
-        let rope = raw.rope_scaling.or(raw.rope_parameters.clone());
-        let rope_theta = raw.rope_theta.or(raw.rope_parameters.as_ref().and_then(|p| p.rope_theta)).unwrap_or(10_000.0);
+        // transformers 5 folds rope_theta and rope_scaling into `rope_parameters`; Gemma 3 keeps one per layer type
+        // there ("full_attention", "sliding_attention").
+        let rope_by_type = |kind: &str| -> Result<Option<HfRope>> {
+            let Some(p) = raw.rope_parameters.as_ref() else { return Ok(None) };
+            let p = if arch == Arch::Gemma3 {
+                match p.get(kind) {
+                    Some(p) => p,
+                    None => return Ok(None),
+                }
+            } else {
+                p
+            };
+            serde_json::from_value(p.clone())
+                .map(Some)
+                .map_err(|e| Error::format(path, format!("rope_parameters: {e}")))
+        };
+        let rope_parameters = rope_by_type("full_attention")?;
+        let rope = raw.rope_scaling.clone().or(rope_parameters.clone());
+        let default_theta = if arch == Arch::Gemma3 { 1_000_000.0 } else { 10_000.0 };
+        let rope_theta =
+            raw.rope_theta.or(rope_parameters.as_ref().and_then(|p| p.rope_theta)).unwrap_or(default_theta);
         let rope_scaling = match rope {
             Some(p) => match p.rope_type.as_deref().or(p.kind.as_deref()) {
                 Some("llama3") => Some(RopeScaling::Llama3 {
@@ -364,14 +517,21 @@ impl LlamaConfig {
             rope_theta,
             rope_scaling,
             max_position_embeddings: context,
-            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(arch == Arch::Gemma3),
             sliding_window,
+            query_pre_attn_scalar: None,
+            local_layers: None,
+        };
+        let cfg = match arch {
+            Arch::Gemma3 => gemma3_from_hf(&raw, cfg, rope_by_type("sliding_attention")?, path)?,
+            _ => cfg,
         };
         cfg.validate(path)?;
         Ok(cfg)
     }
 
     /// The `config.json` transformers writes for this model (used by `loft merge` and test fixtures).
+    #[allow(clippy::too_many_lines)]
     pub fn to_hf_json(&self, bos: Option<u32>, eos: Option<u32>, torch_dtype: &str) -> serde_json::Value {
         let mut v = serde_json::json!({
             "architectures": [self.arch.hf_class()],
@@ -415,6 +575,34 @@ impl LlamaConfig {
                 v["sliding_window"] = serde_json::Value::Null;
                 v["max_window_layers"] = self.num_hidden_layers.into();
             }
+            Arch::Gemma3 => {
+                let obj = v.as_object_mut().expect("an object");
+                obj.remove("hidden_act");
+                obj.remove("rope_theta");
+                v["hidden_activation"] = "gelu_pytorch_tanh".into();
+                v["attention_bias"] = false.into();
+                v["query_pre_attn_scalar"] = self.query_pre_attn_scalar.unwrap_or(self.head_dim as f32).into();
+                v["final_logit_softcapping"] = serde_json::Value::Null;
+                v["attn_logit_softcapping"] = serde_json::Value::Null;
+                v["use_bidirectional_attention"] = false.into();
+                let local = self.local_layers.as_ref();
+                let types: Vec<&str> = (0..self.num_hidden_layers)
+                    .map(|l| if self.is_local(l) { "sliding_attention" } else { "full_attention" })
+                    .collect();
+                v["layer_types"] = types.into();
+                v["sliding_window"] = local.map(|s| s.sliding_window).into();
+                let mut full = serde_json::json!({ "rope_type": "default", "rope_theta": self.rope_theta });
+                if let Some(RopeScaling::Linear { factor }) = &self.rope_scaling {
+                    full =
+                        serde_json::json!({ "rope_type": "linear", "factor": factor, "rope_theta": self.rope_theta });
+                }
+                let local_theta = local.map_or(10_000.0, |s| s.rope_theta);
+                v["rope_parameters"] = serde_json::json!({
+                    "full_attention": full,
+                    "sliding_attention": { "rope_type": "default", "rope_theta": local_theta },
+                });
+                return v;
+            }
         }
         match &self.rope_scaling {
             Some(RopeScaling::Llama3 {
@@ -452,13 +640,75 @@ struct HfConfig {
     rms_norm_eps: Option<f32>,
     rope_theta: Option<f32>,
     rope_scaling: Option<HfRope>,
-    rope_parameters: Option<HfRope>,
+    /// One set, or (Gemma 3) one per layer type.
+    rope_parameters: Option<serde_json::Value>,
     max_position_embeddings: Option<usize>,
     tie_word_embeddings: Option<bool>,
     attention_bias: Option<bool>,
     mlp_bias: Option<bool>,
     sliding_window: Option<usize>,
     use_sliding_window: Option<bool>,
+    // Gemma 3
+    hidden_activation: Option<String>,
+    query_pre_attn_scalar: Option<f32>,
+    layer_types: Option<Vec<String>>,
+    sliding_window_pattern: Option<usize>,
+    rope_local_base_freq: Option<f32>,
+    final_logit_softcapping: Option<f32>,
+    attn_logit_softcapping: Option<f32>,
+    use_bidirectional_attention: Option<bool>,
+}
+
+/// What Gemma 3's config.json adds to `cfg` (read as the other families read theirs): the softmax scale, the local
+/// layers with their window and RoPE base, and the checks of what loft does not run (logit soft-capping, other
+/// activations, bidirectional attention).
+fn gemma3_from_hf(raw: &HfConfig, cfg: LlamaConfig, local_rope: Option<HfRope>, path: &Path) -> Result<LlamaConfig> {
+    let unsupported = |what: String, hint: &str| Err(Error::hinted(format!("{}: {what}", path.display()), hint));
+    match raw.hidden_activation.as_deref() {
+        None | Some("gelu_pytorch_tanh") => {}
+        Some(other) => {
+            return unsupported(
+                format!("hidden_activation '{other}' is not supported"),
+                "Gemma 3 gates its MLP with gelu_pytorch_tanh (GELU, tanh approximation)",
+            )
+        }
+    }
+    if raw.final_logit_softcapping.is_some() || raw.attn_logit_softcapping.is_some() {
+        return unsupported(
+            "logit soft-capping (final_logit_softcapping / attn_logit_softcapping) is not supported".into(),
+            "Gemma 3 has none (both null); Gemma 2 has them",
+        );
+    }
+    if raw.use_bidirectional_attention == Some(true) {
+        return unsupported(
+            "use_bidirectional_attention = true is not supported".into(),
+            "loft runs causal language models (EmbeddingGemma is bidirectional)",
+        );
+    }
+    let layers = cfg.num_hidden_layers;
+    let is_local: Vec<bool> = match &raw.layer_types {
+        Some(types) => types
+            .iter()
+            .map(|t| match t.as_str() {
+                "sliding_attention" => Ok(true),
+                "full_attention" => Ok(false),
+                other => Err(Error::format(
+                    path,
+                    format!("layer_types: '{other}' is not 'sliding_attention' or 'full_attention'"),
+                )),
+            })
+            .collect::<Result<_>>()?,
+        None => LocalLayers::pattern(layers, raw.sliding_window_pattern.unwrap_or(6), 1, 1.0).is_local,
+    };
+    let rope_theta = local_rope.and_then(|p| p.rope_theta).or(raw.rope_local_base_freq).unwrap_or(10_000.0);
+    let local_layers = match (is_local.contains(&true), raw.sliding_window) {
+        (false, _) => None,
+        (true, Some(sliding_window)) => Some(LocalLayers { sliding_window, rope_theta, is_local }),
+        (true, None) => {
+            return Err(Error::format(path, "layer_types names sliding_attention layers but sliding_window is null"))
+        }
+    };
+    Ok(LlamaConfig { query_pre_attn_scalar: Some(raw.query_pre_attn_scalar.unwrap_or(256.0)), local_layers, ..cfg })
 }
 
 #[derive(Clone, Deserialize)]

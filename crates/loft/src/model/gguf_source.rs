@@ -16,6 +16,8 @@ pub struct GgufSource<'a> {
     pub permuted_qk: bool,
     /// Keep weight matrices in the file's own block types (inference, QLoRA) instead of converting to f32.
     pub keep_quantized: bool,
+    /// `general.architecture`: the tensor names are that architecture's (Gemma 3's norms differ from Llama's).
+    pub arch: &'static str,
 }
 
 impl<'a> GgufSource<'a> {
@@ -26,6 +28,7 @@ impl<'a> GgufSource<'a> {
             n_kv_heads: cfg.num_key_value_heads,
             permuted_qk: cfg.arch.gguf_permutes_qk(),
             keep_quantized,
+            arch: cfg.arch.gguf_name(),
         }
     }
 
@@ -45,7 +48,7 @@ impl<'a> GgufSource<'a> {
 
 impl TensorSource for GgufSource<'_> {
     fn tensor(&self, hf_name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>> {
-        let Some(name) = gguf::names::hf_to_gguf(hf_name) else {
+        let Some(name) = gguf::names::hf_to_gguf_for(self.arch, hf_name) else {
             return Err(Error::Invalid(format!("{}: no GGUF name for tensor '{hf_name}'", self.describe())));
         };
         let Some(info) = self.file.tensor_info(&name) else { return Ok(None) };
@@ -85,7 +88,12 @@ impl TensorSource for GgufSource<'_> {
     }
 
     fn stored_name(&self, hf_name: &str) -> String {
-        gguf::names::hf_to_gguf(hf_name).unwrap_or_else(|| hf_name.to_string())
+        gguf::names::hf_to_gguf_for(self.arch, hf_name).unwrap_or_else(|| hf_name.to_string())
+    }
+
+    /// llama.cpp's converter writes Gemma's (1 + w) norms as 1 + w.
+    fn stores_norm_factor(&self) -> bool {
+        true
     }
 
     fn describe(&self) -> String {

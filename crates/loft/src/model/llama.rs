@@ -1,5 +1,6 @@
 //! The Llama forward pass for inference, with a KV cache, and what the other families add to its block (Qwen2's
-//! q/k/v biases, Qwen3's per-head q/k norm; see [`crate::model::config::Arch`]). Legend: T = new tokens,
+//! q/k/v biases, Qwen3's per-head q/k norm, Gemma 3's scaled embedding, sandwich norms, GeGLU, query scale and
+//! local layers with their own RoPE; see [`crate::model::config::Arch`]). Legend: T = new tokens,
 //! C = hidden_size, F = intermediate_size, V = vocab_size, NH/NKV = query/key-value heads, D = head_dim.
 
 use crate::engine::rope::Rope;
@@ -12,7 +13,10 @@ use crate::model::weights::{LlamaWeights, TargetModule};
 pub struct Llama {
     pub config: LlamaConfig,
     pub weights: LlamaWeights,
+    /// The global layers' RoPE (every layer's, but for Gemma's local layers).
     pub rope: Rope,
+    /// Gemma 3's local layers' RoPE (their own base, no scaling).
+    pub rope_local: Option<Rope>,
 }
 
 /// Keys and values of every layer for the positions seen so far: per layer [capacity, NKV·D], on the backend.
@@ -89,6 +93,7 @@ struct DeviceLayer<'w, B: Backend + 'w> {
     attention_bias: Option<DeviceAttentionBias<'w, B>>,
     qk_norm: Option<DeviceQkNorm<'w, B>>,
     post_attention_layernorm: B::Vector<'w>,
+    sandwich: Option<DeviceSandwich<'w, B>>,
     gate_proj: B::Matrix<'w>,
     up_proj: B::Matrix<'w>,
     down_proj: B::Matrix<'w>,
@@ -105,6 +110,12 @@ pub struct DeviceAttentionBias<'w, B: Backend + 'w> {
 pub struct DeviceQkNorm<'w, B: Backend + 'w> {
     pub q_norm: B::Vector<'w>,
     pub k_norm: B::Vector<'w>,
+}
+
+/// Gemma's MLP input and output norms on a backend: [C] each.
+pub struct DeviceSandwich<'w, B: Backend + 'w> {
+    pub pre_feedforward_layernorm: B::Vector<'w>,
+    pub post_feedforward_layernorm: B::Vector<'w>,
 }
 
 /// A model on a backend: the host model's config and RoPE, and the backend's copy of its weights (borrowed on the
@@ -146,6 +157,13 @@ impl<'w, B: Backend + 'w> Runner<'w, B> {
                     None => None,
                 },
                 post_attention_layernorm: backend.vector(&l.post_attention_layernorm)?,
+                sandwich: match &l.sandwich {
+                    Some(s) => Some(DeviceSandwich {
+                        pre_feedforward_layernorm: backend.vector(&s.pre_feedforward_layernorm)?,
+                        post_feedforward_layernorm: backend.vector(&s.post_feedforward_layernorm)?,
+                    }),
+                    None => None,
+                },
                 gate_proj: backend.matrix(&format!("{p}.mlp.gate_proj.weight"), &l.gate_proj)?,
                 up_proj: backend.matrix(&format!("{p}.mlp.up_proj.weight"), &l.up_proj)?,
                 down_proj: backend.matrix(&format!("{p}.mlp.down_proj.weight"), &l.down_proj)?,
@@ -188,9 +206,19 @@ impl<'w, B: Backend + 'w> Runner<'w, B> {
         }
     }
 
-    /// Layer `l`'s norms: (input_layernorm, post_attention_layernorm).
+    /// Layer `l`'s sublayer input norms: (the attention's, the MLP's) = (input_layernorm, Llama's
+    /// post_attention_layernorm or Gemma's pre_feedforward_layernorm).
     pub fn layer_norms(&self, l: usize) -> (&B::Vector<'w>, &B::Vector<'w>) {
-        (&self.layers[l].input_layernorm, &self.layers[l].post_attention_layernorm)
+        let layer = &self.layers[l];
+        let mlp = layer.sandwich.as_ref().map_or(&layer.post_attention_layernorm, |s| &s.pre_feedforward_layernorm);
+        (&layer.input_layernorm, mlp)
+    }
+
+    /// Gemma's sublayer output norms of layer `l`: (post_attention_layernorm, post_feedforward_layernorm), applied
+    /// to the attention's and the MLP's outputs before each residual add.
+    pub fn output_norms(&self, l: usize) -> Option<(&B::Vector<'w>, &B::Vector<'w>)> {
+        let layer = &self.layers[l];
+        layer.sandwich.as_ref().map(|s| (&layer.post_attention_layernorm, &s.post_feedforward_layernorm))
     }
 
     /// Layer `l`'s q/k/v biases (Qwen2), added after the projections.
@@ -269,8 +297,10 @@ impl<'w, B: Backend + 'w> Runner<'w, B> {
             Some(trained) => be.embedding_forward(&mut x, tokens, Vocab::Frozen(trained), c)?,
             None => be.embedding_forward(&mut x, tokens, Vocab::Frozen(&self.embed_tokens), c)?,
         }
-        let (cos, sin) = self.model.rope.tables(p0..p0 + t);
-        let (cos, sin) = (be.upload(&cos)?, be.upload(&sin)?); // [T, D/2]
+        if let Some(s) = cfg.embedding_scale() {
+            be.scale(&mut x, s)?;
+        }
+        let tables = self.model.rope_tables(be, p0..p0 + t)?; // [T, D/2] each
         let mut h = be.zeros(t * c)?; // normalised input of a sublayer: [T, C]
         let mut q = be.zeros(t * qd)?; // [T, NH·D]
         let mut k = be.zeros(t * kvd)?; // [T, NKV·D], new positions only
@@ -284,6 +314,11 @@ impl<'w, B: Backend + 'w> Runner<'w, B> {
         let mut gate = be.zeros(t * f)?; // [T, F]
         let mut up = be.zeros(t * f)?; // [T, F]
         let mut act = be.zeros(t * f)?; // [T, F]
+                                        // Gemma: a sublayer's output before its norm and residual add: [T, C].
+        let mut sub = match cfg.arch.sandwich_norms() {
+            true => Some(be.zeros(t * c)?),
+            false => None,
+        };
         let mut lora_scratch = match adapter {
             Some(a) => Some(LoraScratch { xa: be.zeros(t * a.rank)?, xd: be.zeros(0)? }), // xa: [T, R]
             None => None,
@@ -296,12 +331,13 @@ impl<'w, B: Backend + 'w> Runner<'w, B> {
             };
             // x = x + o_proj(attention(q, k, v)) with q, k, v from h = rmsnorm(x)
             let qkv = Qkv { q: &mut q, k: &mut k, v: &mut v, raw: qk_raw.as_mut() };
-            self.attention_inputs(l, &x, &mut h, qkv, &cos, &sin, t, &mut linear)?;
+            let (cos, sin) = tables.layer(cfg, l);
+            self.attention_inputs(l, &x, &mut h, qkv, cos, sin, t, &mut linear)?;
             be.copy(&k, 0, kc, p0 * kvd, t * kvd)?;
             be.copy(&v, 0, vc, p0 * kvd, t * kvd)?;
             be.attention_forward_cached(&mut att, &q, kc, vc, t, p0, cfg.layer_window(l), nh, nkv, d)?;
-            linear(&mut x, &att, TargetModule::OProj, true)?;
-            self.mlp(l, &mut x, &mut h, (&mut gate, &mut up, &mut act), &mut linear)?;
+            self.attention_output(l, &mut x, &mut h, sub.as_mut(), &att, &mut linear)?;
+            self.mlp(l, &mut x, &mut h, (&mut gate, &mut up, &mut act), sub.as_mut(), &mut linear)?;
         }
         cache.len = p0 + t;
         be.rmsnorm_forward(&mut h, &x, &self.norm, c, cfg.rms_norm_eps)?;
@@ -339,8 +375,9 @@ impl<'w, B: Backend + 'w> Runner<'w, B> {
 
     /// The attention sublayer's inputs for N rows of the residual stream x, written once for every forward (one
     /// sequence here, several in `model::batch`): h = rmsnorm(x), q, k, v = the projections of h (through
-    /// `linear`, which applies the base weight and any adapter), plus Qwen2's biases, Qwen3's per-head norm of q
-    /// and k (projected into `raw` first), and RoPE at the rows' positions (cos, sin: [N, D/2]).
+    /// `linear`, which applies the base weight and any adapter), plus Qwen2's biases, Qwen3's and Gemma's
+    /// per-head norm of q and k (projected into `raw` first), RoPE at the rows' positions (cos, sin: [N, D/2], the
+    /// layer's own: [`RopeTables::layer`]), and Gemma's query scale.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn attention_inputs(
         &self,
@@ -376,25 +413,73 @@ impl<'w, B: Backend + 'w> Runner<'w, B> {
             be.rmsnorm_forward(k, k_raw, &norm.k_norm, d, cfg.rms_norm_eps)?; // rows N·NKV of width D
         }
         be.rope_forward(q, n, nh, d, cos, sin)?;
-        be.rope_forward(k, n, nkv, d, cos, sin)
+        be.rope_forward(k, n, nkv, d, cos, sin)?;
+        if let Some(s) = cfg.query_scale() {
+            be.scale(q, s)?;
+        }
+        Ok(())
     }
 
-    /// The MLP sublayer of layer `l` over N rows: x += down_proj(silu(gate_proj(h)) · up_proj(h)), h = rmsnorm(x),
-    /// through `linear` as [`Runner::attention_inputs`]; (gate, up, act) are scratch [N, F].
+    /// The attention's output projection and residual add over N rows: x += o_proj(att), or for Gemma
+    /// x += rmsnorm(o_proj(att)) (post_attention_layernorm), the projection made in `sub` [N, C] and normed in h.
+    pub(crate) fn attention_output(
+        &self,
+        l: usize,
+        x: &mut B::Buf,
+        h: &mut B::Buf,
+        sub: Option<&mut B::Buf>,
+        att: &B::Buf,
+        linear: &mut impl FnMut(&mut B::Buf, &B::Buf, TargetModule, bool) -> Result<()>,
+    ) -> Result<()> {
+        self.sublayer_output(x, h, sub, att, TargetModule::OProj, self.output_norms(l).map(|n| n.0), linear)
+    }
+
+    /// The MLP sublayer of layer `l` over N rows: x += down_proj(act(gate_proj(h)) · up_proj(h)), h = rmsnorm(x)
+    /// with the MLP's input norm, act = SiLU (SwiGLU) or GELU (Gemma's GeGLU), and for Gemma the output normed
+    /// (post_feedforward_layernorm) before the add, as [`Runner::attention_output`]; through `linear` as
+    /// [`Runner::attention_inputs`]; (gate, up, act) are scratch [N, F].
     pub(crate) fn mlp(
         &self,
         l: usize,
         x: &mut B::Buf,
         h: &mut B::Buf,
         (gate, up, act): (&mut B::Buf, &mut B::Buf, &mut B::Buf),
+        sub: Option<&mut B::Buf>,
         linear: &mut impl FnMut(&mut B::Buf, &B::Buf, TargetModule, bool) -> Result<()>,
     ) -> Result<()> {
         let (cfg, be) = (&self.model.config, self.backend);
-        be.rmsnorm_forward(h, x, &self.layers[l].post_attention_layernorm, cfg.hidden_size, cfg.rms_norm_eps)?;
+        be.rmsnorm_forward(h, x, self.layer_norms(l).1, cfg.hidden_size, cfg.rms_norm_eps)?;
         linear(gate, h, TargetModule::GateProj, false)?;
         linear(up, h, TargetModule::UpProj, false)?;
-        be.swiglu_forward(act, gate, up)?;
-        linear(x, act, TargetModule::DownProj, true)
+        match cfg.arch.gelu_mlp() {
+            true => be.geglu_forward(act, gate, up)?,
+            false => be.swiglu_forward(act, gate, up)?,
+        }
+        self.sublayer_output(x, h, sub, act, TargetModule::DownProj, self.output_norms(l).map(|n| n.1), linear)
+    }
+
+    /// x += m(input), or with an output norm x += rmsnorm(m(input)), m projected into `sub` and normed into h.
+    #[allow(clippy::too_many_arguments)]
+    fn sublayer_output(
+        &self,
+        x: &mut B::Buf,
+        h: &mut B::Buf,
+        sub: Option<&mut B::Buf>,
+        input: &B::Buf,
+        m: TargetModule,
+        norm: Option<&B::Vector<'w>>,
+        linear: &mut impl FnMut(&mut B::Buf, &B::Buf, TargetModule, bool) -> Result<()>,
+    ) -> Result<()> {
+        let (cfg, be) = (&self.model.config, self.backend);
+        match (norm, sub) {
+            (Some(norm), Some(sub)) => {
+                linear(sub, input, m, false)?;
+                be.rmsnorm_forward(h, sub, norm, cfg.hidden_size, cfg.rms_norm_eps)?;
+                be.add(x, h)
+            }
+            (Some(_), None) => Err(Error::Invalid("a sublayer with an output norm needs its scratch".into())),
+            (None, _) => linear(x, input, m, true),
+        }
     }
 
     /// y[N, O] = (accumulate ? y : 0) + x·Wᵀ, plus scale · (x·Aᵀ)·Bᵀ when the module is adapted.
@@ -467,10 +552,45 @@ struct LoraScratch<B: Backend> {
     xd: B::Buf,
 }
 
+/// RoPE tables at a forward's positions on a backend: the global layers' and (Gemma) the local layers', each
+/// cos and sin [T, D/2].
+pub(crate) struct RopeTables<B: Backend> {
+    global: (B::Buf, B::Buf),
+    local: Option<(B::Buf, B::Buf)>,
+}
+
+impl<B: Backend> RopeTables<B> {
+    /// Layer `l`'s tables.
+    pub(crate) fn layer(&self, cfg: &LlamaConfig, l: usize) -> (&B::Buf, &B::Buf) {
+        match (&self.local, cfg.is_local(l)) {
+            (Some((cos, sin)), true) => (cos, sin),
+            _ => (&self.global.0, &self.global.1),
+        }
+    }
+}
+
 impl Llama {
     pub fn new(config: LlamaConfig, weights: LlamaWeights) -> Self {
         let rope = Rope::new(config.head_dim, config.rope_theta, config.rope_scaling.as_ref());
-        Llama { config, weights, rope }
+        let rope_local = config.local_layers.as_ref().map(|s| Rope::new(config.head_dim, s.rope_theta, None));
+        Llama { config, weights, rope, rope_local }
+    }
+
+    /// The RoPE tables at `positions` on `be`: [`RopeTables`].
+    pub(crate) fn rope_tables<B: Backend>(
+        &self,
+        be: &B,
+        positions: impl Iterator<Item = usize> + Clone,
+    ) -> Result<RopeTables<B>> {
+        let (cos, sin) = self.rope.tables(positions.clone());
+        let local = match &self.rope_local {
+            Some(r) => {
+                let (cos, sin) = r.tables(positions);
+                Some((be.upload(&cos)?, be.upload(&sin)?))
+            }
+            None => None,
+        };
+        Ok(RopeTables { global: (be.upload(&cos)?, be.upload(&sin)?), local })
     }
 
     /// [`Runner::forward`] on the CPU: the final normalised hidden states [T, C].

@@ -129,7 +129,14 @@ pub fn load_tokenizer(spec: &str, tokenizer_pre: Option<&str>) -> Result<Tokeniz
 }
 
 fn gguf_tokenizer(file: &gguf::GgufFile, tokenizer_pre: Option<&str>) -> Result<Tokenizer> {
-    Ok(Tokenizer::from_gguf_with_pre(file, tokenizer_pre)?)
+    let mut tokenizer = Tokenizer::from_gguf_with_pre(file, tokenizer_pre)?;
+    // Gemma 3's GGUF files carry no chat template: its turn format, built in.
+    let gemma = file.get(gguf::names::GENERAL_ARCHITECTURE).and_then(|v| v.as_str()) == Some(gguf::names::ARCH_GEMMA3);
+    if gemma && tokenizer.chat_template().is_none() {
+        let source = crate::chat_template::ChatTemplate::named("gemma").expect("a built-in template");
+        tokenizer.set_chat_template(source.to_string());
+    }
+    Ok(tokenizer)
 }
 
 fn folder_tokenizer(dir: &Path) -> Result<Tokenizer> {

@@ -26,6 +26,10 @@ pub trait TensorSource {
     fn stored_name(&self, hf_name: &str) -> String {
         hf_name.to_string()
     }
+    /// The checkpoint stores a (1 + w) norm's factor itself, 1 + w (llama.cpp's GGUF), rather than w (Hugging Face).
+    fn stores_norm_factor(&self) -> bool {
+        false
+    }
 }
 
 /// The seven linear layers of a Llama block that LoRA can adapt, by their checkpoint names.
@@ -106,9 +110,12 @@ pub struct LlamaLayer {
     pub o_proj: FrozenMatrix,
     /// `self_attn.{q,k,v}_proj.bias` [Q], [KV], [KV] (Qwen2), frozen.
     pub attention_bias: Option<AttentionBias>,
-    /// `self_attn.{q,k}_norm.weight` [D] each (Qwen3).
+    /// `self_attn.{q,k}_norm.weight` [D] each (Qwen3, Gemma 3).
     pub qk_norm: Option<QkNorm>,
+    /// Llama: the MLP's input norm. Gemma (with `sandwich`): the norm of the attention's output.
     pub post_attention_layernorm: Vec<f32>,
+    /// Gemma's MLP input and output norms [C] each.
+    pub sandwich: Option<SandwichNorms>,
     pub gate_proj: FrozenMatrix,
     pub up_proj: FrozenMatrix,
     pub down_proj: FrozenMatrix,
@@ -129,14 +136,33 @@ pub struct QkNorm {
     pub k_norm: Vec<f32>,
 }
 
+/// Gemma's norms of the MLP: `pre_feedforward_layernorm` (its input, Llama's `post_attention_layernorm`) and
+/// `post_feedforward_layernorm` (its output, before the residual add).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SandwichNorms {
+    pub pre_feedforward_layernorm: Vec<f32>,
+    pub post_feedforward_layernorm: Vec<f32>,
+}
+
 /// One tensor of a checkpoint, by its Hugging Face name.
 pub struct NamedTensor<'a> {
     pub name: String,
     pub shape: Vec<usize>,
     pub data: std::borrow::Cow<'a, [f32]>,
+    /// A norm that multiplies by (1 + w), held as that factor ([`crate::model::Arch::norm_plus_one`]): a Hugging
+    /// Face checkpoint stores `data − 1`, a GGUF `data`.
+    pub norm_factor: bool,
 }
 
 impl LlamaLayer {
+    /// The MLP's input norm: Gemma's `pre_feedforward_layernorm`, Llama's `post_attention_layernorm`.
+    pub fn mlp_norm(&self) -> &[f32] {
+        match &self.sandwich {
+            Some(s) => &s.pre_feedforward_layernorm,
+            None => &self.post_attention_layernorm,
+        }
+    }
+
     /// The frozen weight of one of the seven linear modules.
     pub fn module(&self, m: TargetModule) -> &FrozenMatrix {
         use TargetModule as T;
@@ -171,6 +197,8 @@ pub struct LlamaWeights {
     pub norm: Vec<f32>,
     /// None when tied to `embed_tokens`.
     pub lm_head: Option<FrozenMatrix>,
+    /// The norms multiply by (1 + w) and are held as that factor (Gemma).
+    pub norm_plus_one: bool,
 }
 
 impl LlamaWeights {
@@ -180,7 +208,16 @@ impl LlamaWeights {
         let matrix = |name: &str, rows: usize, cols: usize| -> Result<FrozenMatrix> {
             src.matrix(name, rows, cols)?.ok_or_else(|| missing(src, name, &[rows, cols]))
         };
-        let vector = |name: &str| required(src, name, &[c]);
+        // A (1 + w) norm is held as its factor: +1 on what a Hugging Face checkpoint stores.
+        let plus_one = cfg.arch.norm_plus_one() && !src.stores_norm_factor();
+        let norm = |name: &str, len: usize| -> Result<Vec<f32>> {
+            let mut w = required(src, name, &[len])?;
+            if plus_one {
+                w.iter_mut().for_each(|w| *w += 1.0);
+            }
+            Ok(w)
+        };
+        let vector = |name: &str| norm(name, c);
         let d = cfg.head_dim;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
@@ -196,8 +233,15 @@ impl LlamaWeights {
             let qk_norm = match cfg.arch.qk_norm() {
                 false => None,
                 true => Some(QkNorm {
-                    q_norm: required(src, &format!("{p}.self_attn.q_norm.weight"), &[d])?,
-                    k_norm: required(src, &format!("{p}.self_attn.k_norm.weight"), &[d])?,
+                    q_norm: norm(&format!("{p}.self_attn.q_norm.weight"), d)?,
+                    k_norm: norm(&format!("{p}.self_attn.k_norm.weight"), d)?,
+                }),
+            };
+            let sandwich = match cfg.arch.sandwich_norms() {
+                false => None,
+                true => Some(SandwichNorms {
+                    pre_feedforward_layernorm: vector(&format!("{p}.pre_feedforward_layernorm.weight"))?,
+                    post_feedforward_layernorm: vector(&format!("{p}.post_feedforward_layernorm.weight"))?,
                 }),
             };
             layers.push(LlamaLayer {
@@ -209,6 +253,7 @@ impl LlamaWeights {
                 attention_bias,
                 qk_norm,
                 post_attention_layernorm: vector(&format!("{p}.post_attention_layernorm.weight"))?,
+                sandwich,
                 gate_proj: matrix(&format!("{p}.mlp.gate_proj.weight"), f, c)?,
                 up_proj: matrix(&format!("{p}.mlp.up_proj.weight"), f, c)?,
                 down_proj: matrix(&format!("{p}.mlp.down_proj.weight"), c, f)?,
@@ -220,6 +265,7 @@ impl LlamaWeights {
             layers,
             norm: vector("model.norm.weight")?,
             lm_head,
+            norm_plus_one: cfg.arch.norm_plus_one(),
         })
     }
 
@@ -260,6 +306,10 @@ impl LlamaWeights {
                     .qk_norm()
                     .then(|| QkNorm { q_norm: vec![1.0; cfg.head_dim], k_norm: vec![1.0; cfg.head_dim] }),
                 post_attention_layernorm: vec![1.0; c],
+                sandwich: cfg.arch.sandwich_norms().then(|| SandwichNorms {
+                    pre_feedforward_layernorm: vec![1.0; c],
+                    post_feedforward_layernorm: vec![1.0; c],
+                }),
                 gate_proj: matrix(f, c)?,
                 up_proj: matrix(f, c)?,
                 down_proj: matrix(c, f)?,
@@ -267,7 +317,7 @@ impl LlamaWeights {
         }
         let embed_tokens = matrix(v, c)?;
         let lm_head = if cfg.tie_word_embeddings { None } else { Some(matrix(v, c)?) };
-        Ok(LlamaWeights { embed_tokens, layers, norm: vec![1.0; c], lm_head })
+        Ok(LlamaWeights { embed_tokens, layers, norm: vec![1.0; c], lm_head, norm_plus_one: cfg.arch.norm_plus_one() })
     }
 
     /// Bytes held by the frozen weights.
@@ -287,19 +337,26 @@ impl LlamaWeights {
                     + 4 * (l.input_layernorm.len() + l.post_attention_layernorm.len())
                     + 4 * l.attention_bias.as_ref().map_or(0, |b| b.q_proj.len() + b.k_proj.len() + b.v_proj.len())
                     + 4 * l.qk_norm.as_ref().map_or(0, |n| n.q_norm.len() + n.k_norm.len())
+                    + 4 * l
+                        .sandwich
+                        .as_ref()
+                        .map_or(0, |s| s.pre_feedforward_layernorm.len() + s.post_feedforward_layernorm.len())
             })
             .sum();
         per_layer + m(&self.embed_tokens) + self.lm_head.as_ref().map_or(0, m) + 4 * self.norm.len()
     }
 
-    /// Every tensor under its Hugging Face name, in checkpoint order, as f32 in Hugging Face layout.
+    /// Every tensor under its Hugging Face name, in checkpoint order, as f32 in Hugging Face layout; the norms of
+    /// a family whose norms multiply by (1 + w) as that factor (`norm_factor`: see [`NamedTensor`]).
     pub fn named_tensors(&self) -> Vec<NamedTensor<'_>> {
+        let norm_factor = self.norm_plus_one;
         fn matrix<'a>(name: String, m: &'a FrozenMatrix) -> NamedTensor<'a> {
-            NamedTensor { name, shape: vec![m.rows, m.cols], data: m.to_f32() }
+            NamedTensor { name, shape: vec![m.rows, m.cols], data: m.to_f32(), norm_factor: false }
         }
-        fn vector(name: String, v: &[f32]) -> NamedTensor<'_> {
-            NamedTensor { name, shape: vec![v.len()], data: v.into() }
+        fn norm(name: String, v: &[f32], norm_factor: bool) -> NamedTensor<'_> {
+            NamedTensor { name, shape: vec![v.len()], data: v.into(), norm_factor }
         }
+        let vector = |name: String, v| norm(name, v, norm_factor);
         let mut out = vec![matrix("model.embed_tokens.weight".into(), &self.embed_tokens)];
         for (i, l) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
@@ -309,15 +366,20 @@ impl LlamaWeights {
             out.push(matrix(format!("{p}.self_attn.v_proj.weight"), &l.v_proj));
             out.push(matrix(format!("{p}.self_attn.o_proj.weight"), &l.o_proj));
             if let Some(b) = &l.attention_bias {
-                out.push(vector(format!("{p}.self_attn.q_proj.bias"), &b.q_proj));
-                out.push(vector(format!("{p}.self_attn.k_proj.bias"), &b.k_proj));
-                out.push(vector(format!("{p}.self_attn.v_proj.bias"), &b.v_proj));
+                let bias = |name: String, v| norm(name, v, false);
+                out.push(bias(format!("{p}.self_attn.q_proj.bias"), &b.q_proj));
+                out.push(bias(format!("{p}.self_attn.k_proj.bias"), &b.k_proj));
+                out.push(bias(format!("{p}.self_attn.v_proj.bias"), &b.v_proj));
             }
             if let Some(n) = &l.qk_norm {
                 out.push(vector(format!("{p}.self_attn.q_norm.weight"), &n.q_norm));
                 out.push(vector(format!("{p}.self_attn.k_norm.weight"), &n.k_norm));
             }
             out.push(vector(format!("{p}.post_attention_layernorm.weight"), &l.post_attention_layernorm));
+            if let Some(s) = &l.sandwich {
+                out.push(vector(format!("{p}.pre_feedforward_layernorm.weight"), &s.pre_feedforward_layernorm));
+                out.push(vector(format!("{p}.post_feedforward_layernorm.weight"), &s.post_feedforward_layernorm));
+            }
             out.push(matrix(format!("{p}.mlp.gate_proj.weight"), &l.gate_proj));
             out.push(matrix(format!("{p}.mlp.up_proj.weight"), &l.up_proj));
             out.push(matrix(format!("{p}.mlp.down_proj.weight"), &l.down_proj));

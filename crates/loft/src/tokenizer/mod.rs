@@ -408,6 +408,11 @@ impl Tokenizer {
         self.vocab.chat_template.as_deref()
     }
 
+    /// Gives the tokenizer a chat template (one its file lacks); exports write it.
+    pub fn set_chat_template(&mut self, source: String) {
+        self.vocab.chat_template = Some(source);
+    }
+
     pub fn bos_token(&self) -> Option<&str> {
         self.vocab.bos.and_then(|id| self.id_to_token(id))
     }

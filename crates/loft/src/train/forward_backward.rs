@@ -32,6 +32,11 @@ enum Width {
     NormedNkv,
     /// D/2: a RoPE cos or sin table.
     HalfD,
+    /// D/2 where the model has local layers with their own RoPE (Gemma 3), else nothing.
+    LocalHalfD,
+    /// C and 1 where the sublayers' outputs are normed before the residual add (Gemma), else nothing.
+    SandwichC,
+    SandwichOne,
     /// The LoRA rank.
     R,
     /// The LoRA rank where module `m` is adapted, else nothing.
@@ -54,6 +59,8 @@ struct Dims {
     adapted: [bool; 7],
     dropout: bool,
     qk_norm: bool,
+    sandwich: bool,
+    local_rope: bool,
 }
 
 impl Dims {
@@ -70,6 +77,9 @@ impl Dims {
             Width::NormedNh => self.nh * self.qk_norm as usize,
             Width::NormedNkv => self.nkv * self.qk_norm as usize,
             Width::HalfD => self.d / 2,
+            Width::LocalHalfD => self.d / 2 * self.local_rope as usize,
+            Width::SandwichC => self.c * self.sandwich as usize,
+            Width::SandwichOne => self.sandwich as usize,
             Width::R => self.r,
             Width::Rank(m) => {
                 if self.adapted[m.index()] {
@@ -144,12 +154,16 @@ buffers! {
         v: Width::Kv => act,
         att: Width::Q => act,                        // attention output
         lse: Width::Nh,                              // [B, NH, T] logsumexp of the attention rows
-        x_mid: Width::C,                             // x_in + o_proj(att)
+        o_out: Width::SandwichC,                     // o_proj(att) before its norm (Gemma)
+        rstd_pa: Width::SandwichOne,                 // 1 / rms(o_out)
+        x_mid: Width::C,                             // x_in + o_proj(att) (Gemma: + rmsnorm(o_out))
         rstd2: Width::One,                           // 1 / rms(x_mid)
         h2: Width::C => act,                         // rmsnorm(x_mid)
         gate: Width::F => act,
         up: Width::F => act,
-        act: Width::F => act,                        // silu(gate)·up
+        act: Width::F => act,                        // silu(gate)·up (Gemma: gelu(gate)·up)
+        down_out: Width::SandwichC,                  // down_proj(act) before its norm (Gemma)
+        rstd_pf: Width::SandwichOne,                 // 1 / rms(down_out)
         xa_q: Width::Rank(TargetModule::QProj),      // x·Aᵀ of each adapted module
         xa_k: Width::Rank(TargetModule::KProj),
         xa_v: Width::Rank(TargetModule::VProj),
@@ -176,6 +190,7 @@ buffers! {
         d_act: Width::F,
         dgate: Width::F,
         dup: Width::F,
+        d_sub: Width::SandwichC, // gradient of a sublayer's output before its norm (Gemma)
         dxa: Width::R,
     }
 }
@@ -187,6 +202,8 @@ buffers! {
         h_f: Width::C,      // final norm output
         cos: Width::HalfD,  // RoPE tables at each row's position
         sin: Width::HalfD,
+        cos_local: Width::LocalHalfD, // the local layers' (Gemma 3)
+        sin_local: Width::LocalHalfD,
         xd: Width::Dropout, // dropped-out LoRA input
     }
 }
@@ -315,6 +332,8 @@ fn dims_of(cfg: &LlamaConfig, lora: &LoraConfig) -> Dims {
         adapted,
         dropout: lora.lora_dropout > 0.0,
         qk_norm: cfg.arch.qk_norm(),
+        sandwich: cfg.arch.sandwich_norms(),
+        local_rope: cfg.local_layers.is_some(),
     }
 }
 
@@ -409,10 +428,30 @@ impl<Bk: Backend> LayerCtx<'_, '_, Bk> {
 struct BatchCtx<'a, Bk: Backend> {
     cos: &'a Bk::Buf,
     sin: &'a Bk::Buf,
+    /// Gemma 3's local layers' tables.
+    local: Option<(&'a Bk::Buf, &'a Bk::Buf)>,
     batch: &'a Batch,
 }
 
-/// One block's forward: x_out = x_mid + mlp(rmsnorm(x_mid)), x_mid = x_in + attn(rmsnorm(x_in)).
+impl<'a, Bk: Backend> BatchCtx<'a, Bk> {
+    /// The context over the arena's tables `[cos, sin, cos_local, sin_local]`.
+    fn new(tables: [&'a Bk::Buf; 4], cfg: &LlamaConfig, batch: &'a Batch) -> Self {
+        let [cos, sin, cos_local, sin_local] = tables;
+        let local = cfg.local_layers.is_some().then_some((cos_local, sin_local));
+        BatchCtx { cos, sin, local, batch }
+    }
+
+    /// Layer `l`'s RoPE tables (cos, sin).
+    fn rope(&self, cfg: &LlamaConfig, l: usize) -> (&'a Bk::Buf, &'a Bk::Buf) {
+        match self.local {
+            Some(local) if cfg.is_local(l) => local,
+            _ => (self.cos, self.sin),
+        }
+    }
+}
+
+/// One block's forward: x_out = x_mid + mlp(rmsnorm(x_mid)), x_mid = x_in + attn(rmsnorm(x_in)) (Gemma: each
+/// sublayer's output normed before its add).
 fn block_forward<Bk: Backend>(
     lc: &LayerCtx<'_, '_, Bk>,
     a: &mut LayerActs<Bk>,
@@ -445,21 +484,49 @@ fn block_forward<Bk: Backend>(
         be.rmsnorm_forward_train(&mut a.q, &mut a.rstd_q, &a.q_raw, &norm.q_norm, n * nh, d, eps)?;
         be.rmsnorm_forward_train(&mut a.k, &mut a.rstd_k, &a.k_raw, &norm.k_norm, n * nkv, d, eps)?;
     }
-    be.rope_forward(&mut a.q, n, nh, d, bc.cos, bc.sin)?;
-    be.rope_forward(&mut a.k, n, nkv, d, bc.cos, bc.sin)?;
+    let (cos, sin) = bc.rope(cfg, lc.l);
+    be.rope_forward(&mut a.q, n, nh, d, cos, sin)?;
+    be.rope_forward(&mut a.k, n, nkv, d, cos, sin)?;
+    if let Some(s) = cfg.query_scale() {
+        be.scale(&mut a.q, s)?; // Gemma: the softmax scale becomes query_pre_attn_scalar^-½
+    }
     let (docs, window) = (bc.batch.doc_start.as_deref(), cfg.layer_window(lc.l));
     be.attention_forward(&mut a.att, &mut a.lse, &a.q, &a.k, &a.v, docs, window, b, t, nh, nkv, d)?;
-    be.copy(x_in, 0, &mut a.x_mid, 0, n * c)?;
-    lc.forward(o, &mut a.x_mid, &mut a.xa_o, xd, &a.att, true)?;
+    let output_norms = lc.run.output_norms(lc.l);
+    match output_norms {
+        None => {
+            be.copy(x_in, 0, &mut a.x_mid, 0, n * c)?;
+            lc.forward(o, &mut a.x_mid, &mut a.xa_o, xd, &a.att, true)?;
+        }
+        // Gemma: x_mid = x_in + rmsnorm(o_out), o_out = o_proj(att)
+        Some((post_attention, _)) => {
+            lc.forward(o, &mut a.o_out, &mut a.xa_o, xd, &a.att, false)?;
+            be.rmsnorm_forward_train(&mut a.x_mid, &mut a.rstd_pa, &a.o_out, post_attention, n, c, eps)?;
+            be.add(&mut a.x_mid, x_in)?;
+        }
+    }
 
-    // x_out = x_mid + down_proj(silu(gate_proj(h2)) · up_proj(h2)), h2 = rmsnorm(x_mid)
+    // x_out = x_mid + down_proj(silu(gate_proj(h2)) · up_proj(h2)), h2 = rmsnorm(x_mid) (Gemma: gelu for silu)
     let (g, u, dn) = (TargetModule::GateProj, TargetModule::UpProj, TargetModule::DownProj);
     be.rmsnorm_forward_train(&mut a.h2, &mut a.rstd2, &a.x_mid, norm2, n, c, eps)?;
     lc.forward(g, &mut a.gate, &mut a.xa_gate, xd, &a.h2, false)?;
     lc.forward(u, &mut a.up, &mut a.xa_up, xd, &a.h2, false)?;
-    be.swiglu_forward(&mut a.act, &a.gate, &a.up)?;
-    be.copy(&a.x_mid, 0, x_out, 0, n * c)?;
-    lc.forward(dn, x_out, &mut a.xa_down, xd, &a.act, true)
+    match cfg.arch.gelu_mlp() {
+        true => be.geglu_forward(&mut a.act, &a.gate, &a.up)?,
+        false => be.swiglu_forward(&mut a.act, &a.gate, &a.up)?,
+    }
+    match output_norms {
+        None => {
+            be.copy(&a.x_mid, 0, x_out, 0, n * c)?;
+            lc.forward(dn, x_out, &mut a.xa_down, xd, &a.act, true)
+        }
+        // Gemma: x_out = x_mid + rmsnorm(down_out), down_out = down_proj(act)
+        Some((_, post_feedforward)) => {
+            lc.forward(dn, &mut a.down_out, &mut a.xa_down, xd, &a.act, false)?;
+            be.rmsnorm_forward_train(x_out, &mut a.rstd_pf, &a.down_out, post_feedforward, n, c, eps)?;
+            be.add(x_out, &a.x_mid)
+        }
+    }
 }
 
 /// Backward of [`block_forward`]. On entry g.dx holds ∂loss/∂x_out; on return, ∂loss/∂x_in.
@@ -478,16 +545,38 @@ fn block_backward<Bk: Backend>(
     let (nh, nkv, d, c) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size);
 
     // MLP: x_out = x_mid + down(act), act = silu(gate)·up, gate/up = lin(h2), h2 = rmsnorm(x_mid)
+    // (Gemma: x_out = x_mid + rmsnorm(down_out), act = gelu(gate)·up)
     let (dn, gt, up) = (TargetModule::DownProj, TargetModule::GateProj, TargetModule::UpProj);
-    lc.backward(dn, grads, &mut g.d_act, &mut g.dxa, xd, &g.dx, &a.act, &a.xa_down, false)?;
-    be.swiglu_backward(&mut g.dgate, &mut g.dup, &g.d_act, &a.gate, &a.up)?;
+    let output_norms = lc.run.output_norms(lc.l);
+    let d_down = match output_norms {
+        None => &g.dx,
+        Some((_, post_feedforward)) => {
+            be.fill_zero(&mut g.d_sub)?;
+            be.rmsnorm_backward(&mut g.d_sub, None, &g.dx, &a.down_out, post_feedforward, &a.rstd_pf, n, c)?;
+            &g.d_sub
+        }
+    };
+    lc.backward(dn, grads, &mut g.d_act, &mut g.dxa, xd, d_down, &a.act, &a.xa_down, false)?;
+    match cfg.arch.gelu_mlp() {
+        true => be.geglu_backward(&mut g.dgate, &mut g.dup, &g.d_act, &a.gate, &a.up)?,
+        false => be.swiglu_backward(&mut g.dgate, &mut g.dup, &g.d_act, &a.gate, &a.up)?,
+    }
     lc.backward(gt, grads, &mut g.dh, &mut g.dxa, xd, &g.dgate, &a.h2, &a.xa_gate, false)?;
     lc.backward(up, grads, &mut g.dh, &mut g.dxa, xd, &g.dup, &a.h2, &a.xa_up, true)?;
     be.rmsnorm_backward(&mut g.dx, None, &g.dh, &a.x_mid, norm2, &a.rstd2, n, c)?;
 
     // Attention: x_mid = x_in + o(att), att = attention(q, k, v), q/k/v = rope/lin(h1), h1 = rmsnorm(x_in)
+    // (Gemma: x_mid = x_in + rmsnorm(o_out), q scaled after RoPE)
     let (o, q, k, v) = (TargetModule::OProj, TargetModule::QProj, TargetModule::KProj, TargetModule::VProj);
-    lc.backward(o, grads, &mut g.d_att, &mut g.dxa, xd, &g.dx, &a.att, &a.xa_o, false)?;
+    let d_o = match output_norms {
+        None => &g.dx,
+        Some((post_attention, _)) => {
+            be.fill_zero(&mut g.d_sub)?;
+            be.rmsnorm_backward(&mut g.d_sub, None, &g.dx, &a.o_out, post_attention, &a.rstd_pa, n, c)?;
+            &g.d_sub
+        }
+    };
+    lc.backward(o, grads, &mut g.d_att, &mut g.dxa, xd, d_o, &a.att, &a.xa_o, false)?;
     let docs = bc.batch.doc_start.as_deref();
     be.attention_backward(
         &mut g.dq,
@@ -509,8 +598,12 @@ fn block_backward<Bk: Backend>(
         nkv,
         d,
     )?;
-    be.rope_backward(&mut g.dq, n, nh, d, bc.cos, bc.sin)?;
-    be.rope_backward(&mut g.dk, n, nkv, d, bc.cos, bc.sin)?;
+    if let Some(s) = cfg.query_scale() {
+        be.scale(&mut g.dq, s)?;
+    }
+    let (cos, sin) = bc.rope(cfg, lc.l);
+    be.rope_backward(&mut g.dq, n, nh, d, cos, sin)?;
+    be.rope_backward(&mut g.dk, n, nkv, d, cos, sin)?;
     // Qwen3: back through the per-head norms to the projections' outputs (the biases pass dq, dk unchanged).
     let (dq, dk) = match lc.run.qk_norm(lc.l) {
         Some(norm) => {
@@ -561,12 +654,21 @@ fn forward_blocks<Bk: Backend>(
 ) -> Result<()> {
     let (be, cfg) = (run.backend(), run.config());
     let (c, n, layers) = (cfg.hidden_size, batch.b * batch.t, cfg.num_hidden_layers);
-    let (cos, sin) = run.model().rope.tables(batch.positions.iter().map(|&p| p as usize));
+    let positions = || batch.positions.iter().map(|&p| p as usize);
+    let (cos, sin) = run.model().rope.tables(positions());
     let TrainArena { xs, acts, shared, checkpointing, .. } = arena;
     be.write(&mut shared.cos, &cos)?;
     be.write(&mut shared.sin, &sin)?;
+    if let Some(rope) = &run.model().rope_local {
+        let (cos, sin) = rope.tables(positions());
+        be.write(&mut shared.cos_local, &cos)?;
+        be.write(&mut shared.sin_local, &sin)?;
+    }
     be.embedding_forward(&mut xs[0].x, &batch.input_ids, embedding_matrix(run, adapter), c)?;
-    let bc = BatchCtx { cos: &shared.cos, sin: &shared.sin, batch };
+    if let Some(s) = cfg.embedding_scale() {
+        be.scale(&mut xs[0].x, s)?;
+    }
+    let bc = BatchCtx::new([&shared.cos, &shared.sin, &shared.cos_local, &shared.sin_local], cfg, batch);
     for l in 0..layers {
         let (before, after) = xs.split_at_mut(l + 1);
         let a = &mut acts[if *checkpointing { 0 } else { l }];
@@ -628,7 +730,7 @@ pub fn forward_backward<Bk: Backend>(
     be.fill_zero(&mut g.dx)?;
     be.rmsnorm_backward(&mut g.dx, None, &g.dh, &xs[layers].x, run.norm(), &shared.rstd_f, n, c)?;
 
-    let bc = BatchCtx { cos: &shared.cos, sin: &shared.sin, batch };
+    let bc = BatchCtx::new([&shared.cos, &shared.sin, &shared.cos_local, &shared.sin_local], cfg, batch);
     for l in (0..layers).rev() {
         let lc = LayerCtx { be, run, adapter, l, n, seed: Some(seed) };
         let a = if *checkpointing {
@@ -643,6 +745,9 @@ pub fn forward_backward<Bk: Backend>(
     }
     if let Some(de) = grads.embed_tokens.as_mut() {
         if adapter.config.train_embed_tokens {
+            if let Some(s) = cfg.embedding_scale() {
+                be.scale(&mut g.dx, s)?; // back through the embedding's scale (dx is not needed again)
+            }
             be.embedding_backward(de, &g.dx, &batch.input_ids, c)?;
         }
     }
@@ -703,6 +808,8 @@ mod tests {
             max_position_embeddings: 64,
             tie_word_embeddings: true,
             sliding_window: None,
+            query_pre_attn_scalar: None,
+            local_layers: None,
         };
         let weights = LlamaWeights::random(&cfg, 1, None).expect("random weights");
         Llama::new(cfg, weights)

@@ -25,6 +25,13 @@ pub const DEFAULT_MODEL: Fixture = Fixture {
     what: "the default model",
     fetch_target: "model",
 };
+/// Gemma 3 270M, Q4_K_M (the Gemma terms apply: fetched into the cache, never committed).
+pub const GEMMA3_MODEL: Fixture = Fixture {
+    env: "LOFT_GEMMA3_MODEL",
+    default: ".cache/models/gemma-3-270m-q4_k_m.gguf",
+    what: "Gemma 3 270M Q4_K_M",
+    fetch_target: "gemma3",
+};
 /// llama.cpp's test vocabularies (`ggml-vocab-*.gguf` with `.inp`/`.out`) and `templates/*.jinja`, from the
 /// llama-cpp-python sdist; the folder that holds `models/`.
 pub const LLAMA_CPP: Fixture = Fixture {

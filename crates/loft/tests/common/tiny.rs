@@ -1,5 +1,6 @@
 //! Tiny random models built inside the tests — Llama, and the families loft adds to it (Qwen2's q/k/v biases,
-//! Qwen3's per-head q/k norm, Mistral's sliding window) — written as GGUF (Q/K rows permuted as llama.cpp's converter does for Llama) or as
+//! Qwen3's per-head q/k norm, Mistral's sliding window, Gemma 3's scaled embedding, (1 + w) sandwich norms, GeGLU,
+//! query scale and local layers; [`GEMMA3_LOCAL_THETA`], [`GEMMA3_WINDOW`], every 6th layer global) — written as GGUF (Q/K rows permuted as llama.cpp's converter does for Llama) or as
 //! a Hugging Face folder (safetensors + the config.json transformers writes), plus a plain f64 reference forward
 //! written from the transformers definitions (modeling_llama.py, modeling_qwen2.py, modeling_qwen3.py,
 //! modeling_mistral.py), loop by loop. The tests of plumbing (training, checkpoints, the CLI) use one with a real byte-level BPE cut from the
@@ -31,7 +32,15 @@ pub struct TinyConfig {
     pub head_dim: Option<usize>,
     /// Mistral's sliding window (a Llama-arch model; written as `MistralForCausalLM` in config.json).
     pub sliding_window: Option<usize>,
+    /// Gemma 3: the softmax scale's query_pre_attn_scalar (config.json only: llama.cpp takes head_dim); None:
+    /// head_dim.
+    pub query_pre_attn_scalar: Option<f32>,
 }
+
+/// Gemma 3's local layers' RoPE base and window in the tiny models (the window narrower than the test sequences,
+/// so that the local layers' bound is exercised).
+pub const GEMMA3_LOCAL_THETA: f32 = 10_000.0;
+pub const GEMMA3_WINDOW: usize = 5;
 
 impl Default for TinyConfig {
     fn default() -> Self {
@@ -48,6 +57,7 @@ impl Default for TinyConfig {
             eps: 1e-5,
             head_dim: None,
             sliding_window: None,
+            query_pre_attn_scalar: None,
         }
     }
 }
@@ -55,6 +65,19 @@ impl Default for TinyConfig {
 impl TinyConfig {
     pub fn head_dim(&self) -> usize {
         self.head_dim.unwrap_or(self.hidden / self.heads)
+    }
+
+    /// Layer `l` is one of Gemma 3's local layers (every 6th layer is global).
+    pub fn is_local(&self, l: usize) -> bool {
+        self.arch == Arch::Gemma3 && !(l + 1).is_multiple_of(6)
+    }
+
+    /// Layer `l`'s sliding window: Gemma 3's local layers', Mistral's in every layer.
+    pub fn window(&self, l: usize) -> Option<usize> {
+        match self.arch {
+            Arch::Gemma3 => self.is_local(l).then_some(GEMMA3_WINDOW),
+            _ => self.sliding_window,
+        }
     }
 }
 
@@ -70,10 +93,12 @@ pub fn random_weights(cfg: &TinyConfig, seed: u64) -> Weights {
         w.insert(name, (shape, v));
     };
     let (c, f, d) = (cfg.hidden, cfg.ffn, cfg.head_dim());
+    // Gemma's norms multiply by (1 + w): its checkpoint's w lies around 0.
+    let one = if cfg.arch.norm_plus_one() { 0.0 } else { 1.0 };
     add("model.embed_tokens.weight".into(), vec![cfg.vocab, c], 1.0, 0.0);
     for i in 0..cfg.layers {
         let p = format!("model.layers.{i}");
-        add(format!("{p}.input_layernorm.weight"), vec![c], 0.2, 1.0);
+        add(format!("{p}.input_layernorm.weight"), vec![c], 0.2, one);
         add(format!("{p}.self_attn.q_proj.weight"), vec![cfg.heads * d, c], 0.3, 0.0);
         add(format!("{p}.self_attn.k_proj.weight"), vec![cfg.kv_heads * d, c], 0.3, 0.0);
         add(format!("{p}.self_attn.v_proj.weight"), vec![cfg.kv_heads * d, c], 0.3, 0.0);
@@ -84,15 +109,19 @@ pub fn random_weights(cfg: &TinyConfig, seed: u64) -> Weights {
             add(format!("{p}.self_attn.v_proj.bias"), vec![cfg.kv_heads * d], 0.5, 0.0);
         }
         if cfg.arch.qk_norm() {
-            add(format!("{p}.self_attn.q_norm.weight"), vec![d], 0.3, 1.0);
-            add(format!("{p}.self_attn.k_norm.weight"), vec![d], 0.3, 1.0);
+            add(format!("{p}.self_attn.q_norm.weight"), vec![d], 0.3, one);
+            add(format!("{p}.self_attn.k_norm.weight"), vec![d], 0.3, one);
         }
-        add(format!("{p}.post_attention_layernorm.weight"), vec![c], 0.2, 1.0);
+        add(format!("{p}.post_attention_layernorm.weight"), vec![c], 0.2, one);
+        if cfg.arch.sandwich_norms() {
+            add(format!("{p}.pre_feedforward_layernorm.weight"), vec![c], 0.2, one);
+            add(format!("{p}.post_feedforward_layernorm.weight"), vec![c], 0.2, one);
+        }
         add(format!("{p}.mlp.gate_proj.weight"), vec![f, c], 0.3, 0.0);
         add(format!("{p}.mlp.up_proj.weight"), vec![f, c], 0.3, 0.0);
         add(format!("{p}.mlp.down_proj.weight"), vec![c, f], 0.3, 0.0);
     }
-    add("model.norm.weight".into(), vec![c], 0.2, 1.0);
+    add("model.norm.weight".into(), vec![c], 0.2, one);
     if !cfg.tied {
         add("lm_head.weight".into(), vec![cfg.vocab, c], 0.3, 0.0);
     }
@@ -136,6 +165,9 @@ pub fn write_gguf_with_vocab(path: &Path, cfg: &TinyConfig, weights: &Weights, v
     if let Some(w) = cfg.sliding_window {
         g.add(key("attention.sliding_window"), Value::U32(w as u32));
     }
+    if cfg.arch == Arch::Gemma3 {
+        g.add(key("attention.sliding_window"), Value::U32(GEMMA3_WINDOW as u32));
+    }
     let strings = |v: &[String]| Value::Array(ValueType::String, v.iter().map(|s| Value::String(s.clone())).collect());
     g.add(n::TOKENIZER_MODEL, Value::String(vocab.model.clone()));
     if let Some(pre) = &vocab.pre {
@@ -171,9 +203,12 @@ pub fn write_gguf_with_vocab(path: &Path, cfg: &TinyConfig, weights: &Weights, v
         g.add(n::TOKENIZER_CHAT_TEMPLATE, Value::String(t.clone()));
     }
     for (name, (shape, values)) in weights {
-        let gname = gguf::names::hf_to_gguf(name).expect("llama.cpp tensor name");
+        let gname = gguf::names::hf_to_gguf_for(arch, name).expect("llama.cpp tensor name");
         let cols = *shape.last().unwrap();
-        let values = if !cfg.arch.gguf_permutes_qk() {
+        // llama.cpp's converter stores Gemma's (1 + w) norms as 1 + w.
+        let values = if cfg.arch.norm_plus_one() && name.ends_with("norm.weight") {
+            values.iter().map(|v| v + 1.0).collect()
+        } else if !cfg.arch.gguf_permutes_qk() {
             values.clone()
         } else if name.ends_with("q_proj.weight") {
             permute_rope_rows(values, cfg.heads, cols)
@@ -259,6 +294,7 @@ pub fn write_hf_weights(dir: &Path, cfg: &TinyConfig, weights: &Weights, extra: 
         (Arch::Llama, None) => ("LlamaForCausalLM", "llama"),
         (Arch::Qwen2, _) => ("Qwen2ForCausalLM", "qwen2"),
         (Arch::Qwen3, _) => ("Qwen3ForCausalLM", "qwen3"),
+        (Arch::Gemma3, _) => ("Gemma3ForCausalLM", "gemma3_text"),
     };
     let mut config = serde_json::json!({
         "architectures": [class],
@@ -282,7 +318,22 @@ pub fn write_hf_weights(dir: &Path, cfg: &TinyConfig, weights: &Weights, extra: 
     if let (Arch::Llama, Some(w)) = (cfg.arch, cfg.sliding_window) {
         config["sliding_window"] = w.into();
     }
-    if cfg.arch != Arch::Llama {
+    if cfg.arch == Arch::Gemma3 {
+        let obj = config.as_object_mut().unwrap();
+        obj.remove("hidden_act");
+        obj.remove("rope_theta");
+        config["hidden_activation"] = "gelu_pytorch_tanh".into();
+        config["head_dim"] = cfg.head_dim().into();
+        config["query_pre_attn_scalar"] = cfg.query_pre_attn_scalar.unwrap_or(cfg.head_dim() as f32).into();
+        config["sliding_window"] = GEMMA3_WINDOW.into();
+        let types: Vec<&str> =
+            (0..cfg.layers).map(|l| if cfg.is_local(l) { "sliding_attention" } else { "full_attention" }).collect();
+        config["layer_types"] = types.into();
+        config["rope_parameters"] = serde_json::json!({
+            "full_attention": { "rope_type": "default", "rope_theta": cfg.rope_theta },
+            "sliding_attention": { "rope_type": "default", "rope_theta": GEMMA3_LOCAL_THETA },
+        });
+    } else if cfg.arch != Arch::Llama {
         config["use_sliding_window"] = false.into();
         config["sliding_window"] = 4096.into();
         config["max_window_layers"] = cfg.layers.into();
@@ -314,14 +365,16 @@ pub fn reference_logits(cfg: &TinyConfig, w: &Weights, tokens: &[u32]) -> Vec<Ve
     let linear = |x: &[f64], wt: &[f64], out: usize| -> Vec<f64> {
         (0..out).map(|o| (0..x.len()).map(|i| x[i] * wt[o * x.len() + i]).sum()).collect()
     };
+    // Gemma3RMSNorm multiplies by (1 + w).
+    let plus = if cfg.arch.norm_plus_one() { 1.0 } else { 0.0 };
     let norm = |x: &[f64], g: &[f64]| -> Vec<f64> {
         let ms = x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64;
         let r = 1.0 / (ms + cfg.eps as f64).sqrt();
-        x.iter().zip(g).map(|(v, g)| v * r * g).collect()
+        x.iter().zip(g).map(|(v, g)| v * r * (plus + g)).collect()
     };
-    let rope = |v: &mut [f64], pos: usize| {
+    let rope = |v: &mut [f64], pos: usize, theta: f32| {
         for i in 0..d / 2 {
-            let inv = 1.0 / (cfg.rope_theta as f64).powf(2.0 * i as f64 / d as f64);
+            let inv = 1.0 / (theta as f64).powf(2.0 * i as f64 / d as f64);
             let (s, co) = (pos as f64 * inv).sin_cos();
             let (a, b) = (v[i], v[i + d / 2]);
             v[i] = a * co - b * s;
@@ -330,7 +383,17 @@ pub fn reference_logits(cfg: &TinyConfig, w: &Weights, tokens: &[u32]) -> Vec<Ve
     };
     let emb = get("model.embed_tokens.weight");
     let mut x: Vec<Vec<f64>> = tokens.iter().map(|&id| emb[id as usize * c..(id as usize + 1) * c].to_vec()).collect();
+    let gemma = cfg.arch == Arch::Gemma3;
+    // Gemma3TextScaledWordEmbedding: × √C, as an f32 tensor.
+    if gemma {
+        let scale = (c as f32).sqrt() as f64;
+        x.iter_mut().flatten().for_each(|v| *v *= scale);
+    }
+    // Gemma 3: scores scaled by query_pre_attn_scalar^-½.
+    let score_scale = 1.0 / (cfg.query_pre_attn_scalar.map_or(d as f64, |s| s as f64)).sqrt();
     for l in 0..cfg.layers {
+        let theta = if cfg.is_local(l) { GEMMA3_LOCAL_THETA } else { cfg.rope_theta };
+        let window = cfg.window(l);
         let p = |n: &str| get(&format!("model.layers.{l}.{n}.weight"));
         let (wq, wk, wv, wo) =
             (p("self_attn.q_proj"), p("self_attn.k_proj"), p("self_attn.v_proj"), p("self_attn.o_proj"));
@@ -345,7 +408,7 @@ pub fn reference_logits(cfg: &TinyConfig, w: &Weights, tokens: &[u32]) -> Vec<Ve
                 rows.iter_mut().for_each(|r| r.iter_mut().zip(&bias).for_each(|(a, b)| *a += b));
             }
         }
-        // Qwen3: q_norm / k_norm, an RMSNorm over each head's D values, before RoPE.
+        // Qwen3, Gemma 3: q_norm / k_norm, an RMSNorm over each head's D values, before RoPE.
         if cfg.arch.qk_norm() {
             for (rows, w) in [(&mut q, p("self_attn.q_norm")), (&mut k, p("self_attn.k_norm"))] {
                 for r in rows.iter_mut() {
@@ -358,10 +421,10 @@ pub fn reference_logits(cfg: &TinyConfig, w: &Weights, tokens: &[u32]) -> Vec<Ve
         }
         for pos in 0..t {
             for hh in 0..cfg.heads {
-                rope(&mut q[pos][hh * d..(hh + 1) * d], pos);
+                rope(&mut q[pos][hh * d..(hh + 1) * d], pos, theta);
             }
             for hh in 0..cfg.kv_heads {
-                rope(&mut k[pos][hh * d..(hh + 1) * d], pos);
+                rope(&mut k[pos][hh * d..(hh + 1) * d], pos, theta);
             }
         }
         let group = cfg.heads / cfg.kv_heads;
@@ -369,10 +432,10 @@ pub fn reference_logits(cfg: &TinyConfig, w: &Weights, tokens: &[u32]) -> Vec<Ve
             let mut att = vec![0.0; cfg.heads * d];
             for hh in 0..cfg.heads {
                 let g = hh / group;
-                let seen: Vec<usize> = (0..=i).filter(|&j| cfg.sliding_window.is_none_or(|w| i - j < w)).collect();
+                let seen: Vec<usize> = (0..=i).filter(|&j| window.is_none_or(|w| i - j < w)).collect();
                 let s: Vec<f64> = seen
                     .iter()
-                    .map(|&j| (0..d).map(|e| q[i][hh * d + e] * k[j][g * d + e]).sum::<f64>() / (d as f64).sqrt())
+                    .map(|&j| (0..d).map(|e| q[i][hh * d + e] * k[j][g * d + e]).sum::<f64>() * score_scale)
                     .collect();
                 let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let z: f64 = s.iter().map(|v| (v - m).exp()).sum();
@@ -383,16 +446,27 @@ pub fn reference_logits(cfg: &TinyConfig, w: &Weights, tokens: &[u32]) -> Vec<Ve
                     }
                 }
             }
-            let o = linear(&att, &wo, c);
+            let mut o = linear(&att, &wo, c);
+            // Gemma: post_attention_layernorm on the attention's output, before the residual add.
+            if gemma {
+                o = norm(&o, &p("post_attention_layernorm"));
+            }
             x[i].iter_mut().zip(o).for_each(|(a, b)| *a += b);
         }
         let (wg, wu, wd) = (p("mlp.gate_proj"), p("mlp.up_proj"), p("mlp.down_proj"));
+        let gelu = |g: f64| 0.5 * g * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (g + 0.044715 * g * g * g)).tanh());
         for row in x.iter_mut() {
-            let h = norm(row, &p("post_attention_layernorm"));
+            let h = norm(row, &p(if gemma { "pre_feedforward_layernorm" } else { "post_attention_layernorm" }));
             let g = linear(&h, &wg, cfg.ffn);
             let u = linear(&h, &wu, cfg.ffn);
-            let a: Vec<f64> = g.iter().zip(&u).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
-            let o = linear(&a, &wd, c);
+            let a: Vec<f64> = match gemma {
+                true => g.iter().zip(&u).map(|(g, u)| gelu(*g) * u).collect(),
+                false => g.iter().zip(&u).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect(),
+            };
+            let mut o = linear(&a, &wd, c);
+            if gemma {
+                o = norm(&o, &p("post_feedforward_layernorm"));
+            }
             row.iter_mut().zip(o).for_each(|(a, b)| *a += b);
         }
     }
