@@ -164,6 +164,15 @@ impl Backend for Timed {
     fn swiglu_forward(&self, out: &mut Vec<f32>, gate: &Vec<f32>, up: &Vec<f32>) -> Result<()> {
         self.time("swiglu fwd", || Cpu.swiglu_forward(out, gate, up))
     }
+    fn geglu_forward(&self, out: &mut Vec<f32>, gate: &Vec<f32>, up: &Vec<f32>) -> Result<()> {
+        self.time("geglu fwd", || Cpu.geglu_forward(out, gate, up))
+    }
+    fn scale(&self, x: &mut Vec<f32>, s: f32) -> Result<()> {
+        self.time("scale", || Cpu.scale(x, s))
+    }
+    fn add(&self, y: &mut Vec<f32>, x: &Vec<f32>) -> Result<()> {
+        self.time("add (residual)", || Cpu.add(y, x))
+    }
     fn linear_backward_input(
         &self,
         dx: &mut Vec<f32>,
@@ -219,6 +228,16 @@ impl Backend for Timed {
         up: &Vec<f32>,
     ) -> Result<()> {
         self.time("swiglu bwd", || Cpu.swiglu_backward(dgate, dup, dout, gate, up))
+    }
+    fn geglu_backward(
+        &self,
+        dgate: &mut Vec<f32>,
+        dup: &mut Vec<f32>,
+        dout: &Vec<f32>,
+        gate: &Vec<f32>,
+        up: &Vec<f32>,
+    ) -> Result<()> {
+        self.time("geglu bwd", || Cpu.geglu_backward(dgate, dup, dout, gate, up))
     }
     fn embedding_backward(&self, dtable: &mut Vec<f32>, dout: &Vec<f32>, ids: &[u32], c: usize) -> Result<()> {
         self.time("embedding bwd", || Cpu.embedding_backward(dtable, dout, ids, c))
