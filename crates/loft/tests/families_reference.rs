@@ -231,6 +231,44 @@ fn peft_adapters_give_pefts_loss_logits_and_gradients() {
     }
 }
 
+/// The config.json `loft merge` writes for each family says what transformers' own says, key for key, with the
+/// same JSON types: transformers 5's configs are strict (Gemma 3's query_pre_attn_scalar is an int; 256.0 is refused
+/// when the folder is loaded).
+#[test]
+fn merged_config_json_agrees_with_transformers_own() {
+    let mut differ = Vec::new();
+    for family in FAMILIES {
+        let dir = fixture(family).join("hf");
+        let theirs: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+        let ours = base(family, "hf").config.to_hf_json(None, None, "float32");
+        let mut compared = 0;
+        for (key, value) in ours.as_object().unwrap() {
+            let Some(want) = theirs.get(key) else { continue };
+            // Differences by design: Qwen's max_window_layers does nothing with use_sliding_window false (written
+            // and checked); a Mistral without a window is Llama's block, and loft writes it as Llama.
+            let inert =
+                key == "max_window_layers" || (family == "mistral" && (key == "architectures" || key == "model_type"));
+            if inert {
+                continue;
+            }
+            let same = match (value, want) {
+                (serde_json::Value::Number(a), serde_json::Value::Number(b)) => {
+                    a.is_f64() == b.is_f64() && (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-9
+                }
+                // rope_parameters and the like: numbers inside compared by value and type as serde_json does
+                (a, b) => a == b,
+            };
+            if !same {
+                differ.push(format!("{family}: config.json '{key}': loft writes {value}, transformers {want}"));
+            }
+            compared += 1;
+        }
+        assert!(compared >= 12, "{family}: only {compared} keys in common with transformers' config.json");
+    }
+    assert!(differ.is_empty(), "{}", differ.join("\n"));
+}
+
 /// The GGUF carries what llama.cpp's converter writes for the family: its architecture name and, for Llama's
 /// layout (Mistral), Q/K rows in llama.cpp's RoPE order, which loft undoes on load (the logits above would differ
 /// otherwise); here the names and the raw rows are checked against the folder's.
