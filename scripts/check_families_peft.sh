@@ -8,7 +8,7 @@
 #   4. transformers + PEFT (CPU, float32, eager): the folder alone and `PeftModel.from_pretrained(folder, adapter)`
 #      on the same text; fails when a loss is more than 1e-4 (relative) from loft's, or an adapter moved the loss
 #      by less than 100 times that (the comparison would then say nothing). About 10 seconds.
-# Usage: scripts/check_families_peft.sh [FAMILY ...]   (default: qwen2 qwen2_tied qwen3 mistral mistral_window; LOFT_BIN names
+# Usage: scripts/check_families_peft.sh [FAMILY ...]   (default: qwen2 qwen2_tied qwen3 mistral mistral_window gemma3; LOFT_BIN names
 # the loft binary, else target/release/loft, built if missing; LOFT_THREADS, default 1). Runs bench/peers/venv.sh
 # if .cache/venv-peft is missing.
 set -euo pipefail
@@ -18,7 +18,7 @@ threads="${LOFT_THREADS:-1}"
 fixtures="$root/crates/loft/tests/fixtures/families"
 work="$cache/check-families-peft"
 families=("$@")
-[ ${#families[@]} -gt 0 ] || families=(qwen2 qwen2_tied qwen3 mistral mistral_window)
+[ ${#families[@]} -gt 0 ] || families=(qwen2 qwen2_tied qwen3 mistral mistral_window gemma3)
 
 step() {
   "$@" 2>>"$work/steps.log" || { echo "error: $* failed:" >&2; tail -3 "$work/steps.log" >&2; exit 1; }

@@ -79,6 +79,13 @@ def init_weights(name: str, p: torch.Tensor) -> torch.Tensor:
     raise RuntimeError(f"no initialisation for {name} {tuple(p.shape)}")
 
 
+def init_gemma_weights(name: str, p: torch.Tensor) -> torch.Tensor:
+    """Gemma's RMSNorms multiply by (1 + w): w near 0, so each of its four norms per layer keeps the scale."""
+    if name.endswith("norm.weight"):
+        return 0.1 * torch.randn_like(p)
+    return init_weights(name, p)
+
+
 @dataclass(frozen=True)
 class Family:
     """One fixture: a transformers `model_type` with overrides of TINY, and what it is there to exercise."""
@@ -91,6 +98,8 @@ class Family:
     gguf_keys: dict = field(default_factory=dict)
     # Initialisation of each base parameter (name, tensor) -> new values.
     init: Callable[[str, torch.Tensor], torch.Tensor] = init_weights
+    # Keys of TINY this model type does not have (Gemma 3 names its activation `hidden_activation`).
+    omit: tuple = ()
 
 
 FAMILIES = {
@@ -133,6 +142,34 @@ FAMILIES = {
                 "so that the GGUF is the same model as hf/",
             )
         },
+    ),
+    # Gemma 3 270M's layout at the tiny scale: 6 layers, of which the last is global (every 6th) and the others local
+    # with a window of 4 < T = 12; MQA (4 heads, 1 kv head); tied head; head_dim 8 apart from hidden / heads; query_pre_attn_scalar 32 apart
+    # from head_dim (as in Gemma 3 27B), which a GGUF cannot say (llama.cpp takes 1/sqrt(head_dim) below 62
+    # layers): tests/families_reference.rs reads it from config.json and checks the GGUF's weights with it.
+    "gemma3": Family(
+        "gemma3_text",
+        dict(
+            num_hidden_layers=6,
+            num_key_value_heads=1,
+            head_dim=8,
+            tie_word_embeddings=True,
+            hidden_activation="gelu_pytorch_tanh",
+            query_pre_attn_scalar=32,
+            sliding_window=4,
+            rope_parameters={
+                "full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+            },
+            final_logit_softcapping=None,
+            attn_logit_softcapping=None,
+        ),
+        106,
+        "Gemma 3 (text): embeddings x sqrt(hidden), (1 + w) RMSNorms before and after attention and MLP, per-head "
+        "q/k norm, GeGLU (tanh GELU), MQA, query_pre_attn_scalar 32 apart from head_dim 8, 6 layers of which layers "
+        "0-4 are local (sliding_window 4 < T 12, RoPE base 1e4) and layer 5 global (RoPE base 1e6), tied head",
+        init=init_gemma_weights,
+        omit=("hidden_act",),
     ),
 }
 
@@ -183,7 +220,8 @@ def write_tokenizer(folder: Path, vocab_size: int):
 def build_base_model(family: Family):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.for_model(family.model_type, **{**TINY, **family.config})
+    kwargs = {k: v for k, v in {**TINY, **family.config}.items() if k not in family.omit}
+    config = AutoConfig.for_model(family.model_type, **kwargs)
     config._attn_implementation = "eager"
     torch.manual_seed(family.seed)
     model = AutoModelForCausalLM.from_config(config).to(torch.float32)
@@ -408,10 +446,11 @@ def make_family(name: str, family: Family, out: Path, versions: dict):
     continuations = [greedy(base, row[:GREEDY_PROMPT]) for row in input_ids]
 
     window = base.config.to_dict().get("sliding_window")
-    if family.model_type == "mistral" and window is not None:
+    if family.model_type in ("mistral", "gemma3_text") and window is not None:
         # The window must matter: a copy without it agrees on the first `window` positions, and only there.
+        # (Gemma 3's local layers keep their RoPE base; their window becomes wider than the batch.)
         full = load_base(hf_dir)
-        full.config.sliding_window = None
+        full.config.sliding_window = None if family.model_type == "mistral" else T
         with torch.no_grad():
             wide = full(input_ids=input_ids, attention_mask=attention_mask).logits
         same = (wide - base_out.logits).abs().amax(dim=(0, 2)) < 1e-6

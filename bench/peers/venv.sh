@@ -33,6 +33,10 @@ if [[ -x "$venv/bin/python" ]] && "$venv/bin/python" -W ignore -c "$check" "${ve
         log "adding sentencepiece==$(pin sentencepiece) (llama.cpp's converter, for scripts/make_family_fixtures.py)"
         "$venv/bin/python" -m pip install --quiet --no-deps --only-binary=:all: "sentencepiece==$(pin sentencepiece)" >&2
     fi
+    if ! "$venv/bin/python" -c "import gguf" 2>/dev/null; then
+        log "adding gguf==$(pin gguf) (transformers' GGUF reader, for scripts/make_gemma3_reference.py)"
+        "$venv/bin/python" -m pip install --quiet --no-deps --only-binary=:all: "gguf==$(pin gguf)" >&2
+    fi
     log "$venv is ready (${versions[*]})"
     exit 0
 fi

@@ -18,8 +18,9 @@ use loft::model::{load_base, Llama, Runner};
 use loft::train::forward_backward::{forward_backward_host, TrainArena};
 use safetensors::SafeTensors;
 
-/// The families with a fixture: `mistral_window` is Mistral v0.1's layout, sliding_window 4 < T 12.
-const FAMILIES: [&str; 5] = ["qwen2", "qwen2_tied", "qwen3", "mistral", "mistral_window"];
+/// The families with a fixture: `mistral_window` is Mistral v0.1's layout, sliding_window 4 < T 12; `gemma3` has
+/// 6 layers, the first 5 local with sliding_window 4 < T 12, and query_pre_attn_scalar 32 apart from head_dim 8.
+const FAMILIES: [&str; 6] = ["qwen2", "qwen2_tied", "qwen3", "mistral", "mistral_window", "gemma3"];
 
 /// The two places a base is read from: the folder transformers saved and llama.cpp's converter's GGUF of it.
 const SOURCES: [&str; 2] = ["hf", "model.gguf"];
@@ -71,9 +72,28 @@ fn batch_rows(family: &str) -> (Vec<Vec<u32>>, Vec<Vec<i32>>) {
     (ids, labels)
 }
 
+/// The base as loft reads it from `source`. A GGUF cannot say Gemma 3's query_pre_attn_scalar: llama.cpp (and loft)
+/// take head_dim there (C / NH for the 62-layer 27B), so a GGUF of the `gemma3` fixture, whose config.json says 32,
+/// is read with head_dim 8; this checks that, then gives the model config.json's scalar, so that the GGUF's
+/// weights are compared with transformers'.
 fn base(family: &str, source: &str) -> Llama {
-    load_base(fixture(family).join(source).to_str().unwrap(), false)
-        .unwrap_or_else(|e| panic!("{family}/{source}: {e}"))
+    let mut model = load_base(fixture(family).join(source).to_str().unwrap(), false)
+        .unwrap_or_else(|e| panic!("{family}/{source}: {e}"));
+    if family == "gemma3" && source == "model.gguf" {
+        let head_dim = model.config.head_dim as f32;
+        assert_eq!(model.config.query_pre_attn_scalar, Some(head_dim), "gemma3 GGUF: llama.cpp's scalar");
+        model.config.query_pre_attn_scalar = Some(32.0);
+    }
+    model
+}
+
+/// Each layer's window as the fixture's config.json sets it.
+fn windows(family: &str) -> Vec<Option<usize>> {
+    match family {
+        "mistral_window" => vec![Some(4); 2],
+        "gemma3" => [vec![Some(4); 5], vec![None]].concat(),
+        _ => vec![None; 2],
+    }
 }
 
 fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
@@ -114,8 +134,9 @@ fn base_loss_logits_and_greedy_tokens_equal_transformers_from_hf_folder_and_gguf
         let want_loss = want.f32s("base/loss")[0] as f64;
         let want_logits = want.f32s("base/logits");
         let from_hf = base(family, "hf");
-        let window = if family == "mistral_window" { Some(4) } else { None };
-        assert_eq!(from_hf.config.sliding_window, window, "{family}: the sliding window read from hf/config.json");
+        let layers = 0..from_hf.config.num_hidden_layers;
+        let got: Vec<Option<usize>> = layers.map(|l| from_hf.config.layer_window(l)).collect();
+        assert_eq!(got, windows(family), "{family}: each layer's sliding window read from hf/config.json");
         for source in SOURCES {
             let model = base(family, source);
             assert_eq!(model.config, from_hf.config, "{family}: {source} and hf/config.json disagree");
@@ -210,6 +231,44 @@ fn peft_adapters_give_pefts_loss_logits_and_gradients() {
     }
 }
 
+/// The config.json `loft merge` writes for each family says what transformers' own says, key for key, with the
+/// same JSON types: transformers 5's configs are strict (Gemma 3's query_pre_attn_scalar is an int; 256.0 is refused
+/// when the folder is loaded).
+#[test]
+fn merged_config_json_agrees_with_transformers_own() {
+    let mut differ = Vec::new();
+    for family in FAMILIES {
+        let dir = fixture(family).join("hf");
+        let theirs: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+        let ours = base(family, "hf").config.to_hf_json(None, None, "float32");
+        let mut compared = 0;
+        for (key, value) in ours.as_object().unwrap() {
+            let Some(want) = theirs.get(key) else { continue };
+            // Differences by design: Qwen's max_window_layers does nothing with use_sliding_window false (written
+            // and checked); a Mistral without a window is Llama's block, and loft writes it as Llama.
+            let inert =
+                key == "max_window_layers" || (family == "mistral" && (key == "architectures" || key == "model_type"));
+            if inert {
+                continue;
+            }
+            let same = match (value, want) {
+                (serde_json::Value::Number(a), serde_json::Value::Number(b)) => {
+                    a.is_f64() == b.is_f64() && (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-9
+                }
+                // rope_parameters and the like: numbers inside compared by value and type as serde_json does
+                (a, b) => a == b,
+            };
+            if !same {
+                differ.push(format!("{family}: config.json '{key}': loft writes {value}, transformers {want}"));
+            }
+            compared += 1;
+        }
+        assert!(compared >= 12, "{family}: only {compared} keys in common with transformers' config.json");
+    }
+    assert!(differ.is_empty(), "{}", differ.join("\n"));
+}
+
 /// The GGUF carries what llama.cpp's converter writes for the family: its architecture name and, for Llama's
 /// layout (Mistral), Q/K rows in llama.cpp's RoPE order, which loft undoes on load (the logits above would differ
 /// otherwise); here the names and the raw rows are checked against the folder's.
@@ -221,6 +280,7 @@ fn the_gguf_is_llama_cpps_layout_of_the_folders_weights() {
         ("qwen3", "qwen3", false),
         ("mistral", "llama", true),
         ("mistral_window", "llama", true),
+        ("gemma3", "gemma3", false),
     ] {
         let dir = fixture(family);
         let file = gguf::GgufFile::open(dir.join("model.gguf")).unwrap();

@@ -2,7 +2,7 @@
 //! same file loaded with `gguf_file=` (dequantized to f32; scripts/make_gemma3_reference.py wrote
 //! fixtures/gemma3_270m/expected.json): the tokenizer's ids for texts with runs of spaces, newlines, tabs, digits,
 //! Unicode and Gemma's turn markers; the mean next-token loss over 105 tokens after BOS; the greedy continuation of a
-//! prompt through the KV cache.
+//! prompt through the KV cache; and the same over a text of 758 tokens, past the local layers' window of 512.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -59,14 +59,65 @@ fn gemma3_270m_loss_and_greedy_tokens_match_transformers() {
     }
 
     let greedy = &want["greedy"];
-    let prompt = ids(&greedy["prompt_ids"]);
-    let expected_tokens = ids(&greedy["tokens"]);
-    let mut cache = loft::model::KvCache::new(&model.config, prompt.len() + expected_tokens.len());
+    let got = greedy_through_cache(model, &ids(&greedy["prompt_ids"]), greedy["tokens"].as_array().unwrap().len());
+    assert_eq!(got, ids(&greedy["tokens"]), "greedy after {:?}", greedy["prompt"]);
+}
+
+/// Past the local layers' window: each of the 758 positions' NLL equals transformers' (from position 512 on, the
+/// local layers see only the last 512 keys; transformers with the window widened scores those positions 1.8 nats
+/// worse, so a loft that ignored the window could not pass), and the greedy tokens after all 758 through the KV
+/// cache (the cached path's window).
+#[test]
+fn gemma3_270m_past_the_sliding_window_matches_transformers() {
+    let loaded = load();
+    let model = &loaded.model;
+    let want = expected();
+    let long = &want["long"];
+    let window = model.config.local_layers.as_ref().unwrap().sliding_window;
+    assert_eq!(window, 512);
+    let text_ids = ids(&long["ids"]);
+    assert_eq!(loaded.tokenizer.encode(long["text"].as_str().unwrap(), true, true), text_ids, "the long text's ids");
+    assert!(text_ids.len() > window + 200, "the text must reach well past the window");
+
+    let nll = model.next_token_nll(&text_ids).unwrap();
+    let want_nll: Vec<f64> = long["nll"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert_eq!(nll.len(), want_nll.len());
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (loss, tail) = (mean(&nll), mean(&nll[window..]));
+    let (reference, reference_tail) = (long["loss"].as_f64().unwrap(), long["loss_tail"].as_f64().unwrap());
+    let no_window = long["loss_tail_no_window"].as_f64().unwrap();
+    let worst = nll.iter().zip(&want_nll).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    println!(
+        "gemma3 270m Q4_K_M, {} tokens: loft loss {loss:.6}, transformers {reference:.6} (rel {:.2e}); positions from \
+         {window}: {tail:.6} vs {reference_tail:.6} (rel {:.2e}; transformers without the window {no_window:.6}); \
+         worst token |dNLL| {worst:.2e}",
+        nll.len(),
+        (loss - reference).abs() / reference,
+        (tail - reference_tail).abs() / reference_tail,
+    );
+    assert!(
+        (no_window - reference_tail).abs() > 0.1,
+        "the fixture's window does not bind: {no_window} vs {reference_tail}"
+    );
+    assert!((loss - reference).abs() / reference < 1e-4, "loss {loss} vs transformers {reference}");
+    assert!((tail - reference_tail).abs() / reference_tail < 1e-4, "tail loss {tail} vs transformers {reference_tail}");
+    for (i, (a, b)) in nll.iter().zip(&want_nll).enumerate() {
+        assert!((a - b).abs() < 2e-3 * (1.0 + b.abs()), "token {i}: nll {a} vs transformers {b}");
+    }
+
+    let want_tokens = ids(&long["greedy"]);
+    let got = greedy_through_cache(model, &text_ids, want_tokens.len());
+    assert_eq!(got, want_tokens, "greedy after the long text");
+}
+
+/// `n` greedy tokens after `prompt`: the prompt in one forward, then one token at a time through the KV cache.
+fn greedy_through_cache(model: &loft::model::Llama, prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut cache = loft::model::KvCache::new(&model.config, prompt.len() + n);
     let runner = loft::model::Runner::new(&loft::engine::Cpu, model).unwrap();
-    let mut hidden = runner.forward(&prompt, &mut cache).unwrap();
+    let mut hidden = runner.forward(prompt, &mut cache).unwrap();
     let mut row = prompt.len() - 1;
     let mut got = Vec::new();
-    for _ in 0..expected_tokens.len() {
+    for _ in 0..n {
         let logits = runner.logits(&hidden, row, 1).unwrap();
         let next =
             logits.iter().enumerate().fold((0, f32::NEG_INFINITY), |m, (i, &v)| if v > m.1 { (i, v) } else { m }).0;
@@ -74,5 +125,5 @@ fn gemma3_270m_loss_and_greedy_tokens_match_transformers() {
         hidden = runner.forward(&[next as u32], &mut cache).unwrap();
         row = 0;
     }
-    assert_eq!(got, expected_tokens, "greedy after {:?}", greedy["prompt"]);
+    got
 }

@@ -581,7 +581,9 @@ impl LlamaConfig {
                 obj.remove("rope_theta");
                 v["hidden_activation"] = "gelu_pytorch_tanh".into();
                 v["attention_bias"] = false.into();
-                v["query_pre_attn_scalar"] = self.query_pre_attn_scalar.unwrap_or(self.head_dim as f32).into();
+                // transformers 5 types it int and refuses 256.0 (strict config); every Gemma 3's is whole.
+                let scalar = self.query_pre_attn_scalar.unwrap_or(self.head_dim as f32);
+                v["query_pre_attn_scalar"] = if scalar.fract() == 0.0 { (scalar as u64).into() } else { scalar.into() };
                 v["final_logit_softcapping"] = serde_json::Value::Null;
                 v["attn_logit_softcapping"] = serde_json::Value::Null;
                 v["use_bidirectional_attention"] = false.into();
