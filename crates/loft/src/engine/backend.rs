@@ -13,7 +13,7 @@ use crate::engine::attention::{attention_backward, attention_forward, attention_
 use crate::engine::bias::bias_forward;
 use crate::engine::cross_entropy::{cross_entropy_forward, cross_entropy_forward_backward, CrossEntropyScratch};
 use crate::engine::embedding::{embedding_backward, embedding_forward, VocabMatrix};
-use crate::engine::lora::{lora_backward, lora_forward, LoraDropout, LoraWeights};
+use crate::engine::lora::{lora_backward, lora_decode_forward, lora_forward, LoraDropout, LoraWeights};
 use crate::engine::optim::{clip_coefficient, global_norm, scale, Moments, OptimConfig, OptimKind};
 use crate::engine::rmsnorm::{rmsnorm_backward, rmsnorm_forward, rmsnorm_forward_train};
 use crate::engine::rope::{rope_backward, rope_forward};
@@ -131,6 +131,34 @@ pub trait Backend {
     ) -> Result<()>;
     /// out = silu(gate) · up.
     fn swiglu_forward(&self, out: &mut Self::Buf, gate: &Self::Buf, up: &Self::Buf) -> Result<()>;
+    /// [`Backend::linear_forward`] for the few rows (N ≤ 4) of a decoding step, where a backend may quantize the
+    /// activations against quantized weights, as llama.cpp decodes (the CPU: 8 bits per block of 32 against
+    /// Q4_0/Q4_1/Q8_0 blocks, [`FrozenMatrix::decode_forward`]). By default, the exact product.
+    fn decode_linear_forward(
+        &self,
+        y: &mut Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Matrix<'_>,
+        n: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        self.linear_forward(y, x, w, n, accumulate)
+    }
+    /// [`Backend::lora_forward`] without dropout, its base product as [`Backend::decode_linear_forward`]'s.
+    #[allow(clippy::too_many_arguments)]
+    fn decode_lora_forward(
+        &self,
+        y: &mut Self::Buf,
+        xa: &mut Self::Buf,
+        xd: &mut Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Matrix<'_>,
+        lora: &Self::Lora,
+        n: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        self.lora_forward(y, xa, xd, x, w, lora, None, n, accumulate)
+    }
 
     // ---- Training pairs (backward of the frozen projections, norms, RoPE, SwiGLU, embedding, attention) ----
 
@@ -507,6 +535,33 @@ impl Backend for Cpu {
 
     fn swiglu_forward(&self, out: &mut Vec<f32>, gate: &Vec<f32>, up: &Vec<f32>) -> Result<()> {
         swiglu_forward(out, gate, up);
+        Ok(())
+    }
+
+    fn decode_linear_forward(
+        &self,
+        y: &mut Vec<f32>,
+        x: &Vec<f32>,
+        w: &&FrozenMatrix,
+        n: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        w.decode_forward(&mut y[..n * w.rows], &x[..n * w.cols], n, accumulate);
+        Ok(())
+    }
+
+    fn decode_lora_forward(
+        &self,
+        y: &mut Vec<f32>,
+        xa: &mut Vec<f32>,
+        _xd: &mut Vec<f32>,
+        x: &Vec<f32>,
+        w: &&FrozenMatrix,
+        lora: &LoraWeights,
+        n: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        lora_decode_forward(y, xa, x, w, lora, n, accumulate);
         Ok(())
     }
 
