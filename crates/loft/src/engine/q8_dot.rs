@@ -305,7 +305,8 @@ mod avx2 {
     ) {
         for (wr, o) in w.chunks_exact(row_bytes).zip(out.chunks_exact_mut(N)) {
             // SAFETY: the caller's features are this function's.
-            o.copy_from_slice(&unsafe { dot_q4::<N, OFFSET>(wr, xs) });
+            let r = unsafe { dot_q4::<N, OFFSET>(wr, xs) };
+            o.iter_mut().zip(r).for_each(|(o, v)| *o = v);
         }
     }
 
@@ -313,7 +314,8 @@ mod avx2 {
     pub unsafe fn rows_q8_0<const N: usize>(w: &[u8], row_bytes: usize, xs: &[&Q8Vector; N], out: &mut [f32]) {
         for (wr, o) in w.chunks_exact(row_bytes).zip(out.chunks_exact_mut(N)) {
             // SAFETY: as above.
-            o.copy_from_slice(&unsafe { dot_q8_0::<N>(wr, xs) });
+            let r = unsafe { dot_q8_0::<N>(wr, xs) };
+            o.iter_mut().zip(r).for_each(|(o, v)| *o = v);
         }
     }
 
@@ -360,14 +362,14 @@ mod avx2 {
             if blocks % 2 == 1 {
                 block::<N, OFFSET>(p.add((blocks - 1) * bb), blocks - 1, xs, &mut even, &mut mins);
             }
-            std::array::from_fn(|r| {
+            // Loops, not closures, here and below: a closure would not inherit the caller's target features, and
+            // its intrinsics would become calls.
+            let mut out = [0.0f32; N];
+            for r in 0..N {
                 let sum = hsum8(_mm256_add_ps(even[r], odd[r]));
-                if OFFSET {
-                    sum
-                } else {
-                    sum + mins[r]
-                }
-            })
+                out[r] = if OFFSET { sum } else { sum + mins[r] };
+            }
+            out
         }
     }
 
@@ -400,7 +402,11 @@ mod avx2 {
             if blocks % 2 == 1 {
                 block::<N>(p.add((blocks - 1) * 34), blocks - 1, xs, &mut even);
             }
-            std::array::from_fn(|r| hsum8(_mm256_add_ps(even[r], odd[r])))
+            let mut out = [0.0f32; N];
+            for r in 0..N {
+                out[r] = hsum8(_mm256_add_ps(even[r], odd[r]));
+            }
+            out
         }
     }
 }
@@ -452,7 +458,8 @@ mod avx512 {
     ) {
         for (wr, o) in w.chunks_exact(row_bytes).zip(out.chunks_exact_mut(N)) {
             // SAFETY: the caller's features are this function's.
-            o.copy_from_slice(&unsafe { dot_q4::<N, OFFSET>(wr, xs) });
+            let r = unsafe { dot_q4::<N, OFFSET>(wr, xs) };
+            o.iter_mut().zip(r).for_each(|(o, v)| *o = v);
         }
     }
 
@@ -460,7 +467,8 @@ mod avx512 {
     pub unsafe fn rows_q8_0<const N: usize>(w: &[u8], row_bytes: usize, xs: &[&Q8Vector; N], out: &mut [f32]) {
         for (wr, o) in w.chunks_exact(row_bytes).zip(out.chunks_exact_mut(N)) {
             // SAFETY: as above.
-            o.copy_from_slice(&unsafe { dot_q8_0::<N>(wr, xs) });
+            let r = unsafe { dot_q8_0::<N>(wr, xs) };
+            o.iter_mut().zip(r).for_each(|(o, v)| *o = v);
         }
     }
 
@@ -492,9 +500,11 @@ mod avx512 {
                     }
                 }
             }
-            std::array::from_fn(|r| {
+            let mut out = [0.0f32; N];
+            for r in 0..N {
                 let x = xs[r];
-                let tail = (blocks % 2 == 1).then(|| {
+                let mut tail = None;
+                if blocks % 2 == 1 {
                     let b = blocks - 1;
                     let wb = p.add(b * bb);
                     let xv = _mm256_loadu_si256(x.q.as_ptr().add(b * BLOCK) as *const __m256i);
@@ -506,15 +516,12 @@ mod avx512 {
                         mins[r] += half(wb.add(2)) * *x.s.get_unchecked(b);
                     }
                     let l = _mm256_dpbusd_epi32(init, nibbles(wb.add(bb - 16)), xv);
-                    (_mm256_mul_ps(_mm256_set1_ps(half(wb)), _mm256_loadu_ps(x.d.as_ptr().add(b * 8))), l)
-                });
-                let sum = finish(acc[r], tail);
-                if OFFSET {
-                    sum
-                } else {
-                    sum + mins[r]
+                    tail = Some((_mm256_mul_ps(_mm256_set1_ps(half(wb)), _mm256_loadu_ps(x.d.as_ptr().add(b * 8))), l));
                 }
-            })
+                let sum = finish(acc[r], tail);
+                out[r] = if OFFSET { sum } else { sum + mins[r] };
+            }
+            out
         }
     }
 
@@ -543,19 +550,22 @@ mod avx512 {
                     acc[r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(l), acc[r]);
                 }
             }
-            std::array::from_fn(|r| {
+            let mut out = [0.0f32; N];
+            for r in 0..N {
                 let x = xs[r];
-                let tail = (blocks % 2 == 1).then(|| {
+                let mut tail = None;
+                if blocks % 2 == 1 {
                     let b = blocks - 1;
                     let wb = p.add(b * 34);
                     let wv = _mm256_loadu_si256(wb.add(2) as *const __m256i);
                     let xv = _mm256_loadu_si256(x.q.as_ptr().add(b * BLOCK) as *const __m256i);
                     let l =
                         _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
-                    (_mm256_mul_ps(_mm256_set1_ps(half(wb)), _mm256_loadu_ps(x.d.as_ptr().add(b * 8))), l)
-                });
-                finish(acc[r], tail)
-            })
+                    tail = Some((_mm256_mul_ps(_mm256_set1_ps(half(wb)), _mm256_loadu_ps(x.d.as_ptr().add(b * 8))), l));
+                }
+                out[r] = finish(acc[r], tail);
+            }
+            out
         }
     }
 }
