@@ -30,6 +30,12 @@ pub struct Row<'a> {
 /// Runs each row's token at its own position, appends its keys and values to its own cache, and returns the
 /// logits [N, V] of the next token of every row (through the row's adapter's head when it trains one).
 pub fn decode_step(runner: &Runner<'_, Cpu>, rows: &mut [Row<'_>]) -> Result<Vec<f32>> {
+    // On a thread of rayon's pool, so that the step's hundreds of parallel regions are split among the pool's
+    // threads directly instead of each waking the pool from the server's thread and putting it to sleep.
+    rayon::scope(|_| step(runner, rows))
+}
+
+fn step(runner: &Runner<'_, Cpu>, rows: &mut [Row<'_>]) -> Result<Vec<f32>> {
     let (cfg, be) = (runner.config(), &Cpu);
     let n = rows.len();
     let (c, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
