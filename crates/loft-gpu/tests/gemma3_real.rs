@@ -44,7 +44,8 @@ fn gemma3_270m_on_lavapipe_decodes_and_scores_as_the_cpu() {
     );
     assert!(table > ctx.max_weight_block_bytes(), "the table must exceed one block for this test");
     let gpu = Wgpu::new(ctx);
-    let (cpu_run, gpu_run) = (Runner::new(&Cpu, model).unwrap(), Runner::new(&gpu, model).unwrap());
+    let (cpu_run, gpu_run) =
+        (Runner::new(&Cpu, model).unwrap().with_exact_products(), Runner::new(&gpu, model).unwrap());
 
     let expected: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(common::workspace().join("crates/loft/tests/fixtures/gemma3_270m/expected.json"))

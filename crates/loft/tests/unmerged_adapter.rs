@@ -21,9 +21,11 @@ use loft::model::{llama_from_gguf, load_base, KvCache, Llama, Runner, UnmergedAd
 
 /// Logits of every position of `prompt`, then of `extra` fed one token at a time through the cache: the prompt
 /// pass runs the tiled products, the decode steps the row-by-row ones.
+/// With exact products: decoding's 8-bit activations would apply to a quantized base's matrices and not to those a
+/// merge has made f32.
 fn logits_unmerged(base: &Llama, adapter: Option<&Adapter>, prompt: &[u32], extra: &[u32]) -> Vec<Vec<f32>> {
     let host = adapter.map(|a| a.clone().into_unmerged(&base.config).unwrap());
-    let runner = Runner::new(&Cpu, base).unwrap();
+    let runner = Runner::new(&Cpu, base).unwrap().with_exact_products();
     let device = host.as_ref().map(|h| runner.adapter(h).unwrap());
     let mut cache = runner.cache(prompt.len() + extra.len()).unwrap();
     let hidden = runner.forward_with(prompt, &mut cache, device.as_ref()).unwrap();

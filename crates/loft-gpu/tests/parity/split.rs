@@ -206,7 +206,7 @@ fn a_tiny_model_split_in_blocks_runs_and_trains_as_the_cpu() {
         assert_eq!((table.block_count(), gate.block_count()), (3, 2), "{label}: blocks");
 
         let tokens: Vec<u32> = (0..12).map(|i| (i * 37 + 5) % v as u32).collect();
-        let cpu = Runner::new(&Cpu, &model).unwrap();
+        let cpu = Runner::new(&Cpu, &model).unwrap().with_exact_products();
         let (one, split) = (Runner::new(gpu(), &model).unwrap(), Runner::new(split_gpu(), &model).unwrap());
         let (mut cc, mut oc, mut sc) = (cpu.cache(12).unwrap(), one.cache(12).unwrap(), split.cache(12).unwrap());
         for ids in [&tokens[..11], &tokens[11..]] {

@@ -15,7 +15,7 @@ use crate::engine::cross_entropy::{cross_entropy_forward, cross_entropy_forward_
 use crate::engine::elementwise::{add_forward, scale_forward};
 use crate::engine::embedding::{embedding_backward, embedding_forward, VocabMatrix};
 use crate::engine::geglu::{geglu_backward, geglu_forward};
-use crate::engine::lora::{lora_backward, lora_forward, LoraDropout, LoraWeights};
+use crate::engine::lora::{lora_backward, lora_decode_forward, lora_forward, LoraDropout, LoraWeights};
 use crate::engine::optim::{clip_coefficient, global_norm, scale, Moments, OptimConfig, OptimKind};
 use crate::engine::rmsnorm::{rmsnorm_backward, rmsnorm_forward, rmsnorm_forward_train};
 use crate::engine::rope::{rope_backward, rope_forward};
@@ -142,6 +142,34 @@ pub trait Backend {
     /// y += x over the whole of y (x at least as long): a residual add (Gemma adds a normed sublayer output; its
     /// backward passes dy to both operands).
     fn add(&self, y: &mut Self::Buf, x: &Self::Buf) -> Result<()>;
+    /// [`Backend::linear_forward`] for the few rows (N ≤ 4) of a decoding step, where a backend may quantize the
+    /// activations against quantized weights, as llama.cpp decodes (the CPU: 8 bits, a scale per 4 values, against
+    /// Q4_0/Q4_1/Q8_0 blocks, [`FrozenMatrix::decode_forward`]). By default, the exact product.
+    fn decode_linear_forward(
+        &self,
+        y: &mut Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Matrix<'_>,
+        n: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        self.linear_forward(y, x, w, n, accumulate)
+    }
+    /// [`Backend::lora_forward`] without dropout, its base product as [`Backend::decode_linear_forward`]'s.
+    #[allow(clippy::too_many_arguments)]
+    fn decode_lora_forward(
+        &self,
+        y: &mut Self::Buf,
+        xa: &mut Self::Buf,
+        xd: &mut Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Matrix<'_>,
+        lora: &Self::Lora,
+        n: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        self.lora_forward(y, xa, xd, x, w, lora, None, n, accumulate)
+    }
 
     // ---- Training pairs (backward of the frozen projections, norms, RoPE, SwiGLU, embedding, attention) ----
 
@@ -550,6 +578,33 @@ impl Backend for Cpu {
             return Err(Error::Invalid(format!("add: {} values onto a buffer of {}", x.len(), y.len())));
         }
         add_forward(y, x);
+        Ok(())
+    }
+
+    fn decode_linear_forward(
+        &self,
+        y: &mut Vec<f32>,
+        x: &Vec<f32>,
+        w: &&FrozenMatrix,
+        n: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        w.decode_forward(&mut y[..n * w.rows], &x[..n * w.cols], n, accumulate);
+        Ok(())
+    }
+
+    fn decode_lora_forward(
+        &self,
+        y: &mut Vec<f32>,
+        xa: &mut Vec<f32>,
+        _xd: &mut Vec<f32>,
+        x: &Vec<f32>,
+        w: &&FrozenMatrix,
+        lora: &LoraWeights,
+        n: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        lora_decode_forward(y, xa, x, w, lora, n, accumulate);
         Ok(())
     }
 

@@ -16,6 +16,7 @@ use rayon::prelude::*;
 
 use super::matmul::{matmul_nn, matmul_nt_single};
 use super::nf4::Nf4Blocks;
+use super::q8_dot::{self, Q8Vector};
 use super::quant_dot;
 
 #[derive(Clone, Debug)]
@@ -132,35 +133,13 @@ impl FrozenMatrix {
         match &self.storage {
             Storage::F32(w) => matmul_nt(y, x, w, n, cols, rows, accumulate),
             Storage::Quantized { dtype, data, row_bytes } if n <= DOT_MAX_ROWS => {
-                // One task per chunk of weight rows; each output column r is touched by one task only.
-                let chunk = rows.div_ceil(rayon::current_num_threads() * 4).max(16);
-                let cols_out: Vec<(usize, Vec<f32>)> = (0..rows)
-                    .step_by(chunk)
-                    .collect::<Vec<_>>()
-                    .into_par_iter()
-                    .map(|r0| {
-                        let r1 = (r0 + chunk).min(rows);
-                        let mut out = vec![0.0f32; (r1 - r0) * n];
-                        let mut scratch = Vec::new();
-                        let xs: Vec<&[f32]> = x[..n * cols].chunks_exact(cols).collect();
-                        for r in r0..r1 {
-                            let wr = &data[r * row_bytes..(r + 1) * row_bytes];
-                            let o = &mut out[(r - r0) * n..(r - r0 + 1) * n];
-                            quant_dot::dot_rows(*dtype, wr, &xs, &mut scratch, o);
-                        }
-                        (r0, out)
-                    })
-                    .collect();
-                for (r0, out) in cols_out {
-                    let r1 = r0 + out.len() / n;
-                    for r in r0..r1 {
-                        for i in 0..n {
-                            let v = out[(r - r0) * n + i];
-                            let dst = &mut y[i * rows + r];
-                            *dst = if accumulate { *dst + v } else { v };
-                        }
+                let xs: Vec<&[f32]> = x[..n * cols].chunks_exact(cols).collect();
+                rows_in_parallel(y, rows, n, accumulate, Vec::new, |scratch, r0, out| {
+                    for (k, o) in out.chunks_exact_mut(n).enumerate() {
+                        let r = r0 + k;
+                        quant_dot::dot_rows(*dtype, &data[r * row_bytes..(r + 1) * row_bytes], &xs, scratch, o)
                     }
-                }
+                });
             }
             Storage::Quantized { .. } | Storage::Nf4(_) => {
                 // Tiles of weight rows in parallel: a task dequantizes rows [r0, r1) and multiplies them into its
@@ -186,6 +165,33 @@ impl FrozenMatrix {
                     }
                 });
             }
+        }
+    }
+
+    /// [`FrozenMatrix::forward`] for the few rows of a decoding step (N ≤ [`DOT_MAX_ROWS`]): over Q4_0, Q4_1 or
+    /// Q8_0 blocks, each row of x is quantized to 8 bits with a scale per 4 values and multiplied in integers (see
+    /// [`q8_dot`]: about 1/254 of each block's largest |x| of rounding per value, as llama.cpp decodes). Other
+    /// storage, and more rows, take [`FrozenMatrix::forward`]. Each row's result is the same whatever the number
+    /// of rows beside it.
+    pub fn decode_forward(&self, y: &mut [f32], x: &[f32], n: usize, accumulate: bool) {
+        let (rows, cols) = (self.rows, self.cols);
+        assert!(y.len() >= n * rows && x.len() >= n * cols, "FrozenMatrix::decode_forward: operand too small");
+        match &self.storage {
+            Storage::Quantized { dtype, data, row_bytes } if n <= DOT_MAX_ROWS && q8_dot::has_kernel(*dtype) => {
+                let xs: Vec<Q8Vector> = x[..n * cols].chunks_exact(cols).map(Q8Vector::new).collect();
+                let xs: Vec<&Q8Vector> = xs.iter().collect();
+                rows_in_parallel(
+                    y,
+                    rows,
+                    n,
+                    accumulate,
+                    || (),
+                    |_, r0, out| {
+                        q8_dot::dot_rows(*dtype, &data[r0 * row_bytes..(r0 + out.len() / n) * row_bytes], &xs, out)
+                    },
+                );
+            }
+            _ => self.forward(y, x, n, accumulate),
         }
     }
 
@@ -252,6 +258,44 @@ impl FrozenMatrix {
     }
 }
 
+/// y[i, r] = (accumulate ? y[i, r] : 0) + out[(r − r0)·N + i] for the N rows of y [N, rows], where
+/// `dot(scratch, r0, out)` writes the N products of each weight row from r0 on (out.len() / N rows): chunks of
+/// weight rows in parallel, each output column written by one task.
+fn rows_in_parallel<S>(
+    y: &mut [f32],
+    rows: usize,
+    n: usize,
+    accumulate: bool,
+    scratch: impl Fn() -> S + Sync + Send,
+    dot: impl Fn(&mut S, usize, &mut [f32]) + Sync + Send,
+) {
+    let chunk = rows.div_ceil(rayon::current_num_threads() * 4).max(16);
+    let put = |dst: &mut f32, v: f32| *dst = if accumulate { *dst + v } else { v };
+    if n == 1 && !accumulate {
+        // One row, overwritten: each task writes its own slice of y.
+        y[..rows].par_chunks_mut(chunk).enumerate().for_each_init(scratch, |s, (c, ys)| dot(s, c * chunk, ys));
+        return;
+    }
+    let cols_out: Vec<(usize, Vec<f32>)> = (0..rows)
+        .step_by(chunk)
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .map_init(scratch, |s, r0| {
+            let r1 = (r0 + chunk).min(rows);
+            let mut out = vec![0.0f32; (r1 - r0) * n];
+            dot(s, r0, &mut out);
+            (r0, out)
+        })
+        .collect();
+    for (r0, out) in cols_out {
+        for (k, o) in out.chunks_exact(n).enumerate() {
+            for (i, &v) in o.iter().enumerate() {
+                put(&mut y[i * rows + r0 + k], v);
+            }
+        }
+    }
+}
+
 fn matmul_nt(y: &mut [f32], x: &[f32], w: &[f32], n: usize, k: usize, m: usize, accumulate: bool) {
     super::matmul::matmul_nt(y, x, w, n, k, m, 1.0, accumulate);
 }
@@ -306,6 +350,37 @@ mod tests {
             let q = gguf::quantize(dtype, &w, cols).unwrap();
             let fq = FrozenMatrix::from_quantized(rows, cols, dtype, q).unwrap();
             assert_products_equal_the_twin(&fq, &format!("{dtype}"));
+        }
+    }
+
+    /// The decode products over Q4_0/Q4_1/Q8_0 blocks equal the exact product of the weights with the activations
+    /// as quantized (8 bits, a scale per 4 values), up to f32 rounding, for 1..=4 rows, overwriting and accumulating;
+    /// other storage takes the exact product. Each row's result is the same whatever the rows beside it.
+    #[test]
+    fn decode_products_equal_the_exact_product_of_the_quantized_activations() {
+        let (rows, cols) = (300, 96);
+        let w = rand(rows * cols, 1);
+        for dtype in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F16] {
+            let fq = FrozenMatrix::from_quantized(rows, cols, dtype, gguf::quantize(dtype, &w, cols).unwrap()).unwrap();
+            let x = rand(DOT_MAX_ROWS * cols, 4);
+            let xq: Vec<f32> = match q8_dot::has_kernel(dtype) {
+                true => x.chunks_exact(cols).flat_map(|r| Q8Vector::new(r).dequantize()).collect(),
+                false => x.clone(),
+            };
+            let mut alone = vec![0.0f32; rows];
+            fq.decode_forward(&mut alone, &x[..cols], 1, false);
+            for n in 1..=DOT_MAX_ROWS {
+                for accumulate in [false, true] {
+                    let (mut a, mut b) = (vec![0.5; n * rows], vec![0.5; n * rows]);
+                    fq.decode_forward(&mut a, &x, n, accumulate);
+                    fq.forward(&mut b, &xq, n, accumulate);
+                    let worst = a.iter().zip(&b).map(|(p, q)| (p - q).abs() / (1.0 + q.abs())).fold(0.0, f32::max);
+                    assert!(worst < 1e-5, "{dtype} n={n} accumulate={accumulate}: differs by {worst}");
+                    if !accumulate {
+                        assert!(a[..rows] == alone[..], "{dtype} n={n}: the first row differs from its product alone");
+                    }
+                }
+            }
         }
     }
 

@@ -106,6 +106,38 @@ pub fn lora_forward(
     assert!(w.rows == o && w.cols == i, "lora_forward: base weight is [{}, {}], adapter [{o}, {i}]", w.rows, w.cols);
     assert!(y.len() == n * o && x.len() == n * i && xa.len() == n * r, "lora_forward: shapes");
     w.forward(y, x, n, accumulate);
+    add_lora_term(y, xa, xd, x, lora, dropout, n);
+}
+
+/// [`lora_forward`] without dropout for the few rows of a decoding step: the base product through
+/// [`FrozenMatrix::decode_forward`] (8-bit activations over Q4_0/Q4_1/Q8_0 blocks), the adapter's term in f32.
+pub fn lora_decode_forward(
+    y: &mut [f32],
+    xa: &mut [f32],
+    x: &[f32],
+    w: &FrozenMatrix,
+    lora: &LoraWeights,
+    n: usize,
+    accumulate: bool,
+) {
+    let (i, o, r) = (lora.in_features, lora.out_features, lora.r);
+    assert!(w.rows == o && w.cols == i, "lora_forward: base weight is [{}, {}], adapter [{o}, {i}]", w.rows, w.cols);
+    assert!(y.len() == n * o && x.len() == n * i && xa.len() == n * r, "lora_forward: shapes");
+    w.decode_forward(y, x, n, accumulate);
+    add_lora_term(y, xa, &mut [], x, lora, None, n);
+}
+
+/// y[N, O] += scale · (dropout(x)·Aᵀ)·Bᵀ, keeping xa = dropout(x)·Aᵀ.
+fn add_lora_term(
+    y: &mut [f32],
+    xa: &mut [f32],
+    xd: &mut [f32],
+    x: &[f32],
+    lora: &LoraWeights,
+    dropout: Option<LoraDropout>,
+    n: usize,
+) {
+    let (i, o, r) = (lora.in_features, lora.out_features, lora.r);
     let x_in: &[f32] = match dropout {
         Some(dp) => {
             dp.apply(&mut xd[..n * i], x, i);

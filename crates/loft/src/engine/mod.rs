@@ -13,6 +13,7 @@ pub mod lora;
 pub mod matmul;
 pub mod nf4;
 pub mod optim;
+pub mod q8_dot;
 pub mod quant_dot;
 pub mod rmsnorm;
 pub mod rope;

@@ -30,6 +30,12 @@ pub struct Row<'a> {
 /// Runs each row's token at its own position, appends its keys and values to its own cache, and returns the
 /// logits [N, V] of the next token of every row (through the row's adapter's head when it trains one).
 pub fn decode_step(runner: &Runner<'_, Cpu>, rows: &mut [Row<'_>]) -> Result<Vec<f32>> {
+    // On a thread of rayon's pool, so that the step's hundreds of parallel regions are split among the pool's
+    // threads directly instead of each waking the pool from the server's thread and putting it to sleep.
+    rayon::scope(|_| step(runner, rows))
+}
+
+fn step(runner: &Runner<'_, Cpu>, rows: &mut [Row<'_>]) -> Result<Vec<f32>> {
     let (cfg, be) = (runner.config(), &Cpu);
     let n = rows.len();
     let (c, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
@@ -74,9 +80,11 @@ pub fn decode_step(runner: &Runner<'_, Cpu>, rows: &mut [Row<'_>]) -> Result<Vec
     let mut sub = cfg.arch.sandwich_norms().then(|| vec![0.0f32; n * c]); // Gemma: a sublayer's output, [N, C]
     let adapters: Vec<Option<&UnmergedAdapter>> = rows.iter().map(|r| r.adapter).collect();
     let mut qk_raw = cfg.arch.qk_norm().then(|| (vec![0.0f32; n * qd], vec![0.0f32; n * kvd]));
+    // The runner's products for one row alone: decode products (up to DOT_MAX_ROWS rows share them) unless exact.
+    let decode = runner.decode_products(1);
     for l in 0..cfg.num_hidden_layers {
         let mut linear = |y: &mut Vec<f32>, x: &Vec<f32>, m: TargetModule, accumulate: bool| -> Result<()> {
-            project(y, x, runner.module(l, m), &adapters, l, m, accumulate);
+            project(y, x, runner.module(l, m), &adapters, l, m, accumulate, decode);
             Ok(())
         };
         // x = x + o_proj(attention(q, k, v)), the inputs from h = rmsnorm(x) as every forward makes them; each row
@@ -109,10 +117,10 @@ pub fn decode_step(runner: &Runner<'_, Cpu>, rows: &mut [Row<'_>]) -> Result<Vec
     };
     let mut logits = vec![0.0f32; n * v];
     let base_rows: Vec<usize> = (0..n).filter(|&i| head_of(i).is_none()).collect();
-    rows_through(&mut logits, &h, runner.head(), &base_rows, false);
+    rows_through(&mut logits, &h, runner.head(), &base_rows, false, decode);
     for i in 0..n {
         if let Some(trained) = head_of(i) {
-            rows_through(&mut logits, &h, trained, &[i], false);
+            rows_through(&mut logits, &h, trained, &[i], false, decode);
         }
     }
     Ok(logits)
@@ -120,6 +128,7 @@ pub fn decode_step(runner: &Runner<'_, Cpu>, rows: &mut [Row<'_>]) -> Result<Vec
 
 /// y[N, O] = (accumulate ? y : 0) + x·Wᵀ, plus scale · (x·Aᵀ)·Bᵀ for each row whose adapter adapts module `m` of
 /// layer `l` — the same operations, in the same order, as `lora_forward` on that row alone.
+#[allow(clippy::too_many_arguments)]
 fn project(
     y: &mut [f32],
     x: &[f32],
@@ -128,9 +137,10 @@ fn project(
     l: usize,
     m: TargetModule,
     accumulate: bool,
+    decode: bool,
 ) {
     let all: Vec<usize> = (0..adapters.len()).collect();
-    rows_through(y, x, w, &all, accumulate);
+    rows_through(y, x, w, &all, accumulate, decode);
     let (i, o) = (w.cols, w.rows);
     for (row, a) in adapters.iter().enumerate() {
         let Some(lora) = a.and_then(|a| a.layers[l][m.index()].as_ref()) else { continue };
@@ -141,8 +151,9 @@ fn project(
 }
 
 /// y[row] = (accumulate ? y[row] : 0) + x[row]·Wᵀ for the listed rows: consecutive runs of up to [`DOT_MAX_ROWS`]
-/// rows share one pass over a quantized W; f32 and NF4 weights take a row at a time.
-fn rows_through(y: &mut [f32], x: &[f32], w: &FrozenMatrix, rows: &[usize], accumulate: bool) {
+/// rows share one pass over a quantized W; f32 and NF4 weights take a row at a time. `decode`: through
+/// [`FrozenMatrix::decode_forward`] (8-bit activations), as the runner's decode products.
+fn rows_through(y: &mut [f32], x: &[f32], w: &FrozenMatrix, rows: &[usize], accumulate: bool, decode: bool) {
     let (i, o) = (w.cols, w.rows);
     let at_once = match w.dtype() {
         Some(t) if t != gguf::GgmlType::F32 => DOT_MAX_ROWS,
@@ -156,7 +167,11 @@ fn rows_through(y: &mut [f32], x: &[f32], w: &FrozenMatrix, rows: &[usize], accu
             end += 1;
         }
         let (r0, r1) = (rows[start], rows[end - 1] + 1);
-        w.forward(&mut y[r0 * o..r1 * o], &x[r0 * i..r1 * i], r1 - r0, accumulate);
+        let (y, x) = (&mut y[r0 * o..r1 * o], &x[r0 * i..r1 * i]);
+        match decode {
+            true => w.decode_forward(y, x, r1 - r0, accumulate),
+            false => w.forward(y, x, r1 - r0, accumulate),
+        }
         start = end;
     }
 }

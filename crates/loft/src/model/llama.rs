@@ -3,6 +3,7 @@
 //! local layers with their own RoPE; see [`crate::model::config::Arch`]). Legend: T = new tokens,
 //! C = hidden_size, F = intermediate_size, V = vocab_size, NH/NKV = query/key-value heads, D = head_dim.
 
+use crate::engine::frozen::DOT_MAX_ROWS;
 use crate::engine::rope::Rope;
 use crate::engine::{Backend, Cpu, Vocab};
 use crate::error::{Error, Result};
@@ -128,6 +129,8 @@ pub struct Runner<'w, B: Backend + 'w> {
     norm: B::Vector<'w>,
     /// None when tied to the embedding.
     lm_head: Option<B::Matrix<'w>>,
+    /// Whether products of a few rows (decoding) go through [`Backend::decode_linear_forward`].
+    decode_products: bool,
 }
 
 impl<'w, B: Backend + 'w> Runner<'w, B> {
@@ -176,7 +179,21 @@ impl<'w, B: Backend + 'w> Runner<'w, B> {
             layers,
             norm: backend.vector(&w.norm)?,
             lm_head: w.lm_head.as_ref().map(|h| backend.matrix("lm_head.weight", h)).transpose()?,
+            decode_products: true,
         })
+    }
+
+    /// This runner with the exact products everywhere: decoding steps too multiply f32 activations (the
+    /// reference a backend's parity is checked against), instead of the backend's decode products.
+    pub fn with_exact_products(mut self) -> Self {
+        self.decode_products = false;
+        self
+    }
+
+    /// Whether a few rows (up to [`DOT_MAX_ROWS`], a decoding step) go through the backend's decode products
+    /// ([`Backend::decode_linear_forward`]: 8-bit activations over Q4_0/Q4_1/Q8_0 blocks on the CPU).
+    pub fn decode_products(&self, n: usize) -> bool {
+        self.decode_products && n <= DOT_MAX_ROWS
     }
 
     pub fn backend(&self) -> &B {
@@ -358,17 +375,30 @@ impl<'w, B: Backend + 'w> Runner<'w, B> {
         rows: usize,
         adapter: Option<&UnmergedOnDevice<'_, B>>,
     ) -> Result<Vec<f32>> {
+        self.head_logits(hidden, row0, rows, adapter, self.decode_products(rows))
+    }
+
+    /// [`Runner::logits_with`], through the decode products or the exact ones.
+    fn head_logits(
+        &self,
+        hidden: &B::Buf,
+        row0: usize,
+        rows: usize,
+        adapter: Option<&UnmergedOnDevice<'_, B>>,
+        decode: bool,
+    ) -> Result<Vec<f32>> {
         self.check_adapter(adapter)?;
         let (be, c, v) = (self.backend, self.model.config.hidden_size, self.model.config.vocab_size);
         let mut x = be.zeros(rows * c)?;
         be.copy(hidden, row0 * c, &mut x, 0, rows * c)?;
         let mut logits = be.zeros(rows * v)?;
         let tied = self.lm_head.is_none();
-        match adapter.and_then(|a| a.lm_head.as_ref().or(a.embed_tokens.as_ref().filter(|_| tied))) {
-            Some(trained) => be.linear_forward(&mut logits, &x, trained, rows, false)?,
-            None => {
-                be.linear_forward(&mut logits, &x, self.lm_head.as_ref().unwrap_or(&self.embed_tokens), rows, false)?
-            }
+        let base = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        match (adapter.and_then(|a| a.lm_head.as_ref().or(a.embed_tokens.as_ref().filter(|_| tied))), decode) {
+            (Some(trained), true) => be.decode_linear_forward(&mut logits, &x, trained, rows, false)?,
+            (Some(trained), false) => be.linear_forward(&mut logits, &x, trained, rows, false)?,
+            (None, true) => be.decode_linear_forward(&mut logits, &x, base, rows, false)?,
+            (None, false) => be.linear_forward(&mut logits, &x, base, rows, false)?,
         }
         be.download(logits)
     }
@@ -494,11 +524,15 @@ impl<'w, B: Backend + 'w> Runner<'w, B> {
         n: usize,
         accumulate: bool,
     ) -> Result<()> {
-        match (lora, scratch) {
-            (Some(lora), Some(s)) => {
+        match (lora, scratch, self.decode_products(n)) {
+            (Some(lora), Some(s), false) => {
                 self.backend.lora_forward(y, &mut s.xa, &mut s.xd, x, w, lora, None, n, accumulate)
             }
-            _ => self.backend.linear_forward(y, x, w, n, accumulate),
+            (Some(lora), Some(s), true) => {
+                self.backend.decode_lora_forward(y, &mut s.xa, &mut s.xd, x, w, lora, n, accumulate)
+            }
+            (_, _, false) => self.backend.linear_forward(y, x, w, n, accumulate),
+            (_, _, true) => self.backend.decode_linear_forward(y, x, w, n, accumulate),
         }
     }
 
@@ -527,7 +561,7 @@ impl<'w, B: Backend + 'w> Runner<'w, B> {
         const CHUNK: usize = 64;
         for start in (0..n).step_by(CHUNK) {
             let end = (start + CHUNK).min(n);
-            let logits = self.logits(&hidden, start, end - start)?;
+            let logits = self.head_logits(&hidden, start, end - start, None, false)?; // exact, whatever the tail
             for (i, row) in logits.chunks_exact(v).enumerate() {
                 let target = tokens[start + i + 1] as usize;
                 nll.push(log_sum_exp(row) - row[target] as f64);

@@ -1,0 +1,674 @@
+//! Integer dot products for decoding: the activations quantized to 8 bits (as llama.cpp quantizes them, to
+//! Q8_0/Q8_1, before its quantized products, but with a scale per 4 values), then each weight row's Q4_0, Q4_1 or
+//! Q8_0 blocks multiplied with them in integers. Variants: a scalar reference (also the portable path), AVX2 (`maddubs` + `madd`, 8 lanes)
+//! and AVX-512 VNNI (`dpbusd`, two blocks per 16 lanes), chosen at run time.
+//!
+//! Every variant computes the same float operations in the same order, so the CPU's features never change an answer
+//! and each SIMD variant equals the scalar reference bit for bit. For a weight row w and a quantized vector x:
+//!   per block b, 8 exact i32 lane sums: lane j = Σ of elements 4j..4j+3 of w_b ⊙ q_b, where w_b is
+//!     (nibble − 8) for Q4_0, the nibble for Q4_1, the signed byte for Q8_0 (Q4 element e < 16 is the low nibble
+//!     of byte e, element e ≥ 16 the high nibble of byte e − 16);
+//!   acc[b mod 2][j] = fma(dw_b · dx_bj, lane_j as f32, acc[b mod 2][j])   (two accumulators of 8 lanes; dx_bj:
+//!     the activations' scale of lane j of block b, see [`Q8Vector`])
+//!   Q4_1 only: mins = mins + mw_b · sx_b, in block order                   (sx_b = Σ_j dx_bj · Σ q_bj)
+//!   result = hsum8(acc[0] + acc[1]) (+ mins),  hsum8(v) = ((v0 + v4) + (v2 + v6)) + ((v1 + v5) + (v3 + v7)).
+//! The lane sums are exact: |nibble·q| pairs stay within i16 (15·127·2), and |w·q| pairs of Q8_0 too (128·127·2).
+//! [`dot_rows`] takes up to [`MAX_ROWS`] vectors per pass over the row; each gets the bits it gets alone.
+
+use gguf::GgmlType;
+use half::f16;
+
+/// Values per block, for the weights and the activations alike.
+pub const BLOCK: usize = 32;
+
+/// The most vectors [`dot_rows`] takes at once.
+pub const MAX_ROWS: usize = 4;
+
+/// Whether `dtype` has an integer kernel here.
+pub fn has_kernel(dtype: GgmlType) -> bool {
+    matches!(dtype, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
+}
+
+/// One activation vector quantized to 8 bits with a scale per lane (4 values): x ≈ d[lane]·q, with what the
+/// weight types need per block. A scale per 4 values rather than llama.cpp's per 32 costs the kernels nothing (a
+/// vector of 8 scales multiplies the 8 lane sums where one broadcast scale would) and confines the rounding of an
+/// outlier (this model family's hidden states reach 30× their typical size) to its own lane.
+#[derive(Clone, Debug, Default)]
+pub struct Q8Vector {
+    /// q[cols], in −127..=127.
+    q: Vec<i8>,
+    /// d[cols / 4] = max |x| / 127 over each lane's four values.
+    d: Vec<f32>,
+    /// s[blocks] = Σ over the block's lanes of d · Σ q, in lane order (Q4_1's min multiplies it).
+    s: Vec<f32>,
+    /// neg8[cols / 4]: −8 · Σ q over each lane's four values (Q4_0's offset of 8, added to the lane sums).
+    neg8: Vec<i32>,
+}
+
+impl Q8Vector {
+    /// `x` (a whole number of blocks) quantized per lane of 4: d = max |x| / 127, q = x / d rounded to nearest,
+    /// ties to even.
+    pub fn quantize(&mut self, x: &[f32]) {
+        assert!(x.len().is_multiple_of(BLOCK), "Q8Vector::quantize: {} values are not whole blocks", x.len());
+        let lanes = x.len() / 4;
+        self.q.resize(x.len(), 0);
+        self.d.resize(lanes, 0.0);
+        self.neg8.resize(lanes, 0);
+        self.s.resize(x.len() / BLOCK, 0.0);
+        for (j, (xl, ql)) in x.chunks_exact(4).zip(self.q.chunks_exact_mut(4)).enumerate() {
+            let amax = xl.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+            for (q, &v) in ql.iter_mut().zip(xl) {
+                *q = round_ties_even(v * id) as i8;
+            }
+            self.d[j] = d;
+            self.neg8[j] = -8 * ql.iter().map(|&q| q as i32).sum::<i32>();
+        }
+        for (b, s) in self.s.iter_mut().enumerate() {
+            *s = (b * 8..b * 8 + 8).fold(0.0f32, |acc, j| acc + self.d[j] * (self.neg8[j] / -8) as f32);
+        }
+    }
+
+    /// A new vector holding `x` quantized.
+    pub fn new(x: &[f32]) -> Self {
+        let mut v = Q8Vector::default();
+        v.quantize(x);
+        v
+    }
+
+    /// The values the quantized vector stands for: d[b]·q.
+    pub fn dequantize(&self) -> Vec<f32> {
+        self.q.iter().enumerate().map(|(i, &q)| self.d[i / 4] * q as f32).collect()
+    }
+}
+
+/// out[k·N + i] = Σ w_k[j]·xs[i][j] for each weight row w_k of `w` (rows of whole `dtype` blocks, one of
+/// [`has_kernel`]'s, as long as the vectors) and up to [`MAX_ROWS`] quantized vectors, each exactly as alone.
+pub fn dot_rows(dtype: GgmlType, w: &[u8], xs: &[&Q8Vector], out: &mut [f32]) {
+    let kernel = Kernel::detect();
+    match xs.len() {
+        1 => kernel.run::<1>(dtype, w, xs, out),
+        2 => kernel.run::<2>(dtype, w, xs, out),
+        3 => kernel.run::<3>(dtype, w, xs, out),
+        4 => kernel.run::<4>(dtype, w, xs, out),
+        n => panic!("q8_dot::dot_rows: {n} vectors; 1 to {MAX_ROWS} are taken"),
+    }
+}
+
+/// The variants, slowest first; the CPU runs the fastest it supports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kernel {
+    Scalar,
+    Avx2,
+    Avx512Vnni,
+}
+
+impl Kernel {
+    /// The fastest variant the CPU supports.
+    pub fn detect() -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::sync::OnceLock;
+            static KERNEL: OnceLock<Kernel> = OnceLock::new();
+            *KERNEL.get_or_init(|| {
+                let avx2 = std::is_x86_feature_detected!("avx2")
+                    && std::is_x86_feature_detected!("fma")
+                    && std::is_x86_feature_detected!("f16c");
+                let vnni = avx2
+                    && std::is_x86_feature_detected!("avx512f")
+                    && std::is_x86_feature_detected!("avx512bw")
+                    && std::is_x86_feature_detected!("avx512vl")
+                    && std::is_x86_feature_detected!("avx512vnni");
+                match (vnni, avx2) {
+                    (true, _) => Kernel::Avx512Vnni,
+                    (false, true) => Kernel::Avx2,
+                    _ => Kernel::Scalar,
+                }
+            })
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        Kernel::Scalar
+    }
+
+    /// The variants this CPU can run, slowest first (the tests compare each with the scalar reference).
+    pub fn available() -> Vec<Kernel> {
+        let best = Kernel::detect();
+        [Kernel::Scalar, Kernel::Avx2, Kernel::Avx512Vnni].into_iter().filter(|&k| k <= best).collect()
+    }
+
+    /// [`dot_rows`] on this variant, which the CPU must support ([`Kernel::detect`], [`Kernel::available`]).
+    pub fn run<const N: usize>(self, dtype: GgmlType, w: &[u8], xs: &[&Q8Vector], out: &mut [f32]) {
+        let xs: &[&Q8Vector; N] = xs.try_into().expect("N vectors");
+        let blocks = xs.first().map_or(0, |x| x.s.len());
+        let block_bytes = match dtype {
+            GgmlType::Q4_0 => 18,
+            GgmlType::Q4_1 => 20,
+            GgmlType::Q8_0 => 34,
+            _ => panic!("q8_dot: no integer kernel for {dtype}"),
+        };
+        let row_bytes = blocks * block_bytes;
+        assert!(
+            blocks > 0
+                && w.len().is_multiple_of(row_bytes)
+                && out.len() == w.len() / row_bytes * N
+                && xs.iter().all(|x| x.s.len() == blocks),
+            "q8_dot: the rows, the vectors and the output differ in length"
+        );
+        match self {
+            Kernel::Scalar => scalar::rows::<N>(dtype, w, row_bytes, xs, out),
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Kernel::detect` chose this variant only where the CPU has AVX2, FMA and F16C; lengths checked.
+            Kernel::Avx2 => unsafe {
+                match dtype {
+                    GgmlType::Q4_0 => avx2::rows_q4::<N, true>(w, row_bytes, xs, out),
+                    GgmlType::Q4_1 => avx2::rows_q4::<N, false>(w, row_bytes, xs, out),
+                    _ => avx2::rows_q8_0::<N>(w, row_bytes, xs, out),
+                }
+            },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: chosen only where the CPU has AVX-512 F/BW/VL/VNNI as well; lengths checked.
+            Kernel::Avx512Vnni => unsafe {
+                match dtype {
+                    GgmlType::Q4_0 => avx512::rows_q4::<N, true>(w, row_bytes, xs, out),
+                    GgmlType::Q4_1 => avx512::rows_q4::<N, false>(w, row_bytes, xs, out),
+                    _ => avx512::rows_q8_0::<N>(w, row_bytes, xs, out),
+                }
+            },
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => scalar::rows::<N>(dtype, w, row_bytes, xs, out),
+        }
+    }
+}
+
+/// v rounded to the nearest integer, ties to even, for |v| ≤ 2²²: adding and removing 1.5·2²³ leaves no
+/// fraction bits (the FPU's own rounding; `f32::round_ties_even` would be a libm call without SSE4.1).
+#[inline(always)]
+fn round_ties_even(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (v + MAGIC) - MAGIC
+}
+
+#[inline(always)]
+fn half_at(b: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+/// hsum8 of the module's legend.
+#[inline(always)]
+fn hsum8(v: [f32; 8]) -> f32 {
+    ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]))
+}
+
+/// The reference: the module's legend, written out.
+mod scalar {
+    use super::*;
+
+    /// The 8 lane sums of one block (`wb`: the block's bytes; `q`: the vector's 32 values, `neg8` its 8 offsets).
+    fn lanes(dtype: GgmlType, wb: &[u8], q: &[i8], neg8: &[i32]) -> [i32; 8] {
+        let weight = |e: usize| -> i32 {
+            match dtype {
+                GgmlType::Q8_0 => wb[2 + e] as i8 as i32,
+                _ => {
+                    let qs = &wb[wb.len() - 16..];
+                    (if e < 16 { qs[e] & 15 } else { qs[e - 16] >> 4 }) as i32
+                }
+            }
+        };
+        std::array::from_fn(|j| {
+            let sum: i32 = (4 * j..4 * j + 4).map(|e| weight(e) * q[e] as i32).sum();
+            if dtype == GgmlType::Q4_0 {
+                sum + neg8[j]
+            } else {
+                sum
+            }
+        })
+    }
+
+    pub fn rows<const N: usize>(dtype: GgmlType, w: &[u8], row_bytes: usize, xs: &[&Q8Vector; N], out: &mut [f32]) {
+        for (wr, o) in w.chunks_exact(row_bytes).zip(out.chunks_exact_mut(N)) {
+            for (o, x) in o.iter_mut().zip(xs) {
+                *o = dot(dtype, wr, x);
+            }
+        }
+    }
+
+    pub fn dot(dtype: GgmlType, w: &[u8], x: &Q8Vector) -> f32 {
+        if x.s.is_empty() {
+            return 0.0;
+        }
+        let block_bytes = w.len() / x.s.len();
+        let mut acc = [[0.0f32; 8]; 2];
+        let mut mins = 0.0f32;
+        for (b, wb) in w.chunks_exact(block_bytes).enumerate() {
+            let lane = lanes(dtype, wb, &x.q[b * BLOCK..(b + 1) * BLOCK], &x.neg8[b * 8..b * 8 + 8]);
+            let dw = half_at(wb, 0);
+            for ((a, &l), &dx) in acc[b % 2].iter_mut().zip(&lane).zip(&x.d[b * 8..b * 8 + 8]) {
+                *a = (dw * dx).mul_add(l as f32, *a);
+            }
+            if dtype == GgmlType::Q4_1 {
+                mins += half_at(wb, 2) * x.s[b];
+            }
+        }
+        let sum = hsum8(std::array::from_fn(|j| acc[0][j] + acc[1][j]));
+        if dtype == GgmlType::Q4_1 {
+            sum + mins
+        } else {
+            sum
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{Q8Vector, BLOCK};
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    pub(super) unsafe fn half(b: *const u8) -> f32 {
+        // SAFETY (callers): compiled with f16c; b points at two readable bytes.
+        unsafe { _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(b as *const u16) as i32))) }
+    }
+
+    /// hsum8 of the module's legend on a vector.
+    #[inline(always)]
+    pub(super) unsafe fn hsum8(v: __m256) -> f32 {
+        unsafe {
+            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
+        }
+    }
+
+    /// A Q4 block's 16 bytes of nibbles as 32 unsigned bytes in element order (low nibbles, then high).
+    #[inline(always)]
+    pub(super) unsafe fn nibbles(qs: *const u8) -> __m256i {
+        unsafe {
+            let raw = _mm_loadu_si128(qs as *const __m128i);
+            _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), _mm256_set1_epi8(0x0F))
+        }
+    }
+
+    /// One block's 8 lane sums of u·x (u unsigned, x signed bytes): maddubs into i16 pairs, madd into i32 lanes.
+    #[inline(always)]
+    unsafe fn lanes(u: __m256i, x: __m256i) -> __m256i {
+        unsafe { _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1)) }
+    }
+
+    /// Q4_0 (OFFSET: nibble − 8, 18-byte blocks) or Q4_1 (nibble, plus the min; 20-byte blocks).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn rows_q4<const N: usize, const OFFSET: bool>(
+        w: &[u8],
+        row_bytes: usize,
+        xs: &[&Q8Vector; N],
+        out: &mut [f32],
+    ) {
+        for (wr, o) in w.chunks_exact(row_bytes).zip(out.chunks_exact_mut(N)) {
+            // SAFETY: the caller's features are this function's.
+            let r = unsafe { dot_q4::<N, OFFSET>(wr, xs) };
+            o.iter_mut().zip(r).for_each(|(o, v)| *o = v);
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn rows_q8_0<const N: usize>(w: &[u8], row_bytes: usize, xs: &[&Q8Vector; N], out: &mut [f32]) {
+        for (wr, o) in w.chunks_exact(row_bytes).zip(out.chunks_exact_mut(N)) {
+            // SAFETY: as above.
+            let r = unsafe { dot_q8_0::<N>(wr, xs) };
+            o.iter_mut().zip(r).for_each(|(o, v)| *o = v);
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn dot_q4<const N: usize, const OFFSET: bool>(w: &[u8], xs: &[&Q8Vector; N]) -> [f32; N] {
+        let bb = if OFFSET { 18 } else { 20 };
+        let blocks = w.len() / bb;
+        // Block b into acc (the even or the odd accumulators: two arrays, so that they stay in registers).
+        #[inline(always)]
+        unsafe fn block<const N: usize, const OFFSET: bool>(
+            wb: *const u8,
+            b: usize,
+            xs: &[&Q8Vector; N],
+            acc: &mut [__m256; N],
+            mins: &mut [f32; N],
+        ) {
+            let bb = if OFFSET { 18 } else { 20 };
+            unsafe {
+                let u = nibbles(wb.add(bb - 16));
+                let dw = _mm256_set1_ps(half(wb));
+                for r in 0..N {
+                    let x = xs[r];
+                    let xv = _mm256_loadu_si256(x.q.as_ptr().add(b * BLOCK) as *const __m256i);
+                    let mut l = lanes(u, xv);
+                    if OFFSET {
+                        l = _mm256_add_epi32(l, _mm256_loadu_si256(x.neg8.as_ptr().add(b * 8) as *const __m256i));
+                    }
+                    let scale = _mm256_mul_ps(dw, _mm256_loadu_ps(x.d.as_ptr().add(b * 8)));
+                    acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(l), acc[r]);
+                    if !OFFSET {
+                        mins[r] += half(wb.add(2)) * *x.s.get_unchecked(b);
+                    }
+                }
+            }
+        }
+        unsafe {
+            let (mut even, mut odd) = ([_mm256_setzero_ps(); N], [_mm256_setzero_ps(); N]);
+            let mut mins = [0.0f32; N];
+            let p = w.as_ptr();
+            for b in (0..blocks & !1).step_by(2) {
+                block::<N, OFFSET>(p.add(b * bb), b, xs, &mut even, &mut mins);
+                block::<N, OFFSET>(p.add((b + 1) * bb), b + 1, xs, &mut odd, &mut mins);
+            }
+            if blocks % 2 == 1 {
+                block::<N, OFFSET>(p.add((blocks - 1) * bb), blocks - 1, xs, &mut even, &mut mins);
+            }
+            // Loops, not closures, here and below: a closure would not inherit the caller's target features, and
+            // its intrinsics would become calls.
+            let mut out = [0.0f32; N];
+            for r in 0..N {
+                let sum = hsum8(_mm256_add_ps(even[r], odd[r]));
+                out[r] = if OFFSET { sum } else { sum + mins[r] };
+            }
+            out
+        }
+    }
+
+    /// Q8_0 (34-byte blocks of signed bytes): |w| against x with w's sign, so maddubs sees an unsigned operand.
+    #[inline(always)]
+    unsafe fn dot_q8_0<const N: usize>(w: &[u8], xs: &[&Q8Vector; N]) -> [f32; N] {
+        let blocks = w.len() / 34;
+        #[inline(always)]
+        unsafe fn block<const N: usize>(wb: *const u8, b: usize, xs: &[&Q8Vector; N], acc: &mut [__m256; N]) {
+            unsafe {
+                let wv = _mm256_loadu_si256(wb.add(2) as *const __m256i);
+                let u = _mm256_sign_epi8(wv, wv);
+                let dw = _mm256_set1_ps(half(wb));
+                for r in 0..N {
+                    let x = xs[r];
+                    let xv = _mm256_loadu_si256(x.q.as_ptr().add(b * BLOCK) as *const __m256i);
+                    let l = lanes(u, _mm256_sign_epi8(xv, wv));
+                    let scale = _mm256_mul_ps(dw, _mm256_loadu_ps(x.d.as_ptr().add(b * 8)));
+                    acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(l), acc[r]);
+                }
+            }
+        }
+        unsafe {
+            let (mut even, mut odd) = ([_mm256_setzero_ps(); N], [_mm256_setzero_ps(); N]);
+            let p = w.as_ptr();
+            for b in (0..blocks & !1).step_by(2) {
+                block::<N>(p.add(b * 34), b, xs, &mut even);
+                block::<N>(p.add((b + 1) * 34), b + 1, xs, &mut odd);
+            }
+            if blocks % 2 == 1 {
+                block::<N>(p.add((blocks - 1) * 34), blocks - 1, xs, &mut even);
+            }
+            let mut out = [0.0f32; N];
+            for r in 0..N {
+                out[r] = hsum8(_mm256_add_ps(even[r], odd[r]));
+            }
+            out
+        }
+    }
+}
+
+/// Two blocks per 512-bit step: lanes 0..8 hold the even block (acc[0] of the legend), lanes 8..16 the odd one
+/// (acc[1]); an odd last block goes through 256-bit `dpbusd` into the even half.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::avx2::{half, hsum8, nibbles};
+    use super::{Q8Vector, BLOCK};
+    use std::arch::x86_64::*;
+
+    /// [lo(a), hi(a)] and [lo(b), hi(b)] as 64 unsigned bytes: blocks a and b's nibbles in element order.
+    #[inline(always)]
+    unsafe fn nibbles2(a: *const u8, b: *const u8) -> __m512i {
+        unsafe {
+            let raw = _mm256_set_m128i(_mm_loadu_si128(b as *const __m128i), _mm_loadu_si128(a as *const __m128i));
+            let z = _mm512_inserti64x4(_mm512_castsi256_si512(raw), _mm256_srli_epi16(raw, 4), 1);
+            // 128-bit lanes [a, b, a>>4, b>>4] → [a, a>>4, b, b>>4]
+            _mm512_and_si512(_mm512_shuffle_i64x2(z, z, 0b11_01_10_00), _mm512_set1_epi8(0x0F))
+        }
+    }
+
+    /// [s0 × 8, s1 × 8]
+    #[inline(always)]
+    unsafe fn pair(s0: f32, s1: f32) -> __m512 {
+        unsafe { _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(s0), _mm512_set1_ps(s1)) }
+    }
+
+    /// hsum8(even half + odd half), after `tail` (an odd last block's fma) into the even half.
+    #[inline(always)]
+    unsafe fn finish(acc: __m512, tail: Option<(__m256, __m256i)>) -> f32 {
+        unsafe {
+            let mut even = _mm512_castps512_ps256(acc);
+            let odd = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc), 1));
+            if let Some((scale, l)) = tail {
+                even = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(l), even);
+            }
+            hsum8(_mm256_add_ps(even, odd))
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub unsafe fn rows_q4<const N: usize, const OFFSET: bool>(
+        w: &[u8],
+        row_bytes: usize,
+        xs: &[&Q8Vector; N],
+        out: &mut [f32],
+    ) {
+        for (wr, o) in w.chunks_exact(row_bytes).zip(out.chunks_exact_mut(N)) {
+            // SAFETY: the caller's features are this function's.
+            let r = unsafe { dot_q4::<N, OFFSET>(wr, xs) };
+            o.iter_mut().zip(r).for_each(|(o, v)| *o = v);
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub unsafe fn rows_q8_0<const N: usize>(w: &[u8], row_bytes: usize, xs: &[&Q8Vector; N], out: &mut [f32]) {
+        for (wr, o) in w.chunks_exact(row_bytes).zip(out.chunks_exact_mut(N)) {
+            // SAFETY: as above.
+            let r = unsafe { dot_q8_0::<N>(wr, xs) };
+            o.iter_mut().zip(r).for_each(|(o, v)| *o = v);
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn dot_q4<const N: usize, const OFFSET: bool>(w: &[u8], xs: &[&Q8Vector; N]) -> [f32; N] {
+        let bb = if OFFSET { 18 } else { 20 };
+        let blocks = w.len() / bb;
+        unsafe {
+            let mut acc = [_mm512_setzero_ps(); N];
+            let mut mins = [0.0f32; N];
+            let p = w.as_ptr();
+            for b in (0..blocks & !1).step_by(2) {
+                let (w0, w1) = (p.add(b * bb), p.add((b + 1) * bb));
+                let u = nibbles2(w0.add(bb - 16), w1.add(bb - 16));
+                let dw = pair(half(w0), half(w1));
+                for r in 0..N {
+                    let x = xs[r];
+                    let xv = _mm512_loadu_si512(x.q.as_ptr().add(b * BLOCK) as *const _);
+                    let init = match OFFSET {
+                        true => _mm512_loadu_si512(x.neg8.as_ptr().add(b * 8) as *const _),
+                        false => _mm512_setzero_si512(),
+                    };
+                    let l = _mm512_dpbusd_epi32(init, u, xv);
+                    let scale = _mm512_mul_ps(dw, _mm512_loadu_ps(x.d.as_ptr().add(b * 8)));
+                    acc[r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(l), acc[r]);
+                    if !OFFSET {
+                        mins[r] += half(w0.add(2)) * *x.s.get_unchecked(b);
+                        mins[r] += half(w1.add(2)) * *x.s.get_unchecked(b + 1);
+                    }
+                }
+            }
+            let mut out = [0.0f32; N];
+            for r in 0..N {
+                let x = xs[r];
+                let mut tail = None;
+                if blocks % 2 == 1 {
+                    let b = blocks - 1;
+                    let wb = p.add(b * bb);
+                    let xv = _mm256_loadu_si256(x.q.as_ptr().add(b * BLOCK) as *const __m256i);
+                    let init = match OFFSET {
+                        true => _mm256_loadu_si256(x.neg8.as_ptr().add(b * 8) as *const __m256i),
+                        false => _mm256_setzero_si256(),
+                    };
+                    if !OFFSET {
+                        mins[r] += half(wb.add(2)) * *x.s.get_unchecked(b);
+                    }
+                    let l = _mm256_dpbusd_epi32(init, nibbles(wb.add(bb - 16)), xv);
+                    tail = Some((_mm256_mul_ps(_mm256_set1_ps(half(wb)), _mm256_loadu_ps(x.d.as_ptr().add(b * 8))), l));
+                }
+                let sum = finish(acc[r], tail);
+                out[r] = if OFFSET { sum } else { sum + mins[r] };
+            }
+            out
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn dot_q8_0<const N: usize>(w: &[u8], xs: &[&Q8Vector; N]) -> [f32; N] {
+        let blocks = w.len() / 34;
+        unsafe {
+            let mut acc = [_mm512_setzero_ps(); N];
+            let p = w.as_ptr();
+            for b in (0..blocks & !1).step_by(2) {
+                let (w0, w1) = (p.add(b * 34), p.add((b + 1) * 34));
+                let wv = _mm512_inserti64x4(
+                    _mm512_castsi256_si512(_mm256_loadu_si256(w0.add(2) as *const __m256i)),
+                    _mm256_loadu_si256(w1.add(2) as *const __m256i),
+                    1,
+                );
+                let u = _mm512_abs_epi8(wv);
+                let negative = _mm512_movepi8_mask(wv);
+                let dw = pair(half(w0), half(w1));
+                for r in 0..N {
+                    let x = xs[r];
+                    let xv = _mm512_loadu_si512(x.q.as_ptr().add(b * BLOCK) as *const _);
+                    let signed = _mm512_mask_sub_epi8(xv, negative, _mm512_setzero_si512(), xv);
+                    let l = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, signed);
+                    let scale = _mm512_mul_ps(dw, _mm512_loadu_ps(x.d.as_ptr().add(b * 8)));
+                    acc[r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(l), acc[r]);
+                }
+            }
+            let mut out = [0.0f32; N];
+            for r in 0..N {
+                let x = xs[r];
+                let mut tail = None;
+                if blocks % 2 == 1 {
+                    let b = blocks - 1;
+                    let wb = p.add(b * 34);
+                    let wv = _mm256_loadu_si256(wb.add(2) as *const __m256i);
+                    let xv = _mm256_loadu_si256(x.q.as_ptr().add(b * BLOCK) as *const __m256i);
+                    let l =
+                        _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
+                    tail = Some((_mm256_mul_ps(_mm256_set1_ps(half(wb)), _mm256_loadu_ps(x.d.as_ptr().add(b * 8))), l));
+                }
+                out[r] = finish(acc[r], tail);
+            }
+            out
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rand(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = crate::rng::SplitMix64::new(seed);
+        (0..n).map(|_| s.next_f64() as f32 * 2.0 - 1.0).collect()
+    }
+
+    const TYPES: [GgmlType; 3] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0];
+
+    /// Each variant this CPU has gives the scalar reference's bits, for 1..=4 vectors, odd and even block counts,
+    /// with extreme weights (Q8_0's −128, every nibble 0 and 15) and vectors (a zero block, one huge value).
+    #[test]
+    fn every_variant_equals_the_scalar_reference_bit_for_bit() {
+        let kernels = Kernel::available();
+        eprintln!("variants on this CPU: {kernels:?}");
+        for cols in [32, 96, 576, 1536] {
+            let w = rand(cols, cols as u64);
+            let mut xs: Vec<Vec<f32>> = (0..MAX_ROWS).map(|i| rand(cols, 100 + i as u64)).collect();
+            xs[1][..32].fill(0.0);
+            xs[2][cols - 1] = 1e6;
+            let qx: Vec<Q8Vector> = xs.iter().map(|x| Q8Vector::new(x)).collect();
+            for dtype in TYPES {
+                let mut q = gguf::quantize(dtype, &w, cols).unwrap();
+                // Extremes the quantizer never writes but a file may hold.
+                match dtype {
+                    GgmlType::Q8_0 => q[2..34].iter_mut().step_by(3).for_each(|v| *v = 0x80),
+                    _ => {
+                        let bb = q.len() / (cols / 32);
+                        q[bb - 16..bb]
+                            .iter_mut()
+                            .enumerate()
+                            .for_each(|(i, v)| *v = if i % 2 == 0 { 0xFF } else { 0x00 })
+                    }
+                }
+                let other = gguf::quantize(dtype, &rand(cols, 7), cols).unwrap();
+                for n in 1..=MAX_ROWS {
+                    let refs: Vec<&Q8Vector> = qx[..n].iter().collect();
+                    let want: Vec<f32> = refs.iter().map(|x| scalar::dot(dtype, &q, x)).collect();
+                    let want2: Vec<f32> = refs.iter().map(|x| scalar::dot(dtype, &other, x)).collect();
+                    let q2: Vec<u8> = q.iter().chain(&other).copied().collect(); // two rows
+                    for &k in &kernels {
+                        let mut got = vec![0.0f32; 2 * n];
+                        match n {
+                            1 => k.run::<1>(dtype, &q2, &refs, &mut got),
+                            2 => k.run::<2>(dtype, &q2, &refs, &mut got),
+                            3 => k.run::<3>(dtype, &q2, &refs, &mut got),
+                            _ => k.run::<4>(dtype, &q2, &refs, &mut got),
+                        }
+                        let want: Vec<f32> = want.iter().chain(&want2).copied().collect();
+                        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(bits(&got), bits(&want), "{k:?} {dtype} cols={cols} n={n}: {got:?} vs {want:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The integer product is the exact dot of the dequantized weights with the dequantized activations, up to
+    /// f32 rounding: within 1e-5 of the sum of |terms| (computed in f64).
+    #[test]
+    fn the_result_is_the_dot_of_both_dequantized_operands() {
+        for cols in [64, 1536] {
+            let w = rand(cols, 1);
+            let x = rand(cols, 2);
+            let qx = Q8Vector::new(&x);
+            let xd = qx.dequantize();
+            for dtype in TYPES {
+                let q = gguf::quantize(dtype, &w, cols).unwrap();
+                let mut wd = vec![0.0; cols];
+                gguf::dequantize(dtype, &q, &mut wd).unwrap();
+                let want: f64 = wd.iter().zip(&xd).map(|(a, b)| *a as f64 * *b as f64).sum();
+                let scale: f64 = wd.iter().zip(&xd).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
+                let mut got = [0.0f32];
+                dot_rows(dtype, &q, &[&qx], &mut got);
+                let err = (got[0] as f64 - want).abs() / scale;
+                assert!(err < 1e-5, "{dtype} cols={cols}: {} vs {want} ({err:.1e} of Σ|terms|)", got[0]);
+            }
+        }
+    }
+
+    /// The activations' own error: each value within half a step (d/2) of x, d = max |x| / 127 per lane of 4; a
+    /// block of zeros stays exactly zero, and an outlier moves only its own lane's step.
+    #[test]
+    fn quantized_activations_are_within_half_a_step() {
+        let mut x = rand(128, 3);
+        x[32..64].fill(0.0);
+        x[70] = -40.0;
+        let q = Q8Vector::new(&x);
+        let back = q.dequantize();
+        for (j, (xl, yl)) in x.chunks(4).zip(back.chunks(4)).enumerate() {
+            let d = xl.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 127.0;
+            for (a, y) in xl.iter().zip(yl) {
+                assert!((a - y).abs() <= d * 0.5 * (1.0 + 1e-6), "lane {j}: {a} became {y} (step {d})");
+            }
+        }
+        assert!((back[64] - x[64]).abs() <= 1.0 / 254.0, "the outlier at 70 moved a value of another lane");
+        assert!(back[32..64].iter().all(|&v| v == 0.0));
+        assert_eq!(q.q[70], -127);
+    }
+}
