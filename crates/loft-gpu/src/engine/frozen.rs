@@ -7,7 +7,7 @@ use loft::engine::nf4::Nf4Dtype;
 use loft::engine::FrozenMatrix;
 use loft::{Error, Result};
 
-use super::matmul::{groups, kernel, params, View};
+use super::matmul::{groups, kernel, params, View, K_SLICE};
 use crate::context::{groups_for, human_bytes, Binding, Context, GpuBuffer, Kernel};
 
 /// Up to this many input rows (decoding), the forward runs one workgroup per weight row (shaders/matvec_frozen.wgsl)
@@ -364,7 +364,7 @@ impl GpuFrozen {
         let decl = format!(
             "@group(0) @binding(3) var<storage, read> wq: array<u32>;\n{}\n\
              fn load_b(k: u32, n: u32) -> f32 {{\n    if (p.b_cs != 0u) {{ return load_w(n, k, p.b_rs); }}\n    \
-             return load_w(k, n, p.b_rs);\n}}",
+             return load_w(k + p.b_off, n, p.b_rs);\n}}",
             self.load_w_wgsl()
         );
         kernel(&format!("matmul_frozen_{}", self.storage_name()), &decl)
@@ -415,12 +415,19 @@ impl GpuFrozen {
             return Ok(());
         }
         let kernel = self.kernel();
-        for (i, b) in self.blocks.iter().enumerate() {
-            let dyv = View { off: b.row0, rs: rows, cs: 1 };
-            let wv = View { off: 0, rs: self.row_bytes, cs: 0 };
-            let p = params(n, cols, b.rows, accumulate || i > 0, 1.0, dyv, wv, 0, cols);
-            let bind = [Binding::Write(dx), Binding::Read(dy), Binding::Read(&b.data)];
-            ctx.dispatch(&kernel, &p, &bind, groups(n, cols))?;
+        // The reduction runs over the weight's rows: each block's, in slices of at most K_SLICE rows (b_off: the
+        // slice's first row within the block), each accumulating onto the last.
+        let mut first = true;
+        for b in &self.blocks {
+            for r0 in (0..b.rows).step_by(K_SLICE) {
+                let dyv = View { off: b.row0 + r0, rs: rows, cs: 1 };
+                let wv = View { off: r0, rs: self.row_bytes, cs: 0 };
+                let k = (b.rows - r0).min(K_SLICE);
+                let p = params(n, cols, k, accumulate || !first, 1.0, dyv, wv, 0, cols);
+                let bind = [Binding::Write(dx), Binding::Read(dy), Binding::Read(&b.data)];
+                ctx.dispatch(&kernel, &p, &bind, groups(n, cols))?;
+                first = false;
+            }
         }
         Ok(())
     }

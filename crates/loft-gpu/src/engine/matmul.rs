@@ -86,14 +86,29 @@ pub fn gemm(
     if m == 0 || n == 0 {
         return Ok(());
     }
-    let p = params(m, n, k, accumulate, alpha, av, bv, 0, n);
-    ctx.dispatch(
-        &kernel("matmul_f32", F32_B),
-        &p,
-        &[Binding::Write(c), Binding::Read(a), Binding::Read(b)],
-        groups(m, n),
-    )
+    // The reduction in slices of at most K_SLICE, each accumulating onto the last (see K_SLICE).
+    let mut k0 = 0;
+    loop {
+        let kk = (k - k0).min(K_SLICE);
+        let (a_s, b_s) = (View { off: av.off + k0 * av.cs, ..av }, View { off: bv.off + k0 * bv.rs, ..bv });
+        let p = params(m, n, kk, accumulate || k0 > 0, alpha, a_s, b_s, 0, n);
+        ctx.dispatch(
+            &kernel("matmul_f32", F32_B),
+            &p,
+            &[Binding::Write(c), Binding::Read(a), Binding::Read(b)],
+            groups(m, n),
+        )?;
+        k0 += kk;
+        if k0 >= k {
+            return Ok(());
+        }
+    }
 }
+
+/// The longest reduction one matmul dispatch runs: lavapipe sums a reduction of 60,000 (3,750 tiles of 16)
+/// wrongly in one workgroup while 58,000 is right, so longer ones are split into dispatches that accumulate (a
+/// head's input gradient reduces over the vocabulary).
+pub(crate) const K_SLICE: usize = 32_768;
 
 /// y[N,M] = (accumulate ? y : 0) + alpha · x[N,K] · w[M,K]ᵀ
 #[allow(clippy::too_many_arguments)]
