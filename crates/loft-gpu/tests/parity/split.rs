@@ -28,11 +28,15 @@ const LIMIT: u64 = 4096;
 /// keeps the device's limit).
 fn split_gpu() -> &'static Wgpu {
     static GPU: OnceLock<Wgpu> = OnceLock::new();
-    GPU.get_or_init(|| {
-        let name = std::env::var("LOFT_GPU_ADAPTER").unwrap_or_else(|_| "lavapipe".into());
-        let ctx = Context::open_named(&name).unwrap_or_else(|e| panic!("the test adapter '{name}': {e}"));
-        Wgpu::new(ctx.with_weight_block_bytes(LIMIT))
-    })
+    GPU.get_or_init(|| Wgpu::new(split_context()))
+}
+
+/// A new context on the test adapter with [`LIMIT`]: one no other test allocates on, where a test counts the
+/// device's bytes.
+fn split_context() -> Context {
+    let name = std::env::var("LOFT_GPU_ADAPTER").unwrap_or_else(|_| "lavapipe".into());
+    let ctx = Context::open_named(&name).unwrap_or_else(|e| panic!("the test adapter '{name}': {e}"));
+    ctx.with_weight_block_bytes(LIMIT)
 }
 
 fn read(c: &Context, buf: &loft_gpu::GpuBuffer) -> Vec<f32> {
@@ -63,7 +67,9 @@ fn matrix(rows: usize, cols: usize, dtype: Option<GgmlType>, seed: u64) -> Froze
 /// rows (33: a block of rows must be a multiple of 64 rows; 96: of 2).
 #[test]
 fn split_products_and_lookup_equal_one_block_and_the_cpu() {
-    let (split, whole) = (split_gpu().context(), gpu().context());
+    // Its own context: the device's byte count below must see this test's uploads alone.
+    let own = split_context();
+    let (split, whole) = (&own, gpu().context());
     let cases = [
         (Some(GgmlType::F32), 25, 96),
         (Some(GgmlType::F16), 50, 96),
