@@ -1,24 +1,14 @@
 //! Twin of `loft::engine::geglu`: out = gelu(gate) · up (GELU's tanh approximation), elementwise; every buffer
-//! [N, F].
+//! [N, F]. Dispatched as SwiGLU is (`super::swiglu`), with its own kernels.
 
 use loft::Result;
 
-use crate::context::{groups_1d, Binding, Context, GpuBuffer, Kernel};
+use super::swiglu::{gated_backward, gated_forward};
+use crate::context::{Context, GpuBuffer};
 
 /// out = gelu(gate) · up.
 pub fn geglu_forward(ctx: &Context, out: &mut GpuBuffer, gate: &GpuBuffer, up: &GpuBuffer) -> Result<()> {
-    let len = gate.len();
-    ensure!(out.len() == len && up.len() == len, "geglu_forward: shapes");
-    ctx.dispatch(
-        &Kernel {
-            name: "geglu_forward".into(),
-            source: include_str!("../shaders/geglu_forward.wgsl").into(),
-            entry: "main",
-        },
-        &[len as u32, 0, 0, 0],
-        &[Binding::Write(out), Binding::Read(gate), Binding::Read(up)],
-        groups_1d(len, 256),
-    )
+    gated_forward(ctx, "geglu_forward", include_str!("../shaders/geglu_forward.wgsl"), out, gate, up)
 }
 
 /// Backward of [`geglu_forward`]; dgate and dup are OVERWRITTEN.
@@ -30,16 +20,6 @@ pub fn geglu_backward(
     gate: &GpuBuffer,
     up: &GpuBuffer,
 ) -> Result<()> {
-    let len = gate.len();
-    ensure!(dgate.len() == len && dup.len() == len && dout.len() == len && up.len() == len, "geglu_backward: shapes");
-    ctx.dispatch(
-        &Kernel {
-            name: "geglu_backward".into(),
-            source: include_str!("../shaders/geglu_backward.wgsl").into(),
-            entry: "main",
-        },
-        &[len as u32, 0, 0, 0],
-        &[Binding::Write(dgate), Binding::Write(dup), Binding::Read(dout), Binding::Read(gate), Binding::Read(up)],
-        groups_1d(len, 256),
-    )
+    let source = include_str!("../shaders/geglu_backward.wgsl");
+    gated_backward(ctx, "geglu_backward", source, dgate, dup, dout, gate, up)
 }
