@@ -55,6 +55,10 @@ pub struct TrainArgs {
     /// On a GPU with f16 support, keep the saved activations in f16 (half their memory; f32 arithmetic).
     #[arg(long)]
     pub f16_activations: bool,
+    /// Also time gemm alone on the step's frozen products (CPU), a few rounds after each timed step, and print the
+    /// step's FLOP rate as a share of gemm's best on those shapes.
+    #[arg(long)]
+    pub vs_gemm: bool,
     /// Print one JSON object on the last line.
     #[arg(long)]
     pub json: bool,
@@ -163,12 +167,19 @@ fn train(args: TrainArgs) -> loft::Result<()> {
             "add --device gpu (or gpu:NAME)",
         )),
         Device::Cpu => train_on(&Cpu, args),
+        Device::Gpu(_) if args.vs_gemm => Err(loft::Error::hinted(
+            "--vs-gemm times the CPU's gemm; this bench runs on a GPU",
+            "drop --vs-gemm, or use --device cpu",
+        )),
         Device::Gpu(gpu) => {
             let f16 = args.f16_activations;
             train_on(&gpu.with_f16_activations(f16)?, args)
         }
     }
 }
+
+/// gemm's rounds over the step's frozen products after each timed step (--vs-gemm): one round is ~1/15 of a step.
+const GEMM_ROUNDS_PER_STEP: usize = 4;
 
 /// The LoRA step (forward, backward, clip, AdamW) on `be`, timed over `--steps` after `--warmup`.
 fn train_on<B: Backend>(be: &B, args: TrainArgs) -> loft::Result<()> {
@@ -178,6 +189,7 @@ fn train_on<B: Backend>(be: &B, args: TrainArgs) -> loft::Result<()> {
     use loft::model::{load_base, LlamaConfig, Runner};
     use loft::train::forward_backward::{forward_backward, TrainArena};
     use loft::train::optim::{moment_bytes, OptimConfig, OptimKind, Optimizer};
+    use loft::train::products::{step_products, ProductTimer};
     use loft::Error;
 
     let kind = OptimKind::parse(&args.optim)
@@ -269,6 +281,9 @@ fn train_on<B: Backend>(be: &B, args: TrainArgs) -> loft::Result<()> {
 
     let mut timed = 0.0f64;
     let mut last_loss = 0.0;
+    // --vs-gemm: gemm's rounds run after each timed step; the step's peak memory is read before their operands exist.
+    let mut gemm: Option<ProductTimer> = None;
+    let mut peak_of_steps = None;
     for step in 0..args.warmup + args.steps {
         let start = Instant::now();
         grads.zero(be)?;
@@ -285,6 +300,15 @@ fn train_on<B: Backend>(be: &B, args: TrainArgs) -> loft::Result<()> {
         last_loss = sum / n as f64;
         if step >= args.warmup {
             timed += start.elapsed().as_secs_f64();
+            if args.vs_gemm {
+                if gemm.is_none() {
+                    peak_of_steps = memory::peak_rss_bytes();
+                }
+                let timer = gemm.get_or_insert_with(|| ProductTimer::new(step_products(&cfg, args.batch * args.seq)));
+                for _ in 0..GEMM_ROUNDS_PER_STEP {
+                    timer.round();
+                }
+            }
         }
     }
     let tokens = (args.batch * args.seq * args.steps) as f64;
@@ -298,7 +322,10 @@ fn train_on<B: Backend>(be: &B, args: TrainArgs) -> loft::Result<()> {
     let fwd = 2.0 * (p_linear + head) + attn_fwd;
     let flops_per_token =
         fwd + 2.0 * (p_linear + head) + 2.5 * attn_fwd + if args.checkpointing { fwd - 2.0 * head } else { 0.0 };
-    let peak = memory::peak_rss_bytes().unwrap_or(0);
+    let peak = peak_of_steps.or_else(memory::peak_rss_bytes).unwrap_or(0);
+    let step_gflops = tps * flops_per_token / 1e9;
+    // gemm's best and median on the step's shapes, GFLOP/s.
+    let gemm_figures = gemm.as_ref().map(|g| (g.best_flops_per_second() / 1e9, g.median_flops_per_second() / 1e9));
     let device_bytes = be.allocated_bytes();
     let threads = rayon::current_num_threads();
     if !args.json {
@@ -317,11 +344,19 @@ fn train_on<B: Backend>(be: &B, args: TrainArgs) -> loft::Result<()> {
             args.load_in_4bit
         );
         println!("threads: {threads}");
-        println!(
-            "tokens/s: {tps:.1} ({:.3} s/step, {:.1} GFLOP/s)",
-            timed / args.steps as f64,
-            tps * flops_per_token / 1e9
-        );
+        println!("tokens/s: {tps:.1} ({:.3} s/step, {step_gflops:.1} GFLOP/s)", timed / args.steps as f64);
+        if let (Some(g), Some((best, median))) = (&gemm, gemm_figures) {
+            println!(
+                "gemm alone on the step's frozen products ({} rounds between the steps): {best:.1} GFLOP/s at each \
+                 shape's best, {median:.1} at its median",
+                g.rounds()
+            );
+            println!(
+                "the step: {:.1} % of gemm's best ({:.1} % of its median)",
+                100.0 * step_gflops / best,
+                100.0 * step_gflops / median
+            );
+        }
         println!(
             "memory: peak RSS {}, base weights {}, activations {} (estimate {})",
             memory::human(peak),
@@ -347,7 +382,9 @@ fn train_on<B: Backend>(be: &B, args: TrainArgs) -> loft::Result<()> {
                 "optim": kind.name(),
                 "tokens_per_second": tps,
                 "seconds_per_step": timed / args.steps as f64,
-                "gflops_per_second": tps * flops_per_token / 1e9,
+                "gflops_per_second": step_gflops,
+                "gemm_best_gflops_per_second": gemm_figures.map(|g| g.0),
+                "gemm_median_gflops_per_second": gemm_figures.map(|g| g.1),
                 "peak_rss_bytes": peak,
                 "base_weight_bytes": model.weights.storage_bytes(),
                 "activation_bytes": arena.bytes(be),

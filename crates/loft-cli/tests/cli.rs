@@ -474,3 +474,24 @@ fn inspect_shows_a_peft_adapter() {
     // 2 layers × 7 modules × (A + B) at r = 4, plus the two 64×32 full copies.
     assert_eq!(v["trainable_parameters"], 7808);
 }
+
+/// `bench train --vs-gemm` times gemm on the step's frozen products between the steps and reports both rates; on a
+/// GPU it is refused in one line.
+#[test]
+fn bench_train_vs_gemm_reports_gemms_rate_beside_the_steps() {
+    let args = ["bench", "train", "--batch", "1", "--seq", "16", "--steps", "2", "--warmup", "0", "--vs-gemm"];
+    let out = loft(&[&args[..], &["--json"]].concat());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).lines().last().unwrap()).unwrap();
+    let (best, median) =
+        (v["gemm_best_gflops_per_second"].as_f64().unwrap(), v["gemm_median_gflops_per_second"].as_f64().unwrap());
+    assert!(best >= median && median > 0.0, "{v}");
+    let out = loft(&args);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("gemm alone on the step's frozen products (8 rounds") && stdout.contains("% of gemm's best")
+    );
+    let out = loft(&[&args[..], &["--device", "gpu:lavapipe"]].concat());
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("--vs-gemm times the CPU's gemm"), "{}", text(&out.stderr));
+}

@@ -232,7 +232,7 @@ pub struct TrainArena<Bk: Backend = Cpu> {
 }
 
 /// Rows of logits the fused head holds at once.
-const HEAD_CHUNK: usize = 256;
+pub(crate) const HEAD_CHUNK: usize = 256;
 
 impl<Bk: Backend> TrainArena<Bk> {
     /// Bytes the arena takes for this shape, without allocating it: the same sum `bytes()` makes of the buffers
