@@ -168,8 +168,8 @@ impl FrozenMatrix {
         }
     }
 
-    /// [`FrozenMatrix::forward`] for the few rows of a decoding step (N ≤ [`DOT_MAX_ROWS`]): over Q4_0, Q4_1 or
-    /// Q8_0 blocks, each row of x is quantized to 8 bits with a scale per 4 values and multiplied in integers (see
+    /// [`FrozenMatrix::forward`] for the few rows of a decoding step (N ≤ [`DOT_MAX_ROWS`]): over Q4_0, Q4_1,
+    /// Q5_0, Q5_1, Q8_0, Q4_K, Q5_K or Q6_K blocks, each row of x is quantized to 8 bits with a scale per 4 values and multiplied in integers (see
     /// [`q8_dot`]: about 1/254 of each block's largest |x| of rounding per value, as llama.cpp decodes). Other
     /// storage, and more rows, take [`FrozenMatrix::forward`]. Each row's result is the same whatever the number
     /// of rows beside it.
@@ -353,14 +353,15 @@ mod tests {
         }
     }
 
-    /// The decode products over Q4_0/Q4_1/Q8_0 blocks equal the exact product of the weights with the activations
-    /// as quantized (8 bits, a scale per 4 values), up to f32 rounding, for 1..=4 rows, overwriting and accumulating;
-    /// other storage takes the exact product. Each row's result is the same whatever the rows beside it.
+    /// The decode products over the integer kernels' blocks equal the exact product of the weights with the
+    /// activations as quantized (8 bits, a scale per 4 values), up to f32 rounding, for 1..=4 rows, overwriting and
+    /// accumulating; other storage takes the exact product. Each row's result is the same whatever the rows beside it.
     #[test]
     fn decode_products_equal_the_exact_product_of_the_quantized_activations() {
-        let (rows, cols) = (300, 96);
-        let w = rand(rows * cols, 1);
-        for dtype in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F16] {
+        use GgmlType::*;
+        for dtype in [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4K, Q5K, Q6K, F16] {
+            let (rows, cols) = (300, if dtype.block_size() == 256 { 768 } else { 96 });
+            let w = rand(rows * cols, 1);
             let fq = FrozenMatrix::from_quantized(rows, cols, dtype, gguf::quantize(dtype, &w, cols).unwrap()).unwrap();
             let x = rand(DOT_MAX_ROWS * cols, 4);
             let xq: Vec<f32> = match q8_dot::has_kernel(dtype) {
