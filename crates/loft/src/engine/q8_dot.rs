@@ -14,13 +14,15 @@
 //!       Q4_0: the nibble, o = 8;                 Q4_1: the nibble, o = 0;
 //!       Q5_0: nibble | 16·bit, o = 16;           Q5_1: nibble | 16·bit, o = 0;
 //!       Q8_0: the signed byte itself (|w| against x with w's sign in the SIMD variants);
+//!       NF4: the level's code 256·hi + lo of [`Nf4Codes`] (element 2i the high nibble of byte i, 2i + 1 the
+//!             low one), as two signed bytes each taken as Q8_0's, lane = (Σ hi·q << 8) + Σ lo·q;
 //!       Q4_K: block s's nibbles (low of qs[32·(s/2) + e] for even s, high for odd), o = 0;
 //!       Q5_K: those | 16·(bit s of qh[e]), o = 0;
 //!       Q6_K: (4 bits of ql[64·(s/4) + 32·(s mod 2) + e], low for s mod 4 < 2, high otherwise)
 //!             | 16·(bits 2·(s mod 4)..+1 of qh[32·(s/4) + e]), o = 32;
 //!   acc[b mod 2][j] = fma(dw_bj · dx_bj, lane_j as f32, acc[b mod 2][j])   (two accumulators of 8 lanes; dx_bj:
 //!     the activations' scale of lane j of block b, see [`Q8Vector`]; dw_bj the weights' scale of the lane:
-//!     the block's f16 d for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0; d · sc_s for Q4_K/Q5_K (sc_s, m_s: the super-block's 6-bit
+//!     the block's f16 d for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0; the caller's f32 dw_b for NF4 (absmax / 32512); d · sc_s for Q4_K/Q5_K (sc_s, m_s: the super-block's 6-bit
 //!     scale and min of block s, as ggml's `get_scale_min_k4`); d · sc[2s + j/4] for Q6_K (i8 scales per 16))
 //!   Q4_1, Q5_1 only: mins = mins + mw_b · sx_b, in block order            (sx_b = Σ_j dx_bj · Σ q_bj)
 //!   Q4_K, Q5_K only: per super-block, mins8[s] = fma(dmin · m_s, sx_b, mins8[s]) for s = 0..8
@@ -113,6 +115,53 @@ pub fn dot_rows(dtype: GgmlType, w: &[u8], xs: &[&Q8Vector], out: &mut [f32]) {
     }
 }
 
+/// NF4's 16 levels (bitsandbytes' `quant_map`) as integers: level ≈ (256·hi + lo) / [`Nf4Codes::SCALE`], hi =
+/// round(127·level) and lo = round(256·(127·level − hi)), each a signed byte. The levels are not integers; one byte
+/// (hi alone, llama.cpp's way with IQ4_NL) would be off by up to 0.0037 of a block's absmax for NF4's table, which
+/// doubled the logits' movement in decoding (0.27 → 0.57 on the default model in NF4); the second byte brings that
+/// under 2⁻⁸ / 127 ≈ 1.6e-5 of absmax (bitsandbytes' own rounding of each value to bf16 moves it by up to 2⁻⁹ of
+/// itself), at the cost of a second product per block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Nf4Codes {
+    hi: [i8; 16],
+    lo: [i8; 16],
+}
+
+impl Nf4Codes {
+    /// A weight is code · (absmax / SCALE).
+    pub const SCALE: f32 = 127.0 * 256.0;
+
+    /// The codes of `levels`; None when a level lies outside ±1 (this scale would not fit).
+    pub fn new(levels: &[f32; 16]) -> Option<Nf4Codes> {
+        if !levels.iter().all(|l| l.abs() <= 1.0) {
+            return None;
+        }
+        let hi = levels.map(|l| round_ties_even(l * 127.0));
+        let lo =
+            std::array::from_fn(|i| round_ties_even((levels[i] * 127.0 - hi[i]) * 256.0).clamp(-127.0, 127.0) as i8);
+        Some(Nf4Codes { hi: hi.map(|h| h as i8), lo })
+    }
+
+    /// Level i's code, 256·hi + lo.
+    pub fn code(&self, i: usize) -> i32 {
+        256 * self.hi[i] as i32 + self.lo[i] as i32
+    }
+}
+
+/// out[k·N + i] = Σ w_k[j]·xs[i][j] for NF4 weight rows w_k: `packed` holds whole rows of cols / 2 bytes (value 2e
+/// in the high nibble of byte e, 2e + 1 in the low one), `dw` one scale per 32 values of each row (the NF4 block's
+/// absmax / [`Nf4Codes::SCALE`]); up to [`MAX_ROWS`] vectors, each exactly as alone.
+pub fn dot_rows_nf4(codes: &Nf4Codes, packed: &[u8], dw: &[f32], xs: &[&Q8Vector], out: &mut [f32]) {
+    let kernel = Kernel::detect();
+    match xs.len() {
+        1 => kernel.run_nf4::<1>(codes, packed, dw, xs, out),
+        2 => kernel.run_nf4::<2>(codes, packed, dw, xs, out),
+        3 => kernel.run_nf4::<3>(codes, packed, dw, xs, out),
+        4 => kernel.run_nf4::<4>(codes, packed, dw, xs, out),
+        n => panic!("q8_dot::dot_rows_nf4: {n} vectors; 1 to {MAX_ROWS} are taken"),
+    }
+}
+
 /// The variants, slowest first; the CPU runs the fastest it supports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kernel {
@@ -197,6 +246,36 @@ impl Kernel {
     }
 }
 
+impl Kernel {
+    /// [`dot_rows_nf4`] on this variant, which the CPU must support.
+    pub fn run_nf4<const N: usize>(
+        self,
+        codes: &Nf4Codes,
+        packed: &[u8],
+        dw: &[f32],
+        xs: &[&Q8Vector],
+        out: &mut [f32],
+    ) {
+        let xs: &[&Q8Vector; N] = xs.try_into().expect("N vectors");
+        let blocks = xs.first().map_or(0, |x| x.s.len());
+        let rows = packed.len() / (16 * blocks).max(1);
+        assert!(
+            blocks > 0
+                && packed.len() == rows * 16 * blocks
+                && dw.len() == rows * blocks
+                && out.len() == rows * N
+                && xs.iter().all(|x| x.s.len() == blocks),
+            "q8_dot: the NF4 rows, their scales, the vectors and the output differ in length"
+        );
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Kernel::detect` chose these variants only where the CPU has AVX2, FMA and F16C; lengths checked.
+            Kernel::Avx2 | Kernel::Avx512Vnni => unsafe { avx2_more::rows_nf4::<N>(codes, packed, dw, xs, out) },
+            _ => scalar::rows_nf4::<N>(codes, packed, dw, xs, out),
+        }
+    }
+}
+
 /// v rounded to the nearest integer, ties to even, for |v| ≤ 2²²: adding and removing 1.5·2²³ leaves no
 /// fraction bits (the FPU's own rounding; `f32::round_ties_even` would be a libm call without SSE4.1).
 #[inline(always)]
@@ -275,6 +354,29 @@ mod scalar {
         } else {
             sum
         }
+    }
+
+    pub fn rows_nf4<const N: usize>(codes: &Nf4Codes, packed: &[u8], dw: &[f32], xs: &[&Q8Vector; N], out: &mut [f32]) {
+        let blocks = xs[0].s.len();
+        for ((wr, dwr), o) in packed.chunks_exact(16 * blocks).zip(dw.chunks_exact(blocks)).zip(out.chunks_exact_mut(N))
+        {
+            for (o, x) in o.iter_mut().zip(xs) {
+                *o = dot_nf4(codes, wr, dwr, x);
+            }
+        }
+    }
+
+    /// One NF4 row (`w`: its packed bytes, `dw`: its scale per block of 32), the module's legend written out.
+    pub fn dot_nf4(codes: &Nf4Codes, w: &[u8], dw: &[f32], x: &Q8Vector) -> f32 {
+        let mut acc = [[0.0f32; 8]; 2];
+        for (b, (wb, &d)) in w.chunks_exact(16).zip(dw).enumerate() {
+            let c = |e: usize| codes.code((if e.is_multiple_of(2) { wb[e / 2] >> 4 } else { wb[e / 2] & 15 }) as usize);
+            for (j, a) in acc[b % 2].iter_mut().enumerate() {
+                let lane: i32 = (4 * j..4 * j + 4).map(|e| c(e) * x.q[b * BLOCK + e] as i32).sum();
+                *a = (d * x.d[b * 8 + j]).mul_add(lane as f32, *a);
+            }
+        }
+        hsum8(std::array::from_fn(|j| acc[0][j] + acc[1][j]))
     }
 
     /// ggml's `get_scale_min_k4`: the 6-bit scale and min of block s of a Q4_K/Q5_K super-block.
@@ -524,7 +626,7 @@ mod avx2_more {
     //! Q5_0, Q5_1, Q4_K, Q5_K and Q6_K on AVX2: each block's codes unpacked to 32 unsigned bytes, then the shared
     //! [`accumulate`].
     use super::avx2::{half, hsum8, nibbles};
-    use super::{Q8Vector, BLOCK};
+    use super::{Nf4Codes, Q8Vector, BLOCK};
     use gguf::GgmlType;
     use std::arch::x86_64::*;
 
@@ -636,6 +738,78 @@ mod avx2_more {
                 out[r] = if OFFSET { sum } else { sum + mins[r] };
             }
             out
+        }
+    }
+
+    /// NF4 rows (see [`super::dot_rows_nf4`]): each block's nibbles looked up in the two code tables, each then
+    /// taken as Q8_0's signed bytes.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn rows_nf4<const N: usize>(
+        codes: &Nf4Codes,
+        packed: &[u8],
+        dw: &[f32],
+        xs: &[&Q8Vector; N],
+        out: &mut [f32],
+    ) {
+        #[inline(always)]
+        unsafe fn block<const N: usize>(
+            tables: (__m256i, __m256i),
+            wb: *const u8,
+            dw: f32,
+            b: usize,
+            xs: &[&Q8Vector; N],
+            acc: &mut [__m256; N],
+        ) {
+            unsafe {
+                let raw = _mm_loadu_si128(wb as *const __m128i);
+                let mask = _mm_set1_epi8(0x0F);
+                let (hi, lo) = (_mm_and_si128(_mm_srli_epi16(raw, 4), mask), _mm_and_si128(raw, mask));
+                // Element 2i is byte i's high nibble, 2i + 1 its low one.
+                let idx = _mm256_set_m128i(_mm_unpackhi_epi8(hi, lo), _mm_unpacklo_epi8(hi, lo));
+                let (hi, lo) = (_mm256_shuffle_epi8(tables.0, idx), _mm256_shuffle_epi8(tables.1, idx));
+                let (uh, ul) = (_mm256_sign_epi8(hi, hi), _mm256_sign_epi8(lo, lo));
+                let dwv = _mm256_set1_ps(dw);
+                let ones = _mm256_set1_epi16(1);
+                for r in 0..N {
+                    let x = xs[r];
+                    let xv = _mm256_loadu_si256(x.q.as_ptr().add(b * BLOCK) as *const __m256i);
+                    let lh = _mm256_madd_epi16(_mm256_maddubs_epi16(uh, _mm256_sign_epi8(xv, hi)), ones);
+                    let ll = _mm256_madd_epi16(_mm256_maddubs_epi16(ul, _mm256_sign_epi8(xv, lo)), ones);
+                    let l = _mm256_add_epi32(_mm256_slli_epi32(lh, 8), ll);
+                    let scale = _mm256_mul_ps(dwv, _mm256_loadu_ps(x.d.as_ptr().add(b * 8)));
+                    acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(l), acc[r]);
+                }
+            }
+        }
+        let blocks = xs[0].s.len();
+        unsafe {
+            let tables = (
+                _mm256_broadcastsi128_si256(_mm_loadu_si128(codes.hi.as_ptr() as *const __m128i)),
+                _mm256_broadcastsi128_si256(_mm_loadu_si128(codes.lo.as_ptr() as *const __m128i)),
+            );
+            for ((wr, dwr), o) in
+                packed.chunks_exact(16 * blocks).zip(dw.chunks_exact(blocks)).zip(out.chunks_exact_mut(N))
+            {
+                let (mut even, mut odd) = ([_mm256_setzero_ps(); N], [_mm256_setzero_ps(); N]);
+                let p = wr.as_ptr();
+                for b in (0..blocks & !1).step_by(2) {
+                    block::<N>(tables, p.add(16 * b), *dwr.get_unchecked(b), b, xs, &mut even);
+                    block::<N>(tables, p.add(16 * (b + 1)), *dwr.get_unchecked(b + 1), b + 1, xs, &mut odd);
+                }
+                if blocks % 2 == 1 {
+                    block::<N>(
+                        tables,
+                        p.add(16 * (blocks - 1)),
+                        *dwr.get_unchecked(blocks - 1),
+                        blocks - 1,
+                        xs,
+                        &mut even,
+                    );
+                }
+                for r in 0..N {
+                    o[r] = hsum8(_mm256_add_ps(even[r], odd[r]));
+                }
+            }
         }
     }
 
@@ -1055,6 +1229,75 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// NF4: each variant gives the scalar reference's bits (random packed bytes: every code; scales 0, ordinary
+    /// and 1e30; odd and even block counts; 1..=4 vectors with a zero block and outliers), and the reference is
+    /// the dot of the codes' weights code · dw with the dequantized activations within 1e-5 of Σ|terms|, and of
+    /// NF4's own weights level · absmax within that plus 1.6e-5 · Σ absmax·|x| (the codes' rounding, [`Nf4Codes`]).
+    #[test]
+    fn nf4_variants_equal_the_scalar_reference_and_the_codes_bound_holds() {
+        use crate::engine::nf4::NF4_CODE;
+        let codes = Nf4Codes::new(&NF4_CODE).unwrap();
+        assert_eq!(codes.hi, [-127, -88, -67, -50, -36, -23, -12, 0, 10, 20, 31, 43, 56, 71, 92, 127]);
+        let error = |i: usize| (NF4_CODE[i] as f64 - codes.code(i) as f64 / Nf4Codes::SCALE as f64).abs();
+        let worst = (0..16).map(error).fold(0.0, f64::max);
+        assert!(worst < 1.6e-5, "{worst}");
+        let one_byte = (0..16).map(|i| (NF4_CODE[i] - codes.hi[i] as f32 / 127.0).abs()).fold(0.0, f32::max);
+        eprintln!("NF4 codes: off by at most {worst:.2e} of absmax ({one_byte:.2e} with one byte)");
+        assert!(Nf4Codes::new(&[1.5; 16]).is_none());
+        let kernels = Kernel::available();
+        let mut bytes = crate::rng::SplitMix64::new(11);
+        for cols in [32, 96, 640, 1536] {
+            let blocks = cols / BLOCK;
+            let rows = 3;
+            let packed: Vec<u8> = (0..rows * cols / 2).map(|_| bytes.next_u64() as u8).collect();
+            let mut dw: Vec<f32> = (0..rows * blocks).map(|_| bytes.next_f64() as f32 * 0.01).collect();
+            dw[0] = 0.0;
+            dw[rows * blocks - 1] = 1e30;
+            let mut xs: Vec<Vec<f32>> = (0..MAX_ROWS).map(|i| rand(cols, 300 + i as u64)).collect();
+            xs[1][..32].fill(0.0);
+            xs[2][cols - 1] = 1e6;
+            let qx: Vec<Q8Vector> = xs.iter().map(|x| Q8Vector::new(x)).collect();
+            for n in 1..=MAX_ROWS {
+                let refs: Vec<&Q8Vector> = qx[..n].iter().collect();
+                let want: Vec<f32> = (0..rows)
+                    .flat_map(|k| {
+                        let (w, d) = (&packed[k * cols / 2..(k + 1) * cols / 2], &dw[k * blocks..(k + 1) * blocks]);
+                        refs.iter().map(move |x| scalar::dot_nf4(&codes, w, d, x))
+                    })
+                    .collect();
+                for &k in &kernels {
+                    let mut got = vec![0.0f32; rows * n];
+                    match n {
+                        1 => k.run_nf4::<1>(&codes, &packed, &dw, &refs, &mut got),
+                        2 => k.run_nf4::<2>(&codes, &packed, &dw, &refs, &mut got),
+                        3 => k.run_nf4::<3>(&codes, &packed, &dw, &refs, &mut got),
+                        _ => k.run_nf4::<4>(&codes, &packed, &dw, &refs, &mut got),
+                    }
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&got), bits(&want), "{k:?} NF4 cols={cols} n={n}: {got:?} vs {want:?}");
+                }
+            }
+            // Against the weights: row 1 (ordinary scales), vector 0.
+            let (w, d) = (&packed[cols / 2..cols], &dw[blocks..2 * blocks]);
+            let xd = qx[0].dequantize();
+            let nibble = |e: usize| (if e.is_multiple_of(2) { w[e / 2] >> 4 } else { w[e / 2] & 15 }) as usize;
+            let (mut exact, mut codes_dot, mut terms, mut bound) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+            for (e, &x) in xd.iter().enumerate() {
+                let (absmax, c) = (d[e / BLOCK] as f64 * Nf4Codes::SCALE as f64, codes.code(nibble(e)) as f64);
+                codes_dot += c * d[e / BLOCK] as f64 * x as f64;
+                terms += (c * d[e / BLOCK] as f64 * x as f64).abs();
+                exact += NF4_CODE[nibble(e)] as f64 * absmax * x as f64;
+                bound += 1.6e-5 * absmax * (x as f64).abs();
+            }
+            let got = scalar::dot_nf4(&codes, w, d, &qx[0]) as f64;
+            assert!((got - codes_dot).abs() <= 1e-5 * terms, "NF4 cols={cols}: {got} vs {codes_dot}");
+            assert!(
+                (got - exact).abs() <= bound + 1e-5 * terms,
+                "NF4 cols={cols}: {got} vs NF4's own {exact} (bound {bound})"
+            );
         }
     }
 
