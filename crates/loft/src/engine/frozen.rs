@@ -170,10 +170,10 @@ impl FrozenMatrix {
 
     /// [`FrozenMatrix::forward`] for the few rows of a decoding step (N ≤ [`DOT_MAX_ROWS`]): over Q4_0, Q4_1,
     /// Q5_0, Q5_1, Q8_0, Q4_K, Q5_K or Q6_K blocks, or NF4 whose rows are whole blocks (each NF4 level as an
-    /// integer code, [`q8_dot::Nf4Codes`]: within 1.6e-5 of a block's absmax), each row of x is quantized to 8 bits with a scale per 4 values and multiplied in integers (see
-    /// [`q8_dot`]: about 1/254 of each block's largest |x| of rounding per value, as llama.cpp decodes). Other
-    /// storage, and more rows, take [`FrozenMatrix::forward`]. Each row's result is the same whatever the number
-    /// of rows beside it.
+    /// integer code, [`q8_dot::Nf4Codes`]: within 1.4e-5 of a block's absmax), each row of x is quantized to 8 bits
+    /// with a scale per 4 values and multiplied in integers (see [`q8_dot`]: about 1/254 of each block's largest
+    /// |x| of rounding per value, as llama.cpp decodes). Other storage, and more rows, take
+    /// [`FrozenMatrix::forward`]. Each row's result is the same whatever the number of rows beside it.
     pub fn decode_forward(&self, y: &mut [f32], x: &[f32], n: usize, accumulate: bool) {
         let (rows, cols) = (self.rows, self.cols);
         assert!(y.len() >= n * rows && x.len() >= n * cols, "FrozenMatrix::decode_forward: operand too small");
@@ -407,9 +407,9 @@ mod tests {
     }
 
     /// NF4 decode products over rows of whole blocks equal the exact product of the codes' weights
-    /// (code · absmax / SCALE, [`q8_dot::Nf4Codes`]) with the quantized activations, up to f32 rounding, for 1..=4 rows,
-    /// overwriting and accumulating, each row the same whatever the rows beside it; rows that are not whole blocks
-    /// (96 values, blocks straddling rows) take the exact product.
+    /// (code · absmax / SCALE, [`q8_dot::Nf4Codes`]) with the quantized activations, up to f32 rounding, for 1..=4
+    /// rows, overwriting and accumulating, each row the same whatever the rows beside it; rows that are not whole
+    /// blocks (96 values, blocks straddling rows) take the exact product.
     #[test]
     fn nf4_decode_products_take_the_integer_codes() {
         use crate::engine::nf4::{Nf4Dtype, BLOCKSIZE};

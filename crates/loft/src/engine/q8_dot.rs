@@ -22,8 +22,9 @@
 //!             | 16·(bits 2·(s mod 4)..+1 of qh[32·(s/4) + e]), o = 32;
 //!   acc[b mod 2][j] = fma(dw_bj · dx_bj, lane_j as f32, acc[b mod 2][j])   (two accumulators of 8 lanes; dx_bj:
 //!     the activations' scale of lane j of block b, see [`Q8Vector`]; dw_bj the weights' scale of the lane:
-//!     the block's f16 d for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0; the caller's f32 dw_b for NF4 (absmax / 32512); d · sc_s for Q4_K/Q5_K (sc_s, m_s: the super-block's 6-bit
-//!     scale and min of block s, as ggml's `get_scale_min_k4`); d · sc[2s + j/4] for Q6_K (i8 scales per 16))
+//!     the block's f16 d for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0; the caller's f32 dw_b for NF4 (absmax / 32512); d · sc_s
+//!     for Q4_K/Q5_K (sc_s, m_s: the super-block's 6-bit scale and min of block s, as ggml's
+//!     `get_scale_min_k4`); d · sc[2s + j/4] for Q6_K (i8 scales per 16))
 //!   Q4_1, Q5_1 only: mins = mins + mw_b · sx_b, in block order            (sx_b = Σ_j dx_bj · Σ q_bj)
 //!   Q4_K, Q5_K only: per super-block, mins8[s] = fma(dmin · m_s, sx_b, mins8[s]) for s = 0..8
 //!   result = hsum8(acc[0] + acc[1]) (+ mins for Q4_1/Q5_1, − hsum8(mins8) for Q4_K/Q5_K),
@@ -117,10 +118,10 @@ pub fn dot_rows(dtype: GgmlType, w: &[u8], xs: &[&Q8Vector], out: &mut [f32]) {
 
 /// NF4's 16 levels (bitsandbytes' `quant_map`) as integers: level ≈ (256·hi + lo) / [`Nf4Codes::SCALE`], hi =
 /// round(127·level) and lo = round(256·(127·level − hi)), each a signed byte. The levels are not integers; one byte
-/// (hi alone, llama.cpp's way with IQ4_NL) would be off by up to 0.0037 of a block's absmax for NF4's table, which
-/// doubled the logits' movement in decoding (0.27 → 0.57 on the default model in NF4); the second byte brings that
-/// under 2⁻⁸ / 127 ≈ 1.6e-5 of absmax (bitsandbytes' own rounding of each value to bf16 moves it by up to 2⁻⁹ of
-/// itself), at the cost of a second product per block.
+/// (hi alone, as llama.cpp's IQ4_NL table) is off by up to 0.0037 of a block's absmax for NF4's table, and on the
+/// default model in NF4 moved the decode logits by 0.57 from the exact products (0.27 from the activations' 8 bits
+/// alone); the second byte brings the codes within 1.4e-5 of absmax (bitsandbytes' own rounding of each value to
+/// bf16 moves it by up to 2⁻⁹ of itself) and the logits to 0.34, at the cost of a second product per block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Nf4Codes {
     hi: [i8; 16],
@@ -244,9 +245,7 @@ impl Kernel {
             _ => scalar::rows::<N>(dtype, w, row_bytes, xs, out),
         }
     }
-}
 
-impl Kernel {
     /// [`dot_rows_nf4`] on this variant, which the CPU must support.
     pub fn run_nf4<const N: usize>(
         self,
