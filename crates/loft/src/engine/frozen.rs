@@ -168,11 +168,12 @@ impl FrozenMatrix {
         }
     }
 
-    /// [`FrozenMatrix::forward`] for the few rows of a decoding step (N ≤ [`DOT_MAX_ROWS`]): over Q4_0, Q4_1 or
-    /// Q8_0 blocks, each row of x is quantized to 8 bits with a scale per 4 values and multiplied in integers (see
-    /// [`q8_dot`]: about 1/254 of each block's largest |x| of rounding per value, as llama.cpp decodes). Other
-    /// storage, and more rows, take [`FrozenMatrix::forward`]. Each row's result is the same whatever the number
-    /// of rows beside it.
+    /// [`FrozenMatrix::forward`] for the few rows of a decoding step (N ≤ [`DOT_MAX_ROWS`]): over Q4_0, Q4_1,
+    /// Q5_0, Q5_1, Q8_0, Q4_K, Q5_K or Q6_K blocks, or NF4 whose rows are whole blocks (each NF4 level as an
+    /// integer code, [`q8_dot::Nf4Codes`]: within 1.4e-5 of a block's absmax), each row of x is quantized to 8 bits
+    /// with a scale per 4 values and multiplied in integers (see [`q8_dot`]: about 1/254 of each block's largest
+    /// |x| of rounding per value, as llama.cpp decodes). Other storage, and more rows, take
+    /// [`FrozenMatrix::forward`]. Each row's result is the same whatever the number of rows beside it.
     pub fn decode_forward(&self, y: &mut [f32], x: &[f32], n: usize, accumulate: bool) {
         let (rows, cols) = (self.rows, self.cols);
         assert!(y.len() >= n * rows && x.len() >= n * cols, "FrozenMatrix::decode_forward: operand too small");
@@ -190,6 +191,26 @@ impl FrozenMatrix {
                         q8_dot::dot_rows(*dtype, &data[r0 * row_bytes..(r0 + out.len() / n) * row_bytes], &xs, out)
                     },
                 );
+            }
+            Storage::Nf4(blocks) if n <= DOT_MAX_ROWS && cols.is_multiple_of(blocks.blocksize) => {
+                let Some(codes) = q8_dot::Nf4Codes::new(&blocks.quant_map) else {
+                    return self.forward(y, x, n, accumulate);
+                };
+                let xs: Vec<Q8Vector> = x[..n * cols].chunks_exact(cols).map(Q8Vector::new).collect();
+                let xs: Vec<&Q8Vector> = xs.iter().collect();
+                // Each row is whole NF4 blocks; each 32 values take their block's absmax / SCALE.
+                let per_block = blocks.blocksize / q8_dot::BLOCK;
+                let row_blocks = cols / q8_dot::BLOCK;
+                rows_in_parallel(y, rows, n, accumulate, Vec::new, |dw: &mut Vec<f32>, r0, out| {
+                    let r1 = r0 + out.len() / n;
+                    dw.clear();
+                    let first = r0 * cols / blocks.blocksize;
+                    for b in first..r1 * cols / blocks.blocksize {
+                        dw.extend(std::iter::repeat_n(blocks.block_absmax(b) / q8_dot::Nf4Codes::SCALE, per_block));
+                    }
+                    debug_assert_eq!(dw.len(), (r1 - r0) * row_blocks);
+                    q8_dot::dot_rows_nf4(&codes, &blocks.packed[r0 * cols / 2..r1 * cols / 2], dw, &xs, out)
+                });
             }
             _ => self.forward(y, x, n, accumulate),
         }
@@ -353,14 +374,15 @@ mod tests {
         }
     }
 
-    /// The decode products over Q4_0/Q4_1/Q8_0 blocks equal the exact product of the weights with the activations
-    /// as quantized (8 bits, a scale per 4 values), up to f32 rounding, for 1..=4 rows, overwriting and accumulating;
-    /// other storage takes the exact product. Each row's result is the same whatever the rows beside it.
+    /// The decode products over the integer kernels' blocks equal the exact product of the weights with the
+    /// activations as quantized (8 bits, a scale per 4 values), up to f32 rounding, for 1..=4 rows, overwriting and
+    /// accumulating; other storage takes the exact product. Each row's result is the same whatever the rows beside it.
     #[test]
     fn decode_products_equal_the_exact_product_of_the_quantized_activations() {
-        let (rows, cols) = (300, 96);
-        let w = rand(rows * cols, 1);
-        for dtype in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F16] {
+        use GgmlType::*;
+        for dtype in [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4K, Q5K, Q6K, F16] {
+            let (rows, cols) = (300, if dtype.block_size() == 256 { 768 } else { 96 });
+            let w = rand(rows * cols, 1);
             let fq = FrozenMatrix::from_quantized(rows, cols, dtype, gguf::quantize(dtype, &w, cols).unwrap()).unwrap();
             let x = rand(DOT_MAX_ROWS * cols, 4);
             let xq: Vec<f32> = match q8_dot::has_kernel(dtype) {
@@ -378,6 +400,48 @@ mod tests {
                     assert!(worst < 1e-5, "{dtype} n={n} accumulate={accumulate}: differs by {worst}");
                     if !accumulate {
                         assert!(a[..rows] == alone[..], "{dtype} n={n}: the first row differs from its product alone");
+                    }
+                }
+            }
+        }
+    }
+
+    /// NF4 decode products over rows of whole blocks equal the exact product of the codes' weights
+    /// (code · absmax / SCALE, [`q8_dot::Nf4Codes`]) with the quantized activations, up to f32 rounding, for 1..=4
+    /// rows, overwriting and accumulating, each row the same whatever the rows beside it; rows that are not whole
+    /// blocks (96 values, blocks straddling rows) take the exact product.
+    #[test]
+    fn nf4_decode_products_take_the_integer_codes() {
+        use crate::engine::nf4::{Nf4Dtype, BLOCKSIZE};
+        for (rows, cols) in [(200, 128), (130, 640), (7, 96)] {
+            let w: Vec<f32> = rand(rows * cols, 5).iter().map(|v| v * 0.05).collect();
+            let blocks = Nf4Blocks::quantize(&w, BLOCKSIZE, true, Nf4Dtype::BF16);
+            let codes = q8_dot::Nf4Codes::new(&blocks.quant_map).unwrap();
+            let whole = cols % BLOCKSIZE == 0;
+            let twin: Vec<f32> = (0..rows * cols)
+                .map(|i| {
+                    let q = if i % 2 == 0 { blocks.packed[i / 2] >> 4 } else { blocks.packed[i / 2] & 15 };
+                    codes.code(q as usize) as f32 * (blocks.block_absmax(i / BLOCKSIZE) / q8_dot::Nf4Codes::SCALE)
+                })
+                .collect();
+            let twin = FrozenMatrix::from_f32(rows, cols, twin);
+            let fq = FrozenMatrix::from_nf4(rows, cols, blocks).unwrap();
+            let x = rand(DOT_MAX_ROWS * cols, 6);
+            let xq: Vec<f32> = x.chunks_exact(cols).flat_map(|r| Q8Vector::new(r).dequantize()).collect();
+            let mut alone = vec![0.0f32; rows];
+            fq.decode_forward(&mut alone, &x[..cols], 1, false);
+            for n in 1..=DOT_MAX_ROWS {
+                for accumulate in [false, true] {
+                    let (mut a, mut b) = (vec![0.5; n * rows], vec![0.5; n * rows]);
+                    fq.decode_forward(&mut a, &x, n, accumulate);
+                    match whole {
+                        true => twin.forward(&mut b, &xq, n, accumulate),
+                        false => fq.forward(&mut b, &x, n, accumulate),
+                    }
+                    let worst = a.iter().zip(&b).map(|(p, q)| (p - q).abs() / (1.0 + q.abs())).fold(0.0, f32::max);
+                    assert!(worst < 1e-5, "[{rows}, {cols}] n={n} accumulate={accumulate}: differs by {worst}");
+                    if !accumulate {
+                        assert!(a[..rows] == alone[..], "[{rows}, {cols}] n={n}: the first row differs from alone");
                     }
                 }
             }
