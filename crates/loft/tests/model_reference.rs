@@ -75,7 +75,7 @@ fn greedy_answer_matches_pytorch_and_cache_equals_full_forward() {
     let diff = worst(&step_logits(&exact));
     assert!(diff < 1e-3, "cached vs full forward differ by {diff}");
     // Decoding's own products take 8-bit activations (engine::q8_dot, the same bits on every CPU): over these 7
-    // steps they move the logits by 0.146 (largest 17.3), and the greedy answer above is PyTorch's.
+    // steps they move the logits by 0.185 (largest 17.3), and the greedy answer above is PyTorch's.
     let diff = worst(&step_logits(&runner));
     eprintln!("decode products vs exact: logits differ by {diff:.3} (largest {largest:.1})");
     assert!(diff < 0.2, "decoding with 8-bit activations moved the logits by {diff}");
