@@ -157,10 +157,9 @@ pub fn attention_forward(
                 }
                 let m_new = mx[r].max(vm::max(&srow[ja..jb]));
                 let correction = (mx[r] - m_new).exp();
-                vm::exp_shifted(&mut srow[ja..jb], m_new);
+                let sum = vm::exp_shifted_sum(&mut srow[ja..jb], m_new);
                 srow[..ja].fill(0.0);
                 srow[jb..].fill(0.0);
-                let sum = vm::sum(&srow[ja..jb]);
                 l[r] = l[r] * correction + sum;
                 mx[r] = m_new;
                 acc[r * d..(r + 1) * d].iter_mut().for_each(|a| *a *= correction);

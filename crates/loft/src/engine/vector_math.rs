@@ -199,6 +199,24 @@ widest_vectors! {
     }
 }
 
+widest_vectors! {
+    /// [`exp_shifted`] and [`sum`] in one pass: xs[i] = e^(xs[i] − shift) in place, returning their sum added as
+    /// [`sum`] adds (the same bits as the two passes).
+    pub fn exp_shifted_sum(xs: &mut [f32], shift: f32) -> f32 {
+        let mut acc = [0.0f32; LANES];
+        let mut chunks = xs.chunks_exact_mut(LANES);
+        for c in &mut chunks {
+            for (a, x) in acc.iter_mut().zip(c) {
+                *x = exp(*x - shift);
+                *a += *x;
+            }
+        }
+        let rest = chunks.into_remainder();
+        rest.iter_mut().for_each(|x| *x = exp(*x - shift));
+        acc.iter().sum::<f32>() + rest.iter().sum::<f32>()
+    }
+}
+
 /// σ(x) = 1 / (1 + e^−x).
 #[inline(always)]
 pub fn sigmoid(x: f32) -> f32 {
@@ -275,6 +293,10 @@ mod tests {
             assert!((sum(&xs) - s32).abs() <= 1e-4 * (1.0 + s32.abs()), "{} vs {s32}", sum(&xs));
             let mut e = xs.clone();
             exp_shifted(&mut e, 1.5);
+            // The fused pass gives the same values and the same sum, bit for bit.
+            let mut e32 = xs.clone();
+            assert_eq!(exp_shifted_sum(&mut e32, 1.5).to_bits(), sum(&e).to_bits());
+            assert_eq!(e32, e);
             for (a, &x) in e.iter().zip(&xs) {
                 let want = (x - 1.5).exp();
                 assert!((a - want).abs() <= 2.5e-7 * want, "exp({x} − 1.5)");
