@@ -87,12 +87,17 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 // Layouts: q, out [B, T, NH·D]; k, v [B, T, NKV·D]; lse [B, NH, T]; doc_start [B, T]. A window W bounds each
 // query's first key as doc_start does: query i sees max(doc_start, i + 1 − W) ≤ j ≤ i.
 //
-// Scores are computed one TILE × TILE block at a time with an online softmax, so memory per task is O(TILE²)
-// whatever T is; only out and the row logsumexp are saved. The backward recomputes each block from q, k and lse.
+// Scores are computed one TILE × KEY_TILE block at a time with an online softmax, so memory per task is
+// O(TILE · KEY_TILE) whatever T is; only out and the row logsumexp are saved. The backward recomputes each block
+// from q, k and lse.
 // ---------------------------------------------------------------------------------------------------------------
 
-/// Rows of queries and of keys per score block.
+/// Rows of queries per score block.
 pub const TILE: usize = 64;
+/// Keys per score block. A block's keys stop at its last query, so wider key blocks cost no masked work, and the
+/// products get wider: 256 against 64 measured the forward 15–20 % faster and the backward ~5 % (T = 256 and
+/// 1024, SmolLM2-135M's heads); 512 was no faster.
+pub const KEY_TILE: usize = 256;
 
 /// Causal self-attention for training: out = softmax(q·kᵀ/√D + mask) · v, saving lse[b, h, i] = log Σⱼ exp(sᵢⱼ)
 /// for the backward. Query (b, i) sees keys j with doc_start[b·T + i] ≤ j ≤ i (doc_start None: from 0), so packed
@@ -131,7 +136,7 @@ pub fn attention_forward(
             tasks.push((bh, qt, o_tile, lse_tile));
         }
     }
-    let init = || (vec![0.0f32; TILE * TILE], vec![0.0f32; TILE * d], vec![0.0f32; TILE], vec![0.0f32; TILE]);
+    let init = || (vec![0.0f32; TILE * KEY_TILE], vec![0.0f32; TILE * d], vec![0.0f32; TILE], vec![0.0f32; TILE]);
     tasks.into_par_iter().for_each_init(init, |(sc, acc, mx, l), (bh, qt, o_tile, lse_tile)| {
         let (bi, h) = (bh / nh, bh % nh);
         let (i0, i1) = (qt * TILE, ((qt + 1) * TILE).min(t));
@@ -141,8 +146,8 @@ pub fn attention_forward(
         mx.fill(f32::NEG_INFINITY);
         l.fill(0.0);
         let qo = s.q_at(bi, i0, h);
-        for j0 in (s.first_key(bi, i0, i1)..i1).step_by(TILE) {
-            let j1 = (j0 + TILE).min(i1);
+        for j0 in (s.first_key(bi, i0, i1)..i1).step_by(KEY_TILE) {
+            let j1 = (j0 + KEY_TILE).min(i1);
             let bc = j1 - j0;
             let sc = &mut sc[..br * bc];
             let ko = s.kv_at(bi, j0, h / s.group);
@@ -223,7 +228,8 @@ pub fn attention_backward(
     }
     // Each task owns one (sequence, query head): that head's D-wide pieces of dq's rows, and its own dk/dv share.
     let mut dq_pieces = head_pieces(dq, b, t, nh, d);
-    let init = || (vec![0.0f32; TILE * TILE], vec![0.0f32; TILE * TILE], vec![0.0f32; TILE], vec![0.0f32; TILE * d]);
+    let init =
+        || (vec![0.0f32; TILE * KEY_TILE], vec![0.0f32; TILE * KEY_TILE], vec![0.0f32; TILE], vec![0.0f32; TILE * d]);
     let per_head = dk_heads.par_chunks_mut(t * d).zip(dv_heads.par_chunks_mut(t * d)).zip(dq_pieces.par_iter_mut());
     per_head.enumerate().for_each_init(init, |(p, ds, delta, dq_tile), (bh, ((dkh, dvh), dqh))| {
         let (bi, h) = (bh / nh, bh % nh);
@@ -240,8 +246,8 @@ pub fn attention_backward(
                 let o = s.q_at(bi, i0 + r, h);
                 *dl = dot(&dout[o..o + d], &out[o..o + d]);
             }
-            for j0 in (s.first_key(bi, i0, i1)..i1).step_by(TILE) {
-                let j1 = (j0 + TILE).min(i1);
+            for j0 in (s.first_key(bi, i0, i1)..i1).step_by(KEY_TILE) {
+                let j1 = (j0 + KEY_TILE).min(i1);
                 let bc = j1 - j0;
                 let (p, ds) = (&mut p[..br * bc], &mut ds[..br * bc]);
                 let ko = s.kv_at(bi, j0, g);
