@@ -129,7 +129,7 @@ pub fn attention_forward(
     // Each task owns rows [i0, i1) of one (sequence, head): those rows' D-wide pieces of out (out's rows interleave
     // the heads, so the pieces are disjoint slices gathered per head) and the same rows of lse [B, NH, T].
     let mut out_pieces = head_pieces(out, b, t, nh, d);
-    let mut tasks: Vec<(usize, usize, &mut [&mut [f32]], &mut [f32])> = Vec::with_capacity(b * nh * t.div_ceil(TILE));
+    let mut tasks = Vec::with_capacity(b * nh * t.div_ceil(TILE));
     for (bh, (oh, lh)) in out_pieces.iter_mut().zip(lse.chunks_mut(t)).enumerate() {
         // Later tiles (more keys) come first for better balance.
         for (qt, (o_tile, lse_tile)) in oh.chunks_mut(TILE).zip(lh.chunks_mut(TILE)).enumerate().rev() {
