@@ -6,7 +6,7 @@
 //! The forward runs in f32 (L summed in f64); h = 1e-2 on inputs of order one keeps both truncation and rounding
 //! error near 1e-4 (measured: at most 1.2e-4), under the tolerance of 1e-3.
 
-use loft::engine::attention::{attention_backward, attention_forward, attention_forward_cached, TILE};
+use loft::engine::attention::{attention_backward, attention_forward, attention_forward_cached, KEY_TILE, TILE};
 use loft::engine::cross_entropy::{
     cross_entropy_forward, cross_entropy_forward_backward, CrossEntropyScratch, IGNORE_INDEX,
 };
@@ -452,9 +452,16 @@ impl AttentionCase {
 
 #[test]
 fn attention_backward_matches_finite_differences() {
-    // T = 150 is three query tiles (64, 64, 22) and three key tiles.
+    // T = 150 is three query tiles (64, 64, 22) within one key block.
     const { assert!(150 % TILE != 0 && 150 > 2 * TILE) };
     AttentionCase::new(2, 150, None).check_gradients("causal");
+}
+
+#[test]
+fn attention_backward_matches_finite_differences_over_several_key_blocks() {
+    // T = 300: the last query tiles see two key blocks (256 and 44 keys), so the online softmax rescales.
+    const { assert!(300 % TILE != 0 && 300 > KEY_TILE && 300 % KEY_TILE != 0) };
+    AttentionCase::new(1, 300, None).check_gradients("causal, two key blocks");
 }
 
 #[test]
@@ -590,8 +597,10 @@ fn worst_f64(a: &[f32], b: &[f64]) -> f64 {
 #[test]
 fn windowed_attention_matches_the_rule_in_training_and_inference() {
     let docs: [&[usize]; 2] = [&[0, 40, 64, 100], &[0, 70, 149]];
-    for (window, docs) in [(1, None), (4, None), (TILE, None), (100, None), (50, Some(&docs[..]))] {
-        let mut case = AttentionCase::new(2, 150, docs);
+    // T = 300 with a window of 280 spans two key blocks (KEY_TILE = 256); 1000 masks nothing.
+    let cases = [(150, 1, None), (150, 4, None), (150, TILE, None), (150, 100, None), (150, 50, Some(&docs[..]))];
+    for (t, window, docs) in cases.into_iter().chain([(300, 280, None), (300, 1000, None)]) {
+        let mut case = AttentionCase::new(2, t, docs);
         case.window = Some(window);
         let (b, t, nh, nkv, d) = (case.b, case.t, case.nh, case.nkv, case.d);
         let (qd, kvd) = (nh * d, nkv * d);

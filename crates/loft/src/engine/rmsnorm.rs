@@ -4,21 +4,19 @@
 
 use rayon::prelude::*;
 
+use super::vector_math as vm;
+
 /// y[N, C] = rmsnorm(x[N, C]) · w[C]; returns nothing else (inference). The training forward also keeps
 /// 1/rms per row for the backward.
 pub fn rmsnorm_forward(y: &mut [f32], x: &[f32], w: &[f32], c: usize, eps: f32) {
     for (yr, xr) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
-        let rstd = inv_rms(xr, eps);
-        for ((yo, &xi), &wi) in yr.iter_mut().zip(xr).zip(w) {
-            *yo = xi * rstd * wi;
-        }
+        vm::rmsnorm_row(yr, xr, w, eps);
     }
 }
 
-/// 1 / sqrt(mean(x²) + eps), in f32 as transformers computes it.
+/// 1 / sqrt(mean(x²) + eps), in f32 as transformers computes it (the squares summed in interleaved partial sums).
 pub fn inv_rms(x: &[f32], eps: f32) -> f32 {
-    let ss: f32 = x.iter().map(|v| v * v).sum::<f32>();
-    1.0 / (ss / x.len() as f32 + eps).sqrt()
+    vm::inv_rms(x, eps)
 }
 
 /// Training forward: y[N, C] = x[N, C] / rms(x) · w[C], and rstd[N] = 1/rms of each row, kept for the backward.
@@ -26,10 +24,7 @@ pub fn inv_rms(x: &[f32], eps: f32) -> f32 {
 pub fn rmsnorm_forward_train(y: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], n: usize, c: usize, eps: f32) {
     assert!(y.len() == n * c && x.len() == n * c && rstd.len() == n && w.len() == c, "rmsnorm_forward_train: shapes");
     y.par_chunks_mut(c).zip(rstd.par_iter_mut()).zip(x.par_chunks(c)).with_min_len(8).for_each(|((yr, rs), xr)| {
-        *rs = inv_rms(xr, eps);
-        for ((yo, &xi), &wi) in yr.iter_mut().zip(xr).zip(w) {
-            *yo = xi * *rs * wi;
-        }
+        *rs = vm::rmsnorm_row(yr, xr, w, eps);
     });
 }
 
@@ -51,17 +46,8 @@ pub fn rmsnorm_backward(
     assert!(dx.len() == n * c && dy.len() == n * c && x.len() == n * c, "rmsnorm_backward: shapes");
     assert!(rstd.len() == n && w.len() == c, "rmsnorm_backward: shapes");
     dx.par_chunks_mut(c).zip(dy.par_chunks(c)).zip(x.par_chunks(c)).zip(rstd.par_iter()).with_min_len(8).for_each(
-        |(((dxr, dyr), xr), &rs)| {
-            // mean(g ⊙ x̂) = rstd · Σ(dy·w·x) / C
-            let mut gx = 0.0f32;
-            for ((&g, &xi), &wi) in dyr.iter().zip(xr).zip(w) {
-                gx += g * wi * xi;
-            }
-            let k = gx * rs * rs / c as f32;
-            for (((d, &g), &xi), &wi) in dxr.iter_mut().zip(dyr).zip(xr).zip(w) {
-                *d += rs * (g * wi - xi * k);
-            }
-        },
+        // mean(g ⊙ x̂) = rstd · Σ(dy·w·x) / C
+        |(((dxr, dyr), xr), &rs)| vm::rmsnorm_row_backward(dxr, dyr, xr, w, rs),
     );
     if let Some(dw) = dw {
         assert_eq!(dw.len(), c, "rmsnorm_backward: dw shape");

@@ -145,6 +145,78 @@ widest_vectors! {
     }
 }
 
+/// 1 / sqrt(mean(x²) + eps), in f32 as transformers computes it, the squares summed in LANES interleaved partial
+/// sums (a fixed order: the same bits at every vector width).
+#[inline(always)]
+fn inv_rms_lanes(x: &[f32], eps: f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += v * v;
+        }
+    }
+    let ss = acc.iter().sum::<f32>() + rest.iter().map(|v| v * v).sum::<f32>();
+    1.0 / (ss / x.len() as f32 + eps).sqrt()
+}
+
+widest_vectors! {
+    /// 1 / sqrt(mean(x²) + eps): RMSNorm's scale of row x.
+    pub fn inv_rms(x: &[f32], eps: f32) -> f32 {
+        inv_rms_lanes(x, eps)
+    }
+}
+
+widest_vectors! {
+    /// One row of RMSNorm: y = x · rstd · w, returning rstd = [`inv_rms`]`(x, eps)`.
+    pub fn rmsnorm_row(y: &mut [f32], x: &[f32], w: &[f32], eps: f32) -> f32 {
+        let rstd = inv_rms_lanes(x, eps);
+        for ((yo, &xi), &wi) in y.iter_mut().zip(x).zip(w) {
+            *yo = xi * rstd * wi;
+        }
+        rstd
+    }
+}
+
+widest_vectors! {
+    /// Backward of [`rmsnorm_row`], ACCUMULATED: dx += rstd · (dy·w − x · k) with k = rstd² · Σ(dy·w·x) / C (the
+    /// sum in LANES interleaved partial sums).
+    pub fn rmsnorm_row_backward(dx: &mut [f32], dy: &[f32], x: &[f32], w: &[f32], rstd: f32) {
+        let mut acc = [0.0f32; LANES];
+        let (dyc, xc, wc) = (dy.chunks_exact(LANES), x.chunks_exact(LANES), w.chunks_exact(LANES));
+        let tail = dyc.remainder().iter().zip(xc.remainder()).zip(wc.remainder());
+        for ((g, xs), ws) in dyc.zip(xc).zip(wc) {
+            for i in 0..LANES {
+                acc[i] += g[i] * ws[i] * xs[i];
+            }
+        }
+        let gx = acc.iter().sum::<f32>() + tail.map(|((&g, &xi), &wi)| g * wi * xi).sum::<f32>();
+        let k = gx * rstd * rstd / x.len() as f32;
+        for (((d, &g), &xi), &wi) in dx.iter_mut().zip(dy).zip(x).zip(w) {
+            *d += rstd * (g * wi - xi * k);
+        }
+    }
+}
+
+widest_vectors! {
+    /// [`exp_shifted`] and [`sum`] in one pass: xs[i] = e^(xs[i] − shift) in place, returning their sum added as
+    /// [`sum`] adds (the same bits as the two passes).
+    pub fn exp_shifted_sum(xs: &mut [f32], shift: f32) -> f32 {
+        let mut acc = [0.0f32; LANES];
+        let mut chunks = xs.chunks_exact_mut(LANES);
+        for c in &mut chunks {
+            for (a, x) in acc.iter_mut().zip(c) {
+                *x = exp(*x - shift);
+                *a += *x;
+            }
+        }
+        let rest = chunks.into_remainder();
+        rest.iter_mut().for_each(|x| *x = exp(*x - shift));
+        acc.iter().sum::<f32>() + rest.iter().sum::<f32>()
+    }
+}
+
 /// σ(x) = 1 / (1 + e^−x).
 #[inline(always)]
 pub fn sigmoid(x: f32) -> f32 {
@@ -221,12 +293,49 @@ mod tests {
             assert!((sum(&xs) - s32).abs() <= 1e-4 * (1.0 + s32.abs()), "{} vs {s32}", sum(&xs));
             let mut e = xs.clone();
             exp_shifted(&mut e, 1.5);
+            // The fused pass gives the same values and the same sum, bit for bit.
+            let mut e32 = xs.clone();
+            assert_eq!(exp_shifted_sum(&mut e32, 1.5).to_bits(), sum(&e).to_bits());
+            assert_eq!(e32, e);
             for (a, &x) in e.iter().zip(&xs) {
                 let want = (x - 1.5).exp();
                 assert!((a - want).abs() <= 2.5e-7 * want, "exp({x} − 1.5)");
             }
         }
         assert_eq!(max(&[f32::NAN, 1.0, f32::NAN]), 1.0);
+    }
+
+    /// RMSNorm's row and its backward against their sequential forms, as the kernels were before: within 1e-5
+    /// relative to the row's scale.
+    #[test]
+    fn rmsnorm_rows_match_the_sequential_forms() {
+        for c in [1, 17, 64, 576, 1536] {
+            let x: Vec<f32> = (0..c).map(|i| ((i * 7919 % 1013) as f32 - 500.0) / 137.0).collect();
+            let w: Vec<f32> = (0..c).map(|i| 1.0 + ((i * 31 % 97) as f32 - 48.0) / 200.0).collect();
+            let dy: Vec<f32> = (0..c).map(|i| ((i * 104_729 % 211) as f32 - 105.0) / 50.0).collect();
+            let eps = 1e-5;
+            let want_rstd = 1.0 / (x.iter().map(|v| v * v).sum::<f32>() / c as f32 + eps).sqrt();
+            let mut y = vec![0.0; c];
+            let rstd = rmsnorm_row(&mut y, &x, &w, eps);
+            assert!((rstd - want_rstd).abs() <= 1e-6 * want_rstd, "rstd over {c}: {rstd} vs {want_rstd}");
+            let scale = x.iter().fold(0.0f32, |m, v| m.max(v.abs())) * want_rstd * 1.25;
+            for i in 0..c {
+                let want = x[i] * want_rstd * w[i];
+                assert!((y[i] - want).abs() <= 1e-5 * scale, "y[{i}] over {c}: {} vs {want}", y[i]);
+            }
+            let mut dx = vec![0.5; c];
+            rmsnorm_row_backward(&mut dx, &dy, &x, &w, want_rstd);
+            let mut gx = 0.0f32;
+            for i in 0..c {
+                gx += dy[i] * w[i] * x[i];
+            }
+            let k = gx * want_rstd * want_rstd / c as f32;
+            let want: Vec<f32> = (0..c).map(|i| 0.5 + want_rstd * (dy[i] * w[i] - x[i] * k)).collect();
+            let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            for i in 0..c {
+                assert!((dx[i] - want[i]).abs() <= 1e-5 * scale, "dx[{i}] over {c}: {} vs {}", dx[i], want[i]);
+            }
+        }
     }
 
     /// SwiGLU and its backward against their scalar forms with libm's expf, as the kernels were before: within
