@@ -232,8 +232,7 @@ fn train_on<B: Backend>(be: &B, args: TrainArgs) -> loft::Result<()> {
 
     // Say so before allocating when the arena cannot fit, with the largest batch that does.
     let fixed = model.weights.storage_bytes() + adapter.num_parameters() * 4 * 4;
-    let ab = be.activation_bytes();
-    let estimate = |b| TrainArena::<B>::estimate_bytes(&cfg, &adapter.config, b, args.seq, args.checkpointing, ab);
+    let estimate = |b| TrainArena::<B>::estimate_bytes(be, &cfg, &adapter.config, b, args.seq, args.checkpointing);
     let need = estimate(args.batch);
     if let Some(avail) = memory::available_bytes() {
         if fixed + need > avail {

@@ -11,6 +11,7 @@
 
 use std::sync::OnceLock;
 
+use loft::engine::cross_entropy::HEAD_CHUNK;
 use loft::engine::optim::{OptimConfig, OptimKind};
 use loft::engine::{Backend, FrozenMatrix, LoraDropout, LoraWeights, Vocab};
 use loft::{Error, Result};
@@ -193,6 +194,12 @@ impl Backend for Wgpu {
         } else {
             4
         }
+    }
+
+    /// [`HEAD_CHUNK`] rows, or as many as one binding holds of [rows, V] f32 logits (Gemma 3's 262,144-word
+    /// vocabulary: 127 rows in lavapipe's 128 MiB).
+    fn head_chunk(&self, v: usize) -> usize {
+        (self.ctx.max_buffer_bytes() / (4 * v.max(1) as u64)).clamp(1, HEAD_CHUNK as u64) as usize
     }
 
     fn resize(&self, buf: &mut GpuBuffer, len: usize) -> Result<()> {

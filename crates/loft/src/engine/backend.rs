@@ -11,7 +11,9 @@
 
 use crate::engine::attention::{attention_backward, attention_forward, attention_forward_cached};
 use crate::engine::bias::bias_forward;
-use crate::engine::cross_entropy::{cross_entropy_forward, cross_entropy_forward_backward, CrossEntropyScratch};
+use crate::engine::cross_entropy::{
+    cross_entropy_forward, cross_entropy_forward_backward, CrossEntropyScratch, HEAD_CHUNK,
+};
 use crate::engine::elementwise::{add_forward, scale_forward};
 use crate::engine::embedding::{embedding_backward, embedding_forward, VocabMatrix};
 use crate::engine::geglu::{geglu_backward, geglu_forward};
@@ -81,6 +83,11 @@ pub trait Backend {
     fn lora_weights(&self, l: &Self::Lora) -> Result<LoraWeights>;
     /// The adapter's A [R, I] and B [O, R] as buffers (the optimizer updates them in place).
     fn lora_parts_mut(lora: &mut Self::Lora) -> (&mut Self::Buf, &mut Self::Buf);
+    /// How many target rows the head takes at once for a vocabulary of V: [`HEAD_CHUNK`], or fewer where one
+    /// [chunk, V] f32 buffer of logits would pass what the device can bind.
+    fn head_chunk(&self, _v: usize) -> usize {
+        HEAD_CHUNK
+    }
     /// Scratch for the head over `chunk` target rows at a time, rows of width C, a vocabulary of V.
     fn cross_entropy_scratch(&self, chunk: usize, c: usize, v: usize) -> Result<Self::CrossEntropyScratch>;
 

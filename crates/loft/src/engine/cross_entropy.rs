@@ -13,6 +13,10 @@ use super::embedding::VocabMatrix;
 use super::matmul::matmul_tn;
 use super::vector_math as vm;
 
+/// Rows of logits the fused head holds at once, unless the backend narrows it ([`super::Backend::head_chunk`]):
+/// [256, V] f32 is 50 MB at SmolLM2's vocabulary (smaller chunks measured slower: the head is re-read per chunk).
+pub const HEAD_CHUNK: usize = 256;
+
 /// The target of a row that does not count (transformers' `ignore_index`); any negative target is ignored.
 pub const IGNORE_INDEX: i32 = -100;
 

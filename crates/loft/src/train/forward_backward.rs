@@ -228,24 +228,24 @@ pub struct TrainArena<Bk: Backend = Cpu> {
     acts: Vec<LayerActs<Bk>>,
     shared: Shared<Bk>,
     grads: GradScratch<Bk>,
+    /// Rows of the head's scratch.
+    head_chunk: usize,
     ce: Bk::CrossEntropyScratch,
 }
 
-/// Rows of logits the fused head holds at once.
-pub(crate) const HEAD_CHUNK: usize = 256;
-
 impl<Bk: Backend> TrainArena<Bk> {
-    /// Bytes the arena takes for this shape, without allocating it: the same sum `bytes()` makes of the buffers
-    /// (plus the head's scratch), with saved activations at `act_bytes` a value (4, or 2 where the backend keeps
-    /// them at half precision: [`Backend::activation_bytes`]).
+    /// Bytes the arena takes on `be` for this shape, without allocating it: the same sum `bytes()` makes of the
+    /// buffers (plus the head's scratch of [`Backend::head_chunk`] rows), with saved activations at
+    /// [`Backend::activation_bytes`] a value.
     pub fn estimate_bytes(
+        be: &Bk,
         cfg: &LlamaConfig,
         lora: &LoraConfig,
         b: usize,
         t: usize,
         checkpointing: bool,
-        act_bytes: usize,
     ) -> usize {
+        let act_bytes = be.activation_bytes();
         let d = dims_of(cfg, lora);
         let (n, layers) = (b * t, cfg.num_hidden_layers);
         let kept = if checkpointing { 1 } else { layers };
@@ -253,7 +253,7 @@ impl<Bk: Backend> TrainArena<Bk> {
             + (layers + 1) * Stream::<Bk>::bytes_for(n, &d, 4)
             + Shared::<Bk>::bytes_for(n, &d, 4)
             + GradScratch::<Bk>::bytes_for(n, &d, 4)
-            + 4 * CrossEntropyScratch::floats(HEAD_CHUNK.min(n), d.c, cfg.vocab_size)
+            + 4 * CrossEntropyScratch::floats(be.head_chunk(cfg.vocab_size).min(n), d.c, cfg.vocab_size)
     }
 
     pub fn new(be: &Bk, cfg: &LlamaConfig, lora: &LoraConfig, b: usize, t: usize, checkpointing: bool) -> Result<Self> {
@@ -270,7 +270,8 @@ impl<Bk: Backend> TrainArena<Bk> {
             acts: (0..kept).map(|_| LayerActs::new(be, n, &dims)).collect::<Result<_>>()?,
             shared: Shared::new(be, n, &dims)?,
             grads: GradScratch::new(be, n, &dims)?,
-            ce: be.cross_entropy_scratch(HEAD_CHUNK.min(n), dims.c, cfg.vocab_size)?,
+            head_chunk: be.head_chunk(cfg.vocab_size).min(n),
+            ce: be.cross_entropy_scratch(be.head_chunk(cfg.vocab_size).min(n), dims.c, cfg.vocab_size)?,
         })
     }
 
@@ -309,7 +310,7 @@ impl<Bk: Backend> TrainArena<Bk> {
         let ab = be.activation_bytes();
         let acts: usize = self.acts.iter().map(|a| a.bytes(be, ab)).sum();
         let xs: usize = self.xs.iter().map(|x| x.bytes(be, 4)).sum();
-        let ce = CrossEntropyScratch::floats(HEAD_CHUNK.min(self.capacity), self.dims.c, self.dims.v);
+        let ce = CrossEntropyScratch::floats(self.head_chunk, self.dims.c, self.dims.v);
         acts + xs + self.shared.bytes(be, 4) + self.grads.bytes(be, 4) + 4 * ce
     }
 }
@@ -825,8 +826,8 @@ mod tests {
         let (llama, qwen3) = (tiny(crate::model::Arch::Llama), tiny(crate::model::Arch::Qwen3));
         let lora = LoraConfig::default();
         let (b, t) = (2, 5);
-        let extra = TrainArena::<Cpu>::estimate_bytes(&qwen3.config, &lora, b, t, false, 4)
-            - TrainArena::<Cpu>::estimate_bytes(&llama.config, &lora, b, t, false, 4);
+        let extra = TrainArena::<Cpu>::estimate_bytes(&Cpu, &qwen3.config, &lora, b, t, false)
+            - TrainArena::<Cpu>::estimate_bytes(&Cpu, &llama.config, &lora, b, t, false);
         let (q, kv, nh, nkv) = (4 * 6, 2 * 6, 4, 2);
         assert_eq!(extra, 4 * b * t * (3 * (q + kv + nh + nkv) + q + kv));
     }
@@ -842,10 +843,10 @@ mod tests {
             let (b, t) = (3, 7);
             let (cfg, lora) = (&model.config, &adapter.config);
             let mut arena = TrainArena::new(&Cpu, cfg, lora, b, t, checkpointing).expect("arena");
-            assert_eq!(arena.bytes(&Cpu), TrainArena::<Cpu>::estimate_bytes(cfg, lora, b, t, checkpointing, 4));
+            assert_eq!(arena.bytes(&Cpu), TrainArena::<Cpu>::estimate_bytes(&Cpu, cfg, lora, b, t, checkpointing));
             // A smaller batch fits within the allocation and holds what an arena of its size would.
             arena.fit(&Cpu, 2, 5).expect("fit");
-            let small = TrainArena::<Cpu>::estimate_bytes(cfg, lora, 2, 5, checkpointing, 4);
+            let small = TrainArena::<Cpu>::estimate_bytes(&Cpu, cfg, lora, 2, 5, checkpointing);
             let ce_diff = 4 * (CrossEntropyScratch::floats(b * t, 24, 50) - CrossEntropyScratch::floats(10, 24, 50));
             assert_eq!(arena.bytes(&Cpu), small + ce_diff);
             assert!(arena.fit(&Cpu, 4, 6).is_err());

@@ -7,10 +7,9 @@
 
 use std::time::Instant;
 
+use crate::engine::cross_entropy::HEAD_CHUNK;
 use crate::engine::matmul::{matmul_nn, matmul_nt};
 use crate::model::LlamaConfig;
-
-use super::forward_backward::HEAD_CHUNK;
 
 /// One frozen product of the step: y[rows, out] = x[rows, inner] · Wᵀ (forward, `matmul_nt`) or its input
 /// gradient dx[rows, out] = dy[rows, inner] · W (`matmul_nn`), run `count` times a step.
@@ -31,7 +30,7 @@ impl Product {
     }
 }
 
-/// The frozen products of one step over `n` = batch × sequence tokens (no checkpointing: each forward once).
+/// The frozen products of one CPU step over `n` = batch × sequence tokens (no checkpointing: each forward once).
 pub fn step_products(cfg: &LlamaConfig, n: usize) -> Vec<Product> {
     let (c, f, q, kv, v, l) =
         (cfg.hidden_size, cfg.intermediate_size, cfg.q_dim(), cfg.kv_dim(), cfg.vocab_size, cfg.num_hidden_layers);

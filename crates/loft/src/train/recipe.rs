@@ -308,18 +308,15 @@ pub fn train_on<B: Backend>(
     Ok(Summary { steps: total_steps, final_loss: last_loss, eval: last_eval, adapter_dir, dry_run: false })
 }
 
-/// The plan as the backend holds it: its name, whether its memory is the device's, and the activations at the
-/// bytes a saved activation takes there (half with f16 activations).
+/// The plan as the backend holds it: its name, whether its memory is the device's, and the activations as it
+/// keeps them (half the bytes with f16 activations; a narrower head chunk where the device binds less).
 fn plan_on<B: Backend>(be: &B, plan: &mut Plan, model: &Llama, adapter: &Adapter, config: &RunConfig) {
     plan.device = be.describe();
     plan.memory.on_device = be.allocated_bytes().is_some();
-    let ab = be.activation_bytes();
-    if ab != 4 {
-        let (cfg, lora, ckpt) = (&model.config, &adapter.config, config.gradient_checkpointing);
-        let (b, t) = plan.memory.arena_rows;
-        plan.memory.activations = TrainArena::<B>::estimate_bytes(cfg, lora, b, t, ckpt, ab);
-        plan.memory.activations_other = TrainArena::<B>::estimate_bytes(cfg, lora, b, t, !ckpt, ab);
-    }
+    let (cfg, lora, ckpt) = (&model.config, &adapter.config, config.gradient_checkpointing);
+    let (b, t) = plan.memory.arena_rows;
+    plan.memory.activations = TrainArena::<B>::estimate_bytes(be, cfg, lora, b, t, ckpt);
+    plan.memory.activations_other = TrainArena::<B>::estimate_bytes(be, cfg, lora, b, t, !ckpt);
 }
 
 /// What a run keeps on the backend beside the frozen weights: the activation arena for the plan's rows, the adapter,
@@ -485,20 +482,20 @@ fn setup(config: &RunConfig, options: &TrainOptions, observer: &mut dyn Observer
         gradients: 4 * n_params,
         optimizer: optimizer_bytes,
         activations: TrainArena::<Cpu>::estimate_bytes(
+            &Cpu,
             &model.config,
             &adapter.config,
             rows_b,
             rows_t,
             checkpointing,
-            4,
         ),
         activations_other: TrainArena::<Cpu>::estimate_bytes(
+            &Cpu,
             &model.config,
             &adapter.config,
             rows_b,
             rows_t,
             !checkpointing,
-            4,
         ),
         runtime: RUNTIME_BYTES
             + train_set.iter().chain(&val_set).map(|t| 8 * t.ids.len()).sum::<usize>()
