@@ -2,15 +2,23 @@
 //!   y = x·Wᵀ + scale · (dropout(x)·Aᵀ)·Bᵀ,   W [out, in] frozen, A [r, in], B [out, r].
 //! Legend: N = rows (tokens), I = in_features, O = out_features, R = rank.
 //!
+//! Linear layers that read the same input (q/k/v_proj, gate/up_proj) go through [`lora_group_forward`] and
+//! [`lora_group_backward`] together: their adapters' A-side products are batched into one product against the
+//! stacked [A_1; A_2; …] (x read once, one wide product instead of several rank-wide ones), and their B-side
+//! products run side by side, one module per thread.
+//!
 //! Dropout masks are not stored: each is regenerated from its seed in the backward (one SplitMix64 stream per row),
 //! so the forward and backward of one micro-batch must be given the same [`LoraDropout`].
 
 #![forbid(unsafe_code)]
 
+use std::borrow::Cow;
+
+use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::frozen::FrozenMatrix;
-use super::matmul::{matmul_nn, matmul_nt, matmul_tn};
+use super::matmul::{gemm_strided, matmul_nn, matmul_nt, matmul_tn, parallelism};
 use crate::rng::SplitMix64;
 
 /// The trained matrices of one adapted linear layer, with PEFT's names and layouts.
@@ -106,7 +114,10 @@ pub fn lora_forward(
     assert!(w.rows == o && w.cols == i, "lora_forward: base weight is [{}, {}], adapter [{o}, {i}]", w.rows, w.cols);
     assert!(y.len() == n * o && x.len() == n * i && xa.len() == n * r, "lora_forward: shapes");
     w.forward(y, x, n, accumulate);
-    add_lora_term(y, xa, xd, x, lora, dropout, n);
+    match dropout {
+        None => add_lora_group_terms(x, &mut [LoraOut { y, xa, w, lora }], n),
+        Some(_) => add_lora_term(y, xa, xd, x, lora, dropout, n),
+    }
 }
 
 /// [`lora_forward`] without dropout for the few rows of a decoding step: the base product through
@@ -172,34 +183,205 @@ pub fn lora_backward(
     let (i, o, r) = (lora.in_features, lora.out_features, lora.r);
     assert!(dx.len() == n * i && dy.len() == n * o && x.len() == n * i && xa.len() == n * r, "lora_backward: shapes");
     assert!(da.len() == r * i && db.len() == o * r && dxa.len() == n * r, "lora_backward: gradient shapes");
+    let Some(dp) = dropout else {
+        w.backward_input(dx, dy, n, accumulate);
+        add_lora_group_grads(dx, x, &mut [LoraGrad { dy, xa, w, lora, da, db }], n);
+        return;
+    };
     // y += scale · xa·Bᵀ  →  dB += scale · dyᵀ·xa,  dxa = scale · dy·B
-    matmul_tn(db, dy, xa, n, o, r, lora.scale, true);
+    add_db(db, dy, xa, n, o, r, lora.scale, parallelism(o, r, n));
     matmul_nn(dxa, dy, &lora.b, n, o, r, lora.scale, false);
     // y = x·Wᵀ  →  dx = dy·W
     w.backward_input(dx, dy, n, accumulate);
-    match dropout {
-        None => {
-            // xa = x·Aᵀ  →  dA += dxaᵀ·x,  dx += dxa·A
-            matmul_tn(da, dxa, x, n, r, i, 1.0, true);
-            matmul_nn(dx, dxa, &lora.a, n, r, i, 1.0, true);
+    // xa = xd·Aᵀ with xd = x ⊙ mask/(1−p)  →  dA += dxaᵀ·xd,  dx += (dxa·A) ⊙ mask/(1−p)
+    let xd = &mut xd[..n * i];
+    dp.apply(xd, x, i);
+    matmul_tn(da, dxa, xd, n, r, i, 1.0, true);
+    matmul_nn(xd, dxa, &lora.a, n, r, i, 1.0, false);
+    let keep = 1.0 / (1.0 - dp.p);
+    // The mask is where dropout(x) was nonzero; regenerate it rather than compare floats.
+    let pp = dp.p as f64;
+    dx.par_chunks_mut(i).zip(xd.par_chunks(i)).enumerate().with_min_len(8).for_each(|(row, (d, g))| {
+        let mut rng = dp.row_stream(row);
+        for (d, &g) in d.iter_mut().zip(g) {
+            if rng.next_f64() >= pp {
+                *d += g * keep;
+            }
         }
-        Some(dp) => {
-            // xa = xd·Aᵀ with xd = x ⊙ mask/(1−p)  →  dA += dxaᵀ·xd,  dx += (dxa·A) ⊙ mask/(1−p)
-            let xd = &mut xd[..n * i];
-            dp.apply(xd, x, i);
-            matmul_tn(da, dxa, xd, n, r, i, 1.0, true);
-            matmul_nn(xd, dxa, &lora.a, n, r, i, 1.0, false);
-            let keep = 1.0 / (1.0 - dp.p);
-            // The mask is where dropout(x) was nonzero; regenerate it rather than compare floats.
-            let pp = dp.p as f64;
-            dx.par_chunks_mut(i).zip(xd.par_chunks(i)).enumerate().with_min_len(8).for_each(|(row, (d, g))| {
-                let mut rng = dp.row_stream(row);
-                for (d, &g) in d.iter_mut().zip(g) {
-                    if rng.next_f64() >= pp {
-                        *d += g * keep;
-                    }
-                }
-            });
+    });
+}
+
+/// db[O, R] += alpha · dy[N, O]ᵀ · xa[N, R]. gemm vectorizes along its output's contiguous side, which in db's own
+/// layout is only R wide; the product goes to a transposed scratch [R, O] (O contiguous, about twice as fast at
+/// R = 16) and is added into db from there.
+#[allow(clippy::too_many_arguments)]
+fn add_db(db: &mut [f32], dy: &[f32], xa: &[f32], n: usize, o: usize, r: usize, alpha: f32, threads: Parallelism) {
+    let mut db_t = vec![0.0f32; r * o];
+    gemm_strided(o, r, n, &mut db_t, (1, o), false, dy, (1, o), xa, (r, 1), alpha, threads);
+    for (row, d) in db[..o * r].chunks_exact_mut(r).enumerate() {
+        for (k, d) in d.iter_mut().enumerate() {
+            *d += db_t[k * o + row];
         }
     }
+}
+
+/// One adapted linear layer of a group that reads the same input, in the forward: its frozen weight and adapter,
+/// and its output y [N, O] and saved xa [N, R].
+pub struct LoraOut<'a> {
+    pub y: &'a mut [f32],
+    pub xa: &'a mut [f32],
+    pub w: &'a FrozenMatrix,
+    pub lora: &'a LoraWeights,
+}
+
+/// The same layer in the backward: its output's gradient dy [N, O], the saved xa [N, R], and the adapter's
+/// gradients dA [R, I], dB [O, R] (accumulated).
+pub struct LoraGrad<'a> {
+    pub dy: &'a [f32],
+    pub xa: &'a [f32],
+    pub w: &'a FrozenMatrix,
+    pub lora: &'a LoraWeights,
+    pub da: &'a mut [f32],
+    pub db: &'a mut [f32],
+}
+
+/// Checks a group's shapes against x [N, I] (I from the first adapter); returns (I, each module's offset in the
+/// stacked rank, ΣR).
+fn group_shapes<'a>(
+    op: &str,
+    x: &[f32],
+    n: usize,
+    mods: impl Iterator<Item = (&'a LoraWeights, &'a FrozenMatrix, usize, usize)>,
+) -> (usize, Vec<usize>, usize) {
+    let (mut i, mut offsets, mut total) = (None, Vec::new(), 0);
+    for (lora, w, y_len, xa_len) in mods {
+        let (o, r) = (lora.out_features, lora.r);
+        let i = *i.get_or_insert(lora.in_features);
+        assert!(lora.in_features == i, "{op}: adapters of {i} and {} inputs in one group", lora.in_features);
+        assert!(w.rows == o && w.cols == i, "{op}: base weight is [{}, {}], adapter [{o}, {i}]", w.rows, w.cols);
+        assert!(x.len() == n * i && y_len == n * o && xa_len == n * r, "{op}: shapes");
+        offsets.push(total);
+        total += r;
+    }
+    let i = i.unwrap_or_else(|| panic!("{op}: an empty group"));
+    (i, offsets, total)
+}
+
+/// [A_1; A_2; …] [ΣR, I]: borrowed when the group has one module.
+fn stacked_a<'a>(loras: &[&'a LoraWeights]) -> Cow<'a, [f32]> {
+    match loras {
+        [one] => Cow::Borrowed(&one.a),
+        _ => Cow::Owned(loras.iter().flat_map(|l| l.a.iter().copied()).collect()),
+    }
+}
+
+/// For every module m of a group reading x [N, I] (q/k/v_proj, or gate/up_proj): y_m = x·W_mᵀ + scale_m ·
+/// (x·A_mᵀ)·B_mᵀ, saving xa_m = x·A_mᵀ. What [`lora_forward`] computes module by module without dropout
+/// (overwriting y), with the A-side products batched.
+pub fn lora_group_forward(x: &[f32], mods: &mut [LoraOut<'_>], n: usize) {
+    for m in mods.iter_mut() {
+        assert!(m.y.len() == n * m.w.rows, "lora_group_forward: y is not [N, O]");
+        m.w.forward(m.y, x, n, false);
+    }
+    add_lora_group_terms(x, mods, n);
+}
+
+/// y_m += scale_m · xa_m·B_mᵀ with xa_m = x·A_mᵀ (saved) for every module of a group reading x [N, I]: one product
+/// xa = x·[A_1; A_2; …]ᵀ [N, ΣR], then each module's B product, the modules side by side when there are several.
+pub fn add_lora_group_terms(x: &[f32], mods: &mut [LoraOut<'_>], n: usize) {
+    let shapes = mods.iter().map(|m| (m.lora, m.w, m.y.len(), m.xa.len()));
+    let (i, offsets, total) = group_shapes("lora_group_forward", x, n, shapes);
+    let loras: Vec<&LoraWeights> = mods.iter().map(|m| m.lora).collect();
+    let a = stacked_a(&loras);
+    let mut xa_all = vec![0.0f32; n * total];
+    matmul_nt(&mut xa_all, x, &a, n, i, total, 1.0, false);
+    let single = mods.len() == 1;
+    let term = |(m, &off): (&mut LoraOut<'_>, &usize)| {
+        let (o, r) = (m.lora.out_features, m.lora.r);
+        for (dst, src) in m.xa.chunks_exact_mut(r).zip(xa_all.chunks_exact(total)) {
+            dst.copy_from_slice(&src[off..off + r]);
+        }
+        let threads = if single { parallelism(n, o, r) } else { Parallelism::None };
+        gemm_strided(n, o, r, m.y, (o, 1), true, m.xa, (r, 1), &m.lora.b, (1, r), m.lora.scale, threads);
+    };
+    if single {
+        mods.iter_mut().zip(&offsets).for_each(term);
+    } else {
+        mods.par_iter_mut().zip(&offsets).for_each(term);
+    }
+}
+
+/// Backward of [`lora_group_forward`]: dx[N, I] = (accumulate ? dx : 0) + Σ_m (dy_m·W_m + scale_m · dy_m·B_m·A_m),
+/// and each module's dA_m, dB_m accumulated as [`lora_backward`] does.
+pub fn lora_group_backward(dx: &mut [f32], x: &[f32], mods: &mut [LoraGrad<'_>], n: usize, accumulate: bool) {
+    assert!(!mods.is_empty() && dx.len() == x.len(), "lora_group_backward: dx is not [N, I], or an empty group");
+    for (j, m) in mods.iter().enumerate() {
+        assert!(m.dy.len() == n * m.w.rows, "lora_group_backward: dy is not [N, O]");
+        m.w.backward_input(dx, m.dy, n, accumulate || j > 0);
+    }
+    add_lora_group_grads(dx, x, mods, n);
+}
+
+/// The adapters' part of [`lora_group_backward`]: dxa_m = scale_m · dy_m·B_m, dB_m += scale_m · dy_mᵀ·xa_m (each
+/// module's pair side by side with the others'), then with dxa = [dxa_1, dxa_2, …] [N, ΣR] one product each for
+/// [dA_1; dA_2; …] += dxaᵀ·x and dx += dxa·[A_1; A_2; …].
+pub fn add_lora_group_grads(dx: &mut [f32], x: &[f32], mods: &mut [LoraGrad<'_>], n: usize) {
+    let shapes = mods.iter().map(|m| (m.lora, m.w, m.dy.len(), m.xa.len()));
+    let (i, offsets, total) = group_shapes("lora_group_backward", x, n, shapes);
+    assert!(dx.len() == n * i, "lora_group_backward: dx is not [N, I]");
+    for m in mods.iter() {
+        let (o, r) = (m.lora.out_features, m.lora.r);
+        assert!(m.da.len() == r * i && m.db.len() == o * r, "lora_group_backward: gradient shapes");
+    }
+    let b_side = |m: &mut LoraGrad<'_>, threads: Parallelism| -> Vec<f32> {
+        let (o, r, s) = (m.lora.out_features, m.lora.r, m.lora.scale);
+        let mut dxa = vec![0.0f32; n * r];
+        add_db(m.db, m.dy, m.xa, n, o, r, s, threads);
+        gemm_strided(n, r, o, &mut dxa, (r, 1), false, m.dy, (o, 1), &m.lora.b, (r, 1), s, threads);
+        dxa
+    };
+    // One module: its two products side by side; several: the modules side by side, each on one thread.
+    let parts: Vec<Vec<f32>> = match mods {
+        [m] => {
+            let (o, r, s) = (m.lora.out_features, m.lora.r, m.lora.scale);
+            let mut dxa = vec![0.0f32; n * r];
+            let (db, dy, xa, b) = (&mut *m.db, m.dy, m.xa, &m.lora.b);
+            rayon::join(
+                || add_db(db, dy, xa, n, o, r, s, Parallelism::None),
+                || gemm_strided(n, r, o, &mut dxa, (r, 1), false, dy, (o, 1), b, (r, 1), s, Parallelism::None),
+            );
+            vec![dxa]
+        }
+        _ => mods.par_iter_mut().map(|m| b_side(m, Parallelism::None)).collect(),
+    };
+    let dxa: Cow<[f32]> = match parts.as_slice() {
+        [one] => Cow::Borrowed(one),
+        _ => {
+            let mut all = vec![0.0f32; n * total];
+            for (part, (m, &off)) in parts.iter().zip(mods.iter().zip(&offsets)) {
+                let r = m.lora.r;
+                for (dst, src) in all.chunks_exact_mut(total).zip(part.chunks_exact(r)) {
+                    dst[off..off + r].copy_from_slice(src);
+                }
+            }
+            Cow::Owned(all)
+        }
+    };
+    let loras: Vec<&LoraWeights> = mods.iter().map(|m| m.lora).collect();
+    let a = stacked_a(&loras);
+    // xa = x·Aᵀ  →  dA += dxaᵀ·x,  dx += dxa·A: two products of the same size, side by side.
+    let (dxa, a) = (&*dxa, &*a);
+    let da_side = || match mods {
+        [m] => gemm_strided(total, i, n, m.da, (i, 1), true, dxa, (1, total), x, (i, 1), 1.0, Parallelism::None),
+        _ => {
+            let mut da = vec![0.0f32; total * i];
+            gemm_strided(total, i, n, &mut da, (i, 1), false, dxa, (1, total), x, (i, 1), 1.0, Parallelism::None);
+            for (m, &off) in mods.iter_mut().zip(&offsets) {
+                let part = &da[off * i..(off + m.lora.r) * i];
+                m.da.iter_mut().zip(part).for_each(|(d, g)| *d += g);
+            }
+        }
+    };
+    let dx_side = || gemm_strided(n, i, total, dx, (i, 1), true, dxa, (total, 1), a, (i, 1), 1.0, Parallelism::None);
+    rayon::join(da_side, dx_side);
 }
