@@ -287,28 +287,37 @@ pub fn lora_group_forward(x: &[f32], mods: &mut [LoraOut<'_>], n: usize) {
 }
 
 /// y_m += scale_m · xa_m·B_mᵀ with xa_m = x·A_mᵀ (saved) for every module of a group reading x [N, I]: one product
-/// xa = x·[A_1; A_2; …]ᵀ [N, ΣR], then each module's B product, the modules side by side when there are several.
+/// xa = x·[A_1; A_2; …]ᵀ [N, ΣR], then the B products split by rows, each thread taking its rows of every module
+/// (balanced whatever the modules' widths; a rank-wide product gains nothing from gemm's own threads).
 pub fn add_lora_group_terms(x: &[f32], mods: &mut [LoraOut<'_>], n: usize) {
     let shapes = mods.iter().map(|m| (m.lora, m.w, m.y.len(), m.xa.len()));
     let (i, offsets, total) = group_shapes("lora_group_forward", x, n, shapes);
+    if n == 0 {
+        return;
+    }
     let loras: Vec<&LoraWeights> = mods.iter().map(|m| m.lora).collect();
     let a = stacked_a(&loras);
     let mut xa_all = vec![0.0f32; n * total];
     matmul_nt(&mut xa_all, x, &a, n, i, total, 1.0, false);
-    let single = mods.len() == 1;
-    let term = |(m, &off): (&mut LoraOut<'_>, &usize)| {
+    // Rows [c·rows, (c+1)·rows) of every module's y and xa, with the module's adapter and offset in xa_all.
+    let rows = n.div_ceil(rayon::current_num_threads().max(1));
+    let mut tasks: Vec<Vec<_>> = (0..n.div_ceil(rows)).map(|_| Vec::with_capacity(mods.len())).collect();
+    for (m, &off) in mods.iter_mut().zip(&offsets) {
         let (o, r) = (m.lora.out_features, m.lora.r);
-        for (dst, src) in m.xa.chunks_exact_mut(r).zip(xa_all.chunks_exact(total)) {
-            dst.copy_from_slice(&src[off..off + r]);
+        for (task, (y, xa)) in tasks.iter_mut().zip(m.y.chunks_mut(rows * o).zip(m.xa.chunks_mut(rows * r))) {
+            task.push((y, xa, m.lora, off));
         }
-        let threads = if single { parallelism(n, o, r) } else { Parallelism::None };
-        gemm_strided(n, o, r, m.y, (o, 1), true, m.xa, (r, 1), &m.lora.b, (1, r), m.lora.scale, threads);
-    };
-    if single {
-        mods.iter_mut().zip(&offsets).for_each(term);
-    } else {
-        mods.par_iter_mut().zip(&offsets).for_each(term);
     }
+    let xa_all = &xa_all;
+    tasks.into_par_iter().enumerate().for_each(|(c, task)| {
+        for (y, xa, l, off) in task {
+            let (o, r) = (l.out_features, l.r);
+            for (dst, src) in xa.chunks_exact_mut(r).zip(xa_all[c * rows * total..].chunks_exact(total)) {
+                dst.copy_from_slice(&src[off..off + r]);
+            }
+            gemm_strided(y.len() / o, o, r, y, (o, 1), true, xa, (r, 1), &l.b, (1, r), l.scale, Parallelism::None);
+        }
+    });
 }
 
 /// Backward of [`lora_group_forward`]: dx[N, I] = (accumulate ? dx : 0) + Σ_m (dy_m·W_m + scale_m · dy_m·B_m·A_m),
@@ -322,9 +331,17 @@ pub fn lora_group_backward(dx: &mut [f32], x: &[f32], mods: &mut [LoraGrad<'_>],
     add_lora_group_grads(dx, x, mods, n);
 }
 
-/// The adapters' part of [`lora_group_backward`]: dxa_m = scale_m · dy_m·B_m, dB_m += scale_m · dy_mᵀ·xa_m (each
-/// module's pair side by side with the others'), then with dxa = [dxa_1, dxa_2, …] [N, ΣR] one product each for
-/// [dA_1; dA_2; …] += dxaᵀ·x and dx += dxa·[A_1; A_2; …].
+/// What each of two products run side by side (rayon::join) gets of the pool: none of it on two threads, where
+/// the pair already fills the machine, half of it on more.
+fn half_the_threads() -> Parallelism {
+    match rayon::current_num_threads() / 2 {
+        0 | 1 => Parallelism::None,
+        t => Parallelism::Rayon(t),
+    }
+}
+
+/// The adapters' part of [`lora_group_backward`]: dxa_m = scale_m · dy_m·B_m and dB_m += scale_m · dy_mᵀ·xa_m, then
+/// with dxa = [dxa_1, dxa_2, …] [N, ΣR] one product each for [dA_1; dA_2; …] += dxaᵀ·x and dx += dxa·[A_1; A_2; …].
 pub fn add_lora_group_grads(dx: &mut [f32], x: &[f32], mods: &mut [LoraGrad<'_>], n: usize) {
     let shapes = mods.iter().map(|m| (m.lora, m.w, m.dy.len(), m.xa.len()));
     let (i, offsets, total) = group_shapes("lora_group_backward", x, n, shapes);
@@ -333,55 +350,47 @@ pub fn add_lora_group_grads(dx: &mut [f32], x: &[f32], mods: &mut [LoraGrad<'_>]
         let (o, r) = (m.lora.out_features, m.lora.r);
         assert!(m.da.len() == r * i && m.db.len() == o * r, "lora_group_backward: gradient shapes");
     }
-    let b_side = |m: &mut LoraGrad<'_>, threads: Parallelism| -> Vec<f32> {
-        let (o, r, s) = (m.lora.out_features, m.lora.r, m.lora.scale);
-        let mut dxa = vec![0.0f32; n * r];
-        add_db(m.db, m.dy, m.xa, n, o, r, s, threads);
-        gemm_strided(n, r, o, &mut dxa, (r, 1), false, m.dy, (o, 1), &m.lora.b, (r, 1), s, threads);
-        dxa
-    };
-    // One module: its two products side by side; several: the modules side by side, each on one thread.
-    let parts: Vec<Vec<f32>> = match mods {
-        [m] => {
-            let (o, r, s) = (m.lora.out_features, m.lora.r, m.lora.scale);
-            let mut dxa = vec![0.0f32; n * r];
-            let (db, dy, xa, b) = (&mut *m.db, m.dy, m.xa, &m.lora.b);
-            rayon::join(
-                || add_db(db, dy, xa, n, o, r, s, Parallelism::None),
-                || gemm_strided(n, r, o, &mut dxa, (r, 1), false, dy, (o, 1), b, (r, 1), s, Parallelism::None),
-            );
-            vec![dxa]
-        }
-        _ => mods.par_iter_mut().map(|m| b_side(m, Parallelism::None)).collect(),
-    };
-    let dxa: Cow<[f32]> = match parts.as_slice() {
-        [one] => Cow::Borrowed(one),
-        _ => {
-            let mut all = vec![0.0f32; n * total];
-            for (part, (m, &off)) in parts.iter().zip(mods.iter().zip(&offsets)) {
-                let r = m.lora.r;
-                for (dst, src) in all.chunks_exact_mut(total).zip(part.chunks_exact(r)) {
-                    dst[off..off + r].copy_from_slice(src);
-                }
-            }
-            Cow::Owned(all)
+    if n == 0 {
+        return;
+    }
+    let side = half_the_threads();
+    // y_m += scale_m · xa_m·B_mᵀ  →  dB_m += scale_m · dy_mᵀ·xa_m,  dxa_m = scale_m · dy_m·B_m: the dB products on
+    // one half of the threads and the dxa products on the other (the two sides are the same size whatever the
+    // widths), dxa_m written into columns of dxa [N, ΣR].
+    let mut dxa = vec![0.0f32; n * total];
+    let (mut dbs, mut dys) = (Vec::with_capacity(mods.len()), Vec::with_capacity(mods.len()));
+    for m in mods.iter_mut() {
+        dbs.push((&mut *m.db, m.dy, m.xa, m.lora));
+        dys.push((m.dy, m.lora));
+    }
+    let db_side = || {
+        for (db, dy, xa, l) in dbs {
+            add_db(db, dy, xa, n, l.out_features, l.r, l.scale, side);
         }
     };
+    let dxa_side = || {
+        for ((dy, l), &off) in dys.iter().zip(&offsets) {
+            let (o, r) = (l.out_features, l.r);
+            let dst = &mut dxa[off..];
+            gemm_strided(n, r, o, dst, (total, 1), false, dy, (o, 1), &l.b, (r, 1), l.scale, side);
+        }
+    };
+    rayon::join(db_side, dxa_side);
     let loras: Vec<&LoraWeights> = mods.iter().map(|m| m.lora).collect();
     let a = stacked_a(&loras);
     // xa = x·Aᵀ  →  dA += dxaᵀ·x,  dx += dxa·A: two products of the same size, side by side.
-    let (dxa, a) = (&*dxa, &*a);
+    let (dxa, a) = (&dxa[..], &*a);
     let da_side = || match mods {
-        [m] => gemm_strided(total, i, n, m.da, (i, 1), true, dxa, (1, total), x, (i, 1), 1.0, Parallelism::None),
+        [m] => gemm_strided(total, i, n, m.da, (i, 1), true, dxa, (1, total), x, (i, 1), 1.0, side),
         _ => {
             let mut da = vec![0.0f32; total * i];
-            gemm_strided(total, i, n, &mut da, (i, 1), false, dxa, (1, total), x, (i, 1), 1.0, Parallelism::None);
+            gemm_strided(total, i, n, &mut da, (i, 1), false, dxa, (1, total), x, (i, 1), 1.0, side);
             for (m, &off) in mods.iter_mut().zip(&offsets) {
                 let part = &da[off * i..(off + m.lora.r) * i];
                 m.da.iter_mut().zip(part).for_each(|(d, g)| *d += g);
             }
         }
     };
-    let dx_side = || gemm_strided(n, i, total, dx, (i, 1), true, dxa, (total, 1), a, (i, 1), 1.0, Parallelism::None);
+    let dx_side = || gemm_strided(n, i, total, dx, (i, 1), true, dxa, (total, 1), a, (i, 1), 1.0, side);
     rayon::join(da_side, dx_side);
 }
