@@ -14,7 +14,10 @@ use std::time::Instant;
 
 use loft::data::Batch;
 use loft::engine::cross_entropy::CrossEntropyScratch;
-use loft::engine::lora::{add_lora_group_grads, add_lora_group_terms, LoraDropout, LoraGrad, LoraOut, LoraWeights};
+use loft::engine::lora::{
+    add_lora_group_grads, add_lora_group_terms, add_lora_term_from, lora_group_xa, LoraDropout, LoraGrad, LoraOut,
+    LoraWeights,
+};
 use loft::engine::optim::{Moments, OptimConfig, OptimKind};
 use loft::engine::{Backend, Cpu, FrozenMatrix, GroupLinear, GroupLinearGrad, Vocab};
 use loft::lora::{Adapter, DeviceAdapter, Gradients, LoraConfig};
@@ -280,10 +283,13 @@ impl Backend for Timed {
             .iter_mut()
             .filter_map(|m| Some(LoraOut { y: &mut *m.y, xa: &mut *m.xa, w: m.w, lora: m.lora? }))
             .collect();
+        let xa_all = self.time("lora fwd (adapter part)", || lora_group_xa(x, &outs, n));
+        let (total, mut off) = (xa_all.len() / n, 0);
         for o in outs.iter_mut() {
             self.time(module(o.w, true), || o.w.forward(o.y, x, n, false));
+            self.time("lora fwd (adapter part)", || add_lora_term_from(o, &xa_all, total, off, n));
+            off += o.lora.r;
         }
-        self.time("lora fwd (adapter part)", || add_lora_group_terms(x, &mut outs, n));
         Ok(())
     }
     fn lora_backward(

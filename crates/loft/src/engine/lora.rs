@@ -277,46 +277,55 @@ fn stacked_a<'a>(loras: &[&'a LoraWeights]) -> Cow<'a, [f32]> {
 
 /// For every module m of a group reading x [N, I] (q/k/v_proj, or gate/up_proj): y_m = x·W_mᵀ + scale_m ·
 /// (x·A_mᵀ)·B_mᵀ, saving xa_m = x·A_mᵀ. What [`lora_forward`] computes module by module without dropout
-/// (overwriting y), with the A-side products batched.
+/// (overwriting y), with the A-side products batched: [`lora_group_xa`] first, then each module's frozen product
+/// and at once its adapter's term (y still in cache).
 pub fn lora_group_forward(x: &[f32], mods: &mut [LoraOut<'_>], n: usize) {
+    let xa_all = lora_group_xa(x, mods, n);
+    let total = mods.iter().map(|m| m.lora.r).sum();
+    let mut off = 0;
     for m in mods.iter_mut() {
-        assert!(m.y.len() == n * m.w.rows, "lora_group_forward: y is not [N, O]");
         m.w.forward(m.y, x, n, false);
+        add_lora_term_from(m, &xa_all, total, off, n);
+        off += m.lora.r;
     }
-    add_lora_group_terms(x, mods, n);
 }
 
-/// y_m += scale_m · xa_m·B_mᵀ with xa_m = x·A_mᵀ (saved) for every module of a group reading x [N, I]: one product
-/// xa = x·[A_1; A_2; …]ᵀ [N, ΣR], then the B products split by rows, each thread taking its rows of every module
-/// (balanced whatever the modules' widths; a rank-wide product gains nothing from gemm's own threads).
+/// y_m += scale_m · xa_m·B_mᵀ with xa_m = x·A_mᵀ (saved) for every module of a group reading x [N, I].
 pub fn add_lora_group_terms(x: &[f32], mods: &mut [LoraOut<'_>], n: usize) {
+    let xa_all = lora_group_xa(x, mods, n);
+    let total = mods.iter().map(|m| m.lora.r).sum();
+    let mut off = 0;
+    for m in mods.iter_mut() {
+        add_lora_term_from(m, &xa_all, total, off, n);
+        off += m.lora.r;
+    }
+}
+
+/// The group's one A-side product: xa = x·[A_1; A_2; …]ᵀ [N, ΣR] (the shapes checked).
+pub fn lora_group_xa(x: &[f32], mods: &[LoraOut<'_>], n: usize) -> Vec<f32> {
     let shapes = mods.iter().map(|m| (m.lora, m.w, m.y.len(), m.xa.len()));
-    let (i, offsets, total) = group_shapes("lora_group_forward", x, n, shapes);
+    let (i, _, total) = group_shapes("lora_group_forward", x, n, shapes);
+    let loras: Vec<&LoraWeights> = mods.iter().map(|m| m.lora).collect();
+    let mut xa_all = vec![0.0f32; n * total];
+    matmul_nt(&mut xa_all, x, &stacked_a(&loras), n, i, total, 1.0, false);
+    xa_all
+}
+
+/// One module's term from the group's xa [N, ΣR] (its columns off..off+R): xa_m saved, y_m += scale_m · xa_m·B_mᵀ,
+/// split by rows over the threads (a rank-wide product gains little from gemm's own threads).
+pub fn add_lora_term_from(m: &mut LoraOut<'_>, xa_all: &[f32], total: usize, off: usize, n: usize) {
+    let (o, r, l) = (m.lora.out_features, m.lora.r, m.lora);
+    assert!(xa_all.len() == n * total && off + r <= total, "add_lora_term_from: xa is not [N, ΣR]");
     if n == 0 {
         return;
     }
-    let loras: Vec<&LoraWeights> = mods.iter().map(|m| m.lora).collect();
-    let a = stacked_a(&loras);
-    let mut xa_all = vec![0.0f32; n * total];
-    matmul_nt(&mut xa_all, x, &a, n, i, total, 1.0, false);
-    // Rows [c·rows, (c+1)·rows) of every module's y and xa, with the module's adapter and offset in xa_all.
     let rows = n.div_ceil(rayon::current_num_threads().max(1));
-    let mut tasks: Vec<Vec<_>> = (0..n.div_ceil(rows)).map(|_| Vec::with_capacity(mods.len())).collect();
-    for (m, &off) in mods.iter_mut().zip(&offsets) {
-        let (o, r) = (m.lora.out_features, m.lora.r);
-        for (task, (y, xa)) in tasks.iter_mut().zip(m.y.chunks_mut(rows * o).zip(m.xa.chunks_mut(rows * r))) {
-            task.push((y, xa, m.lora, off));
+    let parts = m.y.par_chunks_mut(rows * o).zip(m.xa.par_chunks_mut(rows * r)).zip(xa_all.par_chunks(rows * total));
+    parts.for_each(|((y, xa), all)| {
+        for (dst, src) in xa.chunks_exact_mut(r).zip(all.chunks_exact(total)) {
+            dst.copy_from_slice(&src[off..off + r]);
         }
-    }
-    let xa_all = &xa_all;
-    tasks.into_par_iter().enumerate().for_each(|(c, task)| {
-        for (y, xa, l, off) in task {
-            let (o, r) = (l.out_features, l.r);
-            for (dst, src) in xa.chunks_exact_mut(r).zip(xa_all[c * rows * total..].chunks_exact(total)) {
-                dst.copy_from_slice(&src[off..off + r]);
-            }
-            gemm_strided(y.len() / o, o, r, y, (o, 1), true, xa, (r, 1), &l.b, (1, r), l.scale, Parallelism::None);
-        }
+        gemm_strided(y.len() / o, o, r, y, (o, 1), true, xa, (r, 1), &l.b, (1, r), l.scale, Parallelism::None);
     });
 }
 
