@@ -4,8 +4,10 @@
 //!
 //! Linear layers that read the same input (q/k/v_proj, gate/up_proj) go through [`lora_group_forward`] and
 //! [`lora_group_backward`] together: their adapters' A-side products are batched into one product against the
-//! stacked [A_1; A_2; …] (x read once, one wide product instead of several rank-wide ones), and their B-side
-//! products run side by side, one module per thread.
+//! stacked [A_1; A_2; …] (x read once, one wide product instead of several rank-wide ones). The rank-wide B-side
+//! products are shared out between the threads by hand (by rows in the forward; the dB and the dxa products side
+//! by side in the backward): gemm's own threads gain little on them. A layer alone (o_proj, down_proj) takes the
+//! same path as a group of one.
 //!
 //! Dropout masks are not stored: each is regenerated from its seed in the backward (one SplitMix64 stream per row),
 //! so the forward and backward of one micro-batch must be given the same [`LoraDropout`].
