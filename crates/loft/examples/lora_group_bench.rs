@@ -3,6 +3,9 @@
 //! against the per-module products it replaced, interleaved in one process, best of many runs each (issue 15).
 //!
 //! `cargo run --release -p loft --example lora_group_bench [-- ROUNDS]` (default 30). Threads: RAYON_NUM_THREADS.
+//! The buffers here are not cache-hot as in the step (where y has just been written by the frozen product and the
+//! per-module forward's rank-wide product costs less), so the forward's gain here overstates the step's; the whole
+//! step's split is `examples/train_profile`'s.
 
 use std::time::Instant;
 
