@@ -14,10 +14,12 @@ use std::time::Instant;
 
 use loft::data::Batch;
 use loft::engine::cross_entropy::CrossEntropyScratch;
-use loft::engine::lora::{LoraDropout, LoraWeights};
-use loft::engine::matmul::{matmul_nn, matmul_nt, matmul_tn};
+use loft::engine::lora::{
+    add_lora_group_grads, add_lora_group_terms, add_lora_term_from, lora_group_xa, LoraDropout, LoraGrad, LoraOut,
+    LoraWeights,
+};
 use loft::engine::optim::{Moments, OptimConfig, OptimKind};
-use loft::engine::{Backend, Cpu, FrozenMatrix, Vocab};
+use loft::engine::{Backend, Cpu, FrozenMatrix, GroupLinear, GroupLinearGrad, Vocab};
 use loft::lora::{Adapter, DeviceAdapter, Gradients, LoraConfig};
 use loft::model::{Llama, LlamaConfig, Runner};
 use loft::train::forward_backward::{forward_backward, TrainArena};
@@ -258,12 +260,36 @@ impl Backend for Timed {
             return self.time("lora fwd (dropout)", || Cpu.lora_forward(y, xa, xd, x, w, lora, dropout, n, accumulate));
         }
         // lora_forward's own steps without dropout, each timed: the frozen product, then the adapter's.
-        let (i, o, r) = (lora.in_features, lora.out_features, lora.r);
         self.time(module(w, true), || w.forward(y, x, n, accumulate));
-        self.time("lora fwd (adapter part)", || {
-            matmul_nt(xa, x, &lora.a, n, i, r, 1.0, false);
-            matmul_nt(y, xa, &lora.b, n, r, o, lora.scale, true);
-        });
+        self.time("lora fwd (adapter part)", || add_lora_group_terms(x, &mut [LoraOut { y, xa, w, lora }], n));
+        Ok(())
+    }
+    fn lora_group_forward(
+        &self,
+        mods: &mut [GroupLinear<'_, '_, Self>],
+        xd: &mut Vec<f32>,
+        x: &Vec<f32>,
+        n: usize,
+    ) -> Result<()> {
+        if mods.iter().any(|m| m.lora.is_none() || m.dropout.is_some()) {
+            let mut cpu: Vec<GroupLinear<'_, '_, Cpu>> = mods
+                .iter_mut()
+                .map(|m| GroupLinear { w: m.w, lora: m.lora, dropout: m.dropout, y: &mut *m.y, xa: &mut *m.xa })
+                .collect();
+            return self.time("lora group fwd (dropout)", || Cpu.lora_group_forward(&mut cpu, xd, x, n));
+        }
+        // lora_group_forward's own steps, each timed: the frozen products, then the adapters'.
+        let mut outs: Vec<LoraOut<'_>> = mods
+            .iter_mut()
+            .filter_map(|m| Some(LoraOut { y: &mut *m.y, xa: &mut *m.xa, w: m.w, lora: m.lora? }))
+            .collect();
+        let xa_all = self.time("lora fwd (adapter part)", || lora_group_xa(x, &outs, n));
+        let (total, mut off) = (xa_all.len() / n, 0);
+        for o in outs.iter_mut() {
+            self.time(module(o.w, true), || o.w.forward(o.y, x, n, false));
+            self.time("lora fwd (adapter part)", || add_lora_term_from(o, &xa_all, total, off, n));
+            off += o.lora.r;
+        }
         Ok(())
     }
     fn lora_backward(
@@ -288,16 +314,46 @@ impl Backend for Timed {
             });
         }
         // lora_backward's own steps without dropout, each timed.
-        let (i, o, r) = (lora.in_features, lora.out_features, lora.r);
-        self.time("lora bwd (adapter part)", || {
-            matmul_tn(db, dy, xa, n, o, r, lora.scale, true);
-            matmul_nn(dxa, dy, &lora.b, n, o, r, lora.scale, false);
-        });
         self.time(module(w, false), || w.backward_input(dx, dy, n, accumulate));
         self.time("lora bwd (adapter part)", || {
-            matmul_tn(da, dxa, x, n, r, i, 1.0, true);
-            matmul_nn(dx, dxa, &lora.a, n, r, i, 1.0, true);
+            add_lora_group_grads(dx, x, &mut [LoraGrad { dy, xa, w, lora, da, db }], n)
         });
+        Ok(())
+    }
+    fn lora_group_backward(
+        &self,
+        dx: &mut Vec<f32>,
+        dxa: &mut Vec<f32>,
+        xd: &mut Vec<f32>,
+        mods: &mut [GroupLinearGrad<'_, '_, Self>],
+        x: &Vec<f32>,
+        n: usize,
+    ) -> Result<()> {
+        if mods.iter().any(|m| m.lora.is_none() || m.dropout.is_some()) {
+            let mut cpu: Vec<GroupLinearGrad<'_, '_, Cpu>> = mods
+                .iter_mut()
+                .map(|m| GroupLinearGrad {
+                    w: m.w,
+                    lora: m.lora.as_mut().map(|(l, da, db)| (*l, &mut **da, &mut **db)),
+                    dropout: m.dropout,
+                    dy: m.dy,
+                    xa: m.xa,
+                })
+                .collect();
+            return self.time("lora group bwd (dropout)", || Cpu.lora_group_backward(dx, dxa, xd, &mut cpu, x, n));
+        }
+        // lora_group_backward's own steps, each timed: the frozen products, then the adapters'.
+        let mut grads: Vec<LoraGrad<'_>> = mods
+            .iter_mut()
+            .filter_map(|m| {
+                let (lora, da, db) = m.lora.as_mut()?;
+                Some(LoraGrad { dy: m.dy, xa: m.xa, w: m.w, lora, da, db })
+            })
+            .collect();
+        for (j, g) in grads.iter().enumerate() {
+            self.time(module(g.w, false), || g.w.backward_input(dx, g.dy, n, j > 0));
+        }
+        self.time("lora bwd (adapter part)", || add_lora_group_grads(dx, x, &mut grads, n));
         Ok(())
     }
     fn cross_entropy_forward(

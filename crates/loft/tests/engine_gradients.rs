@@ -11,7 +11,9 @@ use loft::engine::cross_entropy::{
     cross_entropy_forward, cross_entropy_forward_backward, CrossEntropyScratch, IGNORE_INDEX,
 };
 use loft::engine::embedding::{embedding_backward, embedding_forward};
-use loft::engine::lora::{lora_backward, lora_forward, lora_scale};
+use loft::engine::lora::{
+    lora_backward, lora_forward, lora_group_backward, lora_group_forward, lora_scale, LoraGrad, LoraOut,
+};
 use loft::engine::rmsnorm::{inv_rms, rmsnorm_backward, rmsnorm_forward, rmsnorm_forward_train};
 use loft::engine::swiglu::{swiglu_backward, swiglu_forward};
 use loft::engine::{FrozenMatrix, LoraDropout, LoraWeights, VocabMatrix};
@@ -272,6 +274,82 @@ fn lora_backward_matches_finite_differences_with_dropout_and_rslora() {
         assert!((*a as f64 - 0.5 - b).abs() < 1e-5, "lora forward with dropout: {a} vs {b} + 0.5");
     }
     case.check_gradients("p=0.3 rslora");
+}
+
+/// Three adapted layers reading one input, as q/k/v_proj with GQA (k and v narrower than q).
+struct LoraGroupCase {
+    n: usize,
+    x: Vec<f32>,
+    ws: Vec<FrozenMatrix>,
+    loras: Vec<LoraWeights>,
+}
+
+impl LoraGroupCase {
+    fn new() -> Self {
+        let (n, i, r) = (6, 20, 4);
+        let (mut ws, mut loras) = (Vec::new(), Vec::new());
+        for (k, o) in [12, 4, 4].into_iter().enumerate() {
+            let mut lora = LoraWeights::zeros(r, i, o, 8.0, false);
+            lora.init(21 + k as u64);
+            lora.b = rand(o * r, 0.5, 31 + k as u64);
+            loras.push(lora);
+            ws.push(FrozenMatrix::from_f32(o, i, rand(o * i, 0.3, 41 + k as u64)));
+        }
+        LoraGroupCase { n, x: rand(n * i, 1.0, 51), ws, loras }
+    }
+
+    /// Each layer's (y [N, O], xa [N, R]).
+    fn forward(&self, x: &[f32], loras: &[LoraWeights]) -> Vec<(Vec<f32>, Vec<f32>)> {
+        let n = self.n;
+        let mut outs: Vec<(Vec<f32>, Vec<f32>)> =
+            loras.iter().map(|l| (vec![9.0; n * l.out_features], vec![9.0; n * l.r])).collect();
+        let mut group: Vec<LoraOut<'_>> = outs
+            .iter_mut()
+            .zip(self.ws.iter().zip(loras))
+            .map(|((y, xa), (w, lora))| LoraOut { y, xa, w, lora })
+            .collect();
+        lora_group_forward(x, &mut group, n);
+        outs
+    }
+
+    fn loss(&self, gs: &[Vec<f32>], x: &[f32], loras: &[LoraWeights]) -> f64 {
+        gs.iter().zip(self.forward(x, loras)).map(|(g, (y, _))| dot_loss(g, &y)).sum()
+    }
+}
+
+#[test]
+fn lora_group_backward_matches_finite_differences() {
+    let case = LoraGroupCase::new();
+    let (n, i) = (case.n, case.x.len() / case.n);
+    let gs: Vec<Vec<f32>> =
+        case.loras.iter().enumerate().map(|(k, l)| rand(n * l.out_features, 1.0, 61 + k as u64)).collect();
+    let outs = case.forward(&case.x, &case.loras);
+    // Gradients accumulate into what the buffers held: dx with `accumulate`, dA and dB always.
+    let mut dx = vec![0.25; n * i];
+    let mut da: Vec<Vec<f32>> = case.loras.iter().map(|l| vec![0.5; l.a.len()]).collect();
+    let mut db: Vec<Vec<f32>> = case.loras.iter().map(|l| vec![-0.5; l.b.len()]).collect();
+    let mut grads: Vec<LoraGrad<'_>> = (gs.iter().zip(&outs).zip(case.ws.iter().zip(&case.loras)))
+        .zip(da.iter_mut().zip(db.iter_mut()))
+        .map(|(((dy, (_, xa)), (w, lora)), (da, db))| LoraGrad { dy, xa, w, lora, da, db })
+        .collect();
+    lora_group_backward(&mut dx, &case.x, &mut grads, n, true);
+    dx.iter_mut().for_each(|v| *v -= 0.25);
+    da.iter_mut().flatten().for_each(|v| *v -= 0.5);
+    db.iter_mut().flatten().for_each(|v| *v += 0.5);
+    let all = |len| coords(len, 1000, 0);
+    check("lora group dx", &case.x, &dx, &all(n * i), |x| case.loss(&gs, x, &case.loras));
+    for k in 0..case.loras.len() {
+        check(&format!("lora group dA[{k}]"), &case.loras[k].a, &da[k], &all(da[k].len()), |a| {
+            let mut loras = case.loras.clone();
+            loras[k].a = a.to_vec();
+            case.loss(&gs, &case.x, &loras)
+        });
+        check(&format!("lora group dB[{k}]"), &case.loras[k].b, &db[k], &all(db[k].len()), |b| {
+            let mut loras = case.loras.clone();
+            loras[k].b = b.to_vec();
+            case.loss(&gs, &case.x, &loras)
+        });
+    }
 }
 
 #[test]

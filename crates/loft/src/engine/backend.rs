@@ -17,7 +17,10 @@ use crate::engine::cross_entropy::{
 use crate::engine::elementwise::{add_forward, scale_forward};
 use crate::engine::embedding::{embedding_backward, embedding_forward, VocabMatrix};
 use crate::engine::geglu::{geglu_backward, geglu_forward};
-use crate::engine::lora::{lora_backward, lora_decode_forward, lora_forward, LoraDropout, LoraWeights};
+use crate::engine::lora::{
+    lora_backward, lora_decode_forward, lora_forward, lora_group_backward, lora_group_forward, LoraDropout, LoraGrad,
+    LoraOut, LoraWeights,
+};
 use crate::engine::optim::{clip_coefficient, global_norm, scale, Moments, OptimConfig, OptimKind};
 use crate::engine::rmsnorm::{rmsnorm_backward, rmsnorm_forward, rmsnorm_forward_train};
 use crate::engine::rope::{rope_backward, rope_forward};
@@ -280,6 +283,48 @@ pub trait Backend {
         n: usize,
         accumulate: bool,
     ) -> Result<()>;
+    /// The linear layers of a group that reads one input x [N, I] (q/k/v_proj, or gate/up_proj), each overwriting its
+    /// y: [`Backend::lora_forward`] where it is adapted, else [`Backend::linear_forward`]. The default runs them one
+    /// by one; the CPU batches the adapters' products across the group.
+    fn lora_group_forward(
+        &self,
+        mods: &mut [GroupLinear<'_, '_, Self>],
+        xd: &mut Self::Buf,
+        x: &Self::Buf,
+        n: usize,
+    ) -> Result<()> {
+        for m in mods.iter_mut() {
+            match m.lora {
+                Some(lora) => self.lora_forward(m.y, m.xa, xd, x, m.w, lora, m.dropout, n, false)?,
+                None => self.linear_forward(m.y, x, m.w, n, false)?,
+            }
+        }
+        Ok(())
+    }
+    /// Backward of [`Backend::lora_group_forward`] (same dropouts): dx[N, I] = the sum of the layers' input
+    /// gradients (overwritten); each adapter's dA, dB ACCUMULATED into. dxa, xd: [`Backend::lora_backward`]'s scratch.
+    fn lora_group_backward(
+        &self,
+        dx: &mut Self::Buf,
+        dxa: &mut Self::Buf,
+        xd: &mut Self::Buf,
+        mods: &mut [GroupLinearGrad<'_, '_, Self>],
+        x: &Self::Buf,
+        n: usize,
+    ) -> Result<()> {
+        if mods.is_empty() {
+            return Err(Error::Invalid("lora_group_backward: an empty group".into()));
+        }
+        for (j, m) in mods.iter_mut().enumerate() {
+            match &mut m.lora {
+                Some((lora, da, db)) => {
+                    self.lora_backward(dx, da, db, dxa, xd, m.dy, x, m.xa, m.w, lora, m.dropout, n, j > 0)?
+                }
+                None => self.linear_backward_input(dx, m.dy, m.w, n, j > 0)?,
+            }
+        }
+        Ok(())
+    }
     /// Loss only: (Σ over target rows of −log softmax(h·Wᵀ)[target], number of target rows). h [N, C]; head
     /// [V, C]; targets [N], the token row i predicts (already shifted), negative = ignored.
     fn cross_entropy_forward(
@@ -373,6 +418,27 @@ pub trait Backend {
     /// is scaled by max_norm / (norm + 1e-6) on the device (torch's clip_grad_norm_). A non-finite norm leaves
     /// the tensors untouched. Returns the norm (the one value that comes back to the host).
     fn clip_grad_norm(&self, grads: &mut [&mut Self::Buf], max_norm: f32) -> Result<f32>;
+}
+
+/// One linear layer of a group that reads the same input, for [`Backend::lora_group_forward`]: its frozen weight,
+/// its adapter and dropout where it is adapted, and where its output y [N, O] and saved xa [N, R] go (xa is empty
+/// when the layer is not adapted).
+pub struct GroupLinear<'a, 'w, B: Backend + ?Sized + 'w> {
+    pub w: &'a B::Matrix<'w>,
+    pub lora: Option<&'a B::Lora>,
+    pub dropout: Option<LoraDropout>,
+    pub y: &'a mut B::Buf,
+    pub xa: &'a mut B::Buf,
+}
+
+/// The same layer in [`Backend::lora_group_backward`]: its output's gradient dy [N, O], the saved xa, and the
+/// adapter with its gradients dA [R, I] and dB [O, R] where it is adapted.
+pub struct GroupLinearGrad<'a, 'w, B: Backend + ?Sized + 'w> {
+    pub w: &'a B::Matrix<'w>,
+    pub lora: Option<(&'a B::Lora, &'a mut B::Buf, &'a mut B::Buf)>,
+    pub dropout: Option<LoraDropout>,
+    pub dy: &'a B::Buf,
+    pub xa: &'a B::Buf,
 }
 
 /// A [V, C] matrix read by the output head on a backend: the frozen base weights (M, the backend's `Matrix`), or a
@@ -731,6 +797,65 @@ impl Backend for Cpu {
         accumulate: bool,
     ) -> Result<()> {
         lora_backward(dx, da, db, dxa, xd, dy, x, xa, w, lora, dropout, n, accumulate);
+        Ok(())
+    }
+
+    fn lora_group_forward(
+        &self,
+        mods: &mut [GroupLinear<'_, '_, Cpu>],
+        xd: &mut Vec<f32>,
+        x: &Vec<f32>,
+        n: usize,
+    ) -> Result<()> {
+        // Adapted layers without dropout go together; a layer with dropout reads its own dropped-out x.
+        let (grouped, rest): (Vec<_>, Vec<_>) = mods.iter_mut().partition(|m| m.lora.is_some() && m.dropout.is_none());
+        let mut outs: Vec<LoraOut<'_>> =
+            grouped.into_iter().filter_map(|m| Some(LoraOut { y: m.y, xa: m.xa, w: m.w, lora: m.lora? })).collect();
+        if !outs.is_empty() {
+            lora_group_forward(x, &mut outs, n);
+        }
+        for m in rest {
+            match m.lora {
+                Some(lora) => lora_forward(m.y, m.xa, xd, x, m.w, lora, m.dropout, n, false),
+                None => self.linear_forward(m.y, x, m.w, n, false)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn lora_group_backward(
+        &self,
+        dx: &mut Vec<f32>,
+        dxa: &mut Vec<f32>,
+        xd: &mut Vec<f32>,
+        mods: &mut [GroupLinearGrad<'_, '_, Cpu>],
+        x: &Vec<f32>,
+        n: usize,
+    ) -> Result<()> {
+        if mods.is_empty() {
+            return Err(Error::Invalid("lora_group_backward: an empty group".into()));
+        }
+        let (grouped, rest): (Vec<_>, Vec<_>) = mods.iter_mut().partition(|m| m.lora.is_some() && m.dropout.is_none());
+        let mut grads: Vec<LoraGrad<'_>> = grouped
+            .into_iter()
+            .filter_map(|m| {
+                let (lora, da, db) = m.lora.as_mut()?;
+                Some(LoraGrad { dy: m.dy, xa: m.xa, w: m.w, lora, da, db })
+            })
+            .collect();
+        let mut accumulate = !grads.is_empty();
+        if accumulate {
+            lora_group_backward(dx, x, &mut grads, n, false);
+        }
+        for m in rest {
+            match &mut m.lora {
+                Some((lora, da, db)) => {
+                    lora_backward(dx, da, db, dxa, xd, m.dy, x, m.xa, m.w, lora, m.dropout, n, accumulate)
+                }
+                None => self.linear_backward_input(dx, m.dy, m.w, n, accumulate)?,
+            }
+            accumulate = true;
+        }
         Ok(())
     }
 

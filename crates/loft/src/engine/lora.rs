@@ -2,15 +2,25 @@
 //!   y = x·Wᵀ + scale · (dropout(x)·Aᵀ)·Bᵀ,   W [out, in] frozen, A [r, in], B [out, r].
 //! Legend: N = rows (tokens), I = in_features, O = out_features, R = rank.
 //!
+//! Linear layers that read the same input (q/k/v_proj, gate/up_proj) go through [`lora_group_forward`] and
+//! [`lora_group_backward`] together: their adapters' A-side products are batched into one product against the
+//! stacked [A_1; A_2; …] (x read once, one wide product instead of several rank-wide ones). The rank-wide B-side
+//! products are shared out between the threads by hand (by rows in the forward; the dB and the dxa products side
+//! by side in the backward): gemm's own threads gain little on them. A layer alone (o_proj, down_proj) takes the
+//! same path as a group of one.
+//!
 //! Dropout masks are not stored: each is regenerated from its seed in the backward (one SplitMix64 stream per row),
 //! so the forward and backward of one micro-batch must be given the same [`LoraDropout`].
 
 #![forbid(unsafe_code)]
 
+use std::borrow::Cow;
+
+use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::frozen::FrozenMatrix;
-use super::matmul::{matmul_nn, matmul_nt, matmul_tn};
+use super::matmul::{gemm_strided, matmul_nn, matmul_nt, matmul_tn, parallelism};
 use crate::rng::SplitMix64;
 
 /// The trained matrices of one adapted linear layer, with PEFT's names and layouts.
@@ -106,7 +116,10 @@ pub fn lora_forward(
     assert!(w.rows == o && w.cols == i, "lora_forward: base weight is [{}, {}], adapter [{o}, {i}]", w.rows, w.cols);
     assert!(y.len() == n * o && x.len() == n * i && xa.len() == n * r, "lora_forward: shapes");
     w.forward(y, x, n, accumulate);
-    add_lora_term(y, xa, xd, x, lora, dropout, n);
+    match dropout {
+        None => add_lora_group_terms(x, &mut [LoraOut { y, xa, w, lora }], n),
+        Some(_) => add_lora_term(y, xa, xd, x, lora, dropout, n),
+    }
 }
 
 /// [`lora_forward`] without dropout for the few rows of a decoding step: the base product through
@@ -172,34 +185,223 @@ pub fn lora_backward(
     let (i, o, r) = (lora.in_features, lora.out_features, lora.r);
     assert!(dx.len() == n * i && dy.len() == n * o && x.len() == n * i && xa.len() == n * r, "lora_backward: shapes");
     assert!(da.len() == r * i && db.len() == o * r && dxa.len() == n * r, "lora_backward: gradient shapes");
+    let Some(dp) = dropout else {
+        w.backward_input(dx, dy, n, accumulate);
+        add_lora_group_grads(dx, x, &mut [LoraGrad { dy, xa, w, lora, da, db }], n);
+        return;
+    };
     // y += scale · xa·Bᵀ  →  dB += scale · dyᵀ·xa,  dxa = scale · dy·B
-    matmul_tn(db, dy, xa, n, o, r, lora.scale, true);
+    add_db(db, dy, xa, n, o, r, lora.scale, parallelism(o, r, n));
     matmul_nn(dxa, dy, &lora.b, n, o, r, lora.scale, false);
     // y = x·Wᵀ  →  dx = dy·W
     w.backward_input(dx, dy, n, accumulate);
-    match dropout {
-        None => {
-            // xa = x·Aᵀ  →  dA += dxaᵀ·x,  dx += dxa·A
-            matmul_tn(da, dxa, x, n, r, i, 1.0, true);
-            matmul_nn(dx, dxa, &lora.a, n, r, i, 1.0, true);
+    // xa = xd·Aᵀ with xd = x ⊙ mask/(1−p)  →  dA += dxaᵀ·xd,  dx += (dxa·A) ⊙ mask/(1−p)
+    let xd = &mut xd[..n * i];
+    dp.apply(xd, x, i);
+    matmul_tn(da, dxa, xd, n, r, i, 1.0, true);
+    matmul_nn(xd, dxa, &lora.a, n, r, i, 1.0, false);
+    let keep = 1.0 / (1.0 - dp.p);
+    // The mask is where dropout(x) was nonzero; regenerate it rather than compare floats.
+    let pp = dp.p as f64;
+    dx.par_chunks_mut(i).zip(xd.par_chunks(i)).enumerate().with_min_len(8).for_each(|(row, (d, g))| {
+        let mut rng = dp.row_stream(row);
+        for (d, &g) in d.iter_mut().zip(g) {
+            if rng.next_f64() >= pp {
+                *d += g * keep;
+            }
         }
-        Some(dp) => {
-            // xa = xd·Aᵀ with xd = x ⊙ mask/(1−p)  →  dA += dxaᵀ·xd,  dx += (dxa·A) ⊙ mask/(1−p)
-            let xd = &mut xd[..n * i];
-            dp.apply(xd, x, i);
-            matmul_tn(da, dxa, xd, n, r, i, 1.0, true);
-            matmul_nn(xd, dxa, &lora.a, n, r, i, 1.0, false);
-            let keep = 1.0 / (1.0 - dp.p);
-            // The mask is where dropout(x) was nonzero; regenerate it rather than compare floats.
-            let pp = dp.p as f64;
-            dx.par_chunks_mut(i).zip(xd.par_chunks(i)).enumerate().with_min_len(8).for_each(|(row, (d, g))| {
-                let mut rng = dp.row_stream(row);
-                for (d, &g) in d.iter_mut().zip(g) {
-                    if rng.next_f64() >= pp {
-                        *d += g * keep;
-                    }
-                }
-            });
+    });
+}
+
+/// db[O, R] += alpha · dy[N, O]ᵀ · xa[N, R]. gemm vectorizes along its output's contiguous side, which in db's own
+/// layout is only R wide; the product goes to a transposed scratch [R, O] (O contiguous, about twice as fast at
+/// R = 16) and is added into db from there.
+#[allow(clippy::too_many_arguments)]
+fn add_db(db: &mut [f32], dy: &[f32], xa: &[f32], n: usize, o: usize, r: usize, alpha: f32, threads: Parallelism) {
+    let mut db_t = vec![0.0f32; r * o];
+    gemm_strided(o, r, n, &mut db_t, (1, o), false, dy, (1, o), xa, (r, 1), alpha, threads);
+    for (row, d) in db[..o * r].chunks_exact_mut(r).enumerate() {
+        for (k, d) in d.iter_mut().enumerate() {
+            *d += db_t[k * o + row];
         }
     }
+}
+
+/// One adapted linear layer of a group that reads the same input, in the forward: its frozen weight and adapter,
+/// and its output y [N, O] and saved xa [N, R].
+pub struct LoraOut<'a> {
+    pub y: &'a mut [f32],
+    pub xa: &'a mut [f32],
+    pub w: &'a FrozenMatrix,
+    pub lora: &'a LoraWeights,
+}
+
+/// The same layer in the backward: its output's gradient dy [N, O], the saved xa [N, R], and the adapter's
+/// gradients dA [R, I], dB [O, R] (accumulated).
+pub struct LoraGrad<'a> {
+    pub dy: &'a [f32],
+    pub xa: &'a [f32],
+    pub w: &'a FrozenMatrix,
+    pub lora: &'a LoraWeights,
+    pub da: &'a mut [f32],
+    pub db: &'a mut [f32],
+}
+
+/// Checks a group's shapes against x [N, I] (I from the first adapter); returns (I, each module's offset in the
+/// stacked rank, ΣR).
+fn group_shapes<'a>(
+    op: &str,
+    x: &[f32],
+    n: usize,
+    mods: impl Iterator<Item = (&'a LoraWeights, &'a FrozenMatrix, usize, usize)>,
+) -> (usize, Vec<usize>, usize) {
+    let (mut i, mut offsets, mut total) = (None, Vec::new(), 0);
+    for (lora, w, y_len, xa_len) in mods {
+        let (o, r) = (lora.out_features, lora.r);
+        let i = *i.get_or_insert(lora.in_features);
+        assert!(lora.in_features == i, "{op}: adapters of {i} and {} inputs in one group", lora.in_features);
+        assert!(w.rows == o && w.cols == i, "{op}: base weight is [{}, {}], adapter [{o}, {i}]", w.rows, w.cols);
+        assert!(x.len() == n * i && y_len == n * o && xa_len == n * r, "{op}: shapes");
+        offsets.push(total);
+        total += r;
+    }
+    let i = i.unwrap_or_else(|| panic!("{op}: an empty group"));
+    (i, offsets, total)
+}
+
+/// [A_1; A_2; …] [ΣR, I]: borrowed when the group has one module.
+fn stacked_a<'a>(loras: &[&'a LoraWeights]) -> Cow<'a, [f32]> {
+    match loras {
+        [one] => Cow::Borrowed(&one.a),
+        _ => Cow::Owned(loras.iter().flat_map(|l| l.a.iter().copied()).collect()),
+    }
+}
+
+/// For every module m of a group reading x [N, I] (q/k/v_proj, or gate/up_proj): y_m = x·W_mᵀ + scale_m ·
+/// (x·A_mᵀ)·B_mᵀ, saving xa_m = x·A_mᵀ. What [`lora_forward`] computes module by module without dropout
+/// (overwriting y), with the A-side products batched: [`lora_group_xa`] first, then each module's frozen product
+/// and at once its adapter's term (y still in cache).
+pub fn lora_group_forward(x: &[f32], mods: &mut [LoraOut<'_>], n: usize) {
+    let xa_all = lora_group_xa(x, mods, n);
+    let total = mods.iter().map(|m| m.lora.r).sum();
+    let mut off = 0;
+    for m in mods.iter_mut() {
+        m.w.forward(m.y, x, n, false);
+        add_lora_term_from(m, &xa_all, total, off, n);
+        off += m.lora.r;
+    }
+}
+
+/// y_m += scale_m · xa_m·B_mᵀ with xa_m = x·A_mᵀ (saved) for every module of a group reading x [N, I].
+pub fn add_lora_group_terms(x: &[f32], mods: &mut [LoraOut<'_>], n: usize) {
+    let xa_all = lora_group_xa(x, mods, n);
+    let total = mods.iter().map(|m| m.lora.r).sum();
+    let mut off = 0;
+    for m in mods.iter_mut() {
+        add_lora_term_from(m, &xa_all, total, off, n);
+        off += m.lora.r;
+    }
+}
+
+/// The group's one A-side product: xa = x·[A_1; A_2; …]ᵀ [N, ΣR] (the shapes checked).
+pub fn lora_group_xa(x: &[f32], mods: &[LoraOut<'_>], n: usize) -> Vec<f32> {
+    let shapes = mods.iter().map(|m| (m.lora, m.w, m.y.len(), m.xa.len()));
+    let (i, _, total) = group_shapes("lora_group_forward", x, n, shapes);
+    let loras: Vec<&LoraWeights> = mods.iter().map(|m| m.lora).collect();
+    let mut xa_all = vec![0.0f32; n * total];
+    matmul_nt(&mut xa_all, x, &stacked_a(&loras), n, i, total, 1.0, false);
+    xa_all
+}
+
+/// One module's term from the group's xa [N, ΣR] (its columns off..off+R): xa_m saved, y_m += scale_m · xa_m·B_mᵀ,
+/// split by rows over the threads (a rank-wide product gains little from gemm's own threads).
+pub fn add_lora_term_from(m: &mut LoraOut<'_>, xa_all: &[f32], total: usize, off: usize, n: usize) {
+    let (o, r, l) = (m.lora.out_features, m.lora.r, m.lora);
+    assert!(xa_all.len() == n * total && off + r <= total, "add_lora_term_from: xa is not [N, ΣR]");
+    if n == 0 {
+        return;
+    }
+    let rows = n.div_ceil(rayon::current_num_threads().max(1));
+    let parts = m.y.par_chunks_mut(rows * o).zip(m.xa.par_chunks_mut(rows * r)).zip(xa_all.par_chunks(rows * total));
+    parts.for_each(|((y, xa), all)| {
+        for (dst, src) in xa.chunks_exact_mut(r).zip(all.chunks_exact(total)) {
+            dst.copy_from_slice(&src[off..off + r]);
+        }
+        gemm_strided(y.len() / o, o, r, y, (o, 1), true, xa, (r, 1), &l.b, (1, r), l.scale, Parallelism::None);
+    });
+}
+
+/// Backward of [`lora_group_forward`]: dx[N, I] = (accumulate ? dx : 0) + Σ_m (dy_m·W_m + scale_m · dy_m·B_m·A_m),
+/// and each module's dA_m, dB_m accumulated as [`lora_backward`] does.
+pub fn lora_group_backward(dx: &mut [f32], x: &[f32], mods: &mut [LoraGrad<'_>], n: usize, accumulate: bool) {
+    assert!(!mods.is_empty() && dx.len() == x.len(), "lora_group_backward: dx is not [N, I], or an empty group");
+    for (j, m) in mods.iter().enumerate() {
+        assert!(m.dy.len() == n * m.w.rows, "lora_group_backward: dy is not [N, O]");
+        m.w.backward_input(dx, m.dy, n, accumulate || j > 0);
+    }
+    add_lora_group_grads(dx, x, mods, n);
+}
+
+/// What each of two products run side by side (rayon::join) gets of the pool: none of it on two threads, where
+/// the pair already fills the machine, half of it on more.
+fn half_the_threads() -> Parallelism {
+    match rayon::current_num_threads() / 2 {
+        0 | 1 => Parallelism::None,
+        t => Parallelism::Rayon(t),
+    }
+}
+
+/// The adapters' part of [`lora_group_backward`]: dxa_m = scale_m · dy_m·B_m and dB_m += scale_m · dy_mᵀ·xa_m, then
+/// with dxa = [dxa_1, dxa_2, …] [N, ΣR] one product each for [dA_1; dA_2; …] += dxaᵀ·x and dx += dxa·[A_1; A_2; …].
+pub fn add_lora_group_grads(dx: &mut [f32], x: &[f32], mods: &mut [LoraGrad<'_>], n: usize) {
+    let shapes = mods.iter().map(|m| (m.lora, m.w, m.dy.len(), m.xa.len()));
+    let (i, offsets, total) = group_shapes("lora_group_backward", x, n, shapes);
+    assert!(dx.len() == n * i, "lora_group_backward: dx is not [N, I]");
+    for m in mods.iter() {
+        let (o, r) = (m.lora.out_features, m.lora.r);
+        assert!(m.da.len() == r * i && m.db.len() == o * r, "lora_group_backward: gradient shapes");
+    }
+    if n == 0 {
+        return;
+    }
+    let side = half_the_threads();
+    // y_m += scale_m · xa_m·B_mᵀ  →  dB_m += scale_m · dy_mᵀ·xa_m,  dxa_m = scale_m · dy_m·B_m: the dB products on
+    // one half of the threads and the dxa products on the other (the two sides are the same size whatever the
+    // widths), dxa_m written into columns of dxa [N, ΣR].
+    let mut dxa = vec![0.0f32; n * total];
+    let (mut dbs, mut dys) = (Vec::with_capacity(mods.len()), Vec::with_capacity(mods.len()));
+    for m in mods.iter_mut() {
+        dbs.push((&mut *m.db, m.dy, m.xa, m.lora));
+        dys.push((m.dy, m.lora));
+    }
+    let db_side = || {
+        for (db, dy, xa, l) in dbs {
+            add_db(db, dy, xa, n, l.out_features, l.r, l.scale, side);
+        }
+    };
+    let dxa_side = || {
+        for ((dy, l), &off) in dys.iter().zip(&offsets) {
+            let (o, r) = (l.out_features, l.r);
+            let dst = &mut dxa[off..];
+            gemm_strided(n, r, o, dst, (total, 1), false, dy, (o, 1), &l.b, (r, 1), l.scale, side);
+        }
+    };
+    rayon::join(db_side, dxa_side);
+    let loras: Vec<&LoraWeights> = mods.iter().map(|m| m.lora).collect();
+    let a = stacked_a(&loras);
+    // xa = x·Aᵀ  →  dA += dxaᵀ·x,  dx += dxa·A: two products of the same size, side by side.
+    let (dxa, a) = (&dxa[..], &*a);
+    let da_side = || match mods {
+        [m] => gemm_strided(total, i, n, m.da, (i, 1), true, dxa, (1, total), x, (i, 1), 1.0, side),
+        _ => {
+            let mut da = vec![0.0f32; total * i];
+            gemm_strided(total, i, n, &mut da, (i, 1), false, dxa, (1, total), x, (i, 1), 1.0, side);
+            for (m, &off) in mods.iter_mut().zip(&offsets) {
+                let part = &da[off * i..(off + m.lora.r) * i];
+                m.da.iter_mut().zip(part).for_each(|(d, g)| *d += g);
+            }
+        }
+    };
+    let dx_side = || gemm_strided(n, i, total, dx, (i, 1), true, dxa, (total, 1), a, (i, 1), 1.0, side);
+    rayon::join(da_side, dx_side);
 }

@@ -11,7 +11,7 @@ use gemm::Parallelism;
 /// than it saves.
 const PARALLEL_MIN_FLOPS: usize = 1 << 18;
 
-fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
+pub(crate) fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
     let threads = rayon::current_num_threads();
     if threads > 1 && m.saturating_mul(n).saturating_mul(k) >= PARALLEL_MIN_FLOPS {
         Parallelism::Rayon(threads)

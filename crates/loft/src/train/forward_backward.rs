@@ -9,8 +9,9 @@
 
 use crate::data::Batch;
 use crate::engine::cross_entropy::CrossEntropyScratch;
-use crate::engine::{Backend, Cpu, LoraDropout, Vocab};
+use crate::engine::{Backend, Cpu, GroupLinear, GroupLinearGrad, LoraDropout, Vocab};
 use crate::error::{Error, Result};
+use crate::lora::device::LoraGrads;
 use crate::lora::{Adapter, DeviceAdapter, Gradients, LoraConfig};
 use crate::model::{Llama, LlamaConfig, Runner, TargetModule};
 use crate::rng::SplitMix64;
@@ -423,6 +424,52 @@ impl<Bk: Backend> LayerCtx<'_, '_, Bk> {
             _ => self.be.linear_backward_input(dx, dy, w, self.n, accumulate),
         }
     }
+
+    /// [`LayerCtx::forward`] of the layers that read one input x (q/k/v_proj, or gate/up_proj), each given as
+    /// (module, y, xa), overwriting each y; the backend batches their adapters.
+    fn group_forward(
+        &self,
+        outs: &mut [(TargetModule, &mut Bk::Buf, &mut Bk::Buf)],
+        xd: &mut Bk::Buf,
+        x: &Bk::Buf,
+    ) -> Result<()> {
+        let mut mods: Vec<GroupLinear<'_, '_, Bk>> = outs
+            .iter_mut()
+            .map(|(m, y, xa)| GroupLinear {
+                w: self.run.module(self.l, *m),
+                lora: self.adapter.layers[self.l][m.index()].as_ref(),
+                dropout: dropout_for(&self.adapter.config, self.seed, self.l, m.index()),
+                y: &mut **y,
+                xa: &mut **xa,
+            })
+            .collect();
+        self.be.lora_group_forward(&mut mods, xd, x, self.n)
+    }
+
+    /// Backward of [`LayerCtx::group_forward`], each layer given as (module, dy, xa): dx overwritten with the sum of
+    /// their input gradients, the adapters' dA, dB accumulated.
+    #[allow(clippy::too_many_arguments)]
+    fn group_backward(
+        &self,
+        ins: &[(TargetModule, &Bk::Buf, &Bk::Buf)],
+        grads: &mut Gradients<Bk>,
+        dx: &mut Bk::Buf,
+        dxa: &mut Bk::Buf,
+        xd: &mut Bk::Buf,
+        x: &Bk::Buf,
+    ) -> Result<()> {
+        let mut slots: Vec<Option<&mut LoraGrads<Bk>>> = grads.layers[self.l].iter_mut().map(Option::as_mut).collect();
+        let mut mods = Vec::with_capacity(ins.len());
+        for &(m, dy, xa) in ins {
+            let lora = match (&self.adapter.layers[self.l][m.index()], slots[m.index()].take()) {
+                (Some(lora), Some((da, db))) => Some((lora, da, db)),
+                _ => None,
+            };
+            let dropout = dropout_for(&self.adapter.config, self.seed, self.l, m.index());
+            mods.push(GroupLinearGrad { w: self.run.module(self.l, m), lora, dropout, dy, xa });
+        }
+        self.be.lora_group_backward(dx, dxa, xd, &mut mods, x, self.n)
+    }
 }
 
 /// The tables and batch every block of a micro-batch reads.
@@ -473,9 +520,7 @@ fn block_forward<Bk: Backend>(
     be.rmsnorm_forward_train(&mut a.h1, &mut a.rstd1, x_in, norm1, n, c, eps)?;
     let qk_norm = lc.run.qk_norm(lc.l);
     let (q_out, k_out) = if qk_norm.is_some() { (&mut a.q_raw, &mut a.k_raw) } else { (&mut a.q, &mut a.k) };
-    lc.forward(q, q_out, &mut a.xa_q, xd, &a.h1, false)?;
-    lc.forward(k, k_out, &mut a.xa_k, xd, &a.h1, false)?;
-    lc.forward(v, &mut a.v, &mut a.xa_v, xd, &a.h1, false)?;
+    lc.group_forward(&mut [(q, q_out, &mut a.xa_q), (k, k_out, &mut a.xa_k), (v, &mut a.v, &mut a.xa_v)], xd, &a.h1)?;
     if let Some(bias) = lc.run.attention_bias(lc.l) {
         be.bias_forward(q_out, &bias.q_proj, n)?;
         be.bias_forward(k_out, &bias.k_proj, n)?;
@@ -510,8 +555,7 @@ fn block_forward<Bk: Backend>(
     // x_out = x_mid + down_proj(silu(gate_proj(h2)) · up_proj(h2)), h2 = rmsnorm(x_mid) (Gemma: gelu for silu)
     let (g, u, dn) = (TargetModule::GateProj, TargetModule::UpProj, TargetModule::DownProj);
     be.rmsnorm_forward_train(&mut a.h2, &mut a.rstd2, &a.x_mid, norm2, n, c, eps)?;
-    lc.forward(g, &mut a.gate, &mut a.xa_gate, xd, &a.h2, false)?;
-    lc.forward(u, &mut a.up, &mut a.xa_up, xd, &a.h2, false)?;
+    lc.group_forward(&mut [(g, &mut a.gate, &mut a.xa_gate), (u, &mut a.up, &mut a.xa_up)], xd, &a.h2)?;
     match cfg.arch.gelu_mlp() {
         true => be.geglu_forward(&mut a.act, &a.gate, &a.up)?,
         false => be.swiglu_forward(&mut a.act, &a.gate, &a.up)?,
@@ -562,8 +606,8 @@ fn block_backward<Bk: Backend>(
         true => be.geglu_backward(&mut g.dgate, &mut g.dup, &g.d_act, &a.gate, &a.up)?,
         false => be.swiglu_backward(&mut g.dgate, &mut g.dup, &g.d_act, &a.gate, &a.up)?,
     }
-    lc.backward(gt, grads, &mut g.dh, &mut g.dxa, xd, &g.dgate, &a.h2, &a.xa_gate, false)?;
-    lc.backward(up, grads, &mut g.dh, &mut g.dxa, xd, &g.dup, &a.h2, &a.xa_up, true)?;
+    let gate_up = [(gt, &g.dgate, &a.xa_gate), (up, &g.dup, &a.xa_up)];
+    lc.group_backward(&gate_up, grads, &mut g.dh, &mut g.dxa, xd, &a.h2)?;
     be.rmsnorm_backward(&mut g.dx, None, &g.dh, &a.x_mid, norm2, &a.rstd2, n, c)?;
 
     // Attention: x_mid = x_in + o(att), att = attention(q, k, v), q/k/v = rope/lin(h1), h1 = rmsnorm(x_in)
@@ -616,9 +660,8 @@ fn block_backward<Bk: Backend>(
         }
         None => (&g.dq, &g.dk),
     };
-    lc.backward(q, grads, &mut g.dh, &mut g.dxa, xd, dq, &a.h1, &a.xa_q, false)?;
-    lc.backward(k, grads, &mut g.dh, &mut g.dxa, xd, dk, &a.h1, &a.xa_k, true)?;
-    lc.backward(v, grads, &mut g.dh, &mut g.dxa, xd, &g.dv, &a.h1, &a.xa_v, true)?;
+    let qkv = [(q, dq, &a.xa_q), (k, dk, &a.xa_k), (v, &g.dv, &a.xa_v)];
+    lc.group_backward(&qkv, grads, &mut g.dh, &mut g.dxa, xd, &a.h1)?;
     be.rmsnorm_backward(&mut g.dx, None, &g.dh, x_in, norm1, &a.rstd1, n, c)
 }
 
