@@ -154,7 +154,7 @@ pub trait Backend {
     fn add(&self, y: &mut Self::Buf, x: &Self::Buf) -> Result<()>;
     /// [`Backend::linear_forward`] for the few rows (N ≤ 4) of a decoding step, where a backend may quantize the
     /// activations against quantized weights, as llama.cpp decodes (the CPU: 8 bits, a scale per 4 values, against
-    /// Q4_0/Q4_1/Q8_0 blocks, [`FrozenMatrix::decode_forward`]). By default, the exact product.
+    /// Q4_0…Q8_0, K-quant and NF4 blocks, [`FrozenMatrix::decode_forward`]). By default, the exact product.
     fn decode_linear_forward(
         &self,
         y: &mut Self::Buf,

@@ -191,7 +191,7 @@ impl<'w, B: Backend + 'w> Runner<'w, B> {
     }
 
     /// Whether a few rows (up to [`DOT_MAX_ROWS`], a decoding step) go through the backend's decode products
-    /// ([`Backend::decode_linear_forward`]: 8-bit activations over Q4_0/Q4_1/Q8_0 blocks on the CPU).
+    /// ([`Backend::decode_linear_forward`]: 8-bit activations over the legacy, K-quant and NF4 blocks on the CPU).
     pub fn decode_products(&self, n: usize) -> bool {
         self.decode_products && n <= DOT_MAX_ROWS
     }
