@@ -463,7 +463,11 @@ struct AttentionCase {
 
 impl AttentionCase {
     fn new(b: usize, t: usize, docs: Option<&[&[usize]]>) -> Self {
-        let (nh, nkv, d) = (4, 2, 8);
+        Self::with_heads(b, t, docs, 4, 2)
+    }
+
+    fn with_heads(b: usize, t: usize, docs: Option<&[&[usize]]>, nh: usize, nkv: usize) -> Self {
+        let d = 8;
         let doc_start = docs.map(|docs| {
             let mut ds = Vec::with_capacity(b * t);
             for starts in docs {
@@ -668,6 +672,76 @@ fn windowed_reference(case: &AttentionCase) -> (Vec<f64>, Vec<f64>) {
 
 fn worst_f64(a: &[f32], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(&x, &y)| (x as f64 - y).abs() / (1.0 + y.abs())).fold(0.0, f64::max)
+}
+
+/// The backward of the attention written from the rule in f64, one query row and head at a time: with P the row's
+/// softmax over the keys it sees, dV_j += P_j·dO, dS_j = P_j·(dO·V_j − Σ_j' P_j'·dO·V_j'), dQ += dS_j·K_j/√D and
+/// dK_j += dS_j·Q/√D. Returns (dq, dk, dv) as attention_backward lays them out.
+fn backward_reference(case: &AttentionCase, dout: &[f32]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (b, t, nh, nkv, d) = (case.b, case.t, case.nh, case.nkv, case.d);
+    let (qd, kvd, scale) = (nh * d, nkv * d, 1.0 / (d as f64).sqrt());
+    let (mut dq, mut dk, mut dv) = (vec![0.0f64; b * t * qd], vec![0.0f64; b * t * kvd], vec![0.0f64; b * t * kvd]);
+    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum::<f64>();
+    for bi in 0..b {
+        for i in 0..t {
+            let doc = case.doc_start.as_ref().map_or(0, |ds| ds[bi * t + i] as usize);
+            let seen: Vec<usize> = (0..=i).filter(|&j| j >= doc && case.window.is_none_or(|w| i - j < w)).collect();
+            for h in 0..nh {
+                let g = h / (nh / nkv);
+                let (qo, ko) = ((bi * t + i) * qd + h * d, |j: usize| (bi * t + j) * kvd + g * d);
+                let (qrow, grow) = (&case.q[qo..][..d], &dout[qo..][..d]);
+                let scores: Vec<f64> = seen.iter().map(|&j| dot(qrow, &case.k[ko(j)..][..d]) * scale).collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+                let p: Vec<f64> = scores.iter().map(|s| (s - max).exp() / z).collect();
+                let dp: Vec<f64> = seen.iter().map(|&j| dot(grow, &case.v[ko(j)..][..d])).collect();
+                let delta: f64 = p.iter().zip(&dp).map(|(a, b)| a * b).sum();
+                for ((&j, &pj), &dpj) in seen.iter().zip(&p).zip(&dp) {
+                    let ds = pj * (dpj - delta) * scale;
+                    for c in 0..d {
+                        dv[ko(j) + c] += pj * grow[c] as f64;
+                        dq[qo + c] += ds * case.k[ko(j) + c] as f64;
+                        dk[ko(j) + c] += ds * qrow[c] as f64;
+                    }
+                }
+            }
+        }
+    }
+    (dq, dk, dv)
+}
+
+/// The backward against the f64 rule for head layouts whose tasks split differently: 9 query heads on 3 key/value
+/// heads with 4 sequences (one task per sequence and key/value head) and with one (each split in three, the shares
+/// summed), multi-query (4 on 1), and one query head per key/value head; with documents, windows and T = 300.
+#[test]
+fn attention_backward_matches_the_rule_for_every_head_grouping() {
+    let docs: [&[usize]; 4] = [&[0, 40, 64, 100], &[0, 70, 149], &[0], &[0, 1, 33, 97]];
+    let cases = [
+        (4, 150, 9, 3, Some(&docs[..]), None),
+        (4, 150, 9, 3, None, Some(50)),
+        (1, 300, 9, 3, None, None),
+        (1, 150, 9, 3, Some(&docs[..1]), Some(TILE)),
+        (1, 150, 4, 1, None, None),
+        (2, 300, 4, 1, Some(&docs[..2]), Some(280)),
+        (2, 150, 2, 2, Some(&docs[..2]), None),
+    ];
+    for (b, t, nh, nkv, docs, window) in cases {
+        let mut case = AttentionCase::with_heads(b, t, docs, nh, nkv);
+        case.window = window;
+        let g = rand(case.q.len(), 1.0, 36);
+        let (out, lse) = case.forward(&case.q, &case.k, &case.v);
+        let (mut dq, mut dk, mut dv) = (vec![9.0; case.q.len()], vec![9.0; case.k.len()], vec![9.0; case.v.len()]);
+        let (mut dkh, mut dvh) = (vec![9.0; case.q.len()], vec![9.0; case.q.len()]);
+        let (q, k, v, ds) = (&case.q, &case.k, &case.v, case.doc_start.as_deref());
+        #[rustfmt::skip]
+        attention_backward(&mut dq, &mut dk, &mut dv, &mut dkh, &mut dvh, &g, q, k, v, &out, &lse, ds, window, b, t, nh, nkv, case.d);
+        let (want_dq, want_dk, want_dv) = backward_reference(&case, &g);
+        for (name, got, want) in [("dq", &dq, &want_dq), ("dk", &dk, &want_dk), ("dv", &dv, &want_dv)] {
+            let err = worst_f64(got, want);
+            let shape = format!("B {b}, T {t}, NH {nh}, NKV {nkv}, documents {}, window {window:?}", docs.is_some());
+            assert!(err < 1e-5, "{shape}: {name} differs from the rule by {err}");
+        }
+    }
 }
 
 /// The training attention and the inference one (a prompt, then one query at a time against the growing cache)
