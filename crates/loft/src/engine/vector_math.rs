@@ -54,9 +54,9 @@ pub fn exp(x: f32) -> f32 {
 /// Defines `pub fn NAME(args) -> R` whose body is compiled for AVX-512, for AVX2 and for the baseline, and runs the
 /// widest the CPU supports (the body must be plain safe code; inlined into each copy, it vectorizes at that width).
 macro_rules! widest_vectors {
-    ($(#[$doc:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? $body:block) => {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? $body:block) => {
         $(#[$doc])*
-        pub fn $name($($arg: $ty),*) $(-> $ret)? {
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
             fn body($($arg: $ty),*) $(-> $ret)? $body
 
@@ -87,6 +87,8 @@ macro_rules! widest_vectors {
         }
     };
 }
+
+pub(crate) use widest_vectors;
 
 /// Lanes of the partial sums and maxima below: wide enough for the widest vectors, so the loops vectorize.
 const LANES: usize = 16;
@@ -240,6 +242,29 @@ widest_vectors! {
             let s = sigmoid(g);
             *du = d * g * s;
             *dg = d * u * s * (1.0 + g * (1.0 - s));
+        }
+    }
+}
+
+widest_vectors! {
+    /// RoPE over rows x[rows, H·D] with the tables cos, sin [rows, D/2], in place: in each head, element i and
+    /// element i + D/2 are turned by the row's angle i (`inverse`: turned back, the backward's Rᵀ).
+    pub fn rope_rows(x: &mut [f32], h: usize, d: usize, cos: &[f32], sin: &[f32], inverse: bool) {
+        let half = d / 2;
+        for ((row, c), s) in x.chunks_exact_mut(h * d).zip(cos.chunks_exact(half)).zip(sin.chunks_exact(half)) {
+            for head in row.chunks_exact_mut(d) {
+                let (lo, hi) = head.split_at_mut(half);
+                let pairs = lo.iter_mut().zip(hi.iter_mut()).zip(c.iter().zip(s));
+                if inverse {
+                    for ((l, h), (&c, &s)) in pairs {
+                        (*l, *h) = (*l * c + *h * s, *h * c - *l * s);
+                    }
+                } else {
+                    for ((l, h), (&c, &s)) in pairs {
+                        (*l, *h) = (*l * c - *h * s, *h * c + *l * s);
+                    }
+                }
+            }
         }
     }
 }
