@@ -197,6 +197,19 @@ impl Backend for Timed {
     ) -> Result<()> {
         self.time("rmsnorm fwd", || Cpu.rmsnorm_forward_train(y, rstd, x, w, n, c, eps))
     }
+    fn rmsnorm_forward_train_copy(
+        &self,
+        y: &mut Vec<f32>,
+        rstd: &mut Vec<f32>,
+        skip: &mut Vec<f32>,
+        x: &Vec<f32>,
+        w: &&[f32],
+        n: usize,
+        c: usize,
+        eps: f32,
+    ) -> Result<()> {
+        self.time("rmsnorm fwd + residual copy", || Cpu.rmsnorm_forward_train_copy(y, rstd, skip, x, w, n, c, eps))
+    }
     fn rmsnorm_backward(
         &self,
         dx: &mut Vec<f32>,

@@ -22,7 +22,7 @@ use crate::engine::lora::{
     LoraOut, LoraWeights,
 };
 use crate::engine::optim::{clip_coefficient, global_norm, scale, Moments, OptimConfig, OptimKind};
-use crate::engine::rmsnorm::{rmsnorm_backward, rmsnorm_forward, rmsnorm_forward_train};
+use crate::engine::rmsnorm::{rmsnorm_backward, rmsnorm_forward, rmsnorm_forward_train, rmsnorm_forward_train_copy};
 use crate::engine::rope::{rope_backward, rope_forward};
 use crate::engine::swiglu::{swiglu_backward, swiglu_forward};
 use crate::engine::FrozenMatrix;
@@ -205,6 +205,24 @@ pub trait Backend {
         c: usize,
         eps: f32,
     ) -> Result<()>;
+    /// [`Backend::rmsnorm_forward_train`] that also copies x[N, C] into `skip` (a residual's skip path, onto which
+    /// the sublayer's last product then accumulates). By default the two ops; a backend may write the copy while
+    /// it reads each row, which saves the copy's own pass over x.
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_forward_train_copy(
+        &self,
+        y: &mut Self::Buf,
+        rstd: &mut Self::Buf,
+        skip: &mut Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Vector<'_>,
+        n: usize,
+        c: usize,
+        eps: f32,
+    ) -> Result<()> {
+        self.rmsnorm_forward_train(y, rstd, x, w, n, c, eps)?;
+        self.copy(x, 0, skip, 0, n * c)
+    }
     /// Backward of [`Backend::rmsnorm_forward_train`]: dx[N, C] is ACCUMULATED into, and so is dw[C] when given.
     #[allow(clippy::too_many_arguments)]
     fn rmsnorm_backward(
@@ -704,6 +722,25 @@ impl Backend for Cpu {
         eps: f32,
     ) -> Result<()> {
         rmsnorm_forward_train(y, rstd, x, w, n, c, eps);
+        Ok(())
+    }
+
+    fn rmsnorm_forward_train_copy(
+        &self,
+        y: &mut Vec<f32>,
+        rstd: &mut Vec<f32>,
+        skip: &mut Vec<f32>,
+        x: &Vec<f32>,
+        w: &&[f32],
+        n: usize,
+        c: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let skip_len = skip.len();
+        let skip = skip.get_mut(..n * c).ok_or_else(|| {
+            Error::Invalid(format!("rmsnorm_forward_train_copy: {skip_len} values cannot hold [{n}, {c}]"))
+        })?;
+        rmsnorm_forward_train_copy(y, rstd, skip, x, w, n, c, eps);
         Ok(())
     }
 

@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 
 use crate::engine::dynamic_map::{create_dynamic_map, nearest_code};
+use crate::engine::vector_math::widest_vectors;
 
 /// Elements per quantization block of 8-bit state; bitsandbytes hard-codes 256 for its blockwise optimizers
 /// (`Optimizer2State.init_state`, and the `kOptimizerStatic8bit2StateBlockwise<…, 256, 1>` instantiations).
@@ -268,13 +269,21 @@ impl TorchAdamW {
 
     // p, g, m, v: [chunk]
     fn update(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
-        let decay = if self.apply_decay { self.decay } else { 1.0 }; // skipped by torch when wd = 0; × 1 is exact
+        torch_adamw_chunk(self, p, g, m, v);
+    }
+}
+
+widest_vectors! {
+    /// [`TorchAdamW`]'s update of one chunk, at the CPU's widest vectors (IEEE multiplies, adds, divisions and
+    /// square roots, no fused multiply-adds: the same bits at every width).
+    fn torch_adamw_chunk(k: &TorchAdamW, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        let decay = if k.apply_decay { k.decay } else { 1.0 }; // skipped by torch when wd = 0; × 1 is exact
         for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
             *p *= decay; // param.mul_(1 - lr * weight_decay)
-            *m += self.one_minus_beta1 * (g - *m); // exp_avg.lerp_(grad, 1 - beta1)
-            *v = *v * self.beta2 + self.one_minus_beta2 * g * g; // exp_avg_sq.mul_(beta2).addcmul_(g, g, 1 - beta2)
-            let denom = v.sqrt() / self.bias_correction2_sqrt + self.eps;
-            *p += self.neg_step_size * *m / denom; // param.addcdiv_(exp_avg, denom, value=-step_size)
+            *m += k.one_minus_beta1 * (g - *m); // exp_avg.lerp_(grad, 1 - beta1)
+            *v = *v * k.beta2 + k.one_minus_beta2 * g * g; // exp_avg_sq.mul_(beta2).addcmul_(g, g, 1 - beta2)
+            let denom = v.sqrt() / k.bias_correction2_sqrt + k.eps;
+            *p += k.neg_step_size * *m / denom; // param.addcdiv_(exp_avg, denom, value=-step_size)
         }
     }
 }
@@ -492,6 +501,33 @@ mod tests {
             for x in xs.into_iter().filter(|x| !x.is_nan()) {
                 assert_eq!(book.nearest(x), nearest_code(&book.values, x), "x = {x:e} ({:#x})", x.to_bits());
             }
+        }
+    }
+
+    /// The update at the CPU's widest vectors equals the scalar loop it replaced, bit for bit (with and without
+    /// weight decay, over a length that leaves a partial vector).
+    #[test]
+    fn torch_adamw_chunk_matches_the_scalar_loop() {
+        let n = 4099;
+        for weight_decay in [0.0, 0.01] {
+            let cfg = OptimConfig { weight_decay, ..OptimConfig::default() };
+            let k = TorchAdamW::new(&cfg, 3e-4, 7);
+            let g: Vec<f32> = (0..n).map(|i| ((i * 7919 % 1013) as f32 - 500.0) / 3e3).collect();
+            let p0: Vec<f32> = (0..n).map(|i| ((i * 31 % 211) as f32 - 105.0) / 50.0).collect();
+            let m0: Vec<f32> = g.iter().map(|g| g * 0.3).collect();
+            let v0: Vec<f32> = g.iter().map(|g| g * g * 0.7).collect();
+            let (mut p, mut m, mut v) = (p0.clone(), m0.clone(), v0.clone());
+            k.update(&mut p, &g, &mut m, &mut v);
+            let (mut wp, mut wm, mut wv) = (p0, m0, v0);
+            let decay = if k.apply_decay { k.decay } else { 1.0 };
+            for i in 0..n {
+                wp[i] *= decay;
+                wm[i] += k.one_minus_beta1 * (g[i] - wm[i]);
+                wv[i] = wv[i] * k.beta2 + k.one_minus_beta2 * g[i] * g[i];
+                let denom = wv[i].sqrt() / k.bias_correction2_sqrt + k.eps;
+                wp[i] += k.neg_step_size * wm[i] / denom;
+            }
+            assert_eq!((p, m, v), (wp, wm, wv), "weight decay {weight_decay}");
         }
     }
 

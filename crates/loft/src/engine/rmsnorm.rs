@@ -28,6 +28,27 @@ pub fn rmsnorm_forward_train(y: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f3
     });
 }
 
+/// [`rmsnorm_forward_train`], and skip[N, C] = x: each row copied while it is in cache (the residual's skip path).
+#[allow(clippy::too_many_arguments)]
+pub fn rmsnorm_forward_train_copy(
+    y: &mut [f32],
+    rstd: &mut [f32],
+    skip: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    n: usize,
+    c: usize,
+    eps: f32,
+) {
+    assert!(y.len() == n * c && skip.len() == n * c, "rmsnorm_forward_train_copy: shapes");
+    assert!(x.len() == n * c && rstd.len() == n && w.len() == c, "rmsnorm_forward_train_copy: shapes");
+    let outs = y.par_chunks_mut(c).zip(skip.par_chunks_mut(c)).zip(rstd.par_iter_mut());
+    outs.zip(x.par_chunks(c)).with_min_len(8).for_each(|(((yr, sr), rs), xr)| {
+        *rs = vm::rmsnorm_row(yr, xr, w, eps);
+        sr.copy_from_slice(xr);
+    });
+}
+
 /// Backward of [`rmsnorm_forward_train`]. dx[N, C] is ACCUMULATED into (it is normally the residual stream's
 /// gradient, which already holds the skip path); dw[C], when the norm weight is trained, is accumulated too.
 ///
@@ -56,5 +77,23 @@ pub fn rmsnorm_backward(
                 *d += g * xi * rs;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fused norm-and-copy equals the norm followed by a copy, bit for bit.
+    #[test]
+    fn forward_with_copy_equals_forward_then_copy() {
+        let (n, c) = (37, 576);
+        let x: Vec<f32> = (0..n * c).map(|i| ((i * 7919 % 1013) as f32 - 500.0) / 137.0).collect();
+        let w: Vec<f32> = (0..c).map(|i| 1.0 + ((i * 31 % 97) as f32 - 48.0) / 200.0).collect();
+        let (mut y, mut rstd) = (vec![0.0; n * c], vec![0.0; n]);
+        rmsnorm_forward_train(&mut y, &mut rstd, &x, &w, n, c, 1e-5);
+        let (mut y2, mut rstd2, mut skip) = (vec![1.0; n * c], vec![1.0; n], vec![1.0; n * c]);
+        rmsnorm_forward_train_copy(&mut y2, &mut rstd2, &mut skip, &x, &w, n, c, 1e-5);
+        assert_eq!((y2, rstd2, skip), (y, rstd, x));
     }
 }

@@ -8,6 +8,8 @@
 //! right too. Only multiplies, adds, bit moves and selects, no fused multiply-adds: every build and CPU gives the
 //! same bits, and the loops vectorize.
 
+use super::geglu::{CUBIC, SQRT_2_OVER_PI};
+
 /// ln 2 split so that n·LN2_HI is exact for the n that occur.
 const LN2_HI: f32 = 0.693_359_4;
 const LN2_LO: f32 = -2.121_944_4e-4;
@@ -54,9 +56,9 @@ pub fn exp(x: f32) -> f32 {
 /// Defines `pub fn NAME(args) -> R` whose body is compiled for AVX-512, for AVX2 and for the baseline, and runs the
 /// widest the CPU supports (the body must be plain safe code; inlined into each copy, it vectorizes at that width).
 macro_rules! widest_vectors {
-    ($(#[$doc:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? $body:block) => {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? $body:block) => {
         $(#[$doc])*
-        pub fn $name($($arg: $ty),*) $(-> $ret)? {
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
             fn body($($arg: $ty),*) $(-> $ret)? $body
 
@@ -87,6 +89,8 @@ macro_rules! widest_vectors {
         }
     };
 }
+
+pub(crate) use widest_vectors;
 
 /// Lanes of the partial sums and maxima below: wide enough for the widest vectors, so the loops vectorize.
 const LANES: usize = 16;
@@ -240,6 +244,59 @@ widest_vectors! {
             let s = sigmoid(g);
             *du = d * g * s;
             *dg = d * u * s * (1.0 + g * (1.0 - s));
+        }
+    }
+}
+
+widest_vectors! {
+    /// RoPE over rows x[rows, H·D] with the tables cos, sin [rows, D/2], in place: in each head, element i and
+    /// element i + D/2 are turned by the row's angle i (`inverse`: turned back, the backward's Rᵀ).
+    pub fn rope_rows(x: &mut [f32], h: usize, d: usize, cos: &[f32], sin: &[f32], inverse: bool) {
+        let half = d / 2;
+        for ((row, c), s) in x.chunks_exact_mut(h * d).zip(cos.chunks_exact(half)).zip(sin.chunks_exact(half)) {
+            for head in row.chunks_exact_mut(d) {
+                let (lo, hi) = head.split_at_mut(half);
+                let pairs = lo.iter_mut().zip(hi.iter_mut()).zip(c.iter().zip(s));
+                if inverse {
+                    for ((l, h), (&c, &s)) in pairs {
+                        (*l, *h) = (*l * c + *h * s, *h * c - *l * s);
+                    }
+                } else {
+                    for ((l, h), (&c, &s)) in pairs {
+                        (*l, *h) = (*l * c - *h * s, *h * c + *l * s);
+                    }
+                }
+            }
+        }
+    }
+}
+
+widest_vectors! {
+    /// GeGLU: out = gelu(gate) · up with GELU's tanh approximation, element by element:
+    /// gelu(g) = ½ · g · (1 + tanh u), u = √(2/π) · (g + 0.044715 · g³), tanh u = 1 − 2 / (1 + e^2u). Written as
+    /// PyTorch rounds it: g · σ(2u) is equal and more accurate where 1 + tanh u cancels (g below about −2), but
+    /// greedy decoding against transformers (tests/gemma3_real.rs) meets near-ties that follow that rounding.
+    pub fn gelu_mul(out: &mut [f32], gate: &[f32], up: &[f32]) {
+        for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+            let t = 1.0 - 2.0 / (1.0 + exp(2.0 * SQRT_2_OVER_PI * (g + CUBIC * g * g * g)));
+            *o = 0.5 * g * (1.0 + t) * u;
+        }
+    }
+}
+
+widest_vectors! {
+    /// Backward of [`gelu_mul`], OVERWRITING dgate and dup: dup = dout · gelu(gate);  dgate = dout · up · gelu'(gate)
+    /// with gelu'(g) = ½(1 + tanh u) + ½ g (1 − tanh² u) u' = s + 2 g s (1 − s) · √(2/π) (1 + 3 · 0.044715 · g²),
+    /// s = σ(2u) = 1 / (1 + e^−2u).
+    pub fn gelu_mul_backward(dgate: &mut [f32], dup: &mut [f32], dout: &[f32], gate: &[f32], up: &[f32]) {
+        for ((dg, du), ((&d, &g), &u)) in dgate.iter_mut().zip(dup.iter_mut()).zip(dout.iter().zip(gate).zip(up)) {
+            let g2 = g * g;
+            let e = exp(-2.0 * SQRT_2_OVER_PI * (g + CUBIC * g2 * g));
+            let s = 1.0 / (1.0 + e);
+            // 1 − s without its cancellation as s nears 1: e · s there (e ≤ 1, finite)
+            let one_minus_s = if s < 0.5 { 1.0 - s } else { e * s };
+            *du = d * g * s;
+            *dg = d * u * (s + 2.0 * g * s * one_minus_s * SQRT_2_OVER_PI * (1.0 + 3.0 * CUBIC * g2));
         }
     }
 }

@@ -517,7 +517,12 @@ fn block_forward<Bk: Backend>(
 
     // x_mid = x_in + o_proj(attention(rope(q_proj(h1)), rope(k_proj(h1)), v_proj(h1))), h1 = rmsnorm(x_in)
     // (+ bias after each of q/k/v_proj for Qwen2; q, k = per-head rmsnorm(q_raw, k_raw) before RoPE for Qwen3)
-    be.rmsnorm_forward_train(&mut a.h1, &mut a.rstd1, x_in, norm1, n, c, eps)?;
+    let output_norms = lc.run.output_norms(lc.l);
+    match output_norms {
+        // x_mid starts as the skip path x_in, copied while the norm reads it; o_proj accumulates onto it below.
+        None => be.rmsnorm_forward_train_copy(&mut a.h1, &mut a.rstd1, &mut a.x_mid, x_in, norm1, n, c, eps)?,
+        Some(_) => be.rmsnorm_forward_train(&mut a.h1, &mut a.rstd1, x_in, norm1, n, c, eps)?,
+    }
     let qk_norm = lc.run.qk_norm(lc.l);
     let (q_out, k_out) = if qk_norm.is_some() { (&mut a.q_raw, &mut a.k_raw) } else { (&mut a.q, &mut a.k) };
     lc.group_forward(&mut [(q, q_out, &mut a.xa_q), (k, k_out, &mut a.xa_k), (v, &mut a.v, &mut a.xa_v)], xd, &a.h1)?;
@@ -538,12 +543,8 @@ fn block_forward<Bk: Backend>(
     }
     let (docs, window) = (bc.batch.doc_start.as_deref(), cfg.layer_window(lc.l));
     be.attention_forward(&mut a.att, &mut a.lse, &a.q, &a.k, &a.v, docs, window, b, t, nh, nkv, d)?;
-    let output_norms = lc.run.output_norms(lc.l);
     match output_norms {
-        None => {
-            be.copy(x_in, 0, &mut a.x_mid, 0, n * c)?;
-            lc.forward(o, &mut a.x_mid, &mut a.xa_o, xd, &a.att, true)?;
-        }
+        None => lc.forward(o, &mut a.x_mid, &mut a.xa_o, xd, &a.att, true)?, // x_mid (= x_in) += o_proj(att)
         // Gemma: x_mid = x_in + rmsnorm(o_out), o_out = o_proj(att)
         Some((post_attention, _)) => {
             lc.forward(o, &mut a.o_out, &mut a.xa_o, xd, &a.att, false)?;
@@ -554,17 +555,18 @@ fn block_forward<Bk: Backend>(
 
     // x_out = x_mid + down_proj(silu(gate_proj(h2)) · up_proj(h2)), h2 = rmsnorm(x_mid) (Gemma: gelu for silu)
     let (g, u, dn) = (TargetModule::GateProj, TargetModule::UpProj, TargetModule::DownProj);
-    be.rmsnorm_forward_train(&mut a.h2, &mut a.rstd2, &a.x_mid, norm2, n, c, eps)?;
+    match output_norms {
+        // x_out starts as the skip path x_mid, copied while the norm reads it; down_proj accumulates onto it below.
+        None => be.rmsnorm_forward_train_copy(&mut a.h2, &mut a.rstd2, x_out, &a.x_mid, norm2, n, c, eps)?,
+        Some(_) => be.rmsnorm_forward_train(&mut a.h2, &mut a.rstd2, &a.x_mid, norm2, n, c, eps)?,
+    }
     lc.group_forward(&mut [(g, &mut a.gate, &mut a.xa_gate), (u, &mut a.up, &mut a.xa_up)], xd, &a.h2)?;
     match cfg.arch.gelu_mlp() {
         true => be.geglu_forward(&mut a.act, &a.gate, &a.up)?,
         false => be.swiglu_forward(&mut a.act, &a.gate, &a.up)?,
     }
     match output_norms {
-        None => {
-            be.copy(&a.x_mid, 0, x_out, 0, n * c)?;
-            lc.forward(dn, x_out, &mut a.xa_down, xd, &a.act, true)
-        }
+        None => lc.forward(dn, x_out, &mut a.xa_down, xd, &a.act, true), // x_out (= x_mid) += down_proj(act)
         // Gemma: x_out = x_mid + rmsnorm(down_out), down_out = down_proj(act)
         Some((_, post_feedforward)) => {
             lc.forward(dn, &mut a.down_out, &mut a.xa_down, xd, &a.act, false)?;
