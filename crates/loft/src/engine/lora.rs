@@ -21,6 +21,7 @@ use rayon::prelude::*;
 
 use super::frozen::FrozenMatrix;
 use super::matmul::{gemm_strided, matmul_nn, matmul_nt, matmul_tn, parallelism};
+use super::rank_wide::{rank_wide_product, rank_wide_product_single, LANES};
 use crate::rng::SplitMix64;
 
 /// The trained matrices of one adapted linear layer, with PEFT's names and layouts.
@@ -309,7 +310,17 @@ pub fn lora_group_xa(x: &[f32], mods: &[LoraOut<'_>], n: usize) -> Vec<f32> {
     let (i, _, total) = group_shapes("lora_group_forward", x, n, shapes);
     let loras: Vec<&LoraWeights> = mods.iter().map(|m| m.lora).collect();
     let mut xa_all = vec![0.0f32; n * total];
-    matmul_nt(&mut xa_all, x, &stacked_a(&loras), n, i, total, 1.0, false);
+    let a = stacked_a(&loras);
+    if total <= LANES {
+        // One block of the rank-wide kernel: faster than gemm for an output this narrow, given Aᵀ [I, ΣR].
+        let mut a_t = vec![0.0f32; i * total];
+        for (j, a_row) in a.chunks_exact(i).enumerate() {
+            a_row.iter().enumerate().for_each(|(p, &v)| a_t[p * total + j] = v);
+        }
+        rank_wide_product(&mut xa_all, total, x, i, &a_t, total, total, 1.0, false);
+    } else {
+        matmul_nt(&mut xa_all, x, &a, n, i, total, 1.0, false);
+    }
     xa_all
 }
 
@@ -383,7 +394,13 @@ pub fn add_lora_group_grads(dx: &mut [f32], x: &[f32], mods: &mut [LoraGrad<'_>]
         for ((dy, l), &off) in dys.iter().zip(&offsets) {
             let (o, r) = (l.out_features, l.r);
             let dst = &mut dxa[off..];
-            gemm_strided(n, r, o, dst, (total, 1), false, dy, (o, 1), &l.b, (r, 1), l.scale, side);
+            match side {
+                _ if r > LANES => {
+                    gemm_strided(n, r, o, dst, (total, 1), false, dy, (o, 1), &l.b, (r, 1), l.scale, side)
+                }
+                Parallelism::None => rank_wide_product_single(dst, total, dy, o, &l.b, r, r, l.scale, false),
+                _ => rank_wide_product(dst, total, dy, o, &l.b, r, r, l.scale, false),
+            }
         }
     };
     rayon::join(db_side, dxa_side);
