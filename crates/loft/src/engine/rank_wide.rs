@@ -68,6 +68,31 @@ fn check(c: &[f32], c_stride: usize, x: &[f32], k: usize, b: &[f32], b_stride: u
     assert!(k == 0 || b.len() >= (k - 1) * b_stride + r, "rank_wide_product: b is smaller than [{k}, {r}]");
 }
 
+/// a · b + c, fused where the CPU has FMA (a method, not a closure, so that it is inlined into each variant and
+/// compiled with its features).
+trait MulAdd {
+    fn mul_add(a: f32, b: f32, c: f32) -> f32;
+}
+
+struct Fused;
+
+impl MulAdd for Fused {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+}
+
+/// The portable variant: without FMA in the build, `f32::mul_add` is a library call.
+struct Separate;
+
+impl MulAdd for Separate {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a * b + c
+    }
+}
+
 /// The run-time choice of the widest vectors, for one thread's rows.
 #[allow(clippy::too_many_arguments)]
 fn rank_wide_rows(
@@ -96,12 +121,12 @@ fn rank_wide_rows(
             alpha: f32,
             acc: bool,
         ) {
-            rows_kernel::<8>(c, cs, x, k, b, bs, r, alpha, acc, |p, q, s| p.mul_add(q, s))
+            rows_kernel::<8, Fused>(c, cs, x, k, b, bs, r, alpha, acc)
         }
         #[target_feature(enable = "avx2,avx,fma")]
         #[allow(clippy::too_many_arguments)]
         fn avx2(c: &mut [f32], cs: usize, x: &[f32], k: usize, b: &[f32], bs: usize, r: usize, alpha: f32, acc: bool) {
-            rows_kernel::<4>(c, cs, x, k, b, bs, r, alpha, acc, |p, q, s| p.mul_add(q, s))
+            rows_kernel::<4, Fused>(c, cs, x, k, b, bs, r, alpha, acc)
         }
         if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma") {
             // SAFETY: the CPU has every feature avx512 was compiled with (checked just above).
@@ -112,7 +137,7 @@ fn rank_wide_rows(
             return unsafe { avx2(c, cs, x, k, b, bs, r, alpha, accumulate) };
         }
     }
-    rows_kernel::<4>(c, cs, x, k, b, bs, r, alpha, accumulate, |p, q, s| p * q + s)
+    rows_kernel::<4, Separate>(c, cs, x, k, b, bs, r, alpha, accumulate)
 }
 
 /// The kernel, inlined into each variant: blocks of ROWS rows × LANES columns of c, each accumulated over all of K
@@ -120,7 +145,7 @@ fn rank_wide_rows(
 /// loops with run-time bounds.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn rows_kernel<const ROWS: usize>(
+fn rows_kernel<const ROWS: usize, F: MulAdd>(
     c: &mut [f32],
     cs: usize,
     x: &[f32],
@@ -130,7 +155,6 @@ fn rows_kernel<const ROWS: usize>(
     r: usize,
     alpha: f32,
     accumulate: bool,
-    fma: impl Fn(f32, f32, f32) -> f32 + Copy,
 ) {
     let n = x.len() / k;
     for row in (0..n).step_by(ROWS) {
@@ -139,7 +163,7 @@ fn rows_kernel<const ROWS: usize>(
             let width = LANES.min(r - col);
             let acc = if rows == ROWS && width == LANES {
                 let xs: [&[f32]; ROWS] = std::array::from_fn(|j| &x[(row + j) * k..(row + j + 1) * k]);
-                full_block(xs, &b[col..], bs, fma)
+                full_block::<ROWS, F>(xs, &b[col..], bs)
             } else {
                 let mut acc = [[0.0f32; LANES]; ROWS];
                 for kk in 0..k {
@@ -147,7 +171,7 @@ fn rows_kernel<const ROWS: usize>(
                     for (j, acc) in acc.iter_mut().take(rows).enumerate() {
                         let xv = x[(row + j) * k + kk];
                         for (a, &bv) in acc.iter_mut().zip(bk) {
-                            *a = fma(xv, bv, *a);
+                            *a = F::mul_add(xv, bv, *a);
                         }
                     }
                 }
@@ -166,19 +190,14 @@ fn rows_kernel<const ROWS: usize>(
 /// One whole block: ROWS rows of x (each K long) against LANES columns of b (its row kk at b[kk · bs..]), the sums
 /// in registers (a block of its own so that they are never addressed by a run-time index).
 #[inline(always)]
-fn full_block<const ROWS: usize>(
-    xs: [&[f32]; ROWS],
-    b: &[f32],
-    bs: usize,
-    fma: impl Fn(f32, f32, f32) -> f32 + Copy,
-) -> [[f32; LANES]; ROWS] {
+fn full_block<const ROWS: usize, F: MulAdd>(xs: [&[f32]; ROWS], b: &[f32], bs: usize) -> [[f32; LANES]; ROWS] {
     let mut acc = [[0.0f32; LANES]; ROWS];
     for (kk, bk) in b.chunks(bs).take(xs[0].len()).enumerate() {
         let Some(bk) = bk.first_chunk::<LANES>() else { break };
         for (acc, xr) in acc.iter_mut().zip(&xs) {
             let xv = xr[kk];
             for (a, &bv) in acc.iter_mut().zip(bk) {
-                *a = fma(xv, bv, *a);
+                *a = F::mul_add(xv, bv, *a);
             }
         }
     }
@@ -212,7 +231,7 @@ mod tests {
                     let f = if single { rank_wide_product_single } else { rank_wide_product };
                     f(&mut c, cs, &x, k, &b, bs, r, 0.75, accumulate);
                     let mut portable = c0.clone();
-                    rows_kernel::<4>(&mut portable, cs, &x, k, &b, bs, r, 0.75, accumulate, |p, q, s| p * q + s);
+                    rows_kernel::<4, Separate>(&mut portable, cs, &x, k, &b, bs, r, 0.75, accumulate);
                     for i in 0..n {
                         for j in 0..cs {
                             let got = c[i * cs + j];
