@@ -310,17 +310,7 @@ pub fn lora_group_xa(x: &[f32], mods: &[LoraOut<'_>], n: usize) -> Vec<f32> {
     let (i, _, total) = group_shapes("lora_group_forward", x, n, shapes);
     let loras: Vec<&LoraWeights> = mods.iter().map(|m| m.lora).collect();
     let mut xa_all = vec![0.0f32; n * total];
-    let a = stacked_a(&loras);
-    if total <= LANES {
-        // One block of the rank-wide kernel: faster than gemm for an output this narrow, given Aᵀ [I, ΣR].
-        let mut a_t = vec![0.0f32; i * total];
-        for (j, a_row) in a.chunks_exact(i).enumerate() {
-            a_row.iter().enumerate().for_each(|(p, &v)| a_t[p * total + j] = v);
-        }
-        rank_wide_product(&mut xa_all, total, x, i, &a_t, total, total, 1.0, false);
-    } else {
-        matmul_nt(&mut xa_all, x, &a, n, i, total, 1.0, false);
-    }
+    matmul_nt(&mut xa_all, x, &stacked_a(&loras), n, i, total, 1.0, false);
     xa_all
 }
 
