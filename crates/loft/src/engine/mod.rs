@@ -15,6 +15,7 @@ pub mod nf4;
 pub mod optim;
 pub mod q8_dot;
 pub mod quant_dot;
+pub mod rank_wide;
 pub mod rmsnorm;
 pub mod rope;
 pub mod swiglu;
