@@ -124,7 +124,7 @@ pub fn lora_forward(
 }
 
 /// [`lora_forward`] without dropout for the few rows of a decoding step: the base product through
-/// [`FrozenMatrix::decode_forward`] (8-bit activations over Q4_0/Q4_1/Q8_0 blocks), the adapter's term in f32.
+/// [`FrozenMatrix::decode_forward`] (8-bit activations over the quantized blocks), the adapter's term in f32.
 pub fn lora_decode_forward(
     y: &mut [f32],
     xa: &mut [f32],
