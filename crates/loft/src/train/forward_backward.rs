@@ -261,6 +261,7 @@ impl<Bk: Backend> TrainArena<Bk> {
         let dims = dims_of(cfg, lora);
         let (n, layers) = (b * t, cfg.num_hidden_layers);
         let kept = if checkpointing { 1 } else { layers };
+        let head_chunk = be.head_chunk(cfg.vocab_size).min(n);
         Ok(TrainArena {
             b,
             t,
@@ -271,8 +272,8 @@ impl<Bk: Backend> TrainArena<Bk> {
             acts: (0..kept).map(|_| LayerActs::new(be, n, &dims)).collect::<Result<_>>()?,
             shared: Shared::new(be, n, &dims)?,
             grads: GradScratch::new(be, n, &dims)?,
-            head_chunk: be.head_chunk(cfg.vocab_size).min(n),
-            ce: be.cross_entropy_scratch(be.head_chunk(cfg.vocab_size).min(n), dims.c, cfg.vocab_size)?,
+            head_chunk,
+            ce: be.cross_entropy_scratch(head_chunk, dims.c, cfg.vocab_size)?,
         })
     }
 

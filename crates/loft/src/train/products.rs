@@ -118,12 +118,6 @@ impl ProductTimer {
         self.flops() / self.weighted(median)
     }
 
-    /// Each product's FLOP/s at its best run, in list order.
-    pub fn best_per_product(&self) -> Vec<f64> {
-        let best = |runs: &Vec<f64>| runs.iter().copied().fold(f64::INFINITY, f64::min);
-        self.products.iter().zip(&self.runs).map(|(p, runs)| p.flops() / best(runs)).collect()
-    }
-
     fn weighted(&self, pick: impl Fn(&[f64]) -> f64) -> f64 {
         self.products.iter().zip(&self.runs).map(|(p, runs)| pick(runs) * p.count as f64).sum()
     }
