@@ -59,8 +59,7 @@ fn gemma3_270m_loss_and_greedy_tokens_match_transformers() {
     }
 
     let greedy = &want["greedy"];
-    let got = greedy_through_cache(model, &ids(&greedy["prompt_ids"]), greedy["tokens"].as_array().unwrap().len());
-    assert_eq!(got, ids(&greedy["tokens"]), "greedy after {:?}", greedy["prompt"]);
+    follow_greedy(model, &ids(&greedy["prompt_ids"]), &ids(&greedy["tokens"]), "the short prompt");
 }
 
 /// Past the local layers' window: each of the 758 positions' NLL equals transformers' (from position 512 on, the
@@ -105,27 +104,44 @@ fn gemma3_270m_past_the_sliding_window_matches_transformers() {
         assert!((a - b).abs() < 2e-3 * (1.0 + b.abs()), "token {i}: nll {a} vs transformers {b}");
     }
 
-    let want_tokens = ids(&long["greedy"]);
-    let got = greedy_through_cache(model, &text_ids, want_tokens.len());
-    assert_eq!(got, want_tokens, "greedy after the long text");
+    follow_greedy(model, &text_ids, &ids(&long["greedy"]), "the long text");
 }
 
-/// `n` greedy tokens after `prompt`: the prompt in one forward, then one token at a time through the KV cache.
-fn greedy_through_cache(model: &loft::model::Llama, prompt: &[u32], n: usize) -> Vec<u32> {
-    let mut cache = loft::model::KvCache::new(&model.config, prompt.len() + n);
+/// How far below loft's top logit transformers' greedy token may be and still count as loft's choice: a near-tie
+/// that f32 sums in another order (another CPU's gemm kernels, a rewritten kernel) can break either way. loft's
+/// smallest top-2 margin along these continuations is 0.0235 (on a top logit of 21.3); a real error moves a token
+/// by far more.
+const NEAR_TIE: f32 = 0.05;
+
+/// transformers' greedy tokens `want` after `prompt`, checked step by step through loft's KV cache (the prompt in
+/// one forward, then one token at a time): each must be loft's argmax, or within [`NEAR_TIE`] of its top logit, and
+/// at most one step of the continuation may be such a near-tie. The reference token is fed back at every step, so
+/// one near-tie does not send the rest down another path.
+fn follow_greedy(model: &loft::model::Llama, prompt: &[u32], want: &[u32], what: &str) {
+    let mut cache = loft::model::KvCache::new(&model.config, prompt.len() + want.len());
     let runner = loft::model::Runner::new(&loft::engine::Cpu, model).unwrap();
     let mut hidden = runner.forward(prompt, &mut cache).unwrap();
     let mut row = prompt.len() - 1;
-    let mut got = Vec::new();
-    for _ in 0..n {
+    let mut ties = Vec::new();
+    for (step, &token) in want.iter().enumerate() {
         let logits = runner.logits(&hidden, row, 1).unwrap();
-        let next =
-            logits.iter().enumerate().fold((0, f32::NEG_INFINITY), |m, (i, &v)| if v > m.1 { (i, v) } else { m }).0;
-        got.push(next as u32);
-        hidden = runner.forward(&[next as u32], &mut cache).unwrap();
+        let (top, best) =
+            logits.iter().enumerate().fold((0, f32::NEG_INFINITY), |m, (i, &v)| if v > m.1 { (i, v) } else { m });
+        if top != token as usize {
+            let gap = best - logits[token as usize];
+            assert!(
+                gap < NEAR_TIE,
+                "greedy after {what}, step {step}: loft picks token {top} ({best}), transformers {token}, {gap} lower"
+            );
+            ties.push((step, top, gap));
+        }
+        hidden = runner.forward(&[token], &mut cache).unwrap();
         row = 0;
     }
-    got
+    assert!(ties.len() <= 1, "greedy after {what}: near-ties (step, loft's token, gap) at {ties:?}");
+    if !ties.is_empty() {
+        println!("greedy after {what}: near-tie (step, loft's token, gap) {ties:?}, within {NEAR_TIE}");
+    }
 }
 
 /// The decode products (8-bit activations against the file's Q4_K, Q5_0, Q6_K and Q8_0 blocks in integers,
