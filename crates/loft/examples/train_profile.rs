@@ -19,7 +19,7 @@ use loft::engine::lora::{
     LoraWeights,
 };
 use loft::engine::optim::{Moments, OptimConfig, OptimKind};
-use loft::engine::{Backend, Cpu, FrozenMatrix, GroupLinear, GroupLinearGrad, Vocab};
+use loft::engine::{AdamWTensor, Backend, Cpu, FrozenMatrix, GroupLinear, GroupLinearGrad, Vocab};
 use loft::lora::{Adapter, DeviceAdapter, Gradients, LoraConfig};
 use loft::model::{Llama, LlamaConfig, Runner};
 use loft::train::forward_backward::{forward_backward, TrainArena};
@@ -452,6 +452,9 @@ impl Backend for Timed {
         t: u64,
     ) -> Result<()> {
         self.time("adamw", || Cpu.adamw_update(p, g, moments, config, lr, t))
+    }
+    fn adamw_update_all(&self, tensors: Vec<AdamWTensor<'_, Self>>, config: &OptimConfig, t: u64) -> Result<()> {
+        self.time("adamw", || Cpu.adamw_update_all(tensors, config, t))
     }
     fn read_moments(&self, moments: &Moments) -> Result<Vec<Vec<u8>>> {
         Cpu.read_moments(moments)

@@ -428,6 +428,14 @@ pub trait Backend {
         lr: f32,
         t: u64,
     ) -> Result<()>;
+    /// [`Backend::adamw_update`] of a step's tensors, each given as (p, g, moments, learning rate), all at step t.
+    /// By default one after the other; the CPU updates them in one parallel pass.
+    fn adamw_update_all(&self, tensors: Vec<AdamWTensor<'_, Self>>, config: &OptimConfig, t: u64) -> Result<()> {
+        for (p, g, moments, lr) in tensors {
+            self.adamw_update(p, g, moments, config, lr, t)?;
+        }
+        Ok(())
+    }
     /// The moments' state tensors back on the host, in [`crate::engine::optim::moment_layout`] order.
     fn read_moments(&self, moments: &Self::Moments) -> Result<Vec<Vec<u8>>>;
     /// Restores what [`Backend::read_moments`] gave (sizes already checked against the layout).
@@ -437,6 +445,11 @@ pub trait Backend {
     /// the tensors untouched. Returns the norm (the one value that comes back to the host).
     fn clip_grad_norm(&self, grads: &mut [&mut Self::Buf], max_norm: f32) -> Result<f32>;
 }
+
+/// One trained tensor of [`Backend::adamw_update_all`]: the parameter, its gradient, its moments and its learning
+/// rate.
+pub type AdamWTensor<'a, B> =
+    (&'a mut <B as Backend>::Buf, &'a <B as Backend>::Buf, &'a mut <B as Backend>::Moments, f32);
 
 /// One linear layer of a group that reads the same input, for [`Backend::lora_group_forward`]: its frozen weight,
 /// its adapter and dropout where it is adapted, and where its output y [N, O] and saved xa [N, R] go (xa is empty
@@ -480,6 +493,22 @@ fn cpu_vocab<'a>(head: Vocab<'a, &FrozenMatrix, Vec<f32>>) -> VocabMatrix<'a> {
         Vocab::Frozen(m) => VocabMatrix::Frozen(m),
         Vocab::Trained(w) => VocabMatrix::Trained(w),
     }
+}
+
+/// A parameter, its gradient and its moments are the same size.
+fn check_moments(p: &[f32], g: &[f32], moments: &Moments) -> Result<()> {
+    let fits = match moments {
+        Moments::F32 { exp_avg, .. } => exp_avg.len() == p.len(),
+        Moments::Blockwise8 { state1, .. } => state1.len() == p.len(),
+    };
+    if !fits || g.len() != p.len() {
+        return Err(Error::Invalid(format!(
+            "adamw_update: a parameter of {} values, its gradient of {}, and moments of another size",
+            p.len(),
+            g.len()
+        )));
+    }
+    Ok(())
 }
 
 impl Backend for Cpu {
@@ -980,18 +1009,18 @@ impl Backend for Cpu {
         lr: f32,
         t: u64,
     ) -> Result<()> {
-        let fits = match moments {
-            Moments::F32 { exp_avg, .. } => exp_avg.len() == p.len(),
-            Moments::Blockwise8 { state1, .. } => state1.len() == p.len(),
-        };
-        if !fits || g.len() != p.len() {
-            return Err(Error::Invalid(format!(
-                "adamw_update: a parameter of {} values, its gradient of {}, and moments of another size",
-                p.len(),
-                g.len()
-            )));
-        }
+        check_moments(p, g, moments)?;
         moments.update(config, p, g, lr, t);
+        Ok(())
+    }
+
+    fn adamw_update_all(&self, tensors: Vec<AdamWTensor<'_, Cpu>>, config: &OptimConfig, t: u64) -> Result<()> {
+        let mut all = Vec::with_capacity(tensors.len());
+        for (p, g, moments, lr) in tensors {
+            check_moments(p, g, moments)?;
+            all.push((moments, &mut p[..], &g[..], lr));
+        }
+        Moments::update_all(all, config, t);
         Ok(())
     }
 

@@ -21,7 +21,7 @@ pub mod rope;
 pub mod swiglu;
 pub mod vector_math;
 
-pub use backend::{Backend, Cpu, GroupLinear, GroupLinearGrad, Vocab};
+pub use backend::{AdamWTensor, Backend, Cpu, GroupLinear, GroupLinearGrad, Vocab};
 pub use embedding::VocabMatrix;
 pub use frozen::FrozenMatrix;
 pub use lora::{LoraDropout, LoraWeights};

@@ -116,11 +116,11 @@ impl<B: Backend> Optimizer<B> {
             }
         }
         self.steps += 1;
-        for (s, (p, g)) in self.states.iter_mut().zip(params.iter_mut().zip(grads)) {
+        let tensors = self.states.iter_mut().zip(params.iter_mut().zip(grads)).map(|(s, (p, g))| {
             let lr = if s.name.is_embedding() { embedding_lr } else { lr };
-            backend.adamw_update(p, g, &mut s.moments, &self.config, lr, self.steps)?;
-        }
-        Ok(())
+            (&mut **p, *g, &mut s.moments, lr)
+        });
+        backend.adamw_update_all(tensors.collect(), &self.config, self.steps)
     }
 
     /// Bytes held by the moments (codes and block scales for 8-bit state).
