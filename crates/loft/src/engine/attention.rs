@@ -8,10 +8,9 @@
 
 use std::cell::RefCell;
 
-use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::matmul::gemm_strided;
+use super::attention_tiles::{tile_product, Store, Tiles};
 use super::vector_math as vm;
 
 /// out[T, NH·D] = softmax(q·kᵀ/√D, causal) · v for queries at positions p0..p0+T against k, v [P, NKV·D]
@@ -148,53 +147,65 @@ pub fn attention_forward(
     }
     let rows = TILE * group;
     let sizes = [rows * KEY_TILE, rows * d, rows * d, 2 * rows];
-    tasks.into_par_iter().for_each(|(bg, qt, o_tile, mut lse_tile)| {
-        with_scratch(sizes, |[sc, qp, acc, ml]| {
-            let (bi, g) = (bg / nkv, bg % nkv);
-            let (i0, i1) = (qt * TILE, ((qt + 1) * TILE).min(t));
-            // The tile's rows m = r·GROUP + hl: query i0 + r of head g·GROUP + hl.
-            let m = (i1 - i0) * group;
-            let (qp, acc) = (&mut qp[..m * d], &mut acc[..m * d]);
-            let (mx, l) = ml[..2 * m].split_at_mut(m);
-            pack_group_rows(qp, q, &s, bi, i0, g);
-            acc.fill(0.0);
-            mx.fill(f32::NEG_INFINITY);
-            l.fill(0.0);
-            for j0 in (s.first_key(bi, i0, i1)..i1).step_by(KEY_TILE) {
-                let j1 = (j0 + KEY_TILE).min(i1);
-                let bc = j1 - j0;
-                let sc = &mut sc[..m * bc];
-                let ko = s.kv_at(bi, j0, g);
-                // sc[m, bc] = scale · q_tile · k_tileᵀ
-                tile_gemm(m, bc, d, sc, (bc, 1), false, qp, (d, 1), &k[ko..], (1, s.kvd), s.scale);
-                for (row, srow) in sc.chunks_exact_mut(bc).enumerate() {
-                    let (ja, jb) = s.key_range(bi, i0 + row / group, j0, j1);
-                    if ja >= jb {
-                        srow.fill(0.0);
-                        continue;
+    let ts = s.transposed_stride();
+    with_transposed([k], &s, b, |[kt]| {
+        tasks.into_par_iter().for_each(|(bg, qt, o_tile, mut lse_tile)| {
+            with_scratch(sizes, |[sc, qp, acc, ml]| {
+                let (bi, g) = (bg / nkv, bg % nkv);
+                let (i0, i1) = (qt * TILE, ((qt + 1) * TILE).min(t));
+                // The tile's rows m = r·GROUP + hl: query i0 + r of head g·GROUP + hl.
+                let m = (i1 - i0) * group;
+                let (qp, acc) = (&mut qp[..m * d], &mut acc[..m * d]);
+                let (mx, l) = ml[..2 * m].split_at_mut(m);
+                pack_group_rows(qp, q, &s, bi, i0, g);
+                acc.fill(0.0);
+                mx.fill(f32::NEG_INFINITY);
+                l.fill(0.0);
+                for j0 in (s.first_key(bi, i0, i1)..i1).step_by(KEY_TILE) {
+                    let j1 = (j0 + KEY_TILE).min(i1);
+                    let bc = j1 - j0;
+                    let sc = &mut sc[..m * bc];
+                    let ko = s.kv_at(bi, j0, g);
+                    // sc[m, bc] = scale · q_tile · k_tileᵀ
+                    let kt = &kt[bg * d * ts + j0..];
+                    tile_product(
+                        Tiles { m, n: bc, k: d, c: sc, c_stride: bc, a: qp, a_s: (d, 1), b: kt, b_stride: ts },
+                        Store::Set(s.scale),
+                    );
+                    for (row, srow) in sc.chunks_exact_mut(bc).enumerate() {
+                        let (ja, jb) = s.key_range(bi, i0 + row / group, j0, j1);
+                        if ja >= jb {
+                            srow.fill(0.0);
+                            continue;
+                        }
+                        let m_new = mx[row].max(vm::max(&srow[ja..jb]));
+                        let correction = (mx[row] - m_new).exp();
+                        let sum = vm::exp_shifted_sum(&mut srow[ja..jb], m_new);
+                        srow[..ja].fill(0.0);
+                        srow[jb..].fill(0.0);
+                        l[row] = l[row] * correction + sum;
+                        mx[row] = m_new;
+                        acc[row * d..(row + 1) * d].iter_mut().for_each(|a| *a *= correction);
                     }
-                    let m_new = mx[row].max(vm::max(&srow[ja..jb]));
-                    let correction = (mx[row] - m_new).exp();
-                    let sum = vm::exp_shifted_sum(&mut srow[ja..jb], m_new);
-                    srow[..ja].fill(0.0);
-                    srow[jb..].fill(0.0);
-                    l[row] = l[row] * correction + sum;
-                    mx[row] = m_new;
-                    acc[row * d..(row + 1) * d].iter_mut().for_each(|a| *a *= correction);
+                    // acc[m, D] += p · v_tile
+                    let v = &v[ko..];
+                    tile_product(
+                        Tiles { m, n: d, k: bc, c: acc, c_stride: d, a: sc, a_s: (bc, 1), b: v, b_stride: s.kvd },
+                        Store::Add(1.0),
+                    );
                 }
-                // acc[m, D] += p · v_tile
-                tile_gemm(m, d, bc, acc, (d, 1), true, sc, (bc, 1), &v[ko..], (s.kvd, 1), 1.0);
-            }
-            for (r, orow) in o_tile.iter_mut().enumerate() {
-                for (hl, (o, a)) in orow.chunks_exact_mut(d).zip(acc[r * gd..(r + 1) * gd].chunks_exact(d)).enumerate()
-                {
-                    let row = r * group + hl;
-                    let inv = 1.0 / l[row];
-                    o.iter_mut().zip(a).for_each(|(o, &a)| *o = a * inv);
-                    lse_tile[hl][r] = mx[row] + l[row].ln();
+                for (r, orow) in o_tile.iter_mut().enumerate() {
+                    for (hl, (o, a)) in
+                        orow.chunks_exact_mut(d).zip(acc[r * gd..(r + 1) * gd].chunks_exact(d)).enumerate()
+                    {
+                        let row = r * group + hl;
+                        let inv = 1.0 / l[row];
+                        o.iter_mut().zip(a).for_each(|(o, &a)| *o = a * inv);
+                        lse_tile[hl][r] = mx[row] + l[row].ln();
+                    }
                 }
-            }
-        })
+            })
+        });
     });
 }
 
@@ -280,63 +291,82 @@ pub fn attention_backward(
     }
     let rows = TILE * group;
     let sizes = [rows * KEY_TILE, rows * KEY_TILE, rows * d, rows * d, rows * d, 2 * rows];
-    tasks.into_par_iter().for_each(|(bg, part, mut dq_rows, dkp, dvp)| {
-        with_scratch(sizes, |[p, ds, qp, dop, dq_tile, dl]| {
-            let (bi, g) = (bg / nkv, bg % nkv);
-            dkp.fill(0.0);
-            dvp.fill(0.0);
-            for (n, i0) in (part * TILE..t).step_by(split * TILE).enumerate() {
-                let i1 = (i0 + TILE).min(t);
-                let br = i1 - i0;
-                // The tile's rows m = r·GROUP + hl: query i0 + r of head g·GROUP + hl.
-                let m = br * group;
-                let (qp, dop, dq_tile) = (&mut qp[..m * d], &mut dop[..m * d], &mut dq_tile[..m * d]);
-                let (delta, row_lse) = dl[..2 * m].split_at_mut(m);
-                pack_group_rows(qp, q, &s, bi, i0, g);
-                pack_group_rows(dop, dout, &s, bi, i0, g);
-                dq_tile.fill(0.0);
-                for (row, (dl, rl)) in delta.iter_mut().zip(row_lse.iter_mut()).enumerate() {
-                    let (r, h) = (row / group, g * group + row % group);
-                    let o = s.q_at(bi, i0 + r, h);
-                    *dl = dot(&dout[o..o + d], &out[o..o + d]);
-                    *rl = lse[s.lse_at(bi, h, i0 + r)];
-                }
-                for j0 in (s.first_key(bi, i0, i1)..i1).step_by(KEY_TILE) {
-                    let j1 = (j0 + KEY_TILE).min(i1);
-                    let bc = j1 - j0;
-                    let (p, ds) = (&mut p[..m * bc], &mut ds[..m * bc]);
-                    let ko = s.kv_at(bi, j0, g);
-                    // p = exp(scale · q·kᵀ − lse), zero outside the mask
-                    tile_gemm(m, bc, d, p, (bc, 1), false, qp, (d, 1), &k[ko..], (1, s.kvd), s.scale);
-                    for (row, p_row) in p.chunks_exact_mut(bc).enumerate() {
-                        let (ja, jb) = s.key_range(bi, i0 + row / group, j0, j1);
-                        if ja >= jb {
-                            p_row.fill(0.0);
-                            continue;
-                        }
-                        vm::exp_shifted(&mut p_row[ja..jb], row_lse[row]);
-                        p_row[..ja].fill(0.0);
-                        p_row[jb..].fill(0.0);
+    let ts = s.transposed_stride();
+    with_transposed([k, v], &s, b, |[kt, vt]| {
+        tasks.into_par_iter().for_each_init(Vec::new, |keys, (bg, part, mut dq_rows, dkp, dvp)| {
+            with_scratch(sizes, |[p, ds, qp, dop, dq_tile, dl]| {
+                let (bi, g) = (bg / nkv, bg % nkv);
+                dkp.fill(0.0);
+                dvp.fill(0.0);
+                for (n, i0) in (part * TILE..t).step_by(split * TILE).enumerate() {
+                    let i1 = (i0 + TILE).min(t);
+                    let br = i1 - i0;
+                    // The tile's rows m = r·GROUP + hl: query i0 + r of head g·GROUP + hl.
+                    let m = br * group;
+                    let (qp, dop, dq_tile) = (&mut qp[..m * d], &mut dop[..m * d], &mut dq_tile[..m * d]);
+                    let (delta, row_lse) = dl[..2 * m].split_at_mut(m);
+                    pack_group_rows(qp, q, &s, bi, i0, g);
+                    pack_group_rows(dop, dout, &s, bi, i0, g);
+                    dq_tile.fill(0.0);
+                    for (row, (dl, rl)) in delta.iter_mut().zip(row_lse.iter_mut()).enumerate() {
+                        let (r, h) = (row / group, g * group + row % group);
+                        let o = s.q_at(bi, i0 + r, h);
+                        *dl = dot(&dout[o..o + d], &out[o..o + d]);
+                        *rl = lse[s.lse_at(bi, h, i0 + r)];
                     }
-                    // dv_tile[bc, D] += pᵀ · dout_tile
-                    let dvo = j0 * d;
-                    tile_gemm(bc, d, m, &mut dvp[dvo..], (d, 1), true, p, (1, bc), dop, (d, 1), 1.0);
-                    // ds = dout_tile · v_tileᵀ, then ds = p ⊙ (ds − Δ) · scale
-                    tile_gemm(m, bc, d, ds, (bc, 1), false, dop, (d, 1), &v[ko..], (1, s.kvd), 1.0);
-                    for ((ds_row, p_row), &dl) in ds.chunks_exact_mut(bc).zip(p.chunks_exact(bc)).zip(delta.iter()) {
-                        for (x, &pp) in ds_row.iter_mut().zip(p_row) {
-                            *x = pp * (*x - dl) * s.scale;
-                        }
+                    for j0 in (s.first_key(bi, i0, i1)..i1).step_by(KEY_TILE) {
+                        let j1 = (j0 + KEY_TILE).min(i1);
+                        let bc = j1 - j0;
+                        let (p, ds) = (&mut p[..m * bc], &mut ds[..m * bc]);
+                        let (ko, kto) = (s.kv_at(bi, j0, g), bg * d * ts + j0);
+                        // p = exp(scale · q·kᵀ − lse), zero outside the mask
+                        keys.clear();
+                        keys.extend((0..m).map(|row| s.key_range(bi, i0 + row / group, j0, j1)));
+                        let (kt, vt) = (&kt[kto..], &vt[kto..]);
+                        let exp = Store::Exp { alpha: s.scale, shift: row_lse, keys };
+                        tile_product(
+                            Tiles { m, n: bc, k: d, c: p, c_stride: bc, a: qp, a_s: (d, 1), b: kt, b_stride: ts },
+                            exp,
+                        );
+                        // dv_tile[bc, D] += pᵀ · dout_tile
+                        let (dvp, dkp) = (&mut dvp[j0 * d..], &mut dkp[j0 * d..]);
+                        tile_product(
+                            Tiles { m: bc, n: d, k: m, c: dvp, c_stride: d, a: p, a_s: (1, bc), b: dop, b_stride: d },
+                            Store::Add(1.0),
+                        );
+                        // ds = p ⊙ (dout_tile · v_tileᵀ − Δ) · scale
+                        let grad = Store::SoftmaxGrad { alpha: s.scale, p, delta };
+                        tile_product(
+                            Tiles { m, n: bc, k: d, c: ds, c_stride: bc, a: dop, a_s: (d, 1), b: vt, b_stride: ts },
+                            grad,
+                        );
+                        // dq_tile[m, D] += ds · k_tile;  dk_tile[bc, D] += dsᵀ · q_tile
+                        let k = &k[ko..];
+                        tile_product(
+                            Tiles {
+                                m,
+                                n: d,
+                                k: bc,
+                                c: dq_tile,
+                                c_stride: d,
+                                a: ds,
+                                a_s: (bc, 1),
+                                b: k,
+                                b_stride: s.kvd,
+                            },
+                            Store::Add(1.0),
+                        );
+                        tile_product(
+                            Tiles { m: bc, n: d, k: m, c: dkp, c_stride: d, a: ds, a_s: (1, bc), b: qp, b_stride: d },
+                            Store::Add(1.0),
+                        );
                     }
-                    // dq_tile[m, D] += ds · k_tile;  dk_tile[bc, D] += dsᵀ · q_tile
-                    tile_gemm(m, d, bc, dq_tile, (d, 1), true, ds, (bc, 1), &k[ko..], (s.kvd, 1), 1.0);
-                    tile_gemm(bc, d, m, &mut dkp[dvo..], (d, 1), true, ds, (1, bc), qp, (d, 1), 1.0);
+                    for (piece, row) in dq_rows[n * TILE..n * TILE + br].iter_mut().zip(dq_tile.chunks_exact(gd)) {
+                        piece.copy_from_slice(row);
+                    }
                 }
-                for (piece, row) in dq_rows[n * TILE..n * TILE + br].iter_mut().zip(dq_tile.chunks_exact(gd)) {
-                    piece.copy_from_slice(row);
-                }
-            }
-        })
+            })
+        });
     });
     // dk[b, j, g] = Σ over the parts of (b, g) of their shares' row j (and dv)
     let (dk_shares, dv_shares) = (&*dk_heads, &*dv_heads);
@@ -355,6 +385,49 @@ pub fn attention_backward(
             }
         }
     });
+}
+
+thread_local! {
+    /// The calling thread's copy of k (and v) with each (sequence, key/value head)'s keys as columns, kept from call
+    /// to call like SCRATCH.
+    static TRANSPOSED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs f on x's heads transposed, for each x of xs ([B, T, NKV·D]): [B, NKV, D, T], so that q·kᵀ and dout·vᵀ read
+/// b's rows contiguously. The heads are transposed in parallel.
+fn with_transposed<const N: usize, R>(xs: [&[f32]; N], s: &Shape, b: usize, f: impl FnOnce([&[f32]; N]) -> R) -> R {
+    let (t, d, ts, nkv) = (s.t, s.d, s.transposed_stride(), s.kvd / s.d);
+    let len = b * nkv * d * ts;
+    let transpose = |dst: &mut [f32]| {
+        dst.par_chunks_mut(d * ts).enumerate().for_each(|(at, dst)| {
+            let (x, bi, g) = (at / (b * nkv), at % (b * nkv) / nkv, at % nkv);
+            // 16 keys at a time: their rows of x are read while they are in cache, each row of dst written 16 wide.
+            for j0 in (0..t).step_by(16) {
+                let j1 = (j0 + 16).min(t);
+                for dd in 0..d {
+                    let row = &mut dst[dd * ts + j0..dd * ts + j1];
+                    for (j, y) in (j0..j1).zip(row) {
+                        *y = xs[x][s.kv_at(bi, j, g) + dd];
+                    }
+                }
+            }
+        });
+    };
+    TRANSPOSED.with(|buf| match buf.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < N * len {
+                buf.resize(N * len, 0.0);
+            }
+            transpose(&mut buf[..N * len]);
+            f(std::array::from_fn(|x| &buf[x * len..(x + 1) * len]))
+        }
+        // A call nested in another on this thread (a rayon task that ran one while waiting) gets a buffer of its own.
+        Err(_) => {
+            let mut buf = vec![0.0; N * len];
+            transpose(&mut buf);
+            f(std::array::from_fn(|x| &buf[x * len..(x + 1) * len]))
+        }
+    })
 }
 
 thread_local! {
@@ -430,6 +503,12 @@ impl<'a> Shape<'a> {
         (b * self.nh + h) * self.t + i
     }
 
+    /// Row stride of the transposed heads [D, T]: T rounded up to 16 plus 16, so that the rows do not fall 1, 2, 4 KiB
+    /// apart (T = 256, 512, 1024), where a block's rows would share a few cache sets and evict each other.
+    fn transposed_stride(&self) -> usize {
+        self.t.next_multiple_of(16) + 16
+    }
+
     /// The first key query (b, i) sees: its document's start, or the window's, whichever is later.
     fn first_seen(&self, b: usize, i: usize) -> usize {
         let doc = self.doc_start.map_or(0, |ds| ds[b * self.t + i] as usize);
@@ -448,23 +527,4 @@ impl<'a> Shape<'a> {
         let hi = (i + 1).min(j1);
         (lo.saturating_sub(j0), hi.saturating_sub(j0))
     }
-}
-
-/// dst[m, n] = (accumulate ? dst : 0) + alpha · lhs[m, k] · rhs[k, n], every operand given by (row, column)
-/// strides from the start of its slice; single-threaded (the callers are already parallel tasks).
-#[allow(clippy::too_many_arguments)]
-fn tile_gemm(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    dst_s: (usize, usize),
-    accumulate: bool,
-    lhs: &[f32],
-    lhs_s: (usize, usize),
-    rhs: &[f32],
-    rhs_s: (usize, usize),
-    alpha: f32,
-) {
-    gemm_strided(m, n, k, dst, dst_s, accumulate, lhs, lhs_s, rhs, rhs_s, alpha, Parallelism::None)
 }
