@@ -10,7 +10,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::attention_tiles::{tile_product, Store, Tiles};
+use super::attention_tiles::{tile_product, transpose, Store, Tiles};
 use super::vector_math as vm;
 
 /// out[T, NH·D] = softmax(q·kᵀ/√D, causal) · v for queries at positions p0..p0+T against k, v [P, NKV·D]
@@ -149,7 +149,7 @@ pub fn attention_forward(
     let sizes = [rows * KEY_TILE, rows * d, rows * d, 2 * rows];
     let ts = s.transposed_stride();
     with_transposed([k], &s, b, |[kt]| {
-        tasks.into_par_iter().for_each(|(bg, qt, o_tile, mut lse_tile)| {
+        tasks.into_par_iter().for_each_init(Vec::new, |keys, (bg, qt, o_tile, mut lse_tile)| {
             with_scratch(sizes, |[sc, qp, acc, ml]| {
                 let (bi, g) = (bg / nkv, bg % nkv);
                 let (i0, i1) = (qt * TILE, ((qt + 1) * TILE).min(t));
@@ -158,22 +158,25 @@ pub fn attention_forward(
                 let (qp, acc) = (&mut qp[..m * d], &mut acc[..m * d]);
                 let (mx, l) = ml[..2 * m].split_at_mut(m);
                 pack_group_rows(qp, q, &s, bi, i0, g);
-                acc.fill(0.0);
                 mx.fill(f32::NEG_INFINITY);
                 l.fill(0.0);
-                for j0 in (s.first_key(bi, i0, i1)..i1).step_by(KEY_TILE) {
+                let first = s.first_key(bi, i0, i1);
+                for j0 in (first..i1).step_by(KEY_TILE) {
                     let j1 = (j0 + KEY_TILE).min(i1);
                     let bc = j1 - j0;
                     let sc = &mut sc[..m * bc];
                     let ko = s.kv_at(bi, j0, g);
                     // sc[m, bc] = scale · q_tile · k_tileᵀ
                     let kt = &kt[bg * d * ts + j0..];
+                    let a_cols = None;
                     tile_product(
-                        Tiles { m, n: bc, k: d, c: sc, c_stride: bc, a: qp, a_s: (d, 1), b: kt, b_stride: ts },
+                        Tiles { m, n: bc, k: d, c: sc, c_stride: bc, a: qp, a_s: (d, 1), b: kt, b_stride: ts, a_cols },
                         Store::Set(s.scale),
                     );
+                    keys.clear();
+                    keys.extend((0..m).map(|row| s.key_range(bi, i0 + row / group, j0, j1)));
                     for (row, srow) in sc.chunks_exact_mut(bc).enumerate() {
-                        let (ja, jb) = s.key_range(bi, i0 + row / group, j0, j1);
+                        let (ja, jb) = keys[row];
                         if ja >= jb {
                             srow.fill(0.0);
                             continue;
@@ -185,13 +188,27 @@ pub fn attention_forward(
                         srow[jb..].fill(0.0);
                         l[row] = l[row] * correction + sum;
                         mx[row] = m_new;
-                        acc[row * d..(row + 1) * d].iter_mut().for_each(|a| *a *= correction);
+                        if j0 > first {
+                            acc[row * d..(row + 1) * d].iter_mut().for_each(|a| *a *= correction);
+                        }
                     }
-                    // acc[m, D] += p · v_tile
-                    let v = &v[ko..];
+                    // acc[m, D] (+)= p · v_tile: the first key block sets acc, the later ones add to it.
+                    let (v, a_cols) = (&v[ko..], Some(&keys[..]));
+                    let store = if j0 == first { Store::Set(1.0) } else { Store::Add(1.0) };
                     tile_product(
-                        Tiles { m, n: d, k: bc, c: acc, c_stride: d, a: sc, a_s: (bc, 1), b: v, b_stride: s.kvd },
-                        Store::Add(1.0),
+                        Tiles {
+                            m,
+                            n: d,
+                            k: bc,
+                            c: acc,
+                            c_stride: d,
+                            a: sc,
+                            a_s: (bc, 1),
+                            b: v,
+                            b_stride: s.kvd,
+                            a_cols,
+                        },
+                        store,
                     );
                 }
                 for (r, orow) in o_tile.iter_mut().enumerate() {
@@ -293,7 +310,8 @@ pub fn attention_backward(
     let sizes = [rows * KEY_TILE, rows * KEY_TILE, rows * d, rows * d, rows * d, 2 * rows];
     let ts = s.transposed_stride();
     with_transposed([k, v], &s, b, |[kt, vt]| {
-        tasks.into_par_iter().for_each_init(Vec::new, |keys, (bg, part, mut dq_rows, dkp, dvp)| {
+        let init = || (Vec::new(), Vec::new());
+        tasks.into_par_iter().for_each_init(init, |(keys, key_rows), (bg, part, mut dq_rows, dkp, dvp)| {
             with_scratch(sizes, |[p, ds, qp, dop, dq_tile, dl]| {
                 let (bi, g) = (bg / nkv, bg % nkv);
                 dkp.fill(0.0);
@@ -322,22 +340,68 @@ pub fn attention_backward(
                         // p = exp(scale · q·kᵀ − lse), zero outside the mask
                         keys.clear();
                         keys.extend((0..m).map(|row| s.key_range(bi, i0 + row / group, j0, j1)));
+                        // Key j's column of p is zero in the rows before the first that sees up to j (each row's
+                        // last key grows with the row), which bounds the rows pᵀ and dsᵀ multiply.
+                        key_rows.clear();
+                        let mut r = 0;
+                        for j in 0..bc {
+                            while r < m && keys[r].1 <= j {
+                                r += 1;
+                            }
+                            key_rows.push((r, m));
+                        }
                         let (kt, vt) = (&kt[kto..], &vt[kto..]);
                         let exp = Store::Exp { alpha: s.scale, shift: row_lse, keys };
+                        let a_cols = None;
                         tile_product(
-                            Tiles { m, n: bc, k: d, c: p, c_stride: bc, a: qp, a_s: (d, 1), b: kt, b_stride: ts },
+                            Tiles {
+                                m,
+                                n: bc,
+                                k: d,
+                                c: p,
+                                c_stride: bc,
+                                a: qp,
+                                a_s: (d, 1),
+                                b: kt,
+                                b_stride: ts,
+                                a_cols,
+                            },
                             exp,
                         );
                         // dv_tile[bc, D] += pᵀ · dout_tile
                         let (dvp, dkp) = (&mut dvp[j0 * d..], &mut dkp[j0 * d..]);
+                        let a_cols = Some(&key_rows[..]);
                         tile_product(
-                            Tiles { m: bc, n: d, k: m, c: dvp, c_stride: d, a: p, a_s: (1, bc), b: dop, b_stride: d },
+                            Tiles {
+                                m: bc,
+                                n: d,
+                                k: m,
+                                c: dvp,
+                                c_stride: d,
+                                a: p,
+                                a_s: (1, bc),
+                                b: dop,
+                                b_stride: d,
+                                a_cols,
+                            },
                             Store::Add(1.0),
                         );
                         // ds = p ⊙ (dout_tile · v_tileᵀ − Δ) · scale
-                        let grad = Store::SoftmaxGrad { alpha: s.scale, p, delta };
+                        let grad = Store::SoftmaxGrad { alpha: s.scale, p, delta, keys };
+                        let a_cols = None;
                         tile_product(
-                            Tiles { m, n: bc, k: d, c: ds, c_stride: bc, a: dop, a_s: (d, 1), b: vt, b_stride: ts },
+                            Tiles {
+                                m,
+                                n: bc,
+                                k: d,
+                                c: ds,
+                                c_stride: bc,
+                                a: dop,
+                                a_s: (d, 1),
+                                b: vt,
+                                b_stride: ts,
+                                a_cols,
+                            },
                             grad,
                         );
                         // dq_tile[m, D] += ds · k_tile;  dk_tile[bc, D] += dsᵀ · q_tile
@@ -353,11 +417,23 @@ pub fn attention_backward(
                                 a_s: (bc, 1),
                                 b: k,
                                 b_stride: s.kvd,
+                                a_cols: Some(keys),
                             },
                             Store::Add(1.0),
                         );
                         tile_product(
-                            Tiles { m: bc, n: d, k: m, c: dkp, c_stride: d, a: ds, a_s: (1, bc), b: qp, b_stride: d },
+                            Tiles {
+                                m: bc,
+                                n: d,
+                                k: m,
+                                c: dkp,
+                                c_stride: d,
+                                a: ds,
+                                a_s: (1, bc),
+                                b: qp,
+                                b_stride: d,
+                                a_cols: Some(key_rows),
+                            },
                             Store::Add(1.0),
                         );
                     }
@@ -398,19 +474,11 @@ thread_local! {
 fn with_transposed<const N: usize, R>(xs: [&[f32]; N], s: &Shape, b: usize, f: impl FnOnce([&[f32]; N]) -> R) -> R {
     let (t, d, ts, nkv) = (s.t, s.d, s.transposed_stride(), s.kvd / s.d);
     let len = b * nkv * d * ts;
-    let transpose = |dst: &mut [f32]| {
+    let transpose_all = |dst: &mut [f32]| {
         dst.par_chunks_mut(d * ts).enumerate().for_each(|(at, dst)| {
             let (x, bi, g) = (at / (b * nkv), at % (b * nkv) / nkv, at % nkv);
-            // 16 keys at a time: their rows of x are read while they are in cache, each row of dst written 16 wide.
-            for j0 in (0..t).step_by(16) {
-                let j1 = (j0 + 16).min(t);
-                for dd in 0..d {
-                    let row = &mut dst[dd * ts + j0..dd * ts + j1];
-                    for (j, y) in (j0..j1).zip(row) {
-                        *y = xs[x][s.kv_at(bi, j, g) + dd];
-                    }
-                }
-            }
+            let o = s.kv_at(bi, 0, g);
+            transpose(dst, ts, &xs[x][o..], s.kvd, t, d);
         });
     };
     TRANSPOSED.with(|buf| match buf.try_borrow_mut() {
@@ -418,13 +486,13 @@ fn with_transposed<const N: usize, R>(xs: [&[f32]; N], s: &Shape, b: usize, f: i
             if buf.len() < N * len {
                 buf.resize(N * len, 0.0);
             }
-            transpose(&mut buf[..N * len]);
+            transpose_all(&mut buf[..N * len]);
             f(std::array::from_fn(|x| &buf[x * len..(x + 1) * len]))
         }
         // A call nested in another on this thread (a rayon task that ran one while waiting) gets a buffer of its own.
         Err(_) => {
             let mut buf = vec![0.0; N * len];
-            transpose(&mut buf);
+            transpose_all(&mut buf);
             f(std::array::from_fn(|x| &buf[x * len..(x + 1) * len]))
         }
     })

@@ -24,6 +24,9 @@ pub struct Tiles<'a> {
     pub a_s: (usize, usize),
     pub b: &'a [f32],
     pub b_stride: usize,
+    /// Row r of a is zero outside its columns a_cols[r].0..a_cols[r].1 (a bound, not necessarily tight; None: no
+    /// bound): a block of rows multiplies only the columns of K that one of its rows may have nonzero.
+    pub a_cols: Option<&'a [(usize, usize)]>,
 }
 
 /// What is written to c[r, j] from the product's value ab = Σ_kk a[r, kk] · b[kk, j].
@@ -36,13 +39,14 @@ pub enum Store<'a> {
     /// c = exp(alpha · ab − shift[r]) for the columns keys[r].0 ≤ j < keys[r].1, 0 elsewhere: a softmax row's
     /// probabilities under a mask. Column blocks that no row of a register block sees are not multiplied.
     Exp { alpha: f32, shift: &'a [f32], keys: &'a [(usize, usize)] },
-    /// c = alpha · p[r, j] · (ab − delta[r]), p laid out as c: the softmax's backward dS = P ⊙ (dP − Δ).
-    SoftmaxGrad { alpha: f32, p: &'a [f32], delta: &'a [f32] },
+    /// c = alpha · p[r, j] · (ab − delta[r]), p laid out as c: the softmax's backward dS = P ⊙ (dP − Δ). p is zero
+    /// outside the columns keys[r] (as Exp wrote it), where column blocks are not multiplied either.
+    SoftmaxGrad { alpha: f32, p: &'a [f32], delta: &'a [f32], keys: &'a [(usize, usize)] },
 }
 
 /// c = store(a · b), on the calling thread.
 pub fn tile_product(t: Tiles, store: Store) {
-    let Tiles { m, n, k, ref c, c_stride, a, a_s, b, b_stride } = t;
+    let Tiles { m, n, k, ref c, c_stride, a, a_s, b, b_stride, a_cols } = t;
     if m == 0 || n == 0 {
         return;
     }
@@ -55,11 +59,45 @@ pub fn tile_product(t: Tiles, store: Store) {
         Store::Exp { shift, keys, .. } => {
             assert!(shift.len() >= m && keys.len() >= m, "tile_product: a shift and keys per row");
         }
-        Store::SoftmaxGrad { p, delta, .. } => {
-            assert!(p.len() >= (m - 1) * c_stride + n && delta.len() >= m, "tile_product: p and delta per row");
+        Store::SoftmaxGrad { p, delta, keys, .. } => {
+            assert!(p.len() >= (m - 1) * c_stride + n, "tile_product: p is smaller than c");
+            assert!(delta.len() >= m && keys.len() >= m, "tile_product: a delta and keys per row");
         }
     }
+    if let Some(cols) = a_cols {
+        assert!(cols.len() >= m && cols[..m].iter().all(|&(lo, hi)| lo >= hi || hi <= k), "tile_product: a_cols");
+    }
     widest(t, store)
+}
+
+/// dst[j, i] = src[i, j] for i < rows, j < cols: row i of src at src[i · src_stride..], row j of dst at
+/// dst[j · dst_stride..]. On AVX-512, 16 × 16 blocks are transposed in registers; the edges element by element.
+pub fn transpose(dst: &mut [f32], dst_stride: usize, src: &[f32], src_stride: usize, rows: usize, cols: usize) {
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    assert!(
+        src_stride >= cols && src.len() >= (rows - 1) * src_stride + cols,
+        "transpose: src is not [{rows}, {cols}]"
+    );
+    assert!(
+        dst_stride >= rows && dst.len() >= (cols - 1) * dst_stride + rows,
+        "transpose: dst is not [{cols}, {rows}]"
+    );
+    let (mut rows16, mut cols16) = (0, 0);
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        (rows16, cols16) = (rows / 16 * 16, cols / 16 * 16);
+        // SAFETY: the CPU has AVX-512 (checked just above); the blocks lie within the extents asserted above.
+        unsafe { avx512::transpose_blocks(dst, dst_stride, src, src_stride, rows16, cols16) };
+    }
+    // The edges: columns past the whole blocks for every row, then rows past them for the whole blocks' columns.
+    for i in 0..rows {
+        let from = if i < rows16 { cols16 } else { 0 };
+        for j in from..cols {
+            dst[j * dst_stride + i] = src[i * src_stride + j];
+        }
+    }
 }
 
 /// a · b + c, fused where the CPU has FMA (a method, not a closure, so that it is inlined into each variant and
@@ -94,7 +132,7 @@ impl MulAdd for Separate {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{seen_columns, store_rows, Store, Tiles};
+    use super::{k_range, seen_columns, store_rows, Store, Tiles};
 
     /// Rows and columns of a block.
     const ROWS: usize = 6;
@@ -103,16 +141,22 @@ mod avx512 {
     /// The product, column blocks outermost: a block of b (K × 64) is read from cache by every row block.
     #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx512bw,avx2,avx,fma")]
     pub(super) fn product(t: Tiles, store: Store) {
-        let Tiles { m, n, k, c, c_stride: cs, a, a_s, b, b_stride: bs } = t;
+        let Tiles { m, n, k, c, c_stride: cs, a, a_s, b, b_stride: bs, a_cols } = t;
+        let mut sums = [[0.0f32; COLS]; ROWS];
         for col in (0..n).step_by(COLS) {
             let width = COLS.min(n - col);
             let b = &b[col..];
             for row in (0..m).step_by(ROWS) {
                 let rows = ROWS.min(m - row);
                 let (seen_lo, seen_hi) = seen_columns(store, row, rows, n);
-                let sums = if col >= seen_hi || col + width <= seen_lo {
-                    [[0.0f32; COLS]; ROWS]
-                } else {
+                if col >= seen_hi || col + width <= seen_lo {
+                    // No row sees these columns: p and dS are zero there.
+                    for r in row..row + rows {
+                        c[r * cs + col..r * cs + col + width].fill(0.0);
+                    }
+                    continue;
+                }
+                {
                     // SAFETY (of every arm): row + rows ≤ M, and b holds width ≤ COLS columns of K rows (both checked
                     // by tile_product), as `block` requires.
                     let f = match (rows, width.div_ceil(16)) {
@@ -141,34 +185,42 @@ mod avx512 {
                         (_, 2) => block::<1, 2>,
                         (_, _) => block::<1, 1>,
                     };
-                    unsafe { f(a, a_s, row, k, b, bs, width) }
-                };
-                store_rows(c, cs, row, col, width, &sums[..rows], store);
+                    unsafe { f(&mut sums, a, a_s, row, k_range(a_cols, row, rows, k), b, bs, width) }
+                }
+                match store {
+                    Store::Exp { alpha, shift, keys } => {
+                        let (shift, keys) = (&shift[row..row + rows], &keys[row..row + rows]);
+                        store_exp(c, cs, row, col, width, &sums[..rows], alpha, shift, keys)
+                    }
+                    _ => store_rows(c, cs, row, col, width, &sums[..rows], store),
+                }
             }
         }
     }
 
     /// Rows row..row + R of the sums a · b[.., ..width] (R rows × V vectors, the last one masked to the columns
-    /// below width), in registers over all of K.
+    /// below width), in registers over the steps k0..k1 of K.
     ///
     /// # Safety
-    /// row + R ≤ M and a holds a[M, K] at strides a_s; b holds K rows of at least width ≤ 16·V columns at stride bs,
-    /// width > 16·(V − 1).
+    /// row + R ≤ M, k1 ≤ K and a holds a[M, K] at strides a_s; b holds K rows of at least width ≤ 16·V columns at
+    /// stride bs, width > 16·(V − 1).
     #[target_feature(enable = "avx512f")]
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn block<const R: usize, const V: usize>(
+        sums: &mut [[f32; COLS]; ROWS],
         a: &[f32],
         (ars, acs): (usize, usize),
         row: usize,
-        k: usize,
+        (k0, k1): (usize, usize),
         b: &[f32],
         bs: usize,
         width: usize,
-    ) -> [[f32; COLS]; ROWS] {
+    ) {
         let last: __mmask16 = (1u32 << (width - 16 * (V - 1))).wrapping_sub(1) as __mmask16;
         let mut acc = [[_mm512_setzero_ps(); V]; R];
         let (a, b) = (a.as_ptr(), b.as_ptr());
-        for kk in 0..k {
+        for kk in k0..k1 {
             // SAFETY: row kk < K of b has `width` columns, and the last vector's load reads only those (masked).
             let bk = unsafe { b.add(kk * bs) };
             let bv: [__m512; V] = std::array::from_fn(|v| unsafe {
@@ -187,14 +239,116 @@ mod avx512 {
                 }
             }
         }
-        let mut sums = [[0.0f32; COLS]; ROWS];
         for (s, acc) in sums.iter_mut().zip(&acc) {
             for (v, &x) in acc.iter().enumerate() {
                 // SAFETY: s holds COLS = 64 ≥ 16·V floats.
                 unsafe { _mm512_storeu_ps(s.as_mut_ptr().add(16 * v), x) };
             }
         }
-        sums
+    }
+
+    /// The 16 × 16 blocks of [`super::transpose`] over rows 0..rows16 and columns 0..cols16 (multiples of 16), each in
+    /// four rounds of exchanges between registers: round b swaps the b-wide blocks off the diagonal of each 2b × 2b
+    /// block, so that after b = 8, 4, 2, 1 every element has moved from (i, j) to (j, i).
+    ///
+    /// # Safety
+    /// src holds rows16 rows of cols16 at stride src_stride, dst cols16 rows of rows16 at stride dst_stride.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn transpose_blocks(
+        dst: &mut [f32],
+        dst_stride: usize,
+        src: &[f32],
+        src_stride: usize,
+        rows16: usize,
+        cols16: usize,
+    ) {
+        // For round b: the lower row of a pair takes its own lanes l with l & b = 0 and the upper row's lanes l − b
+        // for the others; the upper row takes the lower's lanes l + b and its own l & b ≠ 0.
+        let index = |b: usize, upper: bool| -> __m512i {
+            let lanes: [i32; 16] = std::array::from_fn(|l| match (upper, l & b == 0) {
+                (false, true) => l as i32,
+                (false, false) => (16 + l - b) as i32,
+                (true, true) => (l + b) as i32,
+                (true, false) => (16 + l) as i32,
+            });
+            // SAFETY: lanes is 16 i32, one vector.
+            unsafe { _mm512_loadu_si512(lanes.as_ptr().cast()) }
+        };
+        let rounds = [8, 4, 2, 1].map(|b| (b, index(b, false), index(b, true)));
+        for i0 in (0..rows16).step_by(16) {
+            for j0 in (0..cols16).step_by(16) {
+                // SAFETY: rows i0..i0 + 16 of src hold columns j0..j0 + 16 (the caller's extents).
+                let mut r: [__m512; 16] =
+                    std::array::from_fn(|i| unsafe { _mm512_loadu_ps(src.as_ptr().add((i0 + i) * src_stride + j0)) });
+                for &(b, lower, upper) in &rounds {
+                    for i in (0..16).filter(|i| i & b == 0) {
+                        let (x, y) = (r[i], r[i + b]);
+                        r[i] = _mm512_permutex2var_ps(x, lower, y);
+                        r[i + b] = _mm512_permutex2var_ps(x, upper, y);
+                    }
+                }
+                for (j, &row) in r.iter().enumerate() {
+                    // SAFETY: rows j0..j0 + 16 of dst hold columns i0..i0 + 16 (the caller's extents).
+                    unsafe { _mm512_storeu_ps(dst.as_mut_ptr().add((j0 + j) * dst_stride + i0), row) };
+                }
+            }
+        }
+    }
+
+    /// Store::Exp of one block in intrinsics: c[row + r, col + j] = exp(alpha · sums[r][j] − shift[r]) where
+    /// keys[r].0 ≤ col + j < keys[r].1, else 0, for j < width ≤ COLS.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    fn store_exp(
+        c: &mut [f32],
+        cs: usize,
+        row: usize,
+        col: usize,
+        width: usize,
+        sums: &[[f32; COLS]],
+        alpha: f32,
+        shift: &[f32],
+        keys: &[(usize, usize)],
+    ) {
+        let alpha = _mm512_set1_ps(alpha);
+        for (r, ((s, &shift), &(ja, jb))) in sums.iter().zip(shift).zip(keys).enumerate() {
+            let dst = &mut c[(row + r) * cs + col..][..width];
+            let shift = _mm512_set1_ps(shift);
+            for v in 0..width.div_ceil(16) {
+                let c0 = col + 16 * v;
+                let lanes = 16.min(width - 16 * v);
+                let (lo, hi) = (ja.saturating_sub(c0).min(lanes), jb.saturating_sub(c0).min(lanes));
+                let keep = if lo < hi { ((1u32 << hi) - 1) & !((1u32 << lo) - 1) } else { 0 } as __mmask16;
+                let write = ((1u32 << lanes) - 1) as __mmask16;
+                // SAFETY: v < width / 16 rounded up: the lanes below `lanes` are within s and dst, and the masked
+                // store writes only those.
+                unsafe {
+                    let x = _mm512_fmsub_ps(alpha, _mm512_loadu_ps(s.as_ptr().add(16 * v)), shift);
+                    _mm512_mask_storeu_ps(dst.as_mut_ptr().add(16 * v), write, _mm512_maskz_mov_ps(keep, exp(x)));
+                }
+            }
+        }
+    }
+
+    /// e^x as vector_math::exp computes it (Cody–Waite reduction, Cephes' polynomial), with fused multiply-adds and
+    /// the scaling by 2ⁿ done by vscalefps, which also takes over- and underflow: about 1 ulp, 0 below −104.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn exp(x: __m512) -> __m512 {
+        let x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.722_84)), _mm512_set1_ps(-104.0));
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
+            x,
+            _mm512_set1_ps(std::f32::consts::LOG2_E),
+        ));
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
+        let mut p = _mm512_set1_ps(1.987_569_1e-4);
+        for coef in [1.398_2e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(coef));
+        }
+        let y = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0)));
+        _mm512_scalef_ps(y, n)
     }
 }
 
@@ -228,7 +382,7 @@ fn widest(t: Tiles, store: Store) {
 /// run-time bounds.
 #[inline(always)]
 fn kernel<const ROWS: usize, const LANES: usize, F: MulAdd>(t: Tiles, store: Store) {
-    let Tiles { m, n, k, c, c_stride: cs, a, a_s, b, b_stride: bs } = t;
+    let Tiles { m, n, k, c, c_stride: cs, a, a_s, b, b_stride: bs, a_cols } = t;
     for row in (0..m).step_by(ROWS) {
         let rows = ROWS.min(m - row);
         let (seen_lo, seen_hi) = seen_columns(store, row, rows, n);
@@ -237,10 +391,11 @@ fn kernel<const ROWS: usize, const LANES: usize, F: MulAdd>(t: Tiles, store: Sto
             let acc = if col >= seen_hi || col + width <= seen_lo {
                 [[0.0f32; LANES]; ROWS]
             } else if rows == ROWS && width == LANES {
-                full_block::<ROWS, LANES, F>(a, a_s, row, k, &b[col..], bs)
+                full_block::<ROWS, LANES, F>(a, a_s, row, k_range(a_cols, row, rows, k), &b[col..], bs)
             } else {
                 let mut acc = [[0.0f32; LANES]; ROWS];
-                for kk in 0..k {
+                let (k0, k1) = k_range(a_cols, row, rows, k);
+                for kk in k0..k1 {
                     let bk = &b[kk * bs + col..][..width];
                     for (r, acc) in acc.iter_mut().take(rows).enumerate() {
                         let x = a[(row + r) * a_s.0 + kk * a_s.1];
@@ -256,15 +411,35 @@ fn kernel<const ROWS: usize, const LANES: usize, F: MulAdd>(t: Tiles, store: Sto
     }
 }
 
-/// The columns [lo, hi) that any of rows [row, row + rows) sees under an Exp store's mask (all N under the others).
+/// The columns [lo, hi) that any of rows [row, row + rows) sees under an Exp or SoftmaxGrad store's mask (all N
+/// under the others).
 #[inline(always)]
 fn seen_columns(store: Store, row: usize, rows: usize, n: usize) -> (usize, usize) {
     match store {
-        Store::Exp { keys, .. } => keys[row..row + rows]
+        Store::Exp { keys, .. } | Store::SoftmaxGrad { keys, .. } => keys[row..row + rows]
             .iter()
             .filter(|(ja, jb)| ja < jb)
             .fold((n, 0), |(lo, hi), &(ja, jb)| (lo.min(ja), hi.max(jb))),
         _ => (0, n),
+    }
+}
+
+/// The columns of a (the steps of K) [lo, hi) that rows [row, row + rows) may have nonzero.
+#[inline(always)]
+fn k_range(a_cols: Option<&[(usize, usize)]>, row: usize, rows: usize, k: usize) -> (usize, usize) {
+    match a_cols {
+        Some(cols) => {
+            let (lo, hi) = cols[row..row + rows]
+                .iter()
+                .filter(|(lo, hi)| lo < hi)
+                .fold((k, 0), |(lo, hi), &(a, b)| (lo.min(a), hi.max(b)));
+            if lo < hi {
+                (lo, hi)
+            } else {
+                (0, 0)
+            }
+        }
+        None => (0, k),
     }
 }
 
@@ -292,7 +467,7 @@ fn store_rows<const L: usize>(
                     *d = if col + j >= ja && col + j < jb { e } else { 0.0 };
                 }
             }
-            Store::SoftmaxGrad { alpha, p, delta } => {
+            Store::SoftmaxGrad { alpha, p, delta, .. } => {
                 let (p, delta) = (&p[at..at + width], delta[row + r]);
                 for ((d, &s), &p) in dst.iter_mut().zip(acc).zip(p) {
                     *d = alpha * p * (s - delta);
@@ -302,26 +477,23 @@ fn store_rows<const L: usize>(
     }
 }
 
-/// One whole block: rows row..row + ROWS of a against LANES columns of b (its row kk at b[kk · bs..]), the sums in
-/// registers (a block of its own so that they are never addressed by a run-time index). Its caller guarantees
-/// row + ROWS ≤ M for the M that [`tile_product`] checked a's extent against.
+/// One whole block: rows row..row + ROWS of a against LANES columns of b (its row kk at b[kk · bs..]) over the steps
+/// k0..k1 of K, the sums in registers (a block of its own so that they are never addressed by a run-time index).
 #[inline(always)]
 fn full_block<const ROWS: usize, const LANES: usize, F: MulAdd>(
     a: &[f32],
     (ars, acs): (usize, usize),
     row: usize,
-    k: usize,
+    (k0, k1): (usize, usize),
     b: &[f32],
     bs: usize,
 ) -> [[f32; LANES]; ROWS] {
     let mut acc = [[0.0f32; LANES]; ROWS];
-    for kk in 0..k {
+    for kk in k0..k1 {
         let Some(bk) = b[kk * bs..].first_chunk::<LANES>() else { break };
         let base = row * ars + kk * acs;
         for (r, acc) in acc.iter_mut().enumerate() {
-            // SAFETY: row + r < M and kk < K, so the index is at most (M − 1)·ars + (K − 1)·acs, which tile_product
-            // asserted is within a. (Checked indexing here spilled the ROWS offsets and doubled the loop's work.)
-            let x = unsafe { *a.get_unchecked(base + r * ars) };
+            let x = a[base + r * ars];
             for (s, &y) in acc.iter_mut().zip(bk) {
                 *s = F::mul_add(x, y, *s);
             }
@@ -341,7 +513,25 @@ mod tests {
     }
 
     /// The chosen variant and the portable one against a plain loop in f64, for every store, both layouts of a
-    /// (rows and columns contiguous), odd sizes, sizes that fill whole blocks and strided rows.
+    /// (rows and columns contiguous), with and without bounds on a's nonzero columns, odd sizes, sizes that fill
+    /// whole blocks and strided rows.
+    #[test]
+    fn transpose_matches_a_plain_loop() {
+        for (rows, cols) in [(256, 64), (37, 53), (16, 16), (33, 17), (1, 5), (5, 1), (48, 96)] {
+            let (ss, ds) = (cols + 3, rows + 7);
+            let src = rand(rows * ss, 1);
+            let dst0 = rand(cols * ds, 2);
+            let mut dst = dst0.clone();
+            transpose(&mut dst, ds, &src, ss, rows, cols);
+            for j in 0..cols {
+                for i in 0..ds {
+                    let want = if i < rows { src[i * ss + j] } else { dst0[j * ds + i] };
+                    assert_eq!(dst[j * ds + i], want, "rows={rows} cols={cols} [{j}, {i}]");
+                }
+            }
+        }
+    }
+
     #[test]
     fn tile_product_matches_a_plain_loop() {
         let variants: [(&str, fn(Tiles, Store)); 2] =
@@ -350,15 +540,31 @@ mod tests {
             let (cs, bs) = (n + 3, n + 5);
             let b = rand(k.max(1) * bs, 2);
             let c0 = rand(m * cs, 3);
-            let p = rand(m * cs, 4);
             let delta = rand(m, 5);
             let shift: Vec<f32> = rand(m, 6).iter().map(|x| x * 3.0).collect();
-            // Masks of every kind: empty, all, a causal edge, a band.
+            // Masks of every kind: empty, all, a causal edge, a band; p is zero outside them, as SoftmaxGrad expects.
             let keys: Vec<(usize, usize)> =
                 (0..m).map(|r| [(0, 0), (0, n), (0, (r + 1).min(n)), (r / 3, r)][r % 4]).collect();
-            for transposed in [false, true] {
+            let mut p = rand(m * cs, 4);
+            for (r, row) in p.chunks_exact_mut(cs).enumerate() {
+                row.iter_mut()
+                    .enumerate()
+                    .filter(|(j, _)| !(keys[r].0..keys[r].1).contains(j))
+                    .for_each(|(_, x)| *x = 0.0);
+            }
+            for (transposed, bounded) in [(false, false), (true, false), (false, true), (true, true)] {
                 let a_s = if transposed { (1, m + 2) } else { (k + 1, 1) };
-                let a = rand(m * (k + 1) + k * (m + 2) + 1, 1);
+                let mut a = rand(m * (k + 1) + k * (m + 2) + 1, 1);
+                // Bounds of every kind on a's nonzero columns (a zeroed outside them): all, a band, none, a tail.
+                let cols: Vec<(usize, usize)> =
+                    (0..m).map(|r| [(0, k), (r % 3, k.saturating_sub(r % 4)), (0, 0), (k / 2, k)][r % 4]).collect();
+                let a_cols = bounded.then_some(&cols[..]);
+                if bounded {
+                    for (r, &(lo, hi)) in cols.iter().enumerate() {
+                        (0..k).filter(|kk| !(lo..hi).contains(kk)).for_each(|kk| a[r * a_s.0 + kk * a_s.1] = 0.0);
+                    }
+                }
+                let a = a;
                 let ab = |r: usize, j: usize| -> (f64, f64) {
                     let terms = (0..k).map(|kk| a[r * a_s.0 + kk * a_s.1] as f64 * b[kk * bs + j] as f64);
                     terms.fold((0.0, 0.0), |(s, mag), x| (s + x, mag + x.abs()))
@@ -367,17 +573,17 @@ mod tests {
                     ("set", Store::Set(0.75)),
                     ("add", Store::Add(0.75)),
                     ("exp", Store::Exp { alpha: 0.75, shift: &shift, keys: &keys }),
-                    ("grad", Store::SoftmaxGrad { alpha: 0.75, p: &p, delta: &delta }),
+                    ("grad", Store::SoftmaxGrad { alpha: 0.75, p: &p, delta: &delta, keys: &keys }),
                 ];
                 for (name, store) in stores {
                     for (variant, f) in variants {
                         let mut c = c0.clone();
-                        f(Tiles { m, n, k, c: &mut c, c_stride: cs, a: &a, a_s, b: &b, b_stride: bs }, store);
+                        f(Tiles { m, n, k, c: &mut c, c_stride: cs, a: &a, a_s, b: &b, b_stride: bs, a_cols }, store);
                         for r in 0..m {
                             for j in 0..cs {
                                 let (got, old) = (c[r * cs + j] as f64, c0[r * cs + j] as f64);
                                 let at =
-                                    format!("{variant} {name} m={m} n={n} k={k} transposed={transposed} [{r}, {j}]");
+                                    format!("{variant} {name} m={m} n={n} k={k} transposed={transposed} bounded={bounded} [{r}, {j}]");
                                 if j >= n {
                                     assert_eq!(got, old, "{at}: column beyond N was written");
                                     continue;
