@@ -10,8 +10,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::attention_tiles::{tile_product, transpose, Store, Tiles};
-use super::vector_math as vm;
+use super::attention_tiles::{softmax_block, tile_product, transpose, Store, Tiles};
 
 /// out[T, NH·D] = softmax(q·kᵀ/√D, causal) · v for queries at positions p0..p0+T against k, v [P, NKV·D]
 /// (P ≥ p0 + T; query t sees keys 0..=p0+t, or only the last W of them with a window). One task per query row;
@@ -146,7 +145,7 @@ pub fn attention_forward(
         }
     }
     let rows = TILE * group;
-    let sizes = [rows * KEY_TILE, rows * d, rows * d, 2 * rows];
+    let sizes = [rows * KEY_TILE, rows * d, rows * d, 3 * rows];
     let ts = s.transposed_stride();
     with_transposed([k], &s, b, |[kt]| {
         tasks.into_par_iter().for_each_init(Vec::new, |keys, (bg, qt, o_tile, mut lse_tile)| {
@@ -156,7 +155,8 @@ pub fn attention_forward(
                 // The tile's rows m = r·GROUP + hl: query i0 + r of head g·GROUP + hl.
                 let m = (i1 - i0) * group;
                 let (qp, acc) = (&mut qp[..m * d], &mut acc[..m * d]);
-                let (mx, l) = ml[..2 * m].split_at_mut(m);
+                let (mx, rest) = ml[..3 * m].split_at_mut(m);
+                let (l, correction) = rest.split_at_mut(m);
                 pack_group_rows(qp, q, &s, bi, i0, g);
                 mx.fill(f32::NEG_INFINITY);
                 l.fill(0.0);
@@ -175,21 +175,10 @@ pub fn attention_forward(
                     );
                     keys.clear();
                     keys.extend((0..m).map(|row| s.key_range(bi, i0 + row / group, j0, j1)));
-                    for (row, srow) in sc.chunks_exact_mut(bc).enumerate() {
-                        let (ja, jb) = keys[row];
-                        if ja >= jb {
-                            srow.fill(0.0);
-                            continue;
-                        }
-                        let m_new = mx[row].max(vm::max(&srow[ja..jb]));
-                        let correction = (mx[row] - m_new).exp();
-                        let sum = vm::exp_shifted_sum(&mut srow[ja..jb], m_new);
-                        srow[..ja].fill(0.0);
-                        srow[jb..].fill(0.0);
-                        l[row] = l[row] * correction + sum;
-                        mx[row] = m_new;
-                        if j0 > first {
-                            acc[row * d..(row + 1) * d].iter_mut().for_each(|a| *a *= correction);
+                    softmax_block(sc, bc, keys, mx, l, correction);
+                    if j0 > first {
+                        for (a, &c) in acc.chunks_exact_mut(d).zip(correction.iter()) {
+                            a.iter_mut().for_each(|a| *a *= c);
                         }
                     }
                     // acc[m, D] (+)= p · v_tile: the first key block sets acc, the later ones add to it.

@@ -70,6 +70,47 @@ pub fn tile_product(t: Tiles, store: Store) {
     widest(t, store)
 }
 
+/// The online softmax's step over one block of scaled scores sc[M, N] (row r at sc[r · N..]), for the rows that see
+/// the columns keys[r] = [ja, jb): with m' = max(mx[r], max_j sc[r, j]) over them, sc[r, j] = exp(sc[r, j] − m')
+/// there and 0 elsewhere, correction[r] = exp(mx[r] − m'), l[r] = l[r] · correction[r] + Σ_j sc[r, j], mx[r] = m'.
+/// A row that sees nothing is zeroed and keeps its state (correction 1).
+pub fn softmax_block(
+    sc: &mut [f32],
+    n: usize,
+    keys: &[(usize, usize)],
+    mx: &mut [f32],
+    l: &mut [f32],
+    correction: &mut [f32],
+) {
+    let m = keys.len();
+    assert!(sc.len() >= m * n && mx.len() >= m && l.len() >= m && correction.len() >= m, "softmax_block: shapes");
+    assert!(keys.iter().all(|&(ja, jb)| ja >= jb || jb <= n), "softmax_block: keys beyond N = {n}");
+    for (r, row) in sc.chunks_exact_mut(n.max(1)).take(m).enumerate() {
+        let (ja, jb) = keys[r];
+        if ja >= jb {
+            row.fill(0.0);
+            correction[r] = 1.0;
+            continue;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512 (checked just above).
+            let (m_new, sum) = unsafe { avx512::exp_row(row, ja, jb, mx[r]) };
+            correction[r] = (mx[r] - m_new).exp();
+            l[r] = l[r] * correction[r] + sum;
+            mx[r] = m_new;
+            continue;
+        }
+        let m_new = mx[r].max(vm::max(&row[ja..jb]));
+        let sum = vm::exp_shifted_sum(&mut row[ja..jb], m_new);
+        row[..ja].fill(0.0);
+        row[jb..].fill(0.0);
+        correction[r] = (mx[r] - m_new).exp();
+        l[r] = l[r] * correction[r] + sum;
+        mx[r] = m_new;
+    }
+}
+
 /// dst[j, i] = src[i, j] for i < rows, j < cols: row i of src at src[i · src_stride..], row j of dst at
 /// dst[j · dst_stride..]. On AVX-512, 16 × 16 blocks are transposed in registers; the edges element by element.
 pub fn transpose(dst: &mut [f32], dst_stride: usize, src: &[f32], src_stride: usize, rows: usize, cols: usize) {
@@ -156,10 +197,16 @@ mod avx512 {
                     }
                     continue;
                 }
+                // Only the columns up to the last one a row sees are multiplied (the causal edge of a block); the
+                // sums past them are zero, which the Exp and SoftmaxGrad stores turn into zeros.
+                let computed = width.min(seen_hi - col);
+                for s in &mut sums[..rows] {
+                    s[computed..width].fill(0.0);
+                }
                 {
-                    // SAFETY (of every arm): row + rows ≤ M, and b holds width ≤ COLS columns of K rows (both checked
-                    // by tile_product), as `block` requires.
-                    let f = match (rows, width.div_ceil(16)) {
+                    // SAFETY (of every arm): row + rows ≤ M, and b holds computed ≤ COLS columns of K rows (both
+                    // checked by tile_product), as `block` requires.
+                    let f = match (rows, computed.div_ceil(16)) {
                         (6, 4) => block::<6, 4>,
                         (6, 3) => block::<6, 3>,
                         (6, 2) => block::<6, 2>,
@@ -185,7 +232,7 @@ mod avx512 {
                         (_, 2) => block::<1, 2>,
                         (_, _) => block::<1, 1>,
                     };
-                    unsafe { f(&mut sums, a, a_s, row, k_range(a_cols, row, rows, k), b, bs, width) }
+                    unsafe { f(&mut sums, a, a_s, row, k_range(a_cols, row, rows, k), b, bs, computed) }
                 }
                 match store {
                     Store::Exp { alpha, shift, keys } => {
@@ -293,6 +340,42 @@ mod avx512 {
                 }
             }
         }
+    }
+
+    /// One row of [`super::softmax_block`]: m' = max(max_old, row[ja..jb]), row[ja..jb] = exp(row − m') and zero
+    /// elsewhere; returns (m', the sum). ja < jb ≤ row.len().
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn exp_row(row: &mut [f32], ja: usize, jb: usize, max_old: f32) -> (f32, f32) {
+        let n = row.len();
+        let seen = |v0: usize| -> __mmask16 {
+            let (lo, hi) = (ja.saturating_sub(v0).min(16), jb.saturating_sub(v0).min(16));
+            (if lo < hi { ((1u32 << hi) - 1) & !((1u32 << lo) - 1) } else { 0 }) as __mmask16
+        };
+        let mut mx = _mm512_set1_ps(f32::NEG_INFINITY);
+        for v0 in (ja / 16 * 16..jb).step_by(16) {
+            // SAFETY: the masked lanes v0 + l < jb ≤ n are within row.
+            let x = unsafe { _mm512_maskz_loadu_ps(seen(v0), row.as_ptr().add(v0)) };
+            mx = _mm512_mask_max_ps(mx, seen(v0), mx, x);
+        }
+        let m_new = max_old.max(_mm512_reduce_max_ps(mx));
+        let shift = _mm512_set1_ps(m_new);
+        let mut sum = _mm512_setzero_ps();
+        for v0 in (0..n).step_by(16) {
+            let lanes = ((1u32 << (n - v0).min(16)) - 1) as __mmask16;
+            let keep = seen(v0);
+            // SAFETY: the lanes below n − v0 are within row, and only those are read and written.
+            unsafe {
+                let e = if keep == 0 {
+                    _mm512_setzero_ps()
+                } else {
+                    let x = _mm512_maskz_loadu_ps(keep, row.as_ptr().add(v0));
+                    _mm512_maskz_mov_ps(keep, exp(_mm512_sub_ps(x, shift)))
+                };
+                sum = _mm512_add_ps(sum, e);
+                _mm512_mask_storeu_ps(row.as_mut_ptr().add(v0), lanes, e);
+            }
+        }
+        (m_new, _mm512_reduce_add_ps(sum))
     }
 
     /// Store::Exp of one block in intrinsics: c[row + r, col + j] = exp(alpha · sums[r][j] − shift[r]) where
@@ -515,6 +598,42 @@ mod tests {
     /// The chosen variant and the portable one against a plain loop in f64, for every store, both layouts of a
     /// (rows and columns contiguous), with and without bounds on a's nonzero columns, odd sizes, sizes that fill
     /// whole blocks and strided rows.
+    /// Two blocks of the online softmax in a row against the rule in f64, on odd widths and masks of every kind.
+    #[test]
+    fn softmax_block_matches_the_rule() {
+        for (m, n) in [(96, 256), (7, 37), (5, 1), (12, 70)] {
+            let keys: Vec<(usize, usize)> = (0..m)
+                .map(|r| [(0, 0), (0, n), (0, (r + 1).min(n)), (r / 3 % n, (r / 3 % n + 5).min(n))][r % 4])
+                .collect();
+            let (mut mx, mut l, mut correction) = (vec![f32::NEG_INFINITY; m], vec![0.0f32; m], vec![0.0f32; m]);
+            let (mut want_mx, mut want_l) = (vec![f64::NEG_INFINITY; m], vec![0.0f64; m]);
+            for seed in [1, 2] {
+                let scores: Vec<f32> = rand(m * n, seed).iter().map(|x| x * 8.0).collect();
+                let mut sc = scores.clone();
+                softmax_block(&mut sc, n, &keys, &mut mx, &mut l, &mut correction);
+                for r in 0..m {
+                    let (ja, jb) = keys[r];
+                    let row = &scores[r * n..(r + 1) * n];
+                    let m_new = (ja..jb).fold(want_mx[r], |a, j| a.max(row[j] as f64));
+                    let corr = if ja < jb { (want_mx[r] - m_new).exp() } else { 1.0 };
+                    let mut sum = 0.0;
+                    for j in 0..n {
+                        let want = if (ja..jb).contains(&j) { (row[j] as f64 - m_new).exp() } else { 0.0 };
+                        sum += want;
+                        let got = sc[r * n + j] as f64;
+                        assert!((got - want).abs() <= 1e-6 * want.max(1e-6), "m={m} n={n} [{r}, {j}]: {got} vs {want}");
+                    }
+                    if ja < jb {
+                        (want_l[r], want_mx[r]) = (want_l[r] * corr + sum, m_new);
+                    }
+                    assert_eq!(mx[r] as f64, want_mx[r], "m={m} n={n} row {r}: max");
+                    assert!((correction[r] as f64 - corr).abs() <= 1e-6 * corr.max(1e-6), "row {r}: correction");
+                    assert!((l[r] as f64 - want_l[r]).abs() <= 1e-5 * want_l[r].max(1e-6), "row {r}: l");
+                }
+            }
+        }
+    }
+
     #[test]
     fn transpose_matches_a_plain_loop() {
         for (rows, cols) in [(256, 64), (37, 53), (16, 16), (33, 17), (1, 5), (5, 1), (48, 96)] {
