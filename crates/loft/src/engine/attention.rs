@@ -135,84 +135,106 @@ pub fn attention_forward(
     // same rows of lse [B, NH, T].
     let mut out_pieces = head_pieces(out, b, t, nkv, gd);
     let mut lse_tiles: Vec<Vec<&mut [f32]>> = lse.chunks_mut(t).map(|l| l.chunks_mut(TILE).collect()).collect();
-    let mut tasks = Vec::with_capacity(b * nkv * t.div_ceil(TILE));
+    // Task (b, g, part) takes the tiles qt ≡ part (mod split) of (sequence b, key/value head g), split as the
+    // backward's are, and lays out the head's keys transposed once for all of them.
+    let tiles = t.div_ceil(TILE);
+    let split = MIN_TASKS.div_ceil(b * nkv).clamp(1, tiles);
+    let mut tasks = Vec::with_capacity(b * nkv * split);
     for (bg, og) in out_pieces.iter_mut().enumerate() {
-        // Later tiles (more keys) come first for better balance.
+        let mut parts: Vec<Vec<_>> = (0..split).map(|_| Vec::new()).collect();
+        // Later tiles (more keys) first, so that the longest come first when tasks are parts.
         for (qt, o_tile) in og.chunks_mut(TILE).enumerate().rev() {
             let lse_tile: Vec<&mut [f32]> =
                 lse_tiles[bg * group..(bg + 1) * group].iter_mut().map(|h| std::mem::take(&mut h[qt])).collect();
-            tasks.push((bg, qt, o_tile, lse_tile));
+            parts[qt % split].push((qt, o_tile, lse_tile));
         }
+        tasks.extend(parts.into_iter().map(|part| (bg, part)));
     }
     let rows = TILE * group;
-    let sizes = [rows * KEY_TILE, rows * d, rows * d, 3 * rows];
     let ts = s.transposed_stride();
-    with_transposed([k], &s, b, |[kt]| {
-        tasks.into_par_iter().for_each_init(Vec::new, |keys, (bg, qt, o_tile, mut lse_tile)| {
-            with_scratch(sizes, |[sc, qp, acc, ml]| {
+    let sizes = [rows * KEY_TILE, rows * d, rows * d, 3 * rows, d * ts];
+    {
+        tasks.into_par_iter().for_each_init(Vec::new, |keys, (bg, part)| {
+            with_scratch(sizes, |[sc, qp, acc, ml, kt]| {
                 let (bi, g) = (bg / nkv, bg % nkv);
-                let (i0, i1) = (qt * TILE, ((qt + 1) * TILE).min(t));
-                // The tile's rows m = r·GROUP + hl: query i0 + r of head g·GROUP + hl.
-                let m = (i1 - i0) * group;
-                let (qp, acc) = (&mut qp[..m * d], &mut acc[..m * d]);
-                let (mx, rest) = ml[..3 * m].split_at_mut(m);
-                let (l, correction) = rest.split_at_mut(m);
-                pack_group_rows(qp, q, &s, bi, i0, g);
-                mx.fill(f32::NEG_INFINITY);
-                l.fill(0.0);
-                let first = s.first_key(bi, i0, i1);
-                for j0 in (first..i1).step_by(KEY_TILE) {
-                    let j1 = (j0 + KEY_TILE).min(i1);
-                    let bc = j1 - j0;
-                    let sc = &mut sc[..m * bc];
-                    let ko = s.kv_at(bi, j0, g);
-                    // sc[m, bc] = scale · q_tile · k_tileᵀ
-                    let kt = &kt[bg * d * ts + j0..];
-                    let a_cols = None;
-                    tile_product(
-                        Tiles { m, n: bc, k: d, c: sc, c_stride: bc, a: qp, a_s: (d, 1), b: kt, b_stride: ts, a_cols },
-                        Store::Set(s.scale),
-                    );
-                    keys.clear();
-                    keys.extend((0..m).map(|row| s.key_range(bi, i0 + row / group, j0, j1)));
-                    softmax_block(sc, bc, keys, mx, l, correction);
-                    if j0 > first {
-                        for (a, &c) in acc.chunks_exact_mut(d).zip(correction.iter()) {
-                            a.iter_mut().for_each(|a| *a *= c);
+                // kt[D, ts]: the keys up to the part's last query, transposed.
+                let last = part.iter().map(|&(qt, ..)| ((qt + 1) * TILE).min(t)).max().unwrap_or(0);
+                transpose(kt, ts, &k[s.kv_at(bi, 0, g)..], s.kvd, last, d);
+                for (qt, o_tile, mut lse_tile) in part {
+                    let (i0, i1) = (qt * TILE, ((qt + 1) * TILE).min(t));
+                    // The tile's rows m = r·GROUP + hl: query i0 + r of head g·GROUP + hl.
+                    let m = (i1 - i0) * group;
+                    let (qp, acc) = (&mut qp[..m * d], &mut acc[..m * d]);
+                    let (mx, rest) = ml[..3 * m].split_at_mut(m);
+                    let (l, correction) = rest.split_at_mut(m);
+                    pack_group_rows(qp, q, &s, bi, i0, g);
+                    mx.fill(f32::NEG_INFINITY);
+                    l.fill(0.0);
+                    let first = s.first_key(bi, i0, i1);
+                    for j0 in (first..i1).step_by(KEY_TILE) {
+                        let j1 = (j0 + KEY_TILE).min(i1);
+                        let bc = j1 - j0;
+                        let sc = &mut sc[..m * bc];
+                        let ko = s.kv_at(bi, j0, g);
+                        // sc[m, bc] = scale · q_tile · k_tileᵀ
+                        let kt = &kt[j0..];
+                        let a_cols = None;
+                        tile_product(
+                            Tiles {
+                                m,
+                                n: bc,
+                                k: d,
+                                c: sc,
+                                c_stride: bc,
+                                a: qp,
+                                a_s: (d, 1),
+                                b: kt,
+                                b_stride: ts,
+                                a_cols,
+                            },
+                            Store::Set(s.scale),
+                        );
+                        keys.clear();
+                        keys.extend((0..m).map(|row| s.key_range(bi, i0 + row / group, j0, j1)));
+                        softmax_block(sc, bc, keys, mx, l, correction);
+                        if j0 > first {
+                            for (a, &c) in acc.chunks_exact_mut(d).zip(correction.iter()) {
+                                a.iter_mut().for_each(|a| *a *= c);
+                            }
                         }
+                        // acc[m, D] (+)= p · v_tile: the first key block sets acc, the later ones add to it.
+                        let (v, a_cols) = (&v[ko..], Some(&keys[..]));
+                        let store = if j0 == first { Store::Set(1.0) } else { Store::Add(1.0) };
+                        tile_product(
+                            Tiles {
+                                m,
+                                n: d,
+                                k: bc,
+                                c: acc,
+                                c_stride: d,
+                                a: sc,
+                                a_s: (bc, 1),
+                                b: v,
+                                b_stride: s.kvd,
+                                a_cols,
+                            },
+                            store,
+                        );
                     }
-                    // acc[m, D] (+)= p · v_tile: the first key block sets acc, the later ones add to it.
-                    let (v, a_cols) = (&v[ko..], Some(&keys[..]));
-                    let store = if j0 == first { Store::Set(1.0) } else { Store::Add(1.0) };
-                    tile_product(
-                        Tiles {
-                            m,
-                            n: d,
-                            k: bc,
-                            c: acc,
-                            c_stride: d,
-                            a: sc,
-                            a_s: (bc, 1),
-                            b: v,
-                            b_stride: s.kvd,
-                            a_cols,
-                        },
-                        store,
-                    );
-                }
-                for (r, orow) in o_tile.iter_mut().enumerate() {
-                    for (hl, (o, a)) in
-                        orow.chunks_exact_mut(d).zip(acc[r * gd..(r + 1) * gd].chunks_exact(d)).enumerate()
-                    {
-                        let row = r * group + hl;
-                        let inv = 1.0 / l[row];
-                        o.iter_mut().zip(a).for_each(|(o, &a)| *o = a * inv);
-                        lse_tile[hl][r] = mx[row] + l[row].ln();
+                    for (r, orow) in o_tile.iter_mut().enumerate() {
+                        for (hl, (o, a)) in
+                            orow.chunks_exact_mut(d).zip(acc[r * gd..(r + 1) * gd].chunks_exact(d)).enumerate()
+                        {
+                            let row = r * group + hl;
+                            let inv = 1.0 / l[row];
+                            o.iter_mut().zip(a).for_each(|(o, &a)| *o = a * inv);
+                            lse_tile[hl][r] = mx[row] + l[row].ln();
+                        }
                     }
                 }
             })
         });
-    });
+    }
 }
 
 /// The W-wide pieces of x [B, T, N·W] gathered by (sequence, n): element b·N + n lists the pieces x[b, i, n] for i in
@@ -236,10 +258,11 @@ fn pack_group_rows(dst: &mut [f32], x: &[f32], s: &Shape, b: usize, i0: usize, g
     }
 }
 
-/// Tasks per backward below which each (sequence, key/value head) splits its query tiles among up to GROUP tasks
-/// (then each keeps its own dk/dv share, summed afterwards), so that few sequences of few key/value heads (Gemma 3
-/// 270M has one) still spread over the threads.
-const MIN_BACKWARD_TASKS: usize = 8;
+/// Tasks per call below which each (sequence, key/value head) splits its query tiles among several tasks (the
+/// backward's up to GROUP, each keeping its own dk/dv share, summed afterwards), so that few sequences of few
+/// key/value heads (Gemma 3 270M has one) still spread over the threads. Above it a task takes all of a head's tiles
+/// and lays out its keys (and values) transposed once, in cache for all of them.
+const MIN_TASKS: usize = 8;
 
 /// Backward of [`attention_forward`]. dq [B, T, NH·D], dk and dv [B, T, NKV·D] are OVERWRITTEN (dk, dv summed over
 /// the query heads that share a key/value head). dk_heads, dv_heads: scratch [B, NH, T, D], of which the split
@@ -279,12 +302,20 @@ pub fn attention_backward(
     }
     let (group, gd) = (s.group, s.group * d);
     let tiles = t.div_ceil(TILE);
-    let split = MIN_BACKWARD_TASKS.div_ceil(b * nkv).clamp(1, group.min(tiles));
+    let split = MIN_TASKS.div_ceil(b * nkv).clamp(1, group.min(tiles));
     // Task (b, g, part) owns the query tiles qt ≡ part (mod split) of (sequence b, key/value head g): their
     // GROUP·D-wide pieces of dq's rows, and its own dk/dv share [T, D].
     let mut tasks = Vec::with_capacity(b * nkv * split);
     let shares = dk_heads[..b * nkv * split * t * d].chunks_mut(t * d).zip(dv_heads.chunks_mut(t * d));
     let mut shares = shares.collect::<Vec<_>>().into_iter();
+    // Unsplit, a task's share is all of its dk/dv, which it writes into their D-wide pieces itself once complete
+    // (while in cache) instead of a pass over all the shares afterwards.
+    let (dk_own, dv_own) = if split == 1 {
+        (head_pieces(dk, b, t, nkv, d), head_pieces(dv, b, t, nkv, d))
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let mut owned = dk_own.into_iter().zip(dv_own);
     for (bg, dqg) in head_pieces(dq, b, t, nkv, gd).into_iter().enumerate() {
         let mut parts: Vec<Vec<&mut [f32]>> = (0..split).map(|_| Vec::with_capacity(t.div_ceil(split))).collect();
         for (i, piece) in dqg.into_iter().enumerate() {
@@ -292,17 +323,21 @@ pub fn attention_backward(
         }
         for (part, dq_rows) in parts.into_iter().enumerate() {
             let (dkp, dvp) = shares.next().expect("a dk/dv share per task");
-            tasks.push((bg, part, dq_rows, dkp, dvp));
+            tasks.push((bg, part, dq_rows, dkp, dvp, owned.next()));
         }
     }
     let rows = TILE * group;
-    let sizes = [rows * KEY_TILE, rows * KEY_TILE, rows * d, rows * d, rows * d, 2 * rows];
     let ts = s.transposed_stride();
-    with_transposed([k, v], &s, b, |[kt, vt]| {
+    let sizes = [rows * KEY_TILE, rows * KEY_TILE, rows * d, rows * d, rows * d, 2 * rows, d * ts, d * ts];
+    {
         let init = || (Vec::new(), Vec::new());
-        tasks.into_par_iter().for_each_init(init, |(keys, key_rows), (bg, part, mut dq_rows, dkp, dvp)| {
-            with_scratch(sizes, |[p, ds, qp, dop, dq_tile, dl]| {
+        tasks.into_par_iter().for_each_init(init, |(keys, key_rows), (bg, part, mut dq_rows, dkp, dvp, owned)| {
+            with_scratch(sizes, |[p, ds, qp, dop, dq_tile, dl, kt, vt]| {
                 let (bi, g) = (bg / nkv, bg % nkv);
+                // kt, vt [D, ts]: the head's keys and values transposed, while the task's products read them.
+                let o = s.kv_at(bi, 0, g);
+                transpose(kt, ts, &k[o..], s.kvd, t, d);
+                transpose(vt, ts, &v[o..], s.kvd, t, d);
                 dkp.fill(0.0);
                 dvp.fill(0.0);
                 for (n, i0) in (part * TILE..t).step_by(split * TILE).enumerate() {
@@ -325,7 +360,7 @@ pub fn attention_backward(
                         let j1 = (j0 + KEY_TILE).min(i1);
                         let bc = j1 - j0;
                         let (p, ds) = (&mut p[..m * bc], &mut ds[..m * bc]);
-                        let (ko, kto) = (s.kv_at(bi, j0, g), bg * d * ts + j0);
+                        let (ko, kto) = (s.kv_at(bi, j0, g), j0);
                         // p = exp(scale · q·kᵀ − lse), zero outside the mask
                         keys.clear();
                         keys.extend((0..m).map(|row| s.key_range(bi, i0 + row / group, j0, j1)));
@@ -430,9 +465,20 @@ pub fn attention_backward(
                         piece.copy_from_slice(row);
                     }
                 }
+                if let Some((dk_rows, dv_rows)) = owned {
+                    for ((kr, vr), (ks, vs)) in
+                        dk_rows.into_iter().zip(dv_rows).zip(dkp.chunks_exact(d).zip(dvp.chunks_exact(d)))
+                    {
+                        kr.copy_from_slice(ks);
+                        vr.copy_from_slice(vs);
+                    }
+                }
             })
         });
-    });
+    }
+    if split == 1 {
+        return;
+    }
     // dk[b, j, g] = Σ over the parts of (b, g) of their shares' row j (and dv)
     let (dk_shares, dv_shares) = (&*dk_heads, &*dv_heads);
     let rows = dk.par_chunks_mut(s.kvd).zip(dv.par_chunks_mut(s.kvd));
@@ -450,41 +496,6 @@ pub fn attention_backward(
             }
         }
     });
-}
-
-thread_local! {
-    /// The calling thread's copy of k (and v) with each (sequence, key/value head)'s keys as columns, kept from call
-    /// to call like SCRATCH.
-    static TRANSPOSED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Runs f on x's heads transposed, for each x of xs ([B, T, NKV·D]): [B, NKV, D, T], so that q·kᵀ and dout·vᵀ read
-/// b's rows contiguously. The heads are transposed in parallel.
-fn with_transposed<const N: usize, R>(xs: [&[f32]; N], s: &Shape, b: usize, f: impl FnOnce([&[f32]; N]) -> R) -> R {
-    let (t, d, ts, nkv) = (s.t, s.d, s.transposed_stride(), s.kvd / s.d);
-    let len = b * nkv * d * ts;
-    let transpose_all = |dst: &mut [f32]| {
-        dst.par_chunks_mut(d * ts).enumerate().for_each(|(at, dst)| {
-            let (x, bi, g) = (at / (b * nkv), at % (b * nkv) / nkv, at % nkv);
-            let o = s.kv_at(bi, 0, g);
-            transpose(dst, ts, &xs[x][o..], s.kvd, t, d);
-        });
-    };
-    TRANSPOSED.with(|buf| match buf.try_borrow_mut() {
-        Ok(mut buf) => {
-            if buf.len() < N * len {
-                buf.resize(N * len, 0.0);
-            }
-            transpose_all(&mut buf[..N * len]);
-            f(std::array::from_fn(|x| &buf[x * len..(x + 1) * len]))
-        }
-        // A call nested in another on this thread (a rayon task that ran one while waiting) gets a buffer of its own.
-        Err(_) => {
-            let mut buf = vec![0.0; N * len];
-            transpose_all(&mut buf);
-            f(std::array::from_fn(|x| &buf[x * len..(x + 1) * len]))
-        }
-    })
 }
 
 thread_local! {
