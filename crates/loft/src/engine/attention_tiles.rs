@@ -653,8 +653,8 @@ mod tests {
 
     #[test]
     fn tile_product_matches_a_plain_loop() {
-        let variants: [(&str, fn(Tiles, Store)); 2] =
-            [("chosen", tile_product), ("portable", kernel::<4, 8, Separate>)];
+        type Product = fn(Tiles, Store);
+        let variants: [(&str, Product); 2] = [("chosen", tile_product), ("portable", kernel::<4, 8, Separate>)];
         for (m, n, k) in [(96, 256, 64), (37, 53, 19), (5, 3, 1), (64, 33, 96), (17, 64, 256), (8, 32, 7), (1, 1, 0)] {
             let (cs, bs) = (n + 3, n + 5);
             let b = rand(k.max(1) * bs, 2);
