@@ -73,7 +73,9 @@ pub fn tile_product(t: Tiles, store: Store) {
 /// The online softmax's step over one block of scaled scores sc[M, N] (row r at sc[r · N..]), for the rows that see
 /// the columns keys[r] = [ja, jb): with m' = max(mx[r], max_j sc[r, j]) over them, sc[r, j] = exp(sc[r, j] − m')
 /// there and 0 elsewhere, correction[r] = exp(mx[r] − m'), l[r] = l[r] · correction[r] + Σ_j sc[r, j], mx[r] = m'.
-/// A row that sees nothing is zeroed and keeps its state (correction 1).
+/// A row that sees nothing is zeroed and keeps its state (correction 1). The exponentials are vector_math's, the same
+/// bits at every vector width: the inference prefill runs this too, and greedy decoding after it (gemma3_real's) is
+/// close enough to a tie to flip on a different exp's rounding.
 pub fn softmax_block(
     sc: &mut [f32],
     n: usize,
@@ -90,15 +92,6 @@ pub fn softmax_block(
         if ja >= jb {
             row.fill(0.0);
             correction[r] = 1.0;
-            continue;
-        }
-        #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512 (checked just above).
-            let (m_new, sum) = unsafe { avx512::exp_row(row, ja, jb, mx[r]) };
-            correction[r] = (mx[r] - m_new).exp();
-            l[r] = l[r] * correction[r] + sum;
-            mx[r] = m_new;
             continue;
         }
         let m_new = mx[r].max(vm::max(&row[ja..jb]));
@@ -340,42 +333,6 @@ mod avx512 {
                 }
             }
         }
-    }
-
-    /// One row of [`super::softmax_block`]: m' = max(max_old, row[ja..jb]), row[ja..jb] = exp(row − m') and zero
-    /// elsewhere; returns (m', the sum). ja < jb ≤ row.len().
-    #[target_feature(enable = "avx512f")]
-    pub(super) fn exp_row(row: &mut [f32], ja: usize, jb: usize, max_old: f32) -> (f32, f32) {
-        let n = row.len();
-        let seen = |v0: usize| -> __mmask16 {
-            let (lo, hi) = (ja.saturating_sub(v0).min(16), jb.saturating_sub(v0).min(16));
-            (if lo < hi { ((1u32 << hi) - 1) & !((1u32 << lo) - 1) } else { 0 }) as __mmask16
-        };
-        let mut mx = _mm512_set1_ps(f32::NEG_INFINITY);
-        for v0 in (ja / 16 * 16..jb).step_by(16) {
-            // SAFETY: the masked lanes v0 + l < jb ≤ n are within row.
-            let x = unsafe { _mm512_maskz_loadu_ps(seen(v0), row.as_ptr().add(v0)) };
-            mx = _mm512_mask_max_ps(mx, seen(v0), mx, x);
-        }
-        let m_new = max_old.max(_mm512_reduce_max_ps(mx));
-        let shift = _mm512_set1_ps(m_new);
-        let mut sum = _mm512_setzero_ps();
-        for v0 in (0..n).step_by(16) {
-            let lanes = ((1u32 << (n - v0).min(16)) - 1) as __mmask16;
-            let keep = seen(v0);
-            // SAFETY: the lanes below n − v0 are within row, and only those are read and written.
-            unsafe {
-                let e = if keep == 0 {
-                    _mm512_setzero_ps()
-                } else {
-                    let x = _mm512_maskz_loadu_ps(keep, row.as_ptr().add(v0));
-                    _mm512_maskz_mov_ps(keep, exp(_mm512_sub_ps(x, shift)))
-                };
-                sum = _mm512_add_ps(sum, e);
-                _mm512_mask_storeu_ps(row.as_mut_ptr().add(v0), lanes, e);
-            }
-        }
-        (m_new, _mm512_reduce_add_ps(sum))
     }
 
     /// Store::Exp of one block in intrinsics: c[row + r, col + j] = exp(alpha · sums[r][j] − shift[r]) where
