@@ -225,7 +225,17 @@ mod avx512 {
                         (_, 2) => block::<1, 2>,
                         (_, _) => block::<1, 1>,
                     };
-                    unsafe { f(&mut sums, a, a_s, row, k_range(a_cols, row, rows, k), b, bs, computed) }
+                    // Set and Add store straight from the registers; the others take the sums through memory.
+                    let out = match store {
+                        Store::Set(alpha) => Some((&mut c[row * cs + col..], cs, alpha, false)),
+                        Store::Add(alpha) => Some((&mut c[row * cs + col..], cs, alpha, true)),
+                        _ => None,
+                    };
+                    let direct = out.is_some();
+                    unsafe { f(&mut sums, out, a, a_s, row, k_range(a_cols, row, rows, k), b, bs, computed) };
+                    if direct {
+                        continue;
+                    }
                 }
                 match store {
                     Store::Exp { alpha, shift, keys } => {
@@ -239,16 +249,18 @@ mod avx512 {
     }
 
     /// Rows row..row + R of the sums a · b[.., ..width] (R rows × V vectors, the last one masked to the columns
-    /// below width), in registers over the steps k0..k1 of K.
+    /// below width), in registers over the steps k0..k1 of K; then written to sums, or with out = (c, cs, alpha,
+    /// accumulate) stored as c[r · cs + j] = alpha · sum (+ c[r · cs + j]) for j < width.
     ///
     /// # Safety
     /// row + R ≤ M, k1 ≤ K and a holds a[M, K] at strides a_s; b holds K rows of at least width ≤ 16·V columns at
-    /// stride bs, width > 16·(V − 1).
+    /// stride bs, width > 16·(V − 1); out's c holds (R − 1)·cs + width floats.
     #[target_feature(enable = "avx512f")]
     #[inline]
     #[allow(clippy::too_many_arguments)]
     unsafe fn block<const R: usize, const V: usize>(
         sums: &mut [[f32; COLS]; ROWS],
+        out: Option<(&mut [f32], usize, f32, bool)>,
         a: &[f32],
         (ars, acs): (usize, usize),
         row: usize,
@@ -278,6 +290,26 @@ mod avx512 {
                     *s = _mm512_fmadd_ps(x, y, *s);
                 }
             }
+        }
+        if let Some((c, cs, alpha, accumulate)) = out {
+            let alpha = _mm512_set1_ps(alpha);
+            for (r, acc) in acc.iter().enumerate() {
+                for (v, &x) in acc.iter().enumerate() {
+                    let lanes = if v + 1 < V { !0 } else { last };
+                    // SAFETY: lane l of vector v is column 16·v + l < width of row r < R, within c (the caller's
+                    // extent), and only those lanes are read and written.
+                    unsafe {
+                        let at = c.as_mut_ptr().add(r * cs + 16 * v);
+                        let y = if accumulate {
+                            _mm512_add_ps(_mm512_maskz_loadu_ps(lanes, at), _mm512_mul_ps(alpha, x))
+                        } else {
+                            _mm512_mul_ps(alpha, x)
+                        };
+                        _mm512_mask_storeu_ps(at, lanes, y);
+                    }
+                }
+            }
+            return;
         }
         for (s, acc) in sums.iter_mut().zip(&acc) {
             for (v, &x) in acc.iter().enumerate() {
