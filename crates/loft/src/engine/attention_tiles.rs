@@ -3,13 +3,15 @@
 //! whose packing and copies cost as much as its multiply-adds at these sizes.
 //!
 //! b's rows and c's rows are contiguous (N lanes each, rows strided), a is read through any (row, column) strides, one
-//! value at a time: a block of ROWS rows × LANES columns of c is held in registers, and per step of K each row's a
-//! value is broadcast against one LANES-wide row of b, so that every load of b feeds ROWS fused multiply-adds (as
-//! engine::rank_wide does). The result goes through a [`Store`]: plain, accumulated, or fused with the softmax's
-//! element-wise step, so that a score block is written once. Compiled for AVX-512 (8 rows × 32 lanes), AVX2 (4 × 16)
-//! and the baseline (4 × 8, separate multiply and add), the widest the CPU has chosen at run time.
+//! value at a time: a block of 6 rows × 64 columns of c is held in AVX-512 registers, and per step of K each row's a
+//! value is broadcast against one row of b, so that every load of b feeds 6 fused multiply-adds. The result goes
+//! through a [`Store`]: plain, accumulated, or fused with the softmax's element-wise step, so that a score block is
+//! written once. CPUs without AVX-512 take gemm's product and then the store as a separate pass.
 //! Legend: M = rows of c, N = columns of c, K = inner width.
 
+use gemm::Parallelism;
+
+use super::matmul::gemm_strided;
 use super::vector_math as vm;
 
 /// One product's operands: c[M, N] (row r at c[r · c_stride..]) from a[M, K] (a[r, kk] at a[r · a_s.0 + kk · a_s.1])
@@ -131,31 +133,6 @@ pub fn transpose(dst: &mut [f32], dst_stride: usize, src: &[f32], src_stride: us
         for j in from..cols {
             dst[j * dst_stride + i] = src[i * src_stride + j];
         }
-    }
-}
-
-/// a · b + c, fused where the CPU has FMA (a method, not a closure, so that it is inlined into each variant and
-/// compiled with its features).
-trait MulAdd {
-    fn mul_add(a: f32, b: f32, c: f32) -> f32;
-}
-
-struct Fused;
-
-impl MulAdd for Fused {
-    #[inline(always)]
-    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
-        a.mul_add(b, c)
-    }
-}
-
-/// The portable variant: without FMA in the build, `f32::mul_add` is a library call.
-struct Separate;
-
-impl MulAdd for Separate {
-    #[inline(always)]
-    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
-        a * b + c
     }
 }
 
@@ -427,58 +404,46 @@ mod avx512 {
 /// The run-time choice of the widest vectors.
 fn widest(t: Tiles, store: Store) {
     #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512dq")
+        && std::is_x86_feature_detected!("avx512vl")
+        && std::is_x86_feature_detected!("avx512bw")
+        && std::is_x86_feature_detected!("fma")
     {
-        #[target_feature(enable = "avx2,avx,fma")]
-        fn avx2(t: Tiles, store: Store) {
-            kernel::<4, 16, Fused>(t, store)
-        }
-        if std::is_x86_feature_detected!("avx512f")
-            && std::is_x86_feature_detected!("avx512dq")
-            && std::is_x86_feature_detected!("avx512vl")
-            && std::is_x86_feature_detected!("avx512bw")
-            && std::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has every feature avx512::product was compiled with (checked just above).
-            return unsafe { avx512::product(t, store) };
-        }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: as above, for AVX2.
-            return unsafe { avx2(t, store) };
-        }
+        // SAFETY: the CPU has every feature avx512::product was compiled with (checked just above).
+        return unsafe { avx512::product(t, store) };
     }
-    kernel::<4, 8, Separate>(t, store)
+    general(t, store)
 }
 
-/// The kernel, inlined into each variant: blocks of ROWS rows × LANES columns of c, each summed over all of K in
-/// registers, then stored. Partial blocks (the last rows, N not a multiple of LANES) take the same loops with
-/// run-time bounds.
-#[inline(always)]
-fn kernel<const ROWS: usize, const LANES: usize, F: MulAdd>(t: Tiles, store: Store) {
-    let Tiles { m, n, k, c, c_stride: cs, a, a_s, b, b_stride: bs, a_cols } = t;
-    for row in (0..m).step_by(ROWS) {
-        let rows = ROWS.min(m - row);
-        let (seen_lo, seen_hi) = seen_columns(store, row, rows, n);
-        for col in (0..n).step_by(LANES) {
-            let width = LANES.min(n - col);
-            let acc = if col >= seen_hi || col + width <= seen_lo {
-                [[0.0f32; LANES]; ROWS]
-            } else if rows == ROWS && width == LANES {
-                full_block::<ROWS, LANES, F>(a, a_s, row, k_range(a_cols, row, rows, k), &b[col..], bs)
-            } else {
-                let mut acc = [[0.0f32; LANES]; ROWS];
-                let (k0, k1) = k_range(a_cols, row, rows, k);
-                for kk in k0..k1 {
-                    let bk = &b[kk * bs + col..][..width];
-                    for (r, acc) in acc.iter_mut().take(rows).enumerate() {
-                        let x = a[(row + r) * a_s.0 + kk * a_s.1];
-                        for (s, &y) in acc.iter_mut().zip(bk) {
-                            *s = F::mul_add(x, y, *s);
-                        }
-                    }
+/// Every other CPU: gemm's own kernels (its run-time choice of AVX2 or the baseline) for the product, then the
+/// store element by element. (Register blocks written in safe code for AVX2 ran at half of gemm's speed.)
+fn general(t: Tiles, store: Store) {
+    let Tiles { m, n, k, c, c_stride: cs, a, a_s, b, b_stride: bs, .. } = t;
+    let (alpha, accumulate) = match store {
+        Store::Set(alpha) | Store::Exp { alpha, .. } => (alpha, false),
+        Store::Add(alpha) => (alpha, true),
+        Store::SoftmaxGrad { .. } => (1.0, false),
+    };
+    gemm_strided(m, n, k, c, (cs, 1), accumulate, a, a_s, b, (bs, 1), alpha, Parallelism::None);
+    for (r, row) in c.chunks_mut(cs).take(m).enumerate() {
+        let row = &mut row[..n];
+        match store {
+            Store::Set(_) | Store::Add(_) => {}
+            Store::Exp { shift, keys, .. } => {
+                let (ja, jb) = (keys[r].0.min(n), keys[r].1.min(n));
+                if ja >= jb {
+                    row.fill(0.0);
+                    continue;
                 }
-                acc
-            };
-            store_rows(c, cs, row, col, width, &acc[..rows], store);
+                vm::exp_shifted(&mut row[ja..jb], shift[r]);
+                row[..ja].fill(0.0);
+                row[jb..].fill(0.0);
+            }
+            Store::SoftmaxGrad { alpha, p, delta, .. } => {
+                let (p, delta) = (&p[r * cs..r * cs + n], delta[r]);
+                row.iter_mut().zip(p).for_each(|(x, &p)| *x = alpha * p * (*x - delta));
+            }
         }
     }
 }
@@ -549,31 +514,6 @@ fn store_rows<const L: usize>(
     }
 }
 
-/// One whole block: rows row..row + ROWS of a against LANES columns of b (its row kk at b[kk · bs..]) over the steps
-/// k0..k1 of K, the sums in registers (a block of its own so that they are never addressed by a run-time index).
-#[inline(always)]
-fn full_block<const ROWS: usize, const LANES: usize, F: MulAdd>(
-    a: &[f32],
-    (ars, acs): (usize, usize),
-    row: usize,
-    (k0, k1): (usize, usize),
-    b: &[f32],
-    bs: usize,
-) -> [[f32; LANES]; ROWS] {
-    let mut acc = [[0.0f32; LANES]; ROWS];
-    for kk in k0..k1 {
-        let Some(bk) = b[kk * bs..].first_chunk::<LANES>() else { break };
-        let base = row * ars + kk * acs;
-        for (r, acc) in acc.iter_mut().enumerate() {
-            let x = a[base + r * ars];
-            for (s, &y) in acc.iter_mut().zip(bk) {
-                *s = F::mul_add(x, y, *s);
-            }
-        }
-    }
-    acc
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -584,7 +524,7 @@ mod tests {
         (0..len).map(|_| (r.next_f64() * 2.0 - 1.0) as f32).collect()
     }
 
-    /// The chosen variant and the portable one against a plain loop in f64, for every store, both layouts of a
+    /// The chosen variant and the general one (gemm, then the store) against a plain loop in f64, for every store, both layouts of a
     /// (rows and columns contiguous), with and without bounds on a's nonzero columns, odd sizes, sizes that fill
     /// whole blocks and strided rows.
     /// Two blocks of the online softmax in a row against the rule in f64, on odd widths and masks of every kind.
@@ -643,7 +583,7 @@ mod tests {
     #[test]
     fn tile_product_matches_a_plain_loop() {
         type Product = fn(Tiles, Store);
-        let variants: [(&str, Product); 2] = [("chosen", tile_product), ("portable", kernel::<4, 8, Separate>)];
+        let variants: [(&str, Product); 2] = [("chosen", tile_product), ("general", general)];
         for (m, n, k) in [(96, 256, 64), (37, 53, 19), (5, 3, 1), (64, 33, 96), (17, 64, 256), (8, 32, 7), (1, 1, 0)] {
             let (cs, bs) = (n + 3, n + 5);
             let b = rand(k.max(1) * bs, 2);
