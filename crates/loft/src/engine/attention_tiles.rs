@@ -417,7 +417,8 @@ fn widest(t: Tiles, store: Store) {
 }
 
 /// Every other CPU: gemm's own kernels (its run-time choice of AVX2 or the baseline) for the product, then the
-/// store element by element. (Register blocks written in safe code for AVX2 ran at half of gemm's speed.)
+/// store element by element. (Register blocks in safe code, compiled for AVX2 and forced on an AVX-512 machine, made
+/// attention_bench 2.2–2.4× slower than this path there; not measured on an AVX2-only CPU.)
 fn general(t: Tiles, store: Store) {
     let Tiles { m, n, k, c, c_stride: cs, a, a_s, b, b_stride: bs, .. } = t;
     let (alpha, accumulate) = match store {
