@@ -8,11 +8,9 @@
 
 use std::cell::RefCell;
 
-use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::matmul::gemm_strided;
-use super::vector_math as vm;
+use super::attention_tiles::{softmax_block, tile_product, transpose, Store, Tiles};
 
 /// out[T, NH·D] = softmax(q·kᵀ/√D, causal) · v for queries at positions p0..p0+T against k, v [P, NKV·D]
 /// (P ≥ p0 + T; query t sees keys 0..=p0+t, or only the last W of them with a window). One task per query row;
@@ -137,65 +135,106 @@ pub fn attention_forward(
     // same rows of lse [B, NH, T].
     let mut out_pieces = head_pieces(out, b, t, nkv, gd);
     let mut lse_tiles: Vec<Vec<&mut [f32]>> = lse.chunks_mut(t).map(|l| l.chunks_mut(TILE).collect()).collect();
-    let mut tasks = Vec::with_capacity(b * nkv * t.div_ceil(TILE));
+    // Task (b, g, part) takes the tiles qt ≡ part (mod split) of (sequence b, key/value head g), split as the
+    // backward's are, and lays out the head's keys transposed once for all of them.
+    let tiles = t.div_ceil(TILE);
+    let split = MIN_TASKS.div_ceil(b * nkv).clamp(1, tiles);
+    let mut tasks = Vec::with_capacity(b * nkv * split);
     for (bg, og) in out_pieces.iter_mut().enumerate() {
-        // Later tiles (more keys) come first for better balance.
+        let mut parts: Vec<Vec<_>> = (0..split).map(|_| Vec::new()).collect();
+        // Later tiles (more keys) first, so that the longest come first when tasks are parts.
         for (qt, o_tile) in og.chunks_mut(TILE).enumerate().rev() {
             let lse_tile: Vec<&mut [f32]> =
                 lse_tiles[bg * group..(bg + 1) * group].iter_mut().map(|h| std::mem::take(&mut h[qt])).collect();
-            tasks.push((bg, qt, o_tile, lse_tile));
+            parts[qt % split].push((qt, o_tile, lse_tile));
         }
+        tasks.extend(parts.into_iter().map(|part| (bg, part)));
     }
     let rows = TILE * group;
-    let sizes = [rows * KEY_TILE, rows * d, rows * d, 2 * rows];
-    tasks.into_par_iter().for_each(|(bg, qt, o_tile, mut lse_tile)| {
-        with_scratch(sizes, |[sc, qp, acc, ml]| {
-            let (bi, g) = (bg / nkv, bg % nkv);
-            let (i0, i1) = (qt * TILE, ((qt + 1) * TILE).min(t));
-            // The tile's rows m = r·GROUP + hl: query i0 + r of head g·GROUP + hl.
-            let m = (i1 - i0) * group;
-            let (qp, acc) = (&mut qp[..m * d], &mut acc[..m * d]);
-            let (mx, l) = ml[..2 * m].split_at_mut(m);
-            pack_group_rows(qp, q, &s, bi, i0, g);
-            acc.fill(0.0);
-            mx.fill(f32::NEG_INFINITY);
-            l.fill(0.0);
-            for j0 in (s.first_key(bi, i0, i1)..i1).step_by(KEY_TILE) {
-                let j1 = (j0 + KEY_TILE).min(i1);
-                let bc = j1 - j0;
-                let sc = &mut sc[..m * bc];
-                let ko = s.kv_at(bi, j0, g);
-                // sc[m, bc] = scale · q_tile · k_tileᵀ
-                tile_gemm(m, bc, d, sc, (bc, 1), false, qp, (d, 1), &k[ko..], (1, s.kvd), s.scale);
-                for (row, srow) in sc.chunks_exact_mut(bc).enumerate() {
-                    let (ja, jb) = s.key_range(bi, i0 + row / group, j0, j1);
-                    if ja >= jb {
-                        srow.fill(0.0);
-                        continue;
+    let ts = s.transposed_stride();
+    let sizes = [rows * KEY_TILE, rows * d, rows * d, 3 * rows, d * ts];
+    {
+        tasks.into_par_iter().for_each_init(Vec::new, |keys, (bg, part)| {
+            with_scratch(sizes, |[sc, qp, acc, ml, kt]| {
+                let (bi, g) = (bg / nkv, bg % nkv);
+                // kt[D, ts]: the keys up to the part's last query, transposed.
+                let last = part.iter().map(|&(qt, ..)| ((qt + 1) * TILE).min(t)).max().unwrap_or(0);
+                transpose(kt, ts, &k[s.kv_at(bi, 0, g)..], s.kvd, last, d);
+                for (qt, o_tile, mut lse_tile) in part {
+                    let (i0, i1) = (qt * TILE, ((qt + 1) * TILE).min(t));
+                    // The tile's rows m = r·GROUP + hl: query i0 + r of head g·GROUP + hl.
+                    let m = (i1 - i0) * group;
+                    let (qp, acc) = (&mut qp[..m * d], &mut acc[..m * d]);
+                    let (mx, rest) = ml[..3 * m].split_at_mut(m);
+                    let (l, correction) = rest.split_at_mut(m);
+                    pack_group_rows(qp, q, &s, bi, i0, g);
+                    mx.fill(f32::NEG_INFINITY);
+                    l.fill(0.0);
+                    let first = s.first_key(bi, i0, i1);
+                    for j0 in (first..i1).step_by(KEY_TILE) {
+                        let j1 = (j0 + KEY_TILE).min(i1);
+                        let bc = j1 - j0;
+                        let sc = &mut sc[..m * bc];
+                        let ko = s.kv_at(bi, j0, g);
+                        // sc[m, bc] = scale · q_tile · k_tileᵀ
+                        let kt = &kt[j0..];
+                        let a_cols = None;
+                        tile_product(
+                            Tiles {
+                                m,
+                                n: bc,
+                                k: d,
+                                c: sc,
+                                c_stride: bc,
+                                a: qp,
+                                a_s: (d, 1),
+                                b: kt,
+                                b_stride: ts,
+                                a_cols,
+                            },
+                            Store::Set(s.scale),
+                        );
+                        keys.clear();
+                        keys.extend((0..m).map(|row| s.key_range(bi, i0 + row / group, j0, j1)));
+                        softmax_block(sc, bc, keys, mx, l, correction);
+                        if j0 > first {
+                            for (a, &c) in acc.chunks_exact_mut(d).zip(correction.iter()) {
+                                a.iter_mut().for_each(|a| *a *= c);
+                            }
+                        }
+                        // acc[m, D] (+)= p · v_tile: the first key block sets acc, the later ones add to it.
+                        let (v, a_cols) = (&v[ko..], Some(&keys[..]));
+                        let store = if j0 == first { Store::Set(1.0) } else { Store::Add(1.0) };
+                        tile_product(
+                            Tiles {
+                                m,
+                                n: d,
+                                k: bc,
+                                c: acc,
+                                c_stride: d,
+                                a: sc,
+                                a_s: (bc, 1),
+                                b: v,
+                                b_stride: s.kvd,
+                                a_cols,
+                            },
+                            store,
+                        );
                     }
-                    let m_new = mx[row].max(vm::max(&srow[ja..jb]));
-                    let correction = (mx[row] - m_new).exp();
-                    let sum = vm::exp_shifted_sum(&mut srow[ja..jb], m_new);
-                    srow[..ja].fill(0.0);
-                    srow[jb..].fill(0.0);
-                    l[row] = l[row] * correction + sum;
-                    mx[row] = m_new;
-                    acc[row * d..(row + 1) * d].iter_mut().for_each(|a| *a *= correction);
+                    for (r, orow) in o_tile.iter_mut().enumerate() {
+                        for (hl, (o, a)) in
+                            orow.chunks_exact_mut(d).zip(acc[r * gd..(r + 1) * gd].chunks_exact(d)).enumerate()
+                        {
+                            let row = r * group + hl;
+                            let inv = 1.0 / l[row];
+                            o.iter_mut().zip(a).for_each(|(o, &a)| *o = a * inv);
+                            lse_tile[hl][r] = mx[row] + l[row].ln();
+                        }
+                    }
                 }
-                // acc[m, D] += p · v_tile
-                tile_gemm(m, d, bc, acc, (d, 1), true, sc, (bc, 1), &v[ko..], (s.kvd, 1), 1.0);
-            }
-            for (r, orow) in o_tile.iter_mut().enumerate() {
-                for (hl, (o, a)) in orow.chunks_exact_mut(d).zip(acc[r * gd..(r + 1) * gd].chunks_exact(d)).enumerate()
-                {
-                    let row = r * group + hl;
-                    let inv = 1.0 / l[row];
-                    o.iter_mut().zip(a).for_each(|(o, &a)| *o = a * inv);
-                    lse_tile[hl][r] = mx[row] + l[row].ln();
-                }
-            }
-        })
-    });
+            })
+        });
+    }
 }
 
 /// The W-wide pieces of x [B, T, N·W] gathered by (sequence, n): element b·N + n lists the pieces x[b, i, n] for i in
@@ -219,10 +258,11 @@ fn pack_group_rows(dst: &mut [f32], x: &[f32], s: &Shape, b: usize, i0: usize, g
     }
 }
 
-/// Tasks per backward below which each (sequence, key/value head) splits its query tiles among up to GROUP tasks
-/// (then each keeps its own dk/dv share, summed afterwards), so that few sequences of few key/value heads (Gemma 3
-/// 270M has one) still spread over the threads.
-const MIN_BACKWARD_TASKS: usize = 8;
+/// Tasks per call below which each (sequence, key/value head) splits its query tiles among several tasks (the
+/// backward's up to GROUP, each keeping its own dk/dv share, summed afterwards), so that few sequences of few
+/// key/value heads (Gemma 3 270M has one) still spread over the threads. Above it a task takes all of a head's tiles
+/// and lays out its keys (and values) transposed once, in cache for all of them.
+const MIN_TASKS: usize = 8;
 
 /// Backward of [`attention_forward`]. dq [B, T, NH·D], dk and dv [B, T, NKV·D] are OVERWRITTEN (dk, dv summed over
 /// the query heads that share a key/value head). dk_heads, dv_heads: scratch [B, NH, T, D], of which the split
@@ -262,12 +302,20 @@ pub fn attention_backward(
     }
     let (group, gd) = (s.group, s.group * d);
     let tiles = t.div_ceil(TILE);
-    let split = MIN_BACKWARD_TASKS.div_ceil(b * nkv).clamp(1, group.min(tiles));
+    let split = MIN_TASKS.div_ceil(b * nkv).clamp(1, group.min(tiles));
     // Task (b, g, part) owns the query tiles qt ≡ part (mod split) of (sequence b, key/value head g): their
     // GROUP·D-wide pieces of dq's rows, and its own dk/dv share [T, D].
     let mut tasks = Vec::with_capacity(b * nkv * split);
     let shares = dk_heads[..b * nkv * split * t * d].chunks_mut(t * d).zip(dv_heads.chunks_mut(t * d));
     let mut shares = shares.collect::<Vec<_>>().into_iter();
+    // Unsplit, a task's share is all of its dk/dv, which it writes into their D-wide pieces itself once complete
+    // (while in cache) instead of a pass over all the shares afterwards.
+    let (dk_own, dv_own) = if split == 1 {
+        (head_pieces(dk, b, t, nkv, d), head_pieces(dv, b, t, nkv, d))
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let mut owned = dk_own.into_iter().zip(dv_own);
     for (bg, dqg) in head_pieces(dq, b, t, nkv, gd).into_iter().enumerate() {
         let mut parts: Vec<Vec<&mut [f32]>> = (0..split).map(|_| Vec::with_capacity(t.div_ceil(split))).collect();
         for (i, piece) in dqg.into_iter().enumerate() {
@@ -275,69 +323,162 @@ pub fn attention_backward(
         }
         for (part, dq_rows) in parts.into_iter().enumerate() {
             let (dkp, dvp) = shares.next().expect("a dk/dv share per task");
-            tasks.push((bg, part, dq_rows, dkp, dvp));
+            tasks.push((bg, part, dq_rows, dkp, dvp, owned.next()));
         }
     }
     let rows = TILE * group;
-    let sizes = [rows * KEY_TILE, rows * KEY_TILE, rows * d, rows * d, rows * d, 2 * rows];
-    tasks.into_par_iter().for_each(|(bg, part, mut dq_rows, dkp, dvp)| {
-        with_scratch(sizes, |[p, ds, qp, dop, dq_tile, dl]| {
-            let (bi, g) = (bg / nkv, bg % nkv);
-            dkp.fill(0.0);
-            dvp.fill(0.0);
-            for (n, i0) in (part * TILE..t).step_by(split * TILE).enumerate() {
-                let i1 = (i0 + TILE).min(t);
-                let br = i1 - i0;
-                // The tile's rows m = r·GROUP + hl: query i0 + r of head g·GROUP + hl.
-                let m = br * group;
-                let (qp, dop, dq_tile) = (&mut qp[..m * d], &mut dop[..m * d], &mut dq_tile[..m * d]);
-                let (delta, row_lse) = dl[..2 * m].split_at_mut(m);
-                pack_group_rows(qp, q, &s, bi, i0, g);
-                pack_group_rows(dop, dout, &s, bi, i0, g);
-                dq_tile.fill(0.0);
-                for (row, (dl, rl)) in delta.iter_mut().zip(row_lse.iter_mut()).enumerate() {
-                    let (r, h) = (row / group, g * group + row % group);
-                    let o = s.q_at(bi, i0 + r, h);
-                    *dl = dot(&dout[o..o + d], &out[o..o + d]);
-                    *rl = lse[s.lse_at(bi, h, i0 + r)];
-                }
-                for j0 in (s.first_key(bi, i0, i1)..i1).step_by(KEY_TILE) {
-                    let j1 = (j0 + KEY_TILE).min(i1);
-                    let bc = j1 - j0;
-                    let (p, ds) = (&mut p[..m * bc], &mut ds[..m * bc]);
-                    let ko = s.kv_at(bi, j0, g);
-                    // p = exp(scale · q·kᵀ − lse), zero outside the mask
-                    tile_gemm(m, bc, d, p, (bc, 1), false, qp, (d, 1), &k[ko..], (1, s.kvd), s.scale);
-                    for (row, p_row) in p.chunks_exact_mut(bc).enumerate() {
-                        let (ja, jb) = s.key_range(bi, i0 + row / group, j0, j1);
-                        if ja >= jb {
-                            p_row.fill(0.0);
-                            continue;
-                        }
-                        vm::exp_shifted(&mut p_row[ja..jb], row_lse[row]);
-                        p_row[..ja].fill(0.0);
-                        p_row[jb..].fill(0.0);
+    let ts = s.transposed_stride();
+    let sizes = [rows * KEY_TILE, rows * KEY_TILE, rows * d, rows * d, rows * d, 2 * rows, d * ts, d * ts];
+    {
+        let init = || (Vec::new(), Vec::new());
+        tasks.into_par_iter().for_each_init(init, |(keys, key_rows), (bg, part, mut dq_rows, dkp, dvp, owned)| {
+            with_scratch(sizes, |[p, ds, qp, dop, dq_tile, dl, kt, vt]| {
+                let (bi, g) = (bg / nkv, bg % nkv);
+                // kt, vt [D, ts]: the head's keys and values transposed, while the task's products read them.
+                let o = s.kv_at(bi, 0, g);
+                transpose(kt, ts, &k[o..], s.kvd, t, d);
+                transpose(vt, ts, &v[o..], s.kvd, t, d);
+                dkp.fill(0.0);
+                dvp.fill(0.0);
+                for (n, i0) in (part * TILE..t).step_by(split * TILE).enumerate() {
+                    let i1 = (i0 + TILE).min(t);
+                    let br = i1 - i0;
+                    // The tile's rows m = r·GROUP + hl: query i0 + r of head g·GROUP + hl.
+                    let m = br * group;
+                    let (qp, dop, dq_tile) = (&mut qp[..m * d], &mut dop[..m * d], &mut dq_tile[..m * d]);
+                    let (delta, row_lse) = dl[..2 * m].split_at_mut(m);
+                    pack_group_rows(qp, q, &s, bi, i0, g);
+                    pack_group_rows(dop, dout, &s, bi, i0, g);
+                    dq_tile.fill(0.0);
+                    for (row, (dl, rl)) in delta.iter_mut().zip(row_lse.iter_mut()).enumerate() {
+                        let (r, h) = (row / group, g * group + row % group);
+                        let o = s.q_at(bi, i0 + r, h);
+                        *dl = dot(&dout[o..o + d], &out[o..o + d]);
+                        *rl = lse[s.lse_at(bi, h, i0 + r)];
                     }
-                    // dv_tile[bc, D] += pᵀ · dout_tile
-                    let dvo = j0 * d;
-                    tile_gemm(bc, d, m, &mut dvp[dvo..], (d, 1), true, p, (1, bc), dop, (d, 1), 1.0);
-                    // ds = dout_tile · v_tileᵀ, then ds = p ⊙ (ds − Δ) · scale
-                    tile_gemm(m, bc, d, ds, (bc, 1), false, dop, (d, 1), &v[ko..], (1, s.kvd), 1.0);
-                    for ((ds_row, p_row), &dl) in ds.chunks_exact_mut(bc).zip(p.chunks_exact(bc)).zip(delta.iter()) {
-                        for (x, &pp) in ds_row.iter_mut().zip(p_row) {
-                            *x = pp * (*x - dl) * s.scale;
+                    for j0 in (s.first_key(bi, i0, i1)..i1).step_by(KEY_TILE) {
+                        let j1 = (j0 + KEY_TILE).min(i1);
+                        let bc = j1 - j0;
+                        let (p, ds) = (&mut p[..m * bc], &mut ds[..m * bc]);
+                        let (ko, kto) = (s.kv_at(bi, j0, g), j0);
+                        // p = exp(scale · q·kᵀ − lse), zero outside the mask
+                        keys.clear();
+                        keys.extend((0..m).map(|row| s.key_range(bi, i0 + row / group, j0, j1)));
+                        // Key j's column of p is zero in the rows before the first that sees up to j (each row's
+                        // last key grows with the row), which bounds the rows pᵀ and dsᵀ multiply.
+                        key_rows.clear();
+                        let mut r = 0;
+                        for j in 0..bc {
+                            while r < m && keys[r].1 <= j {
+                                r += 1;
+                            }
+                            key_rows.push((r, m));
                         }
+                        let (kt, vt) = (&kt[kto..], &vt[kto..]);
+                        let exp = Store::Exp { alpha: s.scale, shift: row_lse, keys };
+                        let a_cols = None;
+                        tile_product(
+                            Tiles {
+                                m,
+                                n: bc,
+                                k: d,
+                                c: p,
+                                c_stride: bc,
+                                a: qp,
+                                a_s: (d, 1),
+                                b: kt,
+                                b_stride: ts,
+                                a_cols,
+                            },
+                            exp,
+                        );
+                        // dv_tile[bc, D] += pᵀ · dout_tile
+                        let (dvp, dkp) = (&mut dvp[j0 * d..], &mut dkp[j0 * d..]);
+                        let a_cols = Some(&key_rows[..]);
+                        tile_product(
+                            Tiles {
+                                m: bc,
+                                n: d,
+                                k: m,
+                                c: dvp,
+                                c_stride: d,
+                                a: p,
+                                a_s: (1, bc),
+                                b: dop,
+                                b_stride: d,
+                                a_cols,
+                            },
+                            Store::Add(1.0),
+                        );
+                        // ds = p ⊙ (dout_tile · v_tileᵀ − Δ) · scale
+                        let grad = Store::SoftmaxGrad { alpha: s.scale, p, delta, keys };
+                        let a_cols = None;
+                        tile_product(
+                            Tiles {
+                                m,
+                                n: bc,
+                                k: d,
+                                c: ds,
+                                c_stride: bc,
+                                a: dop,
+                                a_s: (d, 1),
+                                b: vt,
+                                b_stride: ts,
+                                a_cols,
+                            },
+                            grad,
+                        );
+                        // dq_tile[m, D] += ds · k_tile;  dk_tile[bc, D] += dsᵀ · q_tile
+                        let k = &k[ko..];
+                        tile_product(
+                            Tiles {
+                                m,
+                                n: d,
+                                k: bc,
+                                c: dq_tile,
+                                c_stride: d,
+                                a: ds,
+                                a_s: (bc, 1),
+                                b: k,
+                                b_stride: s.kvd,
+                                a_cols: Some(keys),
+                            },
+                            Store::Add(1.0),
+                        );
+                        tile_product(
+                            Tiles {
+                                m: bc,
+                                n: d,
+                                k: m,
+                                c: dkp,
+                                c_stride: d,
+                                a: ds,
+                                a_s: (1, bc),
+                                b: qp,
+                                b_stride: d,
+                                a_cols: Some(key_rows),
+                            },
+                            Store::Add(1.0),
+                        );
                     }
-                    // dq_tile[m, D] += ds · k_tile;  dk_tile[bc, D] += dsᵀ · q_tile
-                    tile_gemm(m, d, bc, dq_tile, (d, 1), true, ds, (bc, 1), &k[ko..], (s.kvd, 1), 1.0);
-                    tile_gemm(bc, d, m, &mut dkp[dvo..], (d, 1), true, ds, (1, bc), qp, (d, 1), 1.0);
+                    for (piece, row) in dq_rows[n * TILE..n * TILE + br].iter_mut().zip(dq_tile.chunks_exact(gd)) {
+                        piece.copy_from_slice(row);
+                    }
                 }
-                for (piece, row) in dq_rows[n * TILE..n * TILE + br].iter_mut().zip(dq_tile.chunks_exact(gd)) {
-                    piece.copy_from_slice(row);
+                if let Some((dk_rows, dv_rows)) = owned {
+                    for ((kr, vr), (ks, vs)) in
+                        dk_rows.into_iter().zip(dv_rows).zip(dkp.chunks_exact(d).zip(dvp.chunks_exact(d)))
+                    {
+                        kr.copy_from_slice(ks);
+                        vr.copy_from_slice(vs);
+                    }
                 }
-            }
-        })
-    });
+            })
+        });
+    }
+    if split == 1 {
+        return;
+    }
     // dk[b, j, g] = Σ over the parts of (b, g) of their shares' row j (and dv)
     let (dk_shares, dv_shares) = (&*dk_heads, &*dv_heads);
     let rows = dk.par_chunks_mut(s.kvd).zip(dv.par_chunks_mut(s.kvd));
@@ -430,6 +571,12 @@ impl<'a> Shape<'a> {
         (b * self.nh + h) * self.t + i
     }
 
+    /// Row stride of the transposed heads [D, T]: T rounded up to 16 plus 16, so that the rows do not fall 1, 2, 4 KiB
+    /// apart (T = 256, 512, 1024), where a block's rows would share a few cache sets and evict each other.
+    fn transposed_stride(&self) -> usize {
+        self.t.next_multiple_of(16) + 16
+    }
+
     /// The first key query (b, i) sees: its document's start, or the window's, whichever is later.
     fn first_seen(&self, b: usize, i: usize) -> usize {
         let doc = self.doc_start.map_or(0, |ds| ds[b * self.t + i] as usize);
@@ -448,23 +595,4 @@ impl<'a> Shape<'a> {
         let hi = (i + 1).min(j1);
         (lo.saturating_sub(j0), hi.saturating_sub(j0))
     }
-}
-
-/// dst[m, n] = (accumulate ? dst : 0) + alpha · lhs[m, k] · rhs[k, n], every operand given by (row, column)
-/// strides from the start of its slice; single-threaded (the callers are already parallel tasks).
-#[allow(clippy::too_many_arguments)]
-fn tile_gemm(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    dst_s: (usize, usize),
-    accumulate: bool,
-    lhs: &[f32],
-    lhs_s: (usize, usize),
-    rhs: &[f32],
-    rhs_s: (usize, usize),
-    alpha: f32,
-) {
-    gemm_strided(m, n, k, dst, dst_s, accumulate, lhs, lhs_s, rhs, rhs_s, alpha, Parallelism::None)
 }

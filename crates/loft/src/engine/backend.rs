@@ -668,7 +668,7 @@ impl Backend for Cpu {
         let (qd, kvd) = (nh * d, nkv * d);
         let (att, q) = (&mut att[..t * qd], &q[..t * qd]);
         if p0 == 0 {
-            // A fresh sequence: the tiled kernel (gemm on blocks of queries and keys) is several times faster.
+            // A fresh sequence: the tiled training kernel (blocks of queries and keys) is several times faster.
             let mut lse = vec![0.0f32; nh * t];
             attention_forward(att, &mut lse, q, &k[..t * kvd], &v[..t * kvd], None, window, 1, t, nh, nkv, d);
         } else {

@@ -1,6 +1,7 @@
 //! The numerical engine: kernels whose forward and backward sit side by side, and the frozen-weight type.
 
 pub mod attention;
+pub mod attention_tiles;
 pub mod backend;
 pub mod bias;
 pub mod cross_entropy;
