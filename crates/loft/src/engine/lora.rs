@@ -281,15 +281,26 @@ fn stacked_a<'a>(loras: &[&'a LoraWeights]) -> Cow<'a, [f32]> {
 /// For every module m of a group reading x [N, I] (q/k/v_proj, or gate/up_proj): y_m = x·W_mᵀ + scale_m ·
 /// (x·A_mᵀ)·B_mᵀ, saving xa_m = x·A_mᵀ. What [`lora_forward`] computes module by module without dropout
 /// (overwriting y), with the A-side products batched: [`lora_group_xa`] first, then each module's frozen product
-/// and at once its adapter's term (y still in cache).
+/// with its adapter's term added to each block of y the product writes ([`FrozenMatrix::forward_then`]): y gets
+/// no pass of its own for the rank-R term (bound by y's read and write, not by its 16 multiply-adds an element).
 pub fn lora_group_forward(x: &[f32], mods: &mut [LoraOut<'_>], n: usize) {
     let xa_all = lora_group_xa(x, mods, n);
     let total = mods.iter().map(|m| m.lora.r).sum();
     let mut off = 0;
     for m in mods.iter_mut() {
-        m.w.forward(m.y, x, n, false);
-        add_lora_term_from(m, &xa_all, total, off, n);
-        off += m.lora.r;
+        let (r, l) = (m.lora.r, m.lora);
+        for (dst, src) in m.xa.chunks_exact_mut(r).zip(xa_all.chunks_exact(total)) {
+            dst.copy_from_slice(&src[off..off + r]);
+        }
+        // part [rows, cols] += scale · xa[row0.., off..off + R] · B[cols, :]ᵀ
+        let xa_all = &xa_all[off..];
+        m.w.forward_then(m.y, x, n, false, |part, row0, cols| {
+            let width = cols.len();
+            let rows = part.len() / width;
+            let (xa, b) = (&xa_all[row0 * total..], &l.b[cols.start * r..]);
+            gemm_strided(rows, width, r, part, (width, 1), true, xa, (total, 1), b, (1, r), l.scale, Parallelism::None)
+        });
+        off += r;
     }
 }
 
