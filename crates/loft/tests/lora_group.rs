@@ -150,6 +150,7 @@ fn a_batched_group_equals_its_layers_one_by_one() {
             (&[64, 16, 16][..], &all[..], &none[..]), // q/k/v with GQA
             (&[80, 80][..], &all[..2], &none[..2]),   // gate/up
             (&[64][..], &all[..1], &none[..1]),       // a layer alone (o_proj, down_proj)
+            (&[1100, 16][..], &all[..2], &none[..2]), // dB in blocks of output rows, the last partial
             (&[64, 16, 16][..], &all[..], &all[..]),  // dropout everywhere
             (&[64, 16, 16][..], &[true, false, true][..], &[false, false, true][..]), // mixed
         ] {

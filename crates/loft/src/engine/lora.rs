@@ -21,7 +21,7 @@ use rayon::prelude::*;
 
 use super::frozen::FrozenMatrix;
 use super::matmul::{gemm_strided, matmul_nn, matmul_nt, matmul_tn, parallelism};
-use super::rank_wide::{rank_wide_product, rank_wide_product_single, LANES};
+use super::rank_wide::{rank_wide_product_single, LANES};
 use crate::rng::SplitMix64;
 
 /// The trained matrices of one adapted linear layer, with PEFT's names and layouts.
@@ -192,7 +192,7 @@ pub fn lora_backward(
         return;
     };
     // y += scale · xa·Bᵀ  →  dB += scale · dyᵀ·xa,  dxa = scale · dy·B
-    add_db(db, dy, xa, n, o, r, lora.scale, parallelism(o, r, n));
+    add_db(db, dy, o, xa, n, o, r, lora.scale, parallelism(o, r, n));
     matmul_nn(dxa, dy, &lora.b, n, o, r, lora.scale, false);
     // y = x·Wᵀ  →  dx = dy·W
     w.backward_input(dx, dy, n, accumulate);
@@ -214,13 +214,26 @@ pub fn lora_backward(
     });
 }
 
-/// db[O, R] += alpha · dy[N, O]ᵀ · xa[N, R]. gemm vectorizes along its output's contiguous side, which in db's own
-/// layout is only R wide; the product goes to a transposed scratch [R, O] (O contiguous, about twice as fast at
-/// R = 16) and is added into db from there.
+/// Output rows of dB per task of [`add_lora_group_grads`]'s backward (gate/up's 1536 in three).
+const DB_BLOCK_COLS: usize = 512;
+
+/// db[O, R] += alpha · dy[N, O]ᵀ · xa[N, R], with dy's rows dy_stride apart (a block of dy's columns) and xa's R.
+/// gemm vectorizes along its output's contiguous side, which in db's own layout is only R wide; the product goes to
+/// a transposed scratch [R, O] (O contiguous, about twice as fast at R = 16) and is added into db from there.
 #[allow(clippy::too_many_arguments)]
-fn add_db(db: &mut [f32], dy: &[f32], xa: &[f32], n: usize, o: usize, r: usize, alpha: f32, threads: Parallelism) {
+fn add_db(
+    db: &mut [f32],
+    dy: &[f32],
+    dy_stride: usize,
+    xa: &[f32],
+    n: usize,
+    o: usize,
+    r: usize,
+    alpha: f32,
+    threads: Parallelism,
+) {
     let mut db_t = vec![0.0f32; r * o];
-    gemm_strided(o, r, n, &mut db_t, (1, o), false, dy, (1, o), xa, (r, 1), alpha, threads);
+    gemm_strided(o, r, n, &mut db_t, (1, o), false, dy, (1, dy_stride), xa, (r, 1), alpha, threads);
     for (row, d) in db[..o * r].chunks_exact_mut(r).enumerate() {
         for (k, d) in d.iter_mut().enumerate() {
             *d += db_t[k * o + row];
@@ -376,36 +389,57 @@ pub fn add_lora_group_grads(dx: &mut [f32], x: &[f32], mods: &mut [LoraGrad<'_>]
     if n == 0 {
         return;
     }
-    let side = half_the_threads();
-    // y_m += scale_m · xa_m·B_mᵀ  →  dB_m += scale_m · dy_mᵀ·xa_m,  dxa_m = scale_m · dy_m·B_m: the dB products on
-    // one half of the threads and the dxa products on the other (the two sides are the same size whatever the
-    // widths), dxa_m written into columns of dxa [N, ΣR] (by engine::rank_wide's kernel up to rank 16, where gemm is
-    // slowest: about 1.6× gemm's speed on one thread).
+    // y_m += scale_m · xa_m·B_mᵀ  →  dB_m += scale_m · dy_mᵀ·xa_m,  dxa_m = scale_m · dy_m·B_m: the dB products (each
+    // cut into blocks of O) and the dxa products (blocks of rows, every module's columns of dxa [N, ΣR] in each) as
+    // one pool of single-threaded tasks, so that a thread done with its side takes tasks from the other (dB costs
+    // more than dxa at gate/up's widths). dxa_m by engine::rank_wide's kernel up to rank 16, where gemm is slowest
+    // (about 1.6× gemm's speed on one thread).
     let mut dxa = vec![0.0f32; n * total];
-    let (mut dbs, mut dys) = (Vec::with_capacity(mods.len()), Vec::with_capacity(mods.len()));
+    let dys: Vec<(&[f32], &LoraWeights)> = mods.iter().map(|m| (m.dy, m.lora)).collect();
+    let mut db_blocks = Vec::new();
     for m in mods.iter_mut() {
-        dbs.push((&mut *m.db, m.dy, m.xa, m.lora));
-        dys.push((m.dy, m.lora));
-    }
-    let db_side = || {
-        for (db, dy, xa, l) in dbs {
-            add_db(db, dy, xa, n, l.out_features, l.r, l.scale, side);
+        let (o, r, l, dy, xa) = (m.lora.out_features, m.lora.r, m.lora, m.dy, m.xa);
+        let cols = o.div_ceil(o.div_ceil(DB_BLOCK_COLS));
+        for (j, db) in m.db.chunks_mut(cols * r).enumerate() {
+            db_blocks.push((db, &dy[j * cols..], o, xa, l));
         }
+    }
+    let threads = rayon::current_num_threads().max(1);
+    let block_rows = if threads == 1 { n } else { n.div_ceil(4 * threads).next_multiple_of(8) };
+    let db_side = || {
+        db_blocks
+            .into_par_iter()
+            .with_max_len(1)
+            .for_each(|(db, dy, o, xa, l)| add_db(db, dy, o, xa, n, db.len() / l.r, l.r, l.scale, Parallelism::None))
     };
     let dxa_side = || {
-        for ((dy, l), &off) in dys.iter().zip(&offsets) {
-            let (o, r) = (l.out_features, l.r);
-            let dst = &mut dxa[off..];
-            match side {
-                _ if r > LANES => {
-                    gemm_strided(n, r, o, dst, (total, 1), false, dy, (o, 1), &l.b, (r, 1), l.scale, side)
+        dxa.par_chunks_mut(block_rows * total).enumerate().for_each(|(c, dst)| {
+            let (row0, rows) = (c * block_rows, dst.len() / total);
+            for ((dy, l), &off) in dys.iter().zip(&offsets) {
+                let (o, r) = (l.out_features, l.r);
+                let (dst, dy) = (&mut dst[off..], &dy[row0 * o..(row0 + rows) * o]);
+                match r {
+                    _ if r > LANES => gemm_strided(
+                        rows,
+                        r,
+                        o,
+                        dst,
+                        (total, 1),
+                        false,
+                        dy,
+                        (o, 1),
+                        &l.b,
+                        (r, 1),
+                        l.scale,
+                        Parallelism::None,
+                    ),
+                    _ => rank_wide_product_single(dst, total, dy, o, &l.b, r, r, l.scale, false),
                 }
-                Parallelism::None => rank_wide_product_single(dst, total, dy, o, &l.b, r, r, l.scale, false),
-                _ => rank_wide_product(dst, total, dy, o, &l.b, r, r, l.scale, false),
             }
-        }
+        })
     };
     rayon::join(db_side, dxa_side);
+    let side = half_the_threads();
     let loras: Vec<&LoraWeights> = mods.iter().map(|m| m.lora).collect();
     let a = stacked_a(&loras);
     // xa = x·Aᵀ  →  dA += dxaᵀ·x,  dx += dxa·A: two products of the same size, side by side.
