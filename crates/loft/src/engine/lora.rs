@@ -4,9 +4,10 @@
 //!
 //! Linear layers that read the same input (q/k/v_proj, gate/up_proj) go through [`lora_group_forward`] and
 //! [`lora_group_backward`] together: their adapters' A-side products are batched into one product against the
-//! stacked [A_1; A_2; …] (x read once, one wide product instead of several rank-wide ones). The rank-wide B-side
-//! products are shared out between the threads by hand (by rows in the forward; the dB and the dxa products side
-//! by side in the backward): gemm's own threads gain little on them. A layer alone (o_proj, down_proj) takes the
+//! stacked [A_1; A_2; …] (x read once, one wide product instead of several rank-wide ones). The products are shared
+//! out between the threads by hand, as tasks of single-threaded products (blocks of rows; in the backward, blocks of
+//! dB's output rows too, and two kinds of product in one pool, so that a thread done with one kind takes the
+//! other's): gemm's own threads gain little on products this narrow. A layer alone (o_proj, down_proj) takes the
 //! same path as a group of one.
 //!
 //! Dropout masks are not stored: each is regenerated from its seed in the backward (one SplitMix64 stream per row),
@@ -294,8 +295,8 @@ fn stacked_a<'a>(loras: &[&'a LoraWeights]) -> Cow<'a, [f32]> {
 /// For every module m of a group reading x [N, I] (q/k/v_proj, or gate/up_proj): y_m = x·W_mᵀ + scale_m ·
 /// (x·A_mᵀ)·B_mᵀ, saving xa_m = x·A_mᵀ. What [`lora_forward`] computes module by module without dropout
 /// (overwriting y), with the A-side products batched: [`lora_group_xa`] first, then each module's frozen product
-/// with its adapter's term added to each block of y the product writes ([`FrozenMatrix::forward_then`]): y gets
-/// no pass of its own for the rank-R term (bound by y's read and write, not by its 16 multiply-adds an element).
+/// with its adapter's term added to each block of y the product writes ([`FrozenMatrix::forward_then`]): over a
+/// quantized base, whose product goes through tiles of output columns, the rank-R term gets no pass of its own over y.
 pub fn lora_group_forward(x: &[f32], mods: &mut [LoraOut<'_>], n: usize) {
     let xa_all = lora_group_xa(x, mods, n);
     let total = mods.iter().map(|m| m.lora.r).sum();
@@ -334,7 +335,15 @@ pub fn lora_group_xa(x: &[f32], mods: &[LoraOut<'_>], n: usize) -> Vec<f32> {
     let (i, _, total) = group_shapes("lora_group_forward", x, n, shapes);
     let loras: Vec<&LoraWeights> = mods.iter().map(|m| m.lora).collect();
     let mut xa_all = vec![0.0f32; n * total];
-    matmul_nt(&mut xa_all, x, &stacked_a(&loras), n, i, total, 1.0, false);
+    if n == 0 || total == 0 {
+        return xa_all;
+    }
+    // In blocks of rows, single-threaded each (gemm's own threads gain little on an output this narrow).
+    let a = stacked_a(&loras);
+    let rows = rows_per_task(n);
+    xa_all.par_chunks_mut(rows * total).zip(x.par_chunks(rows * i)).for_each(|(xa, x)| {
+        gemm_strided(xa.len() / total, total, i, xa, (total, 1), false, x, (i, 1), &a, (1, i), 1.0, Parallelism::None)
+    });
     xa_all
 }
 
@@ -365,6 +374,15 @@ pub fn lora_group_backward(dx: &mut [f32], x: &[f32], mods: &mut [LoraGrad<'_>],
         m.w.backward_input(dx, m.dy, n, accumulate || j > 0);
     }
     add_lora_group_grads(dx, x, mods, n);
+}
+
+/// Rows of N per task where a product is shared out by rows: four tasks a thread (whole blocks of 8 rows), so that a
+/// thread the system holds back is made up for by the others; all N on one thread.
+fn rows_per_task(n: usize) -> usize {
+    match rayon::current_num_threads() {
+        0 | 1 => n.max(1),
+        t => n.div_ceil(4 * t).next_multiple_of(8).max(1),
+    }
 }
 
 /// What each of two products run side by side (rayon::join) gets of the pool: none of it on two threads, where
@@ -404,8 +422,7 @@ pub fn add_lora_group_grads(dx: &mut [f32], x: &[f32], mods: &mut [LoraGrad<'_>]
             db_blocks.push((db, &dy[j * cols..], o, xa, l));
         }
     }
-    let threads = rayon::current_num_threads().max(1);
-    let block_rows = if threads == 1 { n } else { n.div_ceil(4 * threads).next_multiple_of(8) };
+    let block_rows = rows_per_task(n);
     let db_side = || {
         db_blocks
             .into_par_iter()
@@ -442,7 +459,7 @@ pub fn add_lora_group_grads(dx: &mut [f32], x: &[f32], mods: &mut [LoraGrad<'_>]
     let side = half_the_threads();
     let loras: Vec<&LoraWeights> = mods.iter().map(|m| m.lora).collect();
     let a = stacked_a(&loras);
-    // xa = x·Aᵀ  →  dA += dxaᵀ·x,  dx += dxa·A: two products of the same size, side by side.
+    // xa = x·Aᵀ  →  dA += dxaᵀ·x,  dx += dxa·A: two products of the same size, side by side (dx in blocks of rows).
     let (dxa, a) = (&dxa[..], &*a);
     let da_side = || match mods {
         [m] => gemm_strided(total, i, n, m.da, (i, 1), true, dxa, (1, total), x, (i, 1), 1.0, side),
@@ -455,6 +472,11 @@ pub fn add_lora_group_grads(dx: &mut [f32], x: &[f32], mods: &mut [LoraGrad<'_>]
             }
         }
     };
-    let dx_side = || gemm_strided(n, i, total, dx, (i, 1), true, dxa, (total, 1), a, (i, 1), 1.0, side);
+    // dx in blocks of rows, single-threaded each: the thread done with dA takes what is left of them.
+    let dx_side = || {
+        dx.par_chunks_mut(block_rows * i).zip(dxa.par_chunks(block_rows * total)).for_each(|(dx, dxa)| {
+            gemm_strided(dx.len() / i, i, total, dx, (i, 1), true, dxa, (total, 1), a, (i, 1), 1.0, Parallelism::None)
+        })
+    };
     rayon::join(da_side, dx_side);
 }
