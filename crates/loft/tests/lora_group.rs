@@ -150,6 +150,7 @@ fn a_batched_group_equals_its_layers_one_by_one() {
             (&[64, 16, 16][..], &all[..], &none[..]), // q/k/v with GQA
             (&[80, 80][..], &all[..2], &none[..2]),   // gate/up
             (&[64][..], &all[..1], &none[..1]),       // a layer alone (o_proj, down_proj)
+            (&[1100, 16][..], &all[..2], &none[..2]), // dB in blocks of output rows, the last partial
             (&[64, 16, 16][..], &all[..], &all[..]),  // dropout everywhere
             (&[64, 16, 16][..], &[true, false, true][..], &[false, false, true][..]), // mixed
         ] {
@@ -165,6 +166,34 @@ fn a_batched_group_equals_its_layers_one_by_one() {
                     close(&format!("{tag}: dA[{k}]"), &das[k], &das0[k]);
                     close(&format!("{tag}: dB[{k}]"), &dbs[k], &dbs0[k]);
                 }
+            }
+        }
+    }
+}
+
+/// The same over a quantized base (Q8_0), whose forward adds each adapter's term to the frozen product's tiles of
+/// output columns (FrozenMatrix::forward_then): widths of several tiles, the last partial, and of less than one.
+#[test]
+fn a_batched_group_over_a_quantized_base_equals_its_layers_one_by_one() {
+    let (n, i) = (37, 64);
+    let x = rand(n * i, 1);
+    for (outs, adapted) in [(&[150, 40, 40][..], &[true; 3][..]), (&[150, 40][..], &[false, true][..])] {
+        let mut layers = group(i, outs, 16, adapted, &vec![false; outs.len()]);
+        for l in layers.iter_mut() {
+            let (o, w) = (l.w.rows, l.w.to_f32().into_owned());
+            let q = gguf::quantize(gguf::GgmlType::Q8_0, &w, i).unwrap();
+            l.w = FrozenMatrix::from_quantized(o, i, gguf::GgmlType::Q8_0, q).unwrap();
+        }
+        let tag = format!("Q8_0 base, outs {outs:?} adapted {adapted:?}");
+        let (ys, xas, dx, das, dbs) = run(&layers, &x, n, true);
+        let (ys0, xas0, dx0, das0, dbs0) = run(&layers, &x, n, false);
+        close(&format!("{tag}: dx"), &dx, &dx0);
+        for k in 0..layers.len() {
+            close(&format!("{tag}: y[{k}]"), &ys[k], &ys0[k]);
+            if adapted[k] {
+                close(&format!("{tag}: xa[{k}]"), &xas[k], &xas0[k]);
+                close(&format!("{tag}: dA[{k}]"), &das[k], &das0[k]);
+                close(&format!("{tag}: dB[{k}]"), &dbs[k], &dbs0[k]);
             }
         }
     }

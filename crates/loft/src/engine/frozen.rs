@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 use std::borrow::Cow;
+use std::ops::Range;
 use std::sync::{Mutex, PoisonError};
 
 use gguf::GgmlType;
@@ -128,10 +129,33 @@ impl FrozenMatrix {
 
     /// y[N, rows] = (accumulate ? y : 0) + x[N, cols] · Wᵀ
     pub fn forward(&self, y: &mut [f32], x: &[f32], n: usize, accumulate: bool) {
+        self.forward_then(y, x, n, accumulate, |_, _, _| {})
+    }
+
+    /// [`FrozenMatrix::forward`] with a term added to each block of the product while the block is still in cache:
+    /// `then(part, row0, cols)` adds into rows row0.. of the product's columns `cols` (part: [part.len() /
+    /// cols.len(), cols.len()], contiguous; whether it already holds y's previous value when accumulating depends on
+    /// the storage, so `then` must only add). The blocks cover y once (never an empty one), several at a time on different threads. For
+    /// the LoRA adapter's term y += s·xa·Bᵀ, a block of B's rows at a time, without a pass of its own over y.
+    pub fn forward_then(
+        &self,
+        y: &mut [f32],
+        x: &[f32],
+        n: usize,
+        accumulate: bool,
+        then: impl Fn(&mut [f32], usize, Range<usize>) + Sync,
+    ) {
         let (rows, cols) = (self.rows, self.cols);
         assert!(y.len() >= n * rows && x.len() >= n * cols, "FrozenMatrix::forward: operand too small");
+        let y = &mut y[..n * rows];
         match &self.storage {
-            Storage::F32(w) => matmul_nt(y, x, w, n, cols, rows, accumulate),
+            Storage::F32(w) => {
+                matmul_nt(y, x, w, n, cols, rows, accumulate);
+                if rows > 0 {
+                    let chunk = n.div_ceil(rayon::current_num_threads().max(1)).max(1);
+                    y.par_chunks_mut(chunk * rows).enumerate().for_each(|(j, part)| then(part, j * chunk, 0..rows));
+                }
+            }
             Storage::Quantized { dtype, data, row_bytes } if n <= DOT_MAX_ROWS => {
                 let xs: Vec<&[f32]> = x[..n * cols].chunks_exact(cols).collect();
                 rows_in_parallel(y, rows, n, accumulate, Vec::new, |scratch, r0, out| {
@@ -140,12 +164,15 @@ impl FrozenMatrix {
                         quant_dot::dot_rows(*dtype, &data[r * row_bytes..(r + 1) * row_bytes], &xs, scratch, o)
                     }
                 });
+                if rows > 0 {
+                    then(y, 0, 0..rows);
+                }
             }
             Storage::Quantized { .. } | Storage::Nf4(_) => {
                 // Tiles of weight rows in parallel: a task dequantizes rows [r0, r1) and multiplies them into its
                 // own [N, r1 - r0] buffer, then copies that into columns [r0, r1) of y under the lock (the copy is
                 // about 1/(2·cols) of the product's work, so the tasks rarely wait for it).
-                let y = Mutex::new(&mut y[..n * rows]);
+                let y = Mutex::new(y);
                 let scratch = || (Vec::new(), Vec::new());
                 (0..rows.div_ceil(TILE_ROWS)).into_par_iter().for_each_init(scratch, |(tile, part), t| {
                     let (r0, r1) = (t * TILE_ROWS, ((t + 1) * TILE_ROWS).min(rows));
@@ -154,6 +181,7 @@ impl FrozenMatrix {
                     self.rows_into(r0, r1, tile);
                     part.resize(n * m, 0.0);
                     matmul_nt_single(part, x, tile, n, cols, m);
+                    then(part, 0, r0..r1);
                     let mut y = y.lock().unwrap_or_else(PoisonError::into_inner);
                     for (y_row, p_row) in y.chunks_exact_mut(rows).zip(part.chunks_exact(m)) {
                         let dst = &mut y_row[r0..r1];
@@ -371,6 +399,43 @@ mod tests {
             let q = gguf::quantize(dtype, &w, cols).unwrap();
             let fq = FrozenMatrix::from_quantized(rows, cols, dtype, q).unwrap();
             assert_products_equal_the_twin(&fq, &format!("{dtype}"));
+        }
+    }
+
+    /// forward_then's blocks cover y exactly once, each told its rows and columns: a term that depends on the
+    /// position, added through them, equals the same term added after forward, for f32 and quantized storage (the
+    /// row-by-row products of a few rows and the tiles of more, the last one partial), overwriting and accumulating.
+    #[test]
+    fn forward_then_adds_its_term_once_to_every_element() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let (rows, cols) = (300, 96);
+        let w = rand(rows * cols, 1);
+        let q4 =
+            FrozenMatrix::from_quantized(rows, cols, GgmlType::Q4_1, gguf::quantize(GgmlType::Q4_1, &w, cols).unwrap());
+        for (label, fm) in [("f32", FrozenMatrix::from_f32(rows, cols, w.clone())), ("Q4_1", q4.unwrap())] {
+            for n in [1, 3, DOT_MAX_ROWS + 1, 100] {
+                let x = rand(n * cols, 2 + n as u64);
+                let term = |i: usize, j: usize| ((i * 7 + j * 3) % 11) as f32 * 0.125;
+                for accumulate in [false, true] {
+                    let (mut a, mut b) = (rand(n * rows, 5), rand(n * rows, 5));
+                    let covered = AtomicUsize::new(0);
+                    fm.forward_then(&mut a, &x, n, accumulate, |part, row0, cs| {
+                        covered.fetch_add(part.len(), Ordering::Relaxed);
+                        for (i, p_row) in part.chunks_exact_mut(cs.len()).enumerate() {
+                            for (j, p) in cs.clone().zip(p_row) {
+                                *p += term(row0 + i, j);
+                            }
+                        }
+                    });
+                    fm.forward(&mut b, &x, n, accumulate);
+                    for (k, v) in b.iter_mut().enumerate() {
+                        *v += term(k / rows, k % rows);
+                    }
+                    assert_eq!(covered.into_inner(), n * rows, "{label} n={n}: the blocks do not cover y once");
+                    let worst = a.iter().zip(&b).map(|(p, q)| (p - q).abs() / (1.0 + q.abs())).fold(0.0, f32::max);
+                    assert!(worst < 1e-5, "{label} n={n} accumulate={accumulate}: differs by {worst}");
+                }
+            }
         }
     }
 

@@ -4,9 +4,10 @@
 //!
 //! Linear layers that read the same input (q/k/v_proj, gate/up_proj) go through [`lora_group_forward`] and
 //! [`lora_group_backward`] together: their adapters' A-side products are batched into one product against the
-//! stacked [A_1; A_2; …] (x read once, one wide product instead of several rank-wide ones). The rank-wide B-side
-//! products are shared out between the threads by hand (by rows in the forward; the dB and the dxa products side
-//! by side in the backward): gemm's own threads gain little on them. A layer alone (o_proj, down_proj) takes the
+//! stacked [A_1; A_2; …] (x read once, one wide product instead of several rank-wide ones). The products are shared
+//! out between the threads by hand, as tasks of single-threaded products (blocks of rows; in the backward, blocks of
+//! dB's output rows too, and two kinds of product in one pool, so that a thread done with one kind takes the
+//! other's): gemm's own threads gain little on products this narrow. A layer alone (o_proj, down_proj) takes the
 //! same path as a group of one.
 //!
 //! Dropout masks are not stored: each is regenerated from its seed in the backward (one SplitMix64 stream per row),
@@ -21,7 +22,7 @@ use rayon::prelude::*;
 
 use super::frozen::FrozenMatrix;
 use super::matmul::{gemm_strided, matmul_nn, matmul_nt, matmul_tn, parallelism};
-use super::rank_wide::{rank_wide_product, rank_wide_product_single, LANES};
+use super::rank_wide::{rank_wide_product_single, LANES};
 use crate::rng::SplitMix64;
 
 /// The trained matrices of one adapted linear layer, with PEFT's names and layouts.
@@ -192,7 +193,7 @@ pub fn lora_backward(
         return;
     };
     // y += scale · xa·Bᵀ  →  dB += scale · dyᵀ·xa,  dxa = scale · dy·B
-    add_db(db, dy, xa, n, o, r, lora.scale, parallelism(o, r, n));
+    add_db(db, dy, o, xa, n, o, r, lora.scale, parallelism(o, r, n));
     matmul_nn(dxa, dy, &lora.b, n, o, r, lora.scale, false);
     // y = x·Wᵀ  →  dx = dy·W
     w.backward_input(dx, dy, n, accumulate);
@@ -214,13 +215,26 @@ pub fn lora_backward(
     });
 }
 
-/// db[O, R] += alpha · dy[N, O]ᵀ · xa[N, R]. gemm vectorizes along its output's contiguous side, which in db's own
-/// layout is only R wide; the product goes to a transposed scratch [R, O] (O contiguous, about twice as fast at
-/// R = 16) and is added into db from there.
+/// Output rows of dB per task of [`add_lora_group_grads`]'s backward (gate/up's 1536 in three).
+const DB_BLOCK_COLS: usize = 512;
+
+/// db[O, R] += alpha · dy[N, O]ᵀ · xa[N, R], with dy's rows dy_stride apart (a block of dy's columns) and xa's R.
+/// gemm vectorizes along its output's contiguous side, which in db's own layout is only R wide; the product goes to
+/// a transposed scratch [R, O] (O contiguous, about twice as fast at R = 16) and is added into db from there.
 #[allow(clippy::too_many_arguments)]
-fn add_db(db: &mut [f32], dy: &[f32], xa: &[f32], n: usize, o: usize, r: usize, alpha: f32, threads: Parallelism) {
+fn add_db(
+    db: &mut [f32],
+    dy: &[f32],
+    dy_stride: usize,
+    xa: &[f32],
+    n: usize,
+    o: usize,
+    r: usize,
+    alpha: f32,
+    threads: Parallelism,
+) {
     let mut db_t = vec![0.0f32; r * o];
-    gemm_strided(o, r, n, &mut db_t, (1, o), false, dy, (1, o), xa, (r, 1), alpha, threads);
+    gemm_strided(o, r, n, &mut db_t, (1, o), false, dy, (1, dy_stride), xa, (r, 1), alpha, threads);
     for (row, d) in db[..o * r].chunks_exact_mut(r).enumerate() {
         for (k, d) in d.iter_mut().enumerate() {
             *d += db_t[k * o + row];
@@ -281,15 +295,26 @@ fn stacked_a<'a>(loras: &[&'a LoraWeights]) -> Cow<'a, [f32]> {
 /// For every module m of a group reading x [N, I] (q/k/v_proj, or gate/up_proj): y_m = x·W_mᵀ + scale_m ·
 /// (x·A_mᵀ)·B_mᵀ, saving xa_m = x·A_mᵀ. What [`lora_forward`] computes module by module without dropout
 /// (overwriting y), with the A-side products batched: [`lora_group_xa`] first, then each module's frozen product
-/// and at once its adapter's term (y still in cache).
+/// with its adapter's term added to each block of y the product writes ([`FrozenMatrix::forward_then`]): over a
+/// quantized base, whose product goes through tiles of output columns, the rank-R term gets no pass of its own over y.
 pub fn lora_group_forward(x: &[f32], mods: &mut [LoraOut<'_>], n: usize) {
     let xa_all = lora_group_xa(x, mods, n);
     let total = mods.iter().map(|m| m.lora.r).sum();
     let mut off = 0;
     for m in mods.iter_mut() {
-        m.w.forward(m.y, x, n, false);
-        add_lora_term_from(m, &xa_all, total, off, n);
-        off += m.lora.r;
+        let (r, l) = (m.lora.r, m.lora);
+        for (dst, src) in m.xa.chunks_exact_mut(r).zip(xa_all.chunks_exact(total)) {
+            dst.copy_from_slice(&src[off..off + r]);
+        }
+        // part [rows, cols] += scale · xa[row0.., off..off + R] · B[cols, :]ᵀ
+        let xa_all = &xa_all[off..];
+        m.w.forward_then(m.y, x, n, false, |part, row0, cols| {
+            let width = cols.len();
+            let rows = part.len() / width;
+            let (xa, b) = (&xa_all[row0 * total..], &l.b[cols.start * r..]);
+            gemm_strided(rows, width, r, part, (width, 1), true, xa, (total, 1), b, (1, r), l.scale, Parallelism::None)
+        });
+        off += r;
     }
 }
 
@@ -310,7 +335,15 @@ pub fn lora_group_xa(x: &[f32], mods: &[LoraOut<'_>], n: usize) -> Vec<f32> {
     let (i, _, total) = group_shapes("lora_group_forward", x, n, shapes);
     let loras: Vec<&LoraWeights> = mods.iter().map(|m| m.lora).collect();
     let mut xa_all = vec![0.0f32; n * total];
-    matmul_nt(&mut xa_all, x, &stacked_a(&loras), n, i, total, 1.0, false);
+    if n == 0 || total == 0 {
+        return xa_all;
+    }
+    // In blocks of rows, single-threaded each (gemm's own threads gain little on an output this narrow).
+    let a = stacked_a(&loras);
+    let rows = rows_per_task(n);
+    xa_all.par_chunks_mut(rows * total).zip(x.par_chunks(rows * i)).for_each(|(xa, x)| {
+        gemm_strided(xa.len() / total, total, i, xa, (total, 1), false, x, (i, 1), &a, (1, i), 1.0, Parallelism::None)
+    });
     xa_all
 }
 
@@ -343,6 +376,15 @@ pub fn lora_group_backward(dx: &mut [f32], x: &[f32], mods: &mut [LoraGrad<'_>],
     add_lora_group_grads(dx, x, mods, n);
 }
 
+/// Rows of N per task where a product is shared out by rows: four tasks a thread (whole blocks of 8 rows), so that a
+/// thread the system holds back is made up for by the others; all N on one thread.
+fn rows_per_task(n: usize) -> usize {
+    match rayon::current_num_threads() {
+        0 | 1 => n.max(1),
+        t => n.div_ceil(4 * t).next_multiple_of(8).max(1),
+    }
+}
+
 /// What each of two products run side by side (rayon::join) gets of the pool: none of it on two threads, where
 /// the pair already fills the machine, half of it on more.
 fn half_the_threads() -> Parallelism {
@@ -365,39 +407,59 @@ pub fn add_lora_group_grads(dx: &mut [f32], x: &[f32], mods: &mut [LoraGrad<'_>]
     if n == 0 {
         return;
     }
-    let side = half_the_threads();
-    // y_m += scale_m · xa_m·B_mᵀ  →  dB_m += scale_m · dy_mᵀ·xa_m,  dxa_m = scale_m · dy_m·B_m: the dB products on
-    // one half of the threads and the dxa products on the other (the two sides are the same size whatever the
-    // widths), dxa_m written into columns of dxa [N, ΣR] (by engine::rank_wide's kernel up to rank 16, where gemm is
-    // slowest: about 1.6× gemm's speed on one thread).
+    // y_m += scale_m · xa_m·B_mᵀ  →  dB_m += scale_m · dy_mᵀ·xa_m,  dxa_m = scale_m · dy_m·B_m: the dB products (each
+    // cut into blocks of O) and the dxa products (blocks of rows, every module's columns of dxa [N, ΣR] in each) as
+    // one pool of single-threaded tasks, so that a thread done with its side takes tasks from the other (dB costs
+    // more than dxa at gate/up's widths). dxa_m by engine::rank_wide's kernel up to rank 16, where gemm is slowest
+    // (about 1.6× gemm's speed on one thread).
     let mut dxa = vec![0.0f32; n * total];
-    let (mut dbs, mut dys) = (Vec::with_capacity(mods.len()), Vec::with_capacity(mods.len()));
+    let dys: Vec<(&[f32], &LoraWeights)> = mods.iter().map(|m| (m.dy, m.lora)).collect();
+    let mut db_blocks = Vec::new();
     for m in mods.iter_mut() {
-        dbs.push((&mut *m.db, m.dy, m.xa, m.lora));
-        dys.push((m.dy, m.lora));
-    }
-    let db_side = || {
-        for (db, dy, xa, l) in dbs {
-            add_db(db, dy, xa, n, l.out_features, l.r, l.scale, side);
+        let (o, r, l, dy, xa) = (m.lora.out_features, m.lora.r, m.lora, m.dy, m.xa);
+        let cols = o.div_ceil(o.div_ceil(DB_BLOCK_COLS));
+        for (j, db) in m.db.chunks_mut(cols * r).enumerate() {
+            db_blocks.push((db, &dy[j * cols..], o, xa, l));
         }
+    }
+    let block_rows = rows_per_task(n);
+    let db_side = || {
+        db_blocks
+            .into_par_iter()
+            .with_max_len(1)
+            .for_each(|(db, dy, o, xa, l)| add_db(db, dy, o, xa, n, db.len() / l.r, l.r, l.scale, Parallelism::None))
     };
     let dxa_side = || {
-        for ((dy, l), &off) in dys.iter().zip(&offsets) {
-            let (o, r) = (l.out_features, l.r);
-            let dst = &mut dxa[off..];
-            match side {
-                _ if r > LANES => {
-                    gemm_strided(n, r, o, dst, (total, 1), false, dy, (o, 1), &l.b, (r, 1), l.scale, side)
+        dxa.par_chunks_mut(block_rows * total).enumerate().for_each(|(c, dst)| {
+            let (row0, rows) = (c * block_rows, dst.len() / total);
+            for ((dy, l), &off) in dys.iter().zip(&offsets) {
+                let (o, r) = (l.out_features, l.r);
+                let (dst, dy) = (&mut dst[off..], &dy[row0 * o..(row0 + rows) * o]);
+                match r {
+                    _ if r > LANES => gemm_strided(
+                        rows,
+                        r,
+                        o,
+                        dst,
+                        (total, 1),
+                        false,
+                        dy,
+                        (o, 1),
+                        &l.b,
+                        (r, 1),
+                        l.scale,
+                        Parallelism::None,
+                    ),
+                    _ => rank_wide_product_single(dst, total, dy, o, &l.b, r, r, l.scale, false),
                 }
-                Parallelism::None => rank_wide_product_single(dst, total, dy, o, &l.b, r, r, l.scale, false),
-                _ => rank_wide_product(dst, total, dy, o, &l.b, r, r, l.scale, false),
             }
-        }
+        })
     };
     rayon::join(db_side, dxa_side);
+    let side = half_the_threads();
     let loras: Vec<&LoraWeights> = mods.iter().map(|m| m.lora).collect();
     let a = stacked_a(&loras);
-    // xa = x·Aᵀ  →  dA += dxaᵀ·x,  dx += dxa·A: two products of the same size, side by side.
+    // xa = x·Aᵀ  →  dA += dxaᵀ·x,  dx += dxa·A: two products of the same size, side by side (dx in blocks of rows).
     let (dxa, a) = (&dxa[..], &*a);
     let da_side = || match mods {
         [m] => gemm_strided(total, i, n, m.da, (i, 1), true, dxa, (1, total), x, (i, 1), 1.0, side),
@@ -410,6 +472,11 @@ pub fn add_lora_group_grads(dx: &mut [f32], x: &[f32], mods: &mut [LoraGrad<'_>]
             }
         }
     };
-    let dx_side = || gemm_strided(n, i, total, dx, (i, 1), true, dxa, (total, 1), a, (i, 1), 1.0, side);
+    // dx in blocks of rows, single-threaded each: the thread done with dA takes what is left of them.
+    let dx_side = || {
+        dx.par_chunks_mut(block_rows * i).zip(dxa.par_chunks(block_rows * total)).for_each(|(dx, dxa)| {
+            gemm_strided(dx.len() / i, i, total, dx, (i, 1), true, dxa, (total, 1), a, (i, 1), 1.0, Parallelism::None)
+        })
+    };
     rayon::join(da_side, dx_side);
 }
