@@ -136,28 +136,7 @@ impl Moments {
     /// `AdamW8bit` follows bitsandbytes' kernels: the Adam step as `p += -lr·√c2/c1 · m / (√v + √c2·eps)`, then
     /// the decay `p *= 1 − lr·wd` (bitsandbytes decays after the step; the difference is O(lr²·wd)).
     pub fn update(&mut self, cfg: &OptimConfig, p: &mut [f32], g: &[f32], lr: f32, t: u64) {
-        match self {
-            Moments::F32 { exp_avg, exp_avg_sq } => {
-                let k = F32Update::new(cfg, lr, t);
-                p.par_chunks_mut(CHUNK)
-                    .zip(g.par_chunks(CHUNK))
-                    .zip(exp_avg.par_chunks_mut(CHUNK))
-                    .zip(exp_avg_sq.par_chunks_mut(CHUNK))
-                    .for_each(|(((p, g), m), v)| k.chunk(p, g, m, v));
-            }
-            Moments::Blockwise8 { state1, absmax1, state2, absmax2 } => {
-                let k = BnbAdam::new(cfg, lr, t);
-                let (signed, unsigned) = code_books();
-                p.par_chunks_mut(BLOCK_SIZE)
-                    .zip(g.par_chunks(BLOCK_SIZE))
-                    .zip(state1.par_chunks_mut(BLOCK_SIZE))
-                    .zip(absmax1.par_iter_mut())
-                    .zip(state2.par_chunks_mut(BLOCK_SIZE))
-                    .zip(absmax2.par_iter_mut())
-                    .with_min_len(16)
-                    .for_each(|(((((p, g), c1), a1), c2), a2)| k.update_block8(p, g, c1, a1, c2, a2, signed, unsigned));
-            }
-        }
+        Moments::update_all(vec![(self, p, g, lr)], cfg, t);
     }
 
     /// [`Moments::update`] of many tensors at step t (each with its own learning rate), as one parallel pass over
@@ -176,7 +155,20 @@ impl Moments {
                     let parts = parts.zip(exp_avg.chunks_mut(CHUNK)).zip(exp_avg_sq.chunks_mut(CHUNK));
                     chunks.extend(parts.map(|(((p, g), m), v)| (k, p, g, m, v)));
                 }
-                blockwise => blockwise.update(cfg, p, g, lr, t),
+                Moments::Blockwise8 { state1, absmax1, state2, absmax2 } => {
+                    let k = BnbAdam::new(cfg, lr, t);
+                    let (signed, unsigned) = code_books();
+                    p.par_chunks_mut(BLOCK_SIZE)
+                        .zip(g.par_chunks(BLOCK_SIZE))
+                        .zip(state1.par_chunks_mut(BLOCK_SIZE))
+                        .zip(absmax1.par_iter_mut())
+                        .zip(state2.par_chunks_mut(BLOCK_SIZE))
+                        .zip(absmax2.par_iter_mut())
+                        .with_min_len(16)
+                        .for_each(|(((((p, g), c1), a1), c2), a2)| {
+                            k.update_block8(p, g, c1, a1, c2, a2, signed, unsigned)
+                        });
+                }
             }
         }
         chunks.into_par_iter().for_each(|(k, p, g, m, v)| kernels[k].chunk(p, g, m, v));
@@ -276,11 +268,6 @@ impl TorchAdamW {
             apply_decay: wd != 0.0,
         }
     }
-
-    // p, g, m, v: [chunk]
-    fn update(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
-        torch_adamw_chunk(self, p, g, m, v);
-    }
 }
 
 widest_vectors! {
@@ -316,7 +303,7 @@ impl F32Update {
     /// p, g, m, v: [chunk]
     fn chunk(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
         match self {
-            F32Update::Torch(k) => k.update(p, g, m, v),
+            F32Update::Torch(k) => torch_adamw_chunk(k, p, g, m, v),
             F32Update::Bnb(k) => {
                 for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
                     k.update(p, g, m, v);
@@ -586,7 +573,7 @@ mod tests {
             let m0: Vec<f32> = g.iter().map(|g| g * 0.3).collect();
             let v0: Vec<f32> = g.iter().map(|g| g * g * 0.7).collect();
             let (mut p, mut m, mut v) = (p0.clone(), m0.clone(), v0.clone());
-            k.update(&mut p, &g, &mut m, &mut v);
+            torch_adamw_chunk(&k, &mut p, &g, &mut m, &mut v);
             let (mut wp, mut wm, mut wv) = (p0, m0, v0);
             let decay = if k.apply_decay { k.decay } else { 1.0 };
             for i in 0..n {
