@@ -20,6 +20,9 @@ use super::nf4::Nf4Blocks;
 use super::q8_dot::{self, Q8Vector};
 use super::quant_dot;
 
+/// [`FrozenMatrix::forward_then`]'s term: (part of the product, its first row, its columns).
+type BlockTerm<'a> = dyn Fn(&mut [f32], usize, Range<usize>) + Sync + 'a;
+
 #[derive(Clone, Debug)]
 pub struct FrozenMatrix {
     pub rows: usize,
@@ -129,14 +132,16 @@ impl FrozenMatrix {
 
     /// y[N, rows] = (accumulate ? y : 0) + x[N, cols] · Wᵀ
     pub fn forward(&self, y: &mut [f32], x: &[f32], n: usize, accumulate: bool) {
-        self.forward_then(y, x, n, accumulate, |_, _, _| {})
+        self.product(y, x, n, accumulate, None)
     }
 
-    /// [`FrozenMatrix::forward`] with a term added to each block of the product while the block is still in cache:
-    /// `then(part, row0, cols)` adds into rows row0.. of the product's columns `cols` (part: [part.len() /
-    /// cols.len(), cols.len()], contiguous; whether it already holds y's previous value when accumulating depends on
-    /// the storage, so `then` must only add). The blocks cover y once (never an empty one), several at a time on different threads. For
-    /// the LoRA adapter's term y += s·xa·Bᵀ, a block of B's rows at a time, without a pass of its own over y.
+    /// [`FrozenMatrix::forward`] with a term added to each block of the product: `then(part, row0, cols)` adds into
+    /// rows row0.. of the product's columns `cols` (part: [part.len() / cols.len(), cols.len()], contiguous; whether
+    /// it already holds y's previous value when accumulating depends on the storage, so `then` must only add). The
+    /// blocks cover y once. Over blocks of a quantized base each tile gets its term on the thread that multiplied it,
+    /// while it is in cache; over f32 weights, the term is a pass after the product, by rows on the threads; for the
+    /// few rows of a decoding step, one call over all of y. For the LoRA adapter's term y += s·xa·Bᵀ, a block of B's
+    /// rows at a time.
     pub fn forward_then(
         &self,
         y: &mut [f32],
@@ -145,13 +150,18 @@ impl FrozenMatrix {
         accumulate: bool,
         then: impl Fn(&mut [f32], usize, Range<usize>) + Sync,
     ) {
+        self.product(y, x, n, accumulate, Some(&then))
+    }
+
+    /// [`FrozenMatrix::forward_then`], the term optional (`forward` takes no pass for it).
+    fn product(&self, y: &mut [f32], x: &[f32], n: usize, accumulate: bool, then: Option<&BlockTerm<'_>>) {
         let (rows, cols) = (self.rows, self.cols);
         assert!(y.len() >= n * rows && x.len() >= n * cols, "FrozenMatrix::forward: operand too small");
         let y = &mut y[..n * rows];
         match &self.storage {
             Storage::F32(w) => {
                 matmul_nt(y, x, w, n, cols, rows, accumulate);
-                if rows > 0 {
+                if let (Some(then), true) = (then, rows > 0) {
                     let chunk = n.div_ceil(rayon::current_num_threads().max(1)).max(1);
                     y.par_chunks_mut(chunk * rows).enumerate().for_each(|(j, part)| then(part, j * chunk, 0..rows));
                 }
@@ -164,7 +174,7 @@ impl FrozenMatrix {
                         quant_dot::dot_rows(*dtype, &data[r * row_bytes..(r + 1) * row_bytes], &xs, scratch, o)
                     }
                 });
-                if rows > 0 {
+                if let (Some(then), true) = (then, rows > 0) {
                     then(y, 0, 0..rows);
                 }
             }
@@ -181,7 +191,9 @@ impl FrozenMatrix {
                     self.rows_into(r0, r1, tile);
                     part.resize(n * m, 0.0);
                     matmul_nt_single(part, x, tile, n, cols, m);
-                    then(part, 0, r0..r1);
+                    if let Some(then) = then {
+                        then(part, 0, r0..r1);
+                    }
                     let mut y = y.lock().unwrap_or_else(PoisonError::into_inner);
                     for (y_row, p_row) in y.chunks_exact_mut(rows).zip(part.chunks_exact(m)) {
                         let dst = &mut y_row[r0..r1];
