@@ -22,7 +22,7 @@ use rayon::prelude::*;
 
 use super::frozen::FrozenMatrix;
 use super::matmul::{gemm_strided, matmul_nn, matmul_nt, matmul_tn, parallelism};
-use super::rank_wide::{rank_wide_product_single, LANES};
+use super::rank_wide::{rank_wide_product, LANES};
 use crate::rng::SplitMix64;
 
 /// The trained matrices of one adapted linear layer, with PEFT's names and layouts.
@@ -450,7 +450,7 @@ pub fn add_lora_group_grads(dx: &mut [f32], x: &[f32], mods: &mut [LoraGrad<'_>]
                         l.scale,
                         Parallelism::None,
                     ),
-                    _ => rank_wide_product_single(dst, total, dy, o, &l.b, r, r, l.scale, false),
+                    _ => rank_wide_product(dst, total, dy, o, &l.b, r, r, l.scale, false),
                 }
             }
         })

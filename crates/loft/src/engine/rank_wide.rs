@@ -1,48 +1,20 @@
-//! Products whose output is only a LoRA rank wide: c[N, R] = alpha · x[N, K] · b[K, R] (+ c), as in xa = x·Aᵀ
-//! (b = Aᵀ) and dxa = dy·B (b = B itself). gemm vectorizes along its output's rows here, which are only R long;
+//! Products whose output is only a LoRA rank wide: c[N, R] = alpha · x[N, K] · b[K, R] (+ c), as dxa = dy·B is in
+//! the LoRA backward (b = B itself). gemm vectorizes along its output's rows here, which are only R long;
 //! this kernel holds a block of rows' outputs in registers instead (ROWS rows × 16 lanes of R), and per step of K
 //! broadcasts one x value per row against one 16-wide row of b: every load of b feeds ROWS fused multiply-adds.
 //! Compiled for AVX-512 (8 rows), AVX2 (4 rows) and the baseline (4 rows, separate multiply and add), the widest
-//! the CPU has chosen at run time; rows are shared out between the threads.
+//! the CPU has chosen at run time. It runs on the calling thread (the LoRA backward shares blocks of rows out as
+//! tasks).
 //! Legend: N = rows, K = inner width, R = output width (a rank, or a sum of ranks).
-
-use rayon::prelude::*;
 
 /// Lanes of R held per accumulator: one AVX-512 vector, two AVX2 ones. Outputs up to this wide take one pass over x;
 /// wider ones one pass per block of LANES columns (where gemm does better).
 pub const LANES: usize = 16;
 
 /// c[n, 0..R] = alpha · Σ_k x[n, k] · b[k, 0..R] (+ c[n, 0..R] when `accumulate`) for the N = x.len() / K rows of x,
-/// row n of c at c[n · c_stride..], row k of b at b[k · b_stride..] (strides ≥ R). Rows split over the threads.
+/// row n of c at c[n · c_stride..], row k of b at b[k · b_stride..] (strides ≥ R).
 #[allow(clippy::too_many_arguments)]
 pub fn rank_wide_product(
-    c: &mut [f32],
-    c_stride: usize,
-    x: &[f32],
-    k: usize,
-    b: &[f32],
-    b_stride: usize,
-    r: usize,
-    alpha: f32,
-    accumulate: bool,
-) {
-    let n = x.len().checked_div(k).unwrap_or(0);
-    check(c, c_stride, x, k, b, b_stride, r, n);
-    if n == 0 || r == 0 {
-        return;
-    }
-    let threads = rayon::current_num_threads().max(1);
-    // Below about 2^18 multiply-adds a task costs more than it saves. Four tasks a thread (whole blocks of rows),
-    // so that a thread the system holds back is made up for by the others.
-    let rows = if n * k * r < 1 << 18 { n } else { n.div_ceil(4 * threads).next_multiple_of(8) };
-    c.par_chunks_mut(rows * c_stride)
-        .zip(x.par_chunks(rows * k))
-        .for_each(|(c, x)| rank_wide_rows(c, c_stride, x, k, b, b_stride, r, alpha, accumulate));
-}
-
-/// [`rank_wide_product`] on the calling thread.
-#[allow(clippy::too_many_arguments)]
-pub fn rank_wide_product_single(
     c: &mut [f32],
     c_stride: usize,
     x: &[f32],
@@ -226,10 +198,9 @@ mod tests {
             let b = rand(k * bs, 2);
             let c0 = rand(n * cs, 3);
             for accumulate in [false, true] {
-                for single in [false, true] {
+                {
                     let mut c = c0.clone();
-                    let f = if single { rank_wide_product_single } else { rank_wide_product };
-                    f(&mut c, cs, &x, k, &b, bs, r, 0.75, accumulate);
+                    rank_wide_product(&mut c, cs, &x, k, &b, bs, r, 0.75, accumulate);
                     let mut portable = c0.clone();
                     rows_kernel::<4, Separate>(&mut portable, cs, &x, k, &b, bs, r, 0.75, accumulate);
                     for i in 0..n {
