@@ -88,18 +88,19 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 // query's first key as doc_start does: query i sees max(doc_start, i + 1 − W) ≤ j ≤ i.
 //
 // Scores are computed one (TILE · GROUP) × KEY_TILE block at a time with an online softmax, so memory per task is
-// O(TILE · GROUP · KEY_TILE) whatever T is; only out and the row logsumexp are saved. The backward recomputes each
+// O(TILE · GROUP · KEY_TILE) plus its head's keys (and, in the backward, values) transposed, D × T; only out and
+// the row logsumexp are saved. The backward recomputes each
 // block from q, k and lse. A block stacks the GROUP = NH / NKV query heads that read one key/value head: one load of
 // a key/value tile serves them all, and the products are GROUP times taller (the backward's dk/dv products deeper).
 // ---------------------------------------------------------------------------------------------------------------
 
-/// Rows of queries per score block (per query head: a block stacks GROUP of them). The last key block of a tile
-/// computes the masked half of a TILE × TILE square; 32 against 64 measured the backward 3–7 % faster (4×256,
-/// SmolLM2-135M's heads, one thread), the forward the same.
+/// Rows of queries per score block (per query head: a block stacks GROUP of them). Smaller tiles leave less masked
+/// work on the diagonal blocks: 32 against 64 measured the backward 3–7 % faster (4×256, SmolLM2-135M's heads, one
+/// thread), the forward the same (measured with gemm's products, before engine::attention_tiles).
 pub const TILE: usize = 32;
 /// Keys per score block. A block's keys stop at its last query, so wider key blocks cost no masked work, and the
 /// products get wider: 256 against 64 measured the forward 15–20 % faster and the backward ~5 % (T = 256 and
-/// 1024, SmolLM2-135M's heads); 512 was no faster.
+/// 1024, SmolLM2-135M's heads; gemm's products, TILE 64); 512 was no faster (TILE 32).
 pub const KEY_TILE: usize = 256;
 
 /// Causal self-attention for training: out = softmax(q·kᵀ/√D + mask) · v, saving lse[b, h, i] = log Σⱼ exp(sᵢⱼ)
@@ -136,7 +137,7 @@ pub fn attention_forward(
     let mut out_pieces = head_pieces(out, b, t, nkv, gd);
     let mut lse_tiles: Vec<Vec<&mut [f32]>> = lse.chunks_mut(t).map(|l| l.chunks_mut(TILE).collect()).collect();
     // Task (b, g, part) takes the tiles qt ≡ part (mod split) of (sequence b, key/value head g), split as the
-    // backward's are, and lays out the head's keys transposed once for all of them.
+    // backward's are (up to one task a tile here, up to GROUP there), and lays out the head's keys transposed once for all of them.
     let tiles = t.div_ceil(TILE);
     let split = MIN_TASKS.div_ceil(b * nkv).clamp(1, tiles);
     let mut tasks = Vec::with_capacity(b * nkv * split);
@@ -265,7 +266,7 @@ fn pack_group_rows(dst: &mut [f32], x: &[f32], s: &Shape, b: usize, i0: usize, g
 const MIN_TASKS: usize = 8;
 
 /// Backward of [`attention_forward`]. dq [B, T, NH·D], dk and dv [B, T, NKV·D] are OVERWRITTEN (dk, dv summed over
-/// the query heads that share a key/value head). dk_heads, dv_heads: scratch [B, NH, T, D], of which the split
+/// the query heads that share a key/value head). dk_heads, dv_heads: scratch [B, NH, T, D], of which the
 /// tasks' dk/dv shares use the first [B, NKV, S, T, D] (S ≤ GROUP tasks per key/value head).
 ///
 /// Per block, with P = exp(S − lse) and Δᵢ = Σ_d dOᵢ·Oᵢ: dV += Pᵀ·dO, dP = dO·Vᵀ, dS = P ⊙ (dP − Δ),
