@@ -143,11 +143,11 @@ pub fn transpose(dst: &mut [f32], dst_stride: usize, src: &[f32], src_stride: us
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{k_range, seen_columns, store_rows, Store, Tiles};
+    use super::{k_range, seen_columns, store_grad, Store, Tiles};
 
     /// Rows and columns of a block.
     const ROWS: usize = 6;
-    const COLS: usize = 64;
+    pub(super) const COLS: usize = 64;
 
     /// The product, column blocks outermost: a block of b (K × 64) is read from cache by every row block.
     #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx512bw,avx2,avx,fma")]
@@ -173,53 +173,50 @@ mod avx512 {
                 for s in &mut sums[..rows] {
                     s[computed..width].fill(0.0);
                 }
-                {
-                    // SAFETY (of every arm): row + rows ≤ M, and b holds computed ≤ COLS columns of K rows (both
-                    // checked by tile_product), as `block` requires.
-                    let f = match (rows, computed.div_ceil(16)) {
-                        (6, 4) => block::<6, 4>,
-                        (6, 3) => block::<6, 3>,
-                        (6, 2) => block::<6, 2>,
-                        (6, _) => block::<6, 1>,
-                        (5, 4) => block::<5, 4>,
-                        (5, 3) => block::<5, 3>,
-                        (5, 2) => block::<5, 2>,
-                        (5, _) => block::<5, 1>,
-                        (4, 4) => block::<4, 4>,
-                        (4, 3) => block::<4, 3>,
-                        (4, 2) => block::<4, 2>,
-                        (4, _) => block::<4, 1>,
-                        (3, 4) => block::<3, 4>,
-                        (3, 3) => block::<3, 3>,
-                        (3, 2) => block::<3, 2>,
-                        (3, _) => block::<3, 1>,
-                        (2, 4) => block::<2, 4>,
-                        (2, 3) => block::<2, 3>,
-                        (2, 2) => block::<2, 2>,
-                        (2, _) => block::<2, 1>,
-                        (_, 4) => block::<1, 4>,
-                        (_, 3) => block::<1, 3>,
-                        (_, 2) => block::<1, 2>,
-                        (_, _) => block::<1, 1>,
-                    };
-                    // Set and Add store straight from the registers; the others take the sums through memory.
-                    let out = match store {
-                        Store::Set(alpha) => Some((&mut c[row * cs + col..], cs, alpha, false)),
-                        Store::Add(alpha) => Some((&mut c[row * cs + col..], cs, alpha, true)),
-                        _ => None,
-                    };
-                    let direct = out.is_some();
-                    unsafe { f(&mut sums, out, a, a_s, row, k_range(a_cols, row, rows, k), b, bs, computed) };
-                    if direct {
-                        continue;
-                    }
-                }
+                // SAFETY (of every arm): row + rows ≤ M, and b holds computed ≤ COLS columns of K rows (both
+                // checked by tile_product), as `block` requires.
+                let f = match (rows, computed.div_ceil(16)) {
+                    (6, 4) => block::<6, 4>,
+                    (6, 3) => block::<6, 3>,
+                    (6, 2) => block::<6, 2>,
+                    (6, _) => block::<6, 1>,
+                    (5, 4) => block::<5, 4>,
+                    (5, 3) => block::<5, 3>,
+                    (5, 2) => block::<5, 2>,
+                    (5, _) => block::<5, 1>,
+                    (4, 4) => block::<4, 4>,
+                    (4, 3) => block::<4, 3>,
+                    (4, 2) => block::<4, 2>,
+                    (4, _) => block::<4, 1>,
+                    (3, 4) => block::<3, 4>,
+                    (3, 3) => block::<3, 3>,
+                    (3, 2) => block::<3, 2>,
+                    (3, _) => block::<3, 1>,
+                    (2, 4) => block::<2, 4>,
+                    (2, 3) => block::<2, 3>,
+                    (2, 2) => block::<2, 2>,
+                    (2, _) => block::<2, 1>,
+                    (_, 4) => block::<1, 4>,
+                    (_, 3) => block::<1, 3>,
+                    (_, 2) => block::<1, 2>,
+                    (_, _) => block::<1, 1>,
+                };
+                // Set and Add store straight from the registers; the others take the sums through memory.
+                let out = match store {
+                    Store::Set(alpha) => Some((&mut c[row * cs + col..], cs, alpha, false)),
+                    Store::Add(alpha) => Some((&mut c[row * cs + col..], cs, alpha, true)),
+                    _ => None,
+                };
+                unsafe { f(&mut sums, out, a, a_s, row, k_range(a_cols, row, rows, k), b, bs, computed) };
                 match store {
+                    Store::Set(_) | Store::Add(_) => {}
                     Store::Exp { alpha, shift, keys } => {
                         let (shift, keys) = (&shift[row..row + rows], &keys[row..row + rows]);
                         store_exp(c, cs, row, col, width, &sums[..rows], alpha, shift, keys)
                     }
-                    _ => store_rows(c, cs, row, col, width, &sums[..rows], store),
+                    Store::SoftmaxGrad { alpha, p, delta, .. } => {
+                        store_grad(c, cs, row, col, width, &sums[..rows], alpha, p, delta)
+                    }
                 }
             }
         }
@@ -451,6 +448,7 @@ fn general(t: Tiles, store: Store) {
 
 /// The columns [lo, hi) that any of rows [row, row + rows) sees under an Exp or SoftmaxGrad store's mask (all N
 /// under the others).
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn seen_columns(store: Store, row: usize, rows: usize, n: usize) -> (usize, usize) {
     match store {
@@ -463,6 +461,7 @@ fn seen_columns(store: Store, row: usize, rows: usize, n: usize) -> (usize, usiz
 }
 
 /// The columns of a (the steps of K) [lo, hi) that rows [row, row + rows) may have nonzero.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn k_range(a_cols: Option<&[(usize, usize)]>, row: usize, rows: usize, k: usize) -> (usize, usize) {
     match a_cols {
@@ -481,36 +480,26 @@ fn k_range(a_cols: Option<&[(usize, usize)]>, row: usize, rows: usize, k: usize)
     }
 }
 
-/// Stores the sums of rows row.. and columns col..col + width through `store` (inlined into each variant).
+/// dS = alpha · P ⊙ (sums − Δ) for rows row.. and columns col..col + width of c (P at the same places of p).
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn store_rows<const L: usize>(
+fn store_grad(
     c: &mut [f32],
     cs: usize,
     row: usize,
     col: usize,
     width: usize,
-    sums: &[[f32; L]],
-    store: Store,
+    sums: &[[f32; avx512::COLS]],
+    alpha: f32,
+    p: &[f32],
+    delta: &[f32],
 ) {
     for (r, acc) in sums.iter().enumerate() {
         let at = (row + r) * cs + col;
-        let (dst, acc) = (&mut c[at..at + width], &acc[..width]);
-        match store {
-            Store::Set(alpha) => dst.iter_mut().zip(acc).for_each(|(d, &s)| *d = alpha * s),
-            Store::Add(alpha) => dst.iter_mut().zip(acc).for_each(|(d, &s)| *d += alpha * s),
-            Store::Exp { alpha, shift, keys } => {
-                let ((ja, jb), shift) = (keys[row + r], shift[row + r]);
-                for (j, (d, &s)) in dst.iter_mut().zip(acc).enumerate() {
-                    let e = vm::exp(alpha * s - shift);
-                    *d = if col + j >= ja && col + j < jb { e } else { 0.0 };
-                }
-            }
-            Store::SoftmaxGrad { alpha, p, delta, .. } => {
-                let (p, delta) = (&p[at..at + width], delta[row + r]);
-                for ((d, &s), &p) in dst.iter_mut().zip(acc).zip(p) {
-                    *d = alpha * p * (s - delta);
-                }
-            }
+        let (dst, acc, p, delta) = (&mut c[at..at + width], &acc[..width], &p[at..at + width], delta[row + r]);
+        for ((d, &s), &p) in dst.iter_mut().zip(acc).zip(p) {
+            *d = alpha * p * (s - delta);
         }
     }
 }
@@ -525,9 +514,6 @@ mod tests {
         (0..len).map(|_| (r.next_f64() * 2.0 - 1.0) as f32).collect()
     }
 
-    /// The chosen variant and the general one (gemm, then the store) against a plain loop in f64, for every store, both layouts of a
-    /// (rows and columns contiguous), with and without bounds on a's nonzero columns, odd sizes, sizes that fill
-    /// whole blocks and strided rows.
     /// Two blocks of the online softmax in a row against the rule in f64, on odd widths and masks of every kind.
     #[test]
     fn softmax_block_matches_the_rule() {
@@ -581,6 +567,9 @@ mod tests {
         }
     }
 
+    /// The chosen variant and the general one (gemm, then the store) against a plain loop in f64, for every store,
+    /// both layouts of a (rows and columns contiguous), with and without bounds on a's nonzero columns, odd sizes,
+    /// sizes that fill whole blocks and strided rows.
     #[test]
     fn tile_product_matches_a_plain_loop() {
         type Product = fn(Tiles, Store);
