@@ -8,7 +8,8 @@
 //! out between the threads by hand, as tasks of single-threaded products (blocks of rows; in the backward, blocks of
 //! dB's output rows too, and two kinds of product in one pool, so that a thread done with one kind takes the
 //! other's): gemm's own threads gain little on products this narrow. A layer alone (o_proj, down_proj) takes the
-//! same path as a group of one.
+//! same kernels as a group of one, except that in the forward its term gets a pass of its own after the frozen
+//! product ([`lora_forward`] may accumulate onto y) instead of [`FrozenMatrix::forward_then`]'s.
 //!
 //! Dropout masks are not stored: each is regenerated from its seed in the backward (one SplitMix64 stream per row),
 //! so the forward and backward of one micro-batch must be given the same [`LoraDropout`].
@@ -298,10 +299,8 @@ fn stacked_a<'a>(loras: &[&'a LoraWeights]) -> Cow<'a, [f32]> {
 /// with its adapter's term added to each block of y the product writes ([`FrozenMatrix::forward_then`]): over a
 /// quantized base, whose product goes through tiles of output columns, the rank-R term gets no pass of its own over y.
 pub fn lora_group_forward(x: &[f32], mods: &mut [LoraOut<'_>], n: usize) {
-    let xa_all = lora_group_xa(x, mods, n);
-    let total = mods.iter().map(|m| m.lora.r).sum();
-    let mut off = 0;
-    for m in mods.iter_mut() {
+    let (xa_all, offsets, total) = lora_group_xa(x, mods, n);
+    for (m, &off) in mods.iter_mut().zip(&offsets) {
         let (r, l) = (m.lora.r, m.lora);
         for (dst, src) in m.xa.chunks_exact_mut(r).zip(xa_all.chunks_exact(total)) {
             dst.copy_from_slice(&src[off..off + r]);
@@ -314,29 +313,26 @@ pub fn lora_group_forward(x: &[f32], mods: &mut [LoraOut<'_>], n: usize) {
             let (xa, b) = (&xa_all[row0 * total..], &l.b[cols.start * r..]);
             gemm_strided(rows, width, r, part, (width, 1), true, xa, (total, 1), b, (1, r), l.scale, Parallelism::None)
         });
-        off += r;
     }
 }
 
 /// y_m += scale_m · xa_m·B_mᵀ with xa_m = x·A_mᵀ (saved) for every module of a group reading x [N, I].
 pub fn add_lora_group_terms(x: &[f32], mods: &mut [LoraOut<'_>], n: usize) {
-    let xa_all = lora_group_xa(x, mods, n);
-    let total = mods.iter().map(|m| m.lora.r).sum();
-    let mut off = 0;
-    for m in mods.iter_mut() {
+    let (xa_all, offsets, total) = lora_group_xa(x, mods, n);
+    for (m, &off) in mods.iter_mut().zip(&offsets) {
         add_lora_term_from(m, &xa_all, total, off, n);
-        off += m.lora.r;
     }
 }
 
-/// The group's one A-side product: xa = x·[A_1; A_2; …]ᵀ [N, ΣR] (the shapes checked).
-pub fn lora_group_xa(x: &[f32], mods: &[LoraOut<'_>], n: usize) -> Vec<f32> {
+/// The group's one A-side product: xa = x·[A_1; A_2; …]ᵀ [N, ΣR] (the shapes checked), with each module's first
+/// column in it and ΣR.
+pub fn lora_group_xa(x: &[f32], mods: &[LoraOut<'_>], n: usize) -> (Vec<f32>, Vec<usize>, usize) {
     let shapes = mods.iter().map(|m| (m.lora, m.w, m.y.len(), m.xa.len()));
-    let (i, _, total) = group_shapes("lora_group_forward", x, n, shapes);
+    let (i, offsets, total) = group_shapes("lora_group_xa", x, n, shapes);
     let loras: Vec<&LoraWeights> = mods.iter().map(|m| m.lora).collect();
     let mut xa_all = vec![0.0f32; n * total];
     if n == 0 || total == 0 {
-        return xa_all;
+        return (xa_all, offsets, total);
     }
     // In blocks of rows, single-threaded each (gemm's own threads gain little on an output this narrow).
     let a = stacked_a(&loras);
@@ -344,7 +340,7 @@ pub fn lora_group_xa(x: &[f32], mods: &[LoraOut<'_>], n: usize) -> Vec<f32> {
     xa_all.par_chunks_mut(rows * total).zip(x.par_chunks(rows * i)).for_each(|(xa, x)| {
         gemm_strided(xa.len() / total, total, i, xa, (total, 1), false, x, (i, 1), &a, (1, i), 1.0, Parallelism::None)
     });
-    xa_all
+    (xa_all, offsets, total)
 }
 
 /// One module's term from the group's xa [N, ΣR] (its columns off..off+R): xa_m saved, y_m += scale_m · xa_m·B_mᵀ,
