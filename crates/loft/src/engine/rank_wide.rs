@@ -198,30 +198,25 @@ mod tests {
             let b = rand(k * bs, 2);
             let c0 = rand(n * cs, 3);
             for accumulate in [false, true] {
-                {
-                    let mut c = c0.clone();
-                    rank_wide_product(&mut c, cs, &x, k, &b, bs, r, 0.75, accumulate);
-                    let mut portable = c0.clone();
-                    rows_kernel::<4, Separate>(&mut portable, cs, &x, k, &b, bs, r, 0.75, accumulate);
-                    for i in 0..n {
-                        for j in 0..cs {
-                            let got = c[i * cs + j];
-                            if j >= r {
-                                assert_eq!(got, c0[i * cs + j], "column {j} beyond R = {r} was written");
-                                continue;
-                            }
-                            let dot: f64 = (0..k).map(|p| x[i * k + p] as f64 * b[p * bs + j] as f64).sum();
-                            let mag: f64 = (0..k).map(|p| (x[i * k + p] as f64 * b[p * bs + j] as f64).abs()).sum();
-                            let base = if accumulate { c0[i * cs + j] as f64 } else { 0.0 };
-                            let want = base + 0.75 * dot;
-                            let tol = 1e-5 * (mag * 0.75 + base.abs()).max(1.0);
-                            assert!((got as f64 - want).abs() <= tol, "n={n} k={k} r={r} [{i}, {j}]: {got} vs {want}");
-                            let got = portable[i * cs + j] as f64;
-                            assert!(
-                                (got - want).abs() <= tol,
-                                "portable n={n} k={k} r={r} [{i}, {j}]: {got} vs {want}"
-                            );
+                let mut c = c0.clone();
+                rank_wide_product(&mut c, cs, &x, k, &b, bs, r, 0.75, accumulate);
+                let mut portable = c0.clone();
+                rows_kernel::<4, Separate>(&mut portable, cs, &x, k, &b, bs, r, 0.75, accumulate);
+                for i in 0..n {
+                    for j in 0..cs {
+                        let got = c[i * cs + j];
+                        if j >= r {
+                            assert_eq!(got, c0[i * cs + j], "column {j} beyond R = {r} was written");
+                            continue;
                         }
+                        let dot: f64 = (0..k).map(|p| x[i * k + p] as f64 * b[p * bs + j] as f64).sum();
+                        let mag: f64 = (0..k).map(|p| (x[i * k + p] as f64 * b[p * bs + j] as f64).abs()).sum();
+                        let base = if accumulate { c0[i * cs + j] as f64 } else { 0.0 };
+                        let want = base + 0.75 * dot;
+                        let tol = 1e-5 * (mag * 0.75 + base.abs()).max(1.0);
+                        assert!((got as f64 - want).abs() <= tol, "n={n} k={k} r={r} [{i}, {j}]: {got} vs {want}");
+                        let got = portable[i * cs + j] as f64;
+                        assert!((got - want).abs() <= tol, "portable n={n} k={k} r={r} [{i}, {j}]: {got} vs {want}");
                     }
                 }
             }

@@ -1,5 +1,5 @@
-//! Element-wise math for the training step, compiled for the CPU's widest vectors: exp, SwiGLU's product and its
-//! backward, and the max / sum / shifted-exp passes of a softmax row. The step makes tens of millions of these per
+//! Element-wise math for the training step, compiled for the CPU's widest vectors: exp, SwiGLU's and GeGLU's products
+//! and their backwards, RMSNorm's rows, RoPE's rotation, and the max / sum / shifted-exp passes of a softmax row. The step makes tens of millions of these per
 //! layer; libm's expf is a scalar call each, and the crate is built for baseline x86-64 (SSE2), so each pass here
 //! is compiled three times (AVX-512, AVX2, baseline) and the widest the CPU has is picked at run time.
 //!
@@ -53,7 +53,7 @@ pub fn exp(x: f32) -> f32 {
     }
 }
 
-/// Defines `pub fn NAME(args) -> R` whose body is compiled for AVX-512, for AVX2 and for the baseline, and runs the
+/// Defines `VIS fn NAME(args) -> R` whose body is compiled for AVX-512, for AVX2 and for the baseline, and runs the
 /// widest the CPU supports (the body must be plain safe code; inlined into each copy, it vectorizes at that width).
 macro_rules! widest_vectors {
     ($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? $body:block) => {
