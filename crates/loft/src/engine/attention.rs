@@ -154,88 +154,75 @@ pub fn attention_forward(
     let rows = TILE * group;
     let ts = s.transposed_stride();
     let sizes = [rows * KEY_TILE, rows * d, rows * d, 3 * rows, d * ts];
-    {
-        tasks.into_par_iter().for_each_init(Vec::new, |keys, (bg, part)| {
-            with_scratch(sizes, |[sc, qp, acc, ml, kt]| {
-                let (bi, g) = (bg / nkv, bg % nkv);
-                // kt[D, ts]: the keys up to the part's last query, transposed.
-                let last = part.iter().map(|&(qt, ..)| ((qt + 1) * TILE).min(t)).max().unwrap_or(0);
-                transpose(kt, ts, &k[s.kv_at(bi, 0, g)..], s.kvd, last, d);
-                for (qt, o_tile, mut lse_tile) in part {
-                    let (i0, i1) = (qt * TILE, ((qt + 1) * TILE).min(t));
-                    // The tile's rows m = r·GROUP + hl: query i0 + r of head g·GROUP + hl.
-                    let m = (i1 - i0) * group;
-                    let (qp, acc) = (&mut qp[..m * d], &mut acc[..m * d]);
-                    let (mx, rest) = ml[..3 * m].split_at_mut(m);
-                    let (l, correction) = rest.split_at_mut(m);
-                    pack_group_rows(qp, q, &s, bi, i0, g);
-                    mx.fill(f32::NEG_INFINITY);
-                    l.fill(0.0);
-                    let first = s.first_key(bi, i0, i1);
-                    for j0 in (first..i1).step_by(KEY_TILE) {
-                        let j1 = (j0 + KEY_TILE).min(i1);
-                        let bc = j1 - j0;
-                        let sc = &mut sc[..m * bc];
-                        let ko = s.kv_at(bi, j0, g);
-                        // sc[m, bc] = scale · q_tile · k_tileᵀ
-                        let kt = &kt[j0..];
-                        let a_cols = None;
-                        tile_product(
-                            Tiles {
-                                m,
-                                n: bc,
-                                k: d,
-                                c: sc,
-                                c_stride: bc,
-                                a: qp,
-                                a_s: (d, 1),
-                                b: kt,
-                                b_stride: ts,
-                                a_cols,
-                            },
-                            Store::Set(s.scale),
-                        );
-                        keys.clear();
-                        keys.extend((0..m).map(|row| s.key_range(bi, i0 + row / group, j0, j1)));
-                        softmax_block(sc, bc, keys, mx, l, correction);
-                        if j0 > first {
-                            for (a, &c) in acc.chunks_exact_mut(d).zip(correction.iter()) {
-                                a.iter_mut().for_each(|a| *a *= c);
-                            }
+    tasks.into_par_iter().for_each_init(Vec::new, |keys, (bg, part)| {
+        with_scratch(sizes, |[sc, qp, acc, ml, kt]| {
+            let (bi, g) = (bg / nkv, bg % nkv);
+            // kt[D, ts]: the keys up to the part's last query, transposed.
+            let last = part.iter().map(|&(qt, ..)| ((qt + 1) * TILE).min(t)).max().unwrap_or(0);
+            transpose(kt, ts, &k[s.kv_at(bi, 0, g)..], s.kvd, last, d);
+            for (qt, o_tile, mut lse_tile) in part {
+                let (i0, i1) = (qt * TILE, ((qt + 1) * TILE).min(t));
+                // The tile's rows m = r·GROUP + hl: query i0 + r of head g·GROUP + hl.
+                let m = (i1 - i0) * group;
+                let (qp, acc) = (&mut qp[..m * d], &mut acc[..m * d]);
+                let (mx, rest) = ml[..3 * m].split_at_mut(m);
+                let (l, correction) = rest.split_at_mut(m);
+                pack_group_rows(qp, q, &s, bi, i0, g);
+                mx.fill(f32::NEG_INFINITY);
+                l.fill(0.0);
+                let first = s.first_key(bi, i0, i1);
+                for j0 in (first..i1).step_by(KEY_TILE) {
+                    let j1 = (j0 + KEY_TILE).min(i1);
+                    let bc = j1 - j0;
+                    let sc = &mut sc[..m * bc];
+                    let ko = s.kv_at(bi, j0, g);
+                    // sc[m, bc] = scale · q_tile · k_tileᵀ
+                    let kt = &kt[j0..];
+                    let a_cols = None;
+                    tile_product(
+                        Tiles { m, n: bc, k: d, c: sc, c_stride: bc, a: qp, a_s: (d, 1), b: kt, b_stride: ts, a_cols },
+                        Store::Set(s.scale),
+                    );
+                    keys.clear();
+                    keys.extend((0..m).map(|row| s.key_range(bi, i0 + row / group, j0, j1)));
+                    softmax_block(sc, bc, keys, mx, l, correction);
+                    if j0 > first {
+                        for (a, &c) in acc.chunks_exact_mut(d).zip(correction.iter()) {
+                            a.iter_mut().for_each(|a| *a *= c);
                         }
-                        // acc[m, D] (+)= p · v_tile: the first key block sets acc, the later ones add to it.
-                        let (v, a_cols) = (&v[ko..], Some(&keys[..]));
-                        let store = if j0 == first { Store::Set(1.0) } else { Store::Add(1.0) };
-                        tile_product(
-                            Tiles {
-                                m,
-                                n: d,
-                                k: bc,
-                                c: acc,
-                                c_stride: d,
-                                a: sc,
-                                a_s: (bc, 1),
-                                b: v,
-                                b_stride: s.kvd,
-                                a_cols,
-                            },
-                            store,
-                        );
                     }
-                    for (r, orow) in o_tile.iter_mut().enumerate() {
-                        for (hl, (o, a)) in
-                            orow.chunks_exact_mut(d).zip(acc[r * gd..(r + 1) * gd].chunks_exact(d)).enumerate()
-                        {
-                            let row = r * group + hl;
-                            let inv = 1.0 / l[row];
-                            o.iter_mut().zip(a).for_each(|(o, &a)| *o = a * inv);
-                            lse_tile[hl][r] = mx[row] + l[row].ln();
-                        }
+                    // acc[m, D] (+)= p · v_tile: the first key block sets acc, the later ones add to it.
+                    let (v, a_cols) = (&v[ko..], Some(&keys[..]));
+                    let store = if j0 == first { Store::Set(1.0) } else { Store::Add(1.0) };
+                    tile_product(
+                        Tiles {
+                            m,
+                            n: d,
+                            k: bc,
+                            c: acc,
+                            c_stride: d,
+                            a: sc,
+                            a_s: (bc, 1),
+                            b: v,
+                            b_stride: s.kvd,
+                            a_cols,
+                        },
+                        store,
+                    );
+                }
+                for (r, orow) in o_tile.iter_mut().enumerate() {
+                    for (hl, (o, a)) in
+                        orow.chunks_exact_mut(d).zip(acc[r * gd..(r + 1) * gd].chunks_exact(d)).enumerate()
+                    {
+                        let row = r * group + hl;
+                        let inv = 1.0 / l[row];
+                        o.iter_mut().zip(a).for_each(|(o, &a)| *o = a * inv);
+                        lse_tile[hl][r] = mx[row] + l[row].ln();
                     }
                 }
-            })
-        });
-    }
+            }
+        })
+    });
 }
 
 /// The W-wide pieces of x [B, T, N·W] gathered by (sequence, n): element b·N + n lists the pieces x[b, i, n] for i in
@@ -330,153 +317,129 @@ pub fn attention_backward(
     let rows = TILE * group;
     let ts = s.transposed_stride();
     let sizes = [rows * KEY_TILE, rows * KEY_TILE, rows * d, rows * d, rows * d, 2 * rows, d * ts, d * ts];
-    {
-        let init = || (Vec::new(), Vec::new());
-        tasks.into_par_iter().for_each_init(init, |(keys, key_rows), (bg, part, mut dq_rows, dkp, dvp, owned)| {
-            with_scratch(sizes, |[p, ds, qp, dop, dq_tile, dl, kt, vt]| {
-                let (bi, g) = (bg / nkv, bg % nkv);
-                // kt, vt [D, ts]: the head's keys and values transposed, while the task's products read them.
-                let o = s.kv_at(bi, 0, g);
-                transpose(kt, ts, &k[o..], s.kvd, t, d);
-                transpose(vt, ts, &v[o..], s.kvd, t, d);
-                dkp.fill(0.0);
-                dvp.fill(0.0);
-                for (n, i0) in (part * TILE..t).step_by(split * TILE).enumerate() {
-                    let i1 = (i0 + TILE).min(t);
-                    let br = i1 - i0;
-                    // The tile's rows m = r·GROUP + hl: query i0 + r of head g·GROUP + hl.
-                    let m = br * group;
-                    let (qp, dop, dq_tile) = (&mut qp[..m * d], &mut dop[..m * d], &mut dq_tile[..m * d]);
-                    let (delta, row_lse) = dl[..2 * m].split_at_mut(m);
-                    pack_group_rows(qp, q, &s, bi, i0, g);
-                    pack_group_rows(dop, dout, &s, bi, i0, g);
-                    dq_tile.fill(0.0);
-                    for (row, (dl, rl)) in delta.iter_mut().zip(row_lse.iter_mut()).enumerate() {
-                        let (r, h) = (row / group, g * group + row % group);
-                        let o = s.q_at(bi, i0 + r, h);
-                        *dl = dot(&dout[o..o + d], &out[o..o + d]);
-                        *rl = lse[s.lse_at(bi, h, i0 + r)];
-                    }
-                    for j0 in (s.first_key(bi, i0, i1)..i1).step_by(KEY_TILE) {
-                        let j1 = (j0 + KEY_TILE).min(i1);
-                        let bc = j1 - j0;
-                        let (p, ds) = (&mut p[..m * bc], &mut ds[..m * bc]);
-                        let (ko, kto) = (s.kv_at(bi, j0, g), j0);
-                        // p = exp(scale · q·kᵀ − lse), zero outside the mask
-                        keys.clear();
-                        keys.extend((0..m).map(|row| s.key_range(bi, i0 + row / group, j0, j1)));
-                        // Key j's column of p is zero in the rows before the first that sees up to j (each row's
-                        // last key grows with the row), which bounds the rows pᵀ and dsᵀ multiply.
-                        key_rows.clear();
-                        let mut r = 0;
-                        for j in 0..bc {
-                            while r < m && keys[r].1 <= j {
-                                r += 1;
-                            }
-                            key_rows.push((r, m));
+    let init = || (Vec::new(), Vec::new());
+    tasks.into_par_iter().for_each_init(init, |(keys, key_rows), (bg, part, mut dq_rows, dkp, dvp, owned)| {
+        with_scratch(sizes, |[p, ds, qp, dop, dq_tile, dl, kt, vt]| {
+            let (bi, g) = (bg / nkv, bg % nkv);
+            // kt, vt [D, ts]: the head's keys and values transposed, while the task's products read them.
+            let o = s.kv_at(bi, 0, g);
+            transpose(kt, ts, &k[o..], s.kvd, t, d);
+            transpose(vt, ts, &v[o..], s.kvd, t, d);
+            dkp.fill(0.0);
+            dvp.fill(0.0);
+            for (n, i0) in (part * TILE..t).step_by(split * TILE).enumerate() {
+                let i1 = (i0 + TILE).min(t);
+                let br = i1 - i0;
+                // The tile's rows m = r·GROUP + hl: query i0 + r of head g·GROUP + hl.
+                let m = br * group;
+                let (qp, dop, dq_tile) = (&mut qp[..m * d], &mut dop[..m * d], &mut dq_tile[..m * d]);
+                let (delta, row_lse) = dl[..2 * m].split_at_mut(m);
+                pack_group_rows(qp, q, &s, bi, i0, g);
+                pack_group_rows(dop, dout, &s, bi, i0, g);
+                dq_tile.fill(0.0);
+                for (row, (dl, rl)) in delta.iter_mut().zip(row_lse.iter_mut()).enumerate() {
+                    let (r, h) = (row / group, g * group + row % group);
+                    let o = s.q_at(bi, i0 + r, h);
+                    *dl = dot(&dop[row * d..(row + 1) * d], &out[o..o + d]); // dop holds dout's row
+                    *rl = lse[s.lse_at(bi, h, i0 + r)];
+                }
+                for j0 in (s.first_key(bi, i0, i1)..i1).step_by(KEY_TILE) {
+                    let j1 = (j0 + KEY_TILE).min(i1);
+                    let bc = j1 - j0;
+                    let (p, ds) = (&mut p[..m * bc], &mut ds[..m * bc]);
+                    let ko = s.kv_at(bi, j0, g);
+                    // p = exp(scale · q·kᵀ − lse), zero outside the mask
+                    keys.clear();
+                    keys.extend((0..m).map(|row| s.key_range(bi, i0 + row / group, j0, j1)));
+                    // Key j's column of p is zero in the rows before the first that sees up to j (each row's
+                    // last key grows with the row), which bounds the rows pᵀ and dsᵀ multiply.
+                    key_rows.clear();
+                    let mut r = 0;
+                    for j in 0..bc {
+                        while r < m && keys[r].1 <= j {
+                            r += 1;
                         }
-                        let (kt, vt) = (&kt[kto..], &vt[kto..]);
-                        let exp = Store::Exp { alpha: s.scale, shift: row_lse, keys };
-                        let a_cols = None;
-                        tile_product(
-                            Tiles {
-                                m,
-                                n: bc,
-                                k: d,
-                                c: p,
-                                c_stride: bc,
-                                a: qp,
-                                a_s: (d, 1),
-                                b: kt,
-                                b_stride: ts,
-                                a_cols,
-                            },
-                            exp,
-                        );
-                        // dv_tile[bc, D] += pᵀ · dout_tile
-                        let (dvp, dkp) = (&mut dvp[j0 * d..], &mut dkp[j0 * d..]);
-                        let a_cols = Some(&key_rows[..]);
-                        tile_product(
-                            Tiles {
-                                m: bc,
-                                n: d,
-                                k: m,
-                                c: dvp,
-                                c_stride: d,
-                                a: p,
-                                a_s: (1, bc),
-                                b: dop,
-                                b_stride: d,
-                                a_cols,
-                            },
-                            Store::Add(1.0),
-                        );
-                        // ds = p ⊙ (dout_tile · v_tileᵀ − Δ) · scale
-                        let grad = Store::SoftmaxGrad { alpha: s.scale, p, delta, keys };
-                        let a_cols = None;
-                        tile_product(
-                            Tiles {
-                                m,
-                                n: bc,
-                                k: d,
-                                c: ds,
-                                c_stride: bc,
-                                a: dop,
-                                a_s: (d, 1),
-                                b: vt,
-                                b_stride: ts,
-                                a_cols,
-                            },
-                            grad,
-                        );
-                        // dq_tile[m, D] += ds · k_tile;  dk_tile[bc, D] += dsᵀ · q_tile
-                        let k = &k[ko..];
-                        tile_product(
-                            Tiles {
-                                m,
-                                n: d,
-                                k: bc,
-                                c: dq_tile,
-                                c_stride: d,
-                                a: ds,
-                                a_s: (bc, 1),
-                                b: k,
-                                b_stride: s.kvd,
-                                a_cols: Some(keys),
-                            },
-                            Store::Add(1.0),
-                        );
-                        tile_product(
-                            Tiles {
-                                m: bc,
-                                n: d,
-                                k: m,
-                                c: dkp,
-                                c_stride: d,
-                                a: ds,
-                                a_s: (1, bc),
-                                b: qp,
-                                b_stride: d,
-                                a_cols: Some(key_rows),
-                            },
-                            Store::Add(1.0),
-                        );
+                        key_rows.push((r, m));
                     }
-                    for (piece, row) in dq_rows[n * TILE..n * TILE + br].iter_mut().zip(dq_tile.chunks_exact(gd)) {
-                        piece.copy_from_slice(row);
-                    }
+                    let (kt, vt) = (&kt[j0..], &vt[j0..]);
+                    let exp = Store::Exp { alpha: s.scale, shift: row_lse, keys };
+                    let a_cols = None;
+                    tile_product(
+                        Tiles { m, n: bc, k: d, c: p, c_stride: bc, a: qp, a_s: (d, 1), b: kt, b_stride: ts, a_cols },
+                        exp,
+                    );
+                    // dv_tile[bc, D] += pᵀ · dout_tile
+                    let (dvp, dkp) = (&mut dvp[j0 * d..], &mut dkp[j0 * d..]);
+                    let a_cols = Some(&key_rows[..]);
+                    tile_product(
+                        Tiles {
+                            m: bc,
+                            n: d,
+                            k: m,
+                            c: dvp,
+                            c_stride: d,
+                            a: p,
+                            a_s: (1, bc),
+                            b: dop,
+                            b_stride: d,
+                            a_cols,
+                        },
+                        Store::Add(1.0),
+                    );
+                    // ds = p ⊙ (dout_tile · v_tileᵀ − Δ) · scale
+                    let grad = Store::SoftmaxGrad { alpha: s.scale, p, delta, keys };
+                    let a_cols = None;
+                    tile_product(
+                        Tiles { m, n: bc, k: d, c: ds, c_stride: bc, a: dop, a_s: (d, 1), b: vt, b_stride: ts, a_cols },
+                        grad,
+                    );
+                    // dq_tile[m, D] += ds · k_tile;  dk_tile[bc, D] += dsᵀ · q_tile
+                    let k = &k[ko..];
+                    tile_product(
+                        Tiles {
+                            m,
+                            n: d,
+                            k: bc,
+                            c: dq_tile,
+                            c_stride: d,
+                            a: ds,
+                            a_s: (bc, 1),
+                            b: k,
+                            b_stride: s.kvd,
+                            a_cols: Some(keys),
+                        },
+                        Store::Add(1.0),
+                    );
+                    tile_product(
+                        Tiles {
+                            m: bc,
+                            n: d,
+                            k: m,
+                            c: dkp,
+                            c_stride: d,
+                            a: ds,
+                            a_s: (1, bc),
+                            b: qp,
+                            b_stride: d,
+                            a_cols: Some(key_rows),
+                        },
+                        Store::Add(1.0),
+                    );
                 }
-                if let Some((dk_rows, dv_rows)) = owned {
-                    for ((kr, vr), (ks, vs)) in
-                        dk_rows.into_iter().zip(dv_rows).zip(dkp.chunks_exact(d).zip(dvp.chunks_exact(d)))
-                    {
-                        kr.copy_from_slice(ks);
-                        vr.copy_from_slice(vs);
-                    }
+                for (piece, row) in dq_rows[n * TILE..n * TILE + br].iter_mut().zip(dq_tile.chunks_exact(gd)) {
+                    piece.copy_from_slice(row);
                 }
-            })
-        });
-    }
+            }
+            if let Some((dk_rows, dv_rows)) = owned {
+                for ((kr, vr), (ks, vs)) in
+                    dk_rows.into_iter().zip(dv_rows).zip(dkp.chunks_exact(d).zip(dvp.chunks_exact(d)))
+                {
+                    kr.copy_from_slice(ks);
+                    vr.copy_from_slice(vs);
+                }
+            }
+        })
+    });
     if split == 1 {
         return;
     }
