@@ -9,6 +9,8 @@
 
 #![forbid(unsafe_code)]
 
+use std::borrow::BorrowMut;
+
 use crate::engine::attention::{attention_backward, attention_forward, attention_forward_cached};
 use crate::engine::bias::bias_forward;
 use crate::engine::cross_entropy::{
@@ -311,13 +313,7 @@ pub trait Backend {
         x: &Self::Buf,
         n: usize,
     ) -> Result<()> {
-        for m in mods.iter_mut() {
-            match m.lora {
-                Some(lora) => self.lora_forward(m.y, m.xa, xd, x, m.w, lora, m.dropout, n, false)?,
-                None => self.linear_forward(m.y, x, m.w, n, false)?,
-            }
-        }
-        Ok(())
+        group_forward_one_by_one(self, mods.iter_mut(), xd, x, n)
     }
     /// Backward of [`Backend::lora_group_forward`] (same dropouts): dx[N, I] = the sum of the layers' input
     /// gradients (overwritten); each adapter's dA, dB ACCUMULATED into. dxa, xd: [`Backend::lora_backward`]'s scratch.
@@ -333,15 +329,7 @@ pub trait Backend {
         if mods.is_empty() {
             return Err(Error::Invalid("lora_group_backward: an empty group".into()));
         }
-        for (j, m) in mods.iter_mut().enumerate() {
-            match &mut m.lora {
-                Some((lora, da, db)) => {
-                    self.lora_backward(dx, da, db, dxa, xd, m.dy, x, m.xa, m.w, lora, m.dropout, n, j > 0)?
-                }
-                None => self.linear_backward_input(dx, m.dy, m.w, n, j > 0)?,
-            }
-        }
-        Ok(())
+        group_backward_one_by_one(self, dx, dxa, xd, mods.iter_mut(), x, n, false)
     }
     /// Loss only: (Σ over target rows of −log softmax(h·Wᵀ)[target], number of target rows). h [N, C]; head
     /// [V, C]; targets [N], the token row i predicts (already shifted), negative = ignored.
@@ -493,6 +481,61 @@ fn cpu_vocab<'a>(head: Vocab<'a, &FrozenMatrix, Vec<f32>>) -> VocabMatrix<'a> {
         Vocab::Frozen(m) => VocabMatrix::Frozen(m),
         Vocab::Trained(w) => VocabMatrix::Trained(w),
     }
+}
+
+/// The layers of a group one at a time, each overwriting its y: [`Backend::lora_forward`] where adapted, else
+/// [`Backend::linear_forward`] (the trait's default group call, and the CPU's for the layers it does not batch).
+fn group_forward_one_by_one<'a, 'w, B: Backend + ?Sized + 'w, M: BorrowMut<GroupLinear<'a, 'w, B>>>(
+    be: &B,
+    mods: impl IntoIterator<Item = M>,
+    xd: &mut B::Buf,
+    x: &B::Buf,
+    n: usize,
+) -> Result<()>
+where
+    B::Matrix<'w>: 'a,
+    B::Lora: 'a,
+    B::Buf: 'a,
+{
+    for mut m in mods {
+        let m = m.borrow_mut();
+        match m.lora {
+            Some(lora) => be.lora_forward(m.y, m.xa, xd, x, m.w, lora, m.dropout, n, false)?,
+            None => be.linear_forward(m.y, x, m.w, n, false)?,
+        }
+    }
+    Ok(())
+}
+
+/// Backward of [`group_forward_one_by_one`]: each layer's input gradient added into dx in turn, the first
+/// overwriting it unless `accumulate`.
+#[allow(clippy::too_many_arguments)]
+fn group_backward_one_by_one<'a, 'w, B: Backend + ?Sized + 'w, M: BorrowMut<GroupLinearGrad<'a, 'w, B>>>(
+    be: &B,
+    dx: &mut B::Buf,
+    dxa: &mut B::Buf,
+    xd: &mut B::Buf,
+    mods: impl IntoIterator<Item = M>,
+    x: &B::Buf,
+    n: usize,
+    mut accumulate: bool,
+) -> Result<()>
+where
+    B::Matrix<'w>: 'a,
+    B::Lora: 'a,
+    B::Buf: 'a,
+{
+    for mut m in mods {
+        let m = m.borrow_mut();
+        match &mut m.lora {
+            Some((lora, da, db)) => {
+                be.lora_backward(dx, da, db, dxa, xd, m.dy, x, m.xa, m.w, lora, m.dropout, n, accumulate)?
+            }
+            None => be.linear_backward_input(dx, m.dy, m.w, n, accumulate)?,
+        }
+        accumulate = true;
+    }
+    Ok(())
 }
 
 /// A parameter, its gradient and its moments are the same size.
@@ -880,13 +923,7 @@ impl Backend for Cpu {
         if !outs.is_empty() {
             lora_group_forward(x, &mut outs, n);
         }
-        for m in rest {
-            match m.lora {
-                Some(lora) => lora_forward(m.y, m.xa, xd, x, m.w, lora, m.dropout, n, false),
-                None => self.linear_forward(m.y, x, m.w, n, false)?,
-            }
-        }
-        Ok(())
+        group_forward_one_by_one(self, rest, xd, x, n)
     }
 
     fn lora_group_backward(
@@ -909,20 +946,11 @@ impl Backend for Cpu {
                 Some(LoraGrad { dy: m.dy, xa: m.xa, w: m.w, lora, da, db })
             })
             .collect();
-        let mut accumulate = !grads.is_empty();
-        if accumulate {
+        let batched = !grads.is_empty();
+        if batched {
             lora_group_backward(dx, x, &mut grads, n, false);
         }
-        for m in rest {
-            match &mut m.lora {
-                Some((lora, da, db)) => {
-                    lora_backward(dx, da, db, dxa, xd, m.dy, x, m.xa, m.w, lora, m.dropout, n, accumulate)
-                }
-                None => self.linear_backward_input(dx, m.dy, m.w, n, accumulate)?,
-            }
-            accumulate = true;
-        }
-        Ok(())
+        group_backward_one_by_one(self, dx, dxa, xd, rest, x, n, batched)
     }
 
     fn cross_entropy_forward(
