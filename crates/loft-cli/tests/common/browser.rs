@@ -106,17 +106,25 @@ impl Browser {
 
     /// The value of JavaScript `expression` in `page` (promises awaited); a thrown exception fails the test.
     pub fn eval(&mut self, page: &Page, expression: &str) -> Value {
+        self.try_eval(page, expression).unwrap_or_else(|e| panic!("{expression}\nthrew: {e}"))
+    }
+
+    /// The value of `expression` in `page`, or the exception it threw.
+    fn try_eval(&mut self, page: &Page, expression: &str) -> Result<Value, Value> {
         let r = self.call(
             Some(&page.session),
             "Runtime.evaluate",
             json!({"expression": expression, "returnByValue": true, "awaitPromise": true}),
         );
-        assert!(r.get("exceptionDetails").is_none(), "{expression}\nthrew: {}", r["exceptionDetails"]);
-        r["result"]["value"].clone()
+        match r.get("exceptionDetails") {
+            Some(e) => Err(e.clone()),
+            None => Ok(r["result"]["value"].clone()),
+        }
     }
 
     /// Evaluates `expression` every 200 ms until `done` accepts its value; fails the test after `timeout`,
-    /// showing the last value.
+    /// showing the last value. An exception counts as not yet (a page still loading has no `document.body`), and
+    /// is what the failure shows if it is the last thing the expression gave.
     pub fn wait_for(
         &mut self,
         page: &Page,
@@ -127,11 +135,11 @@ impl Browser {
     ) -> Value {
         let start = Instant::now();
         loop {
-            let v = self.eval(page, expression);
-            if done(&v) {
-                return v;
+            match self.try_eval(page, expression) {
+                Ok(v) if done(&v) => return v,
+                Ok(v) => assert!(start.elapsed() < timeout, "waited {timeout:?} for {what}; the page shows {v}"),
+                Err(e) => assert!(start.elapsed() < timeout, "waited {timeout:?} for {what}; {expression} threw {e}"),
             }
-            assert!(start.elapsed() < timeout, "waited {timeout:?} for {what}; the page shows {v}");
             std::thread::sleep(Duration::from_millis(200));
         }
     }
