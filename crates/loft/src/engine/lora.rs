@@ -334,11 +334,35 @@ pub fn lora_group_xa(x: &[f32], mods: &[LoraOut<'_>], n: usize) -> (Vec<f32>, Ve
     if n == 0 || total == 0 {
         return (xa_all, offsets, total);
     }
-    // In blocks of rows, single-threaded each (gemm's own threads gain little on an output this narrow).
-    let a = stacked_a(&loras);
+    // In blocks of rows, single-threaded each (gemm's own threads gain little on an output this narrow), against
+    // [A_1; A_2; …]ᵀ laid out [I, ΣR] row-major: about twice gemm's speed with A's own rows as the columns (one
+    // thread, [128, 32] · [32, 576]ᵀ: 212 against 104 GFLOP/s).
+    let mut at = vec![0.0f32; i * total];
+    let mut off = 0;
+    for l in &loras {
+        for (k, row) in l.a.chunks_exact(i).enumerate() {
+            for (c, &v) in row.iter().enumerate() {
+                at[c * total + off + k] = v;
+            }
+        }
+        off += l.r;
+    }
     let rows = rows_per_task(n);
     xa_all.par_chunks_mut(rows * total).zip(x.par_chunks(rows * i)).for_each(|(xa, x)| {
-        gemm_strided(xa.len() / total, total, i, xa, (total, 1), false, x, (i, 1), &a, (1, i), 1.0, Parallelism::None)
+        gemm_strided(
+            xa.len() / total,
+            total,
+            i,
+            xa,
+            (total, 1),
+            false,
+            x,
+            (i, 1),
+            &at,
+            (total, 1),
+            1.0,
+            Parallelism::None,
+        )
     });
     (xa_all, offsets, total)
 }
