@@ -283,6 +283,8 @@ fn train_on<B: Backend>(be: &B, args: TrainArgs) -> loft::Result<()> {
     // --vs-gemm: gemm's rounds run after each timed step; the step's peak memory is read before their operands exist.
     let mut gemm: Option<ProductTimer> = None;
     let mut peak_of_steps = None;
+    // The pool kept awake for the steps and gemm's rounds alike.
+    let hot = be.hot_pool();
     for step in 0..args.warmup + args.steps {
         let start = Instant::now();
         grads.zero(be)?;
@@ -310,6 +312,7 @@ fn train_on<B: Backend>(be: &B, args: TrainArgs) -> loft::Result<()> {
             }
         }
     }
+    drop(hot);
     let tokens = (args.batch * args.seq * args.steps) as f64;
     let tps = tokens / timed;
     // Matrix FLOPs per token: forward and input gradient through every linear layer and the head (no weight

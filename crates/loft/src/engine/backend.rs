@@ -19,6 +19,7 @@ use crate::engine::cross_entropy::{
 use crate::engine::elementwise::{add_forward, scale_forward};
 use crate::engine::embedding::{embedding_backward, embedding_forward, VocabMatrix};
 use crate::engine::geglu::{geglu_backward, geglu_forward};
+use crate::engine::hot_pool::HotPool;
 use crate::engine::lora::{
     lora_backward, lora_decode_forward, lora_forward, lora_group_backward, lora_group_forward, LoraDropout, LoraGrad,
     LoraOut, LoraWeights,
@@ -92,6 +93,11 @@ pub trait Backend {
     /// [chunk, V] f32 buffer of logits would pass what the device can bind.
     fn head_chunk(&self, _v: usize) -> usize {
         HEAD_CHUNK
+    }
+    /// For a loop of steps: the CPU's pool kept awake between parallel regions while the guard lives
+    /// ([`HotPool`]); None where the steps' work is not on the CPU's pool (a GPU's, whose host thread mostly waits).
+    fn hot_pool(&self) -> Option<HotPool> {
+        None
     }
     /// Scratch for the head over `chunk` target rows at a time, rows of width C, a vocabulary of V.
     fn cross_entropy_scratch(&self, chunk: usize, c: usize, v: usize) -> Result<Self::CrossEntropyScratch>;
@@ -568,6 +574,10 @@ impl Backend for Cpu {
 
     fn allocated_bytes(&self) -> Option<u64> {
         None
+    }
+
+    fn hot_pool(&self) -> Option<HotPool> {
+        Some(HotPool::start())
     }
 
     fn zeros(&self, len: usize) -> Result<Vec<f32>> {

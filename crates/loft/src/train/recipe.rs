@@ -251,6 +251,8 @@ pub fn train_on<B: Backend>(
     let (total_steps, mut last_loss, mut last_eval) = (steps.total(), f64::NAN, None);
     let has_eval = !val_set.is_empty();
 
+    // The pool's threads spin between the steps' parallel regions until the last step is done.
+    let hot = be.hot_pool();
     // The starting point of the validation curve (the model before this run's first update).
     if start_step == 0 && has_eval && config.eval_steps > 0 {
         report.evaluated(&evaluate(&run, &trained, &mut arena, &eval_batcher, &val_set, 0)?)?;
@@ -298,6 +300,7 @@ pub fn train_on<B: Backend>(
             report.saved(&dir);
         }
     }
+    drop(hot);
 
     save_final_adapter(&trained.download(be)?, model.config.hidden_size, &config.model, &adapter_dir)?;
     report.saved(&adapter_dir);
