@@ -21,6 +21,7 @@ use std::borrow::Cow;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::attention_tiles::transpose;
 use super::frozen::FrozenMatrix;
 use super::matmul::{gemm_strided, matmul_nn, matmul_nt, matmul_tn, parallelism};
 use super::rank_wide::{rank_wide_product, LANES};
@@ -338,14 +339,8 @@ pub fn lora_group_xa(x: &[f32], mods: &[LoraOut<'_>], n: usize) -> (Vec<f32>, Ve
     // [A_1; A_2; …]ᵀ laid out [I, ΣR] row-major: about twice gemm's speed with A's own rows as the columns (one
     // thread, [128, 32] · [32, 576]ᵀ: 212 against 104 GFLOP/s).
     let mut at = vec![0.0f32; i * total];
-    let mut off = 0;
-    for l in &loras {
-        for (k, row) in l.a.chunks_exact(i).enumerate() {
-            for (c, &v) in row.iter().enumerate() {
-                at[c * total + off + k] = v;
-            }
-        }
-        off += l.r;
+    for (l, &off) in loras.iter().zip(&offsets) {
+        transpose(&mut at[off..], total, &l.a, i, l.r, i);
     }
     let rows = rows_per_task(n);
     xa_all.par_chunks_mut(rows * total).zip(x.par_chunks(rows * i)).for_each(|(xa, x)| {
