@@ -3,12 +3,13 @@
 //! that finds no work to sleep after a few dozen rounds of looking, and the next region must wake it again: a system
 //! call on one side and a delay on the other. OpenMP runtimes (PyTorch's, MKL's) keep their threads spinning between
 //! regions for the same reason. `loft bench train` (4×256, 2 threads, AMD EPYC VM): context switches 14,059 → 3,270
-//! over the run, 20–70 ms less a step (1.6 s), interleaved runs. Decoding gained nothing measurable (its regions
+//! over the run, 13–73 ms less a step (1.6 s) in four interleaved pairs. Decoding gained nothing measurable (its regions
 //! follow each other closely enough that the threads seldom sleep), so it does not use it.
 //!
-//! [`HotPool::start`], called on a thread of the pool, puts one spinning task on each other thread: it runs whatever
-//! work is pending (rayon's `yield_now`) and otherwise spins, until the guard is dropped. The caller's thread runs no
-//! spinner (one that lands there returns at once), so whatever it waits on, it can still run the work it waits for.
+//! [`HotPool::start`], called on a thread of the pool, puts one spinning task on each other thread (rayon's
+//! `spawn_broadcast`: each in its thread's own queue): it runs whatever work is pending (rayon's `yield_now`) and
+//! otherwise spins, until the guard is dropped. The caller's thread runs no spinner (its copy returns at once), so
+//! whatever it waits on, it can still run the work it waits for.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -22,7 +23,7 @@ thread_local! {
 /// While it lives, the pool's other threads spin between parallel regions instead of sleeping.
 pub struct HotPool {
     stop: Arc<AtomicBool>,
-    /// Spinners started and not yet returned (queued ones included).
+    /// Spinners started and not yet returned (queued ones included; the caller's thread's returns at once).
     pending: Arc<AtomicUsize>,
 }
 
@@ -32,35 +33,33 @@ impl HotPool {
     pub fn start() -> HotPool {
         let stop = Arc::new(AtomicBool::new(false));
         let pending = Arc::new(AtomicUsize::new(0));
-        if let Some(me) = rayon::current_thread_index() {
-            for _ in 1..rayon::current_num_threads() {
-                pending.fetch_add(1, Ordering::AcqRel);
-                let (stop, pending) = (stop.clone(), pending.clone());
-                rayon::spawn(move || {
-                    if rayon::current_thread_index() != Some(me) && !SPINNING.with(|s| s.replace(true)) {
-                        while !stop.load(Ordering::Acquire) {
-                            if rayon::yield_now() != Some(rayon::Yield::Executed) {
-                                std::hint::spin_loop();
-                            }
+        if let (Some(me), threads @ 2..) = (rayon::current_thread_index(), rayon::current_num_threads()) {
+            // One spinner a thread, each in that thread's own broadcast queue: a queued spinner cannot be taken by
+            // another thread (rayon::spawn's could: a thread already spinning took its neighbours' through
+            // yield_now, and they slept).
+            pending.store(threads, Ordering::Release);
+            let (stop, left) = (stop.clone(), pending.clone());
+            rayon::spawn_broadcast(move |ctx| {
+                if ctx.index() != me && !SPINNING.with(|s| s.replace(true)) {
+                    while !stop.load(Ordering::Acquire) {
+                        if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                            std::hint::spin_loop();
                         }
-                        SPINNING.with(|s| s.set(false));
                     }
-                    pending.fetch_sub(1, Ordering::AcqRel);
-                });
-            }
+                    SPINNING.with(|s| s.set(false));
+                }
+                left.fetch_sub(1, Ordering::AcqRel);
+            });
+            // This thread's own copy returns at once: run it now, so that only the other threads' remain.
+            while pending.load(Ordering::Acquire) == threads && rayon::yield_local() == Some(rayon::Yield::Executed) {}
         }
         HotPool { stop, pending }
-    }
-
-    /// Spinners started and not yet returned.
-    pub fn spinners(&self) -> usize {
-        self.pending.load(Ordering::Acquire)
     }
 }
 
 impl Drop for HotPool {
-    /// Stops the spinners and waits until each has returned, so that none outlives the loop. One still queued is
-    /// run here (it returns at once on this thread).
+    /// Stops the spinners and waits until each has returned, so that none outlives the loop. This thread's own
+    /// is run here if still queued (it returns at once).
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
         while self.pending.load(Ordering::Acquire) > 0 {
@@ -80,29 +79,36 @@ mod tests {
         rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap()
     }
 
+    /// Spinners started and not yet returned.
+    fn spinners(hot: &HotPool) -> usize {
+        hot.pending.load(Ordering::Acquire)
+    }
+
     #[test]
-    fn parallel_work_runs_beside_the_spinners_and_every_spinner_returns() {
+    fn the_spinners_keep_spinning_beside_parallel_work_until_dropped() {
         for threads in [1, 2, 4] {
             pool(threads).install(|| {
-                let hot = HotPool::start();
-                // Regions opened while the other threads spin still split and finish, joins nested in them too.
-                for round in 0..200u64 {
-                    let sum: u64 = (0..10_000u64).into_par_iter().map(|i| i * round).sum();
-                    assert_eq!(sum, round * 10_000 * 9_999 / 2);
-                    let (a, b) = rayon::join(|| round + 1, || round + 2);
-                    assert_eq!(a + b, 2 * round + 3);
+                // Twice: the second guard's spinners spin too (the first's left their threads free and unmarked).
+                for _ in 0..2 {
+                    let hot = HotPool::start();
+                    // Regions opened while the other threads spin still split and finish, joins nested in them too.
+                    for round in 0..200u64 {
+                        let sum: u64 = (0..10_000u64).into_par_iter().map(|i| i * round).sum();
+                        assert_eq!(sum, round * 10_000 * 9_999 / 2);
+                        let (a, b) = rayon::join(|| round + 1, || round + 2);
+                        assert_eq!(a + b, 2 * round + 3);
+                    }
+                    // Every other thread still runs its spinner (one that returned at once would have left).
+                    let want = threads - 1;
+                    assert_eq!(spinners(&hot), want, "{threads} threads: a spinner returned before its guard");
                 }
-                let pending = Arc::clone(&hot.pending);
-                drop(hot);
-                assert_eq!(pending.load(Ordering::Acquire), 0, "{threads} threads: a spinner outlived its guard");
             });
         }
     }
 
     #[test]
     fn outside_a_pool_it_starts_nothing() {
-        let hot = HotPool::start();
-        assert_eq!(hot.spinners(), 0);
+        assert_eq!(spinners(&HotPool::start()), 0);
     }
 
     #[test]
