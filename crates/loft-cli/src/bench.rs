@@ -56,7 +56,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub f16_activations: bool,
     /// Also time gemm alone on the step's frozen products (CPU), a few rounds after each timed step, and print the
-    /// step's FLOP rate as a share of gemm's best on those shapes.
+    /// step's FLOP rate as a share of gemm's best on those shapes (and of loft's own calls on them).
     #[arg(long)]
     pub vs_gemm: bool,
     /// Print one JSON object on the last line.
@@ -178,7 +178,8 @@ fn train(args: TrainArgs) -> loft::Result<()> {
     }
 }
 
-/// gemm's rounds over the step's frozen products after each timed step (--vs-gemm): one round is ~1/15 of a step.
+/// gemm's rounds over the step's frozen products after each timed step (--vs-gemm), and as many of loft's own calls
+/// on them: one round is ~1/15 of a step.
 const GEMM_ROUNDS_PER_STEP: usize = 4;
 
 /// The LoRA step (forward, backward, clip, AdamW) on `be`, timed over `--steps` after `--warmup`.
@@ -189,7 +190,7 @@ fn train_on<B: Backend>(be: &B, args: TrainArgs) -> loft::Result<()> {
     use loft::model::{load_base, LlamaConfig, Runner};
     use loft::train::forward_backward::{forward_backward, TrainArena};
     use loft::train::optim::{moment_bytes, OptimConfig, OptimKind, Optimizer};
-    use loft::train::products::{step_products, ProductTimer};
+    use loft::train::products::{step_products, Caller, ProductTimer};
     use loft::Error;
 
     let kind = OptimKind::parse(&args.optim)
@@ -281,7 +282,7 @@ fn train_on<B: Backend>(be: &B, args: TrainArgs) -> loft::Result<()> {
     let mut timed = 0.0f64;
     let mut last_loss = 0.0;
     // --vs-gemm: gemm's rounds run after each timed step; the step's peak memory is read before their operands exist.
-    let mut gemm: Option<ProductTimer> = None;
+    let mut gemm: Option<(ProductTimer, ProductTimer)> = None;
     let mut peak_of_steps = None;
     // The pool kept awake for the steps and gemm's rounds alike.
     let hot = be.hot_pool();
@@ -305,9 +306,13 @@ fn train_on<B: Backend>(be: &B, args: TrainArgs) -> loft::Result<()> {
                 if gemm.is_none() {
                     peak_of_steps = memory::peak_rss_bytes();
                 }
-                let timer = gemm.get_or_insert_with(|| ProductTimer::new(step_products(&cfg, args.batch * args.seq)));
+                let (alone, own) = gemm.get_or_insert_with(|| {
+                    let products = step_products(&cfg, args.batch * args.seq);
+                    (ProductTimer::new(products.clone(), Caller::Gemm), ProductTimer::new(products, Caller::Loft))
+                });
                 for _ in 0..GEMM_ROUNDS_PER_STEP {
-                    timer.round();
+                    alone.round();
+                    own.round();
                 }
             }
         }
@@ -327,7 +332,9 @@ fn train_on<B: Backend>(be: &B, args: TrainArgs) -> loft::Result<()> {
     let peak = peak_of_steps.or_else(memory::peak_rss_bytes).unwrap_or(0);
     let step_gflops = tps * flops_per_token / 1e9;
     // gemm's best and median on the step's shapes, GFLOP/s.
-    let gemm_figures = gemm.as_ref().map(|g| (g.best_flops_per_second() / 1e9, g.median_flops_per_second() / 1e9));
+    let figures = |t: &ProductTimer| (t.best_flops_per_second() / 1e9, t.median_flops_per_second() / 1e9);
+    let gemm_figures = gemm.as_ref().map(|g| figures(&g.0));
+    let own_figures = gemm.as_ref().map(|g| figures(&g.1));
     let device_bytes = be.allocated_bytes();
     let threads = rayon::current_num_threads();
     if !args.json {
@@ -347,16 +354,22 @@ fn train_on<B: Backend>(be: &B, args: TrainArgs) -> loft::Result<()> {
         );
         println!("threads: {threads}");
         println!("tokens/s: {tps:.1} ({:.3} s/step, {step_gflops:.1} GFLOP/s)", timed / args.steps as f64);
-        if let (Some(g), Some((best, median))) = (&gemm, gemm_figures) {
+        if let (Some(g), Some((best, median)), Some((own_best, own_median))) = (&gemm, gemm_figures, own_figures) {
             println!(
                 "gemm alone on the step's frozen products ({} rounds between the steps): {best:.1} GFLOP/s at each \
                  shape's best, {median:.1} at its median",
-                g.rounds()
+                g.0.rounds()
             );
             println!(
                 "the step: {:.1} % of gemm's best ({:.1} % of its median)",
                 100.0 * step_gflops / best,
                 100.0 * step_gflops / median
+            );
+            println!(
+                "loft's own calls on the same products (output columns split across the threads where that measured \
+                 faster): {own_best:.1} GFLOP/s at each shape's best, {own_median:.1} at its median; the step is \
+                 {:.1} % of their best",
+                100.0 * step_gflops / own_best
             );
         }
         println!(
@@ -387,6 +400,8 @@ fn train_on<B: Backend>(be: &B, args: TrainArgs) -> loft::Result<()> {
                 "gflops_per_second": step_gflops,
                 "gemm_best_gflops_per_second": gemm_figures.map(|g| g.0),
                 "gemm_median_gflops_per_second": gemm_figures.map(|g| g.1),
+                "loft_products_best_gflops_per_second": own_figures.map(|g| g.0),
+                "loft_products_median_gflops_per_second": own_figures.map(|g| g.1),
                 "peak_rss_bytes": peak,
                 "base_weight_bytes": model.weights.storage_bytes(),
                 "activation_bytes": arena.bytes(be),

@@ -1,14 +1,16 @@
 //! gemm alone on the LoRA step's frozen products: the ceiling the step is judged against (issue 15). For every
 //! frozen product of one step of [`super::forward_backward`] (each layer's seven projections forward and their input
-//! gradients, and the chunked head forward and input gradient) [`ProductTimer::round`] runs `engine::matmul` once
-//! per distinct shape on synthetic f32 operands, and weights its time by how often the step runs that shape.
+//! gradients, and the chunked head forward and input gradient) [`ProductTimer::round`] runs one product per distinct
+//! shape on synthetic f32 operands, and weights its time by how often the step runs that shape: either gemm called
+//! as it comes, with its own threading ([`Caller::Gemm`], the ceiling), or `engine::matmul` as the step calls it
+//! ([`Caller::Loft`], which splits some shapes' output columns across the threads itself).
 //! `loft bench train --vs-gemm` runs rounds between its timed steps, so gemm's figure and the step's come from the
 //! same minutes of the same machine.
 
 use std::time::Instant;
 
 use crate::engine::cross_entropy::HEAD_CHUNK;
-use crate::engine::matmul::{matmul_nn, matmul_nt};
+use crate::engine::matmul::{gemm_strided, matmul_nn, matmul_nt, parallelism};
 use crate::model::LlamaConfig;
 
 /// One frozen product of the step: y[rows, out] = x[rows, inner] · Wᵀ (forward, `matmul_nt`) or its input
@@ -56,8 +58,18 @@ pub fn step_products(cfg: &LlamaConfig, n: usize) -> Vec<Product> {
     products
 }
 
+/// How a [`ProductTimer`] runs each product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// One call into gemm with its own threading (`Parallelism::Rayon` over the pool): gemm alone.
+    Gemm,
+    /// `engine::matmul::{matmul_nt, matmul_nn}`, the calls the step makes.
+    Loft,
+}
+
 /// Times [`step_products`] round after round on operands allocated once (the largest x, W and y of the list).
 pub struct ProductTimer {
+    caller: Caller,
     products: Vec<Product>,
     x: Vec<f32>,
     w: Vec<f32>,
@@ -67,13 +79,13 @@ pub struct ProductTimer {
 }
 
 impl ProductTimer {
-    pub fn new(products: Vec<Product>) -> Self {
+    pub fn new(products: Vec<Product>, caller: Caller) -> Self {
         let most = |f: fn(&Product) -> usize| products.iter().map(f).max().unwrap_or(0);
         let x = (0..most(|p| p.rows * p.inner)).map(|i| ((i % 97) as f32 - 48.0) / 97.0).collect();
         let w = (0..most(|p| p.inner * p.out)).map(|i| ((i % 89) as f32 - 44.0) / 890.0).collect();
         let y = vec![0.0f32; most(|p| p.rows * p.out)];
         let runs = vec![Vec::new(); products.len()];
-        ProductTimer { products, x, w, y, runs }
+        ProductTimer { caller, products, x, w, y, runs }
     }
 
     pub fn products(&self) -> &[Product] {
@@ -85,11 +97,18 @@ impl ProductTimer {
         let mut total = 0.0;
         for (p, runs) in self.products.iter().zip(&mut self.runs) {
             let (x, w, y) = (&self.x[..p.rows * p.inner], &self.w[..p.inner * p.out], &mut self.y[..p.rows * p.out]);
+            let (n, k, m) = (p.rows, p.inner, p.out);
             let start = Instant::now();
-            if p.backward {
-                matmul_nn(y, x, w, p.rows, p.inner, p.out, 1.0, false);
-            } else {
-                matmul_nt(y, x, w, p.rows, p.inner, p.out, 1.0, false);
+            match (self.caller, p.backward) {
+                (Caller::Loft, true) => matmul_nn(y, x, w, n, k, m, 1.0, false),
+                (Caller::Loft, false) => matmul_nt(y, x, w, n, k, m, 1.0, false),
+                // y[n, m] = x[n, k] · w[k, m] and x[n, k] · w[m, k]ᵀ: matmul_nn's and matmul_nt's operands.
+                (Caller::Gemm, true) => {
+                    gemm_strided(n, m, k, y, (m, 1), false, x, (k, 1), w, (m, 1), 1.0, parallelism(n, m, k))
+                }
+                (Caller::Gemm, false) => {
+                    gemm_strided(n, m, k, y, (m, 1), false, x, (k, 1), w, (1, k), 1.0, parallelism(n, m, k))
+                }
             }
             let s = start.elapsed().as_secs_f64();
             runs.push(s);
@@ -144,7 +163,7 @@ mod tests {
         let n = 1024;
         let per_layer = cfg.hidden_size * (2 * cfg.q_dim() + 2 * cfg.kv_dim() + 3 * cfg.intermediate_size);
         let weights = cfg.num_hidden_layers * per_layer + cfg.vocab_size * cfg.hidden_size;
-        let timer = ProductTimer::new(step_products(&cfg, n));
+        let timer = ProductTimer::new(step_products(&cfg, n), Caller::Gemm);
         assert_eq!(timer.flops(), 4.0 * (weights * n) as f64);
         // A head chunk smaller than the step's rows runs once per chunk.
         let head = timer.products().iter().find(|p| p.name == "y head chunk").unwrap();
@@ -154,11 +173,13 @@ mod tests {
     #[test]
     fn rounds_are_recorded_and_weighted() {
         let cfg = LlamaConfig { num_hidden_layers: 1, vocab_size: 64, ..LlamaConfig::smollm2_135m() };
-        let mut timer = ProductTimer::new(step_products(&cfg, 8));
-        let total = timer.round();
-        timer.round();
-        assert_eq!(timer.rounds(), 2);
-        assert!(total > 0.0 && timer.best_flops_per_second() >= timer.median_flops_per_second());
+        for caller in [Caller::Gemm, Caller::Loft] {
+            let mut timer = ProductTimer::new(step_products(&cfg, 8), caller);
+            let total = timer.round();
+            timer.round();
+            assert_eq!(timer.rounds(), 2);
+            assert!(total > 0.0 && timer.best_flops_per_second() >= timer.median_flops_per_second());
+        }
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
     }
