@@ -10,7 +10,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::attention_tiles::{softmax_block, tile_product, transpose, Store, Tiles};
+use super::attention_tiles::{softmax_block, softmax_block_training, tile_product, transpose, Store, Tiles};
 
 /// out[T, NH·D] = softmax(q·kᵀ/√D, causal) · v for queries at positions p0..p0+T against k, v [P, NKV·D]
 /// (P ≥ p0 + T; query t sees keys 0..=p0+t, or only the last W of them with a window). One task per query row;
@@ -107,7 +107,8 @@ pub const KEY_TILE: usize = 256;
 /// for the backward. Query (b, i) sees keys j with doc_start[b·T + i] ≤ j ≤ i (doc_start None: from 0), so packed
 /// documents do not see each other, and i − j < W with a window W; positions restarting at each document is the
 /// caller's job (RoPE).
-/// Query head h reads key/value head h / (NH / NKV). out and lse are overwritten.
+/// Query head h reads key/value head h / (NH / NKV). out and lse are overwritten. The scores' exponentials are
+/// [`softmax_block_training`]'s (on AVX-512, the backward's own exp).
 #[allow(clippy::too_many_arguments)]
 pub fn attention_forward(
     out: &mut [f32],
@@ -122,6 +123,46 @@ pub fn attention_forward(
     nh: usize,
     nkv: usize,
     d: usize,
+) {
+    tiled_forward(out, lse, q, k, v, doc_start, window, b, t, nh, nkv, d, softmax_block_training)
+}
+
+/// [`attention_forward`] for an inference prefill: the exponentials are [`softmax_block`]'s, the same bits on every
+/// CPU (greedy decoding after a prefill can sit close enough to a tie to flip on an exp's rounding).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_prefill(
+    out: &mut [f32],
+    lse: &mut [f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    window: Option<usize>,
+    t: usize,
+    nh: usize,
+    nkv: usize,
+    d: usize,
+) {
+    tiled_forward(out, lse, q, k, v, None, window, 1, t, nh, nkv, d, softmax_block)
+}
+
+/// A block's online-softmax step ([`softmax_block`]'s arguments).
+type SoftmaxStep = fn(&mut [f32], usize, &[(usize, usize)], &mut [f32], &mut [f32], &mut [f32]);
+
+#[allow(clippy::too_many_arguments)]
+fn tiled_forward(
+    out: &mut [f32],
+    lse: &mut [f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    doc_start: Option<&[u32]>,
+    window: Option<usize>,
+    b: usize,
+    t: usize,
+    nh: usize,
+    nkv: usize,
+    d: usize,
+    softmax_step: SoftmaxStep,
 ) {
     let s = Shape::new(b, t, nh, nkv, d, doc_start, window);
     assert!(out.len() == b * t * s.qd && q.len() == b * t * s.qd, "attention_forward: q/out are not [B, T, NH·D]");
@@ -185,7 +226,7 @@ pub fn attention_forward(
                     );
                     keys.clear();
                     keys.extend((0..m).map(|row| s.key_range(bi, i0 + row / group, j0, j1)));
-                    softmax_block(sc, bc, keys, mx, l, correction);
+                    softmax_step(sc, bc, keys, mx, l, correction);
                     if j0 > first {
                         for (a, &c) in acc.chunks_exact_mut(d).zip(correction.iter()) {
                             a.iter_mut().for_each(|a| *a *= c);

@@ -106,6 +106,43 @@ pub fn softmax_block(
     }
 }
 
+/// [`softmax_block`] for training: on AVX-512 each row's maximum and its exponentials and their sum in vector
+/// registers, e^x by the same fused multiply-add routine as the backward's [`Store::Exp`] (about 1 ulp; so the
+/// forward's row logsumexp and the probabilities the backward recomputes from it come from one exp). Other CPUs take
+/// [`softmax_block`]. The inference prefill keeps [`softmax_block`] (its bits must not depend on the CPU).
+pub fn softmax_block_training(
+    sc: &mut [f32],
+    n: usize,
+    keys: &[(usize, usize)],
+    mx: &mut [f32],
+    l: &mut [f32],
+    correction: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        let m = keys.len();
+        assert!(sc.len() >= m * n && mx.len() >= m && l.len() >= m && correction.len() >= m, "softmax_block: shapes");
+        assert!(keys.iter().all(|&(ja, jb)| ja >= jb || jb <= n), "softmax_block: keys beyond N = {n}");
+        for (r, row) in sc.chunks_exact_mut(n.max(1)).take(m).enumerate() {
+            let (ja, jb) = keys[r];
+            if ja >= jb {
+                row.fill(0.0);
+                correction[r] = 1.0;
+                continue;
+            }
+            // SAFETY: the CPU has AVX-512F (checked just above).
+            let (m_new, sum) = unsafe { avx512::exp_row(&mut row[ja..jb], mx[r]) };
+            row[..ja].fill(0.0);
+            row[jb..].fill(0.0);
+            correction[r] = (mx[r] - m_new).exp();
+            l[r] = l[r] * correction[r] + sum;
+            mx[r] = m_new;
+        }
+        return;
+    }
+    softmax_block(sc, n, keys, mx, l, correction)
+}
+
 /// dst[j, i] = src[i, j] for i < rows, j < cols: row i of src at src[i · src_stride..], row j of dst at
 /// dst[j · dst_stride..]. On AVX-512, 16 × 16 blocks are transposed in registers; the edges element by element.
 pub fn transpose(dst: &mut [f32], dst_stride: usize, src: &[f32], src_stride: usize, rows: usize, cols: usize) {
@@ -377,6 +414,41 @@ mod avx512 {
         }
     }
 
+    /// With m' = max(prev, max(row)): row = exp(row − m') in place; returns (m', Σ row), the sum in 16 lanes.
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn exp_row(row: &mut [f32], prev: f32) -> (f32, f32) {
+        let (whole, rest) = (row.len() / 16, row.len() % 16);
+        let tail = ((1u32 << rest) - 1) as __mmask16;
+        let p = row.as_mut_ptr();
+        // SAFETY: vectors v < whole lie within row; the tail's masked loads and stores touch only its `rest` lanes.
+        unsafe {
+            let mut vmax = _mm512_set1_ps(prev);
+            for v in 0..whole {
+                vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(p.add(16 * v)));
+            }
+            if rest > 0 {
+                vmax = _mm512_max_ps(
+                    vmax,
+                    _mm512_mask_loadu_ps(_mm512_set1_ps(f32::NEG_INFINITY), tail, p.add(16 * whole)),
+                );
+            }
+            let m = _mm512_reduce_max_ps(vmax);
+            let shift = _mm512_set1_ps(m);
+            let mut sum = _mm512_setzero_ps();
+            for v in 0..whole {
+                let e = exp(_mm512_sub_ps(_mm512_loadu_ps(p.add(16 * v)), shift));
+                _mm512_storeu_ps(p.add(16 * v), e);
+                sum = _mm512_add_ps(sum, e);
+            }
+            if rest > 0 {
+                let e = exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, p.add(16 * whole)), shift));
+                _mm512_mask_storeu_ps(p.add(16 * whole), tail, e);
+                sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(tail, e));
+            }
+            (m, _mm512_reduce_add_ps(sum))
+        }
+    }
+
     /// e^x as vector_math::exp computes it (Cody–Waite reduction, Cephes' polynomial), with fused multiply-adds and
     /// the scaling by 2ⁿ done by vscalefps, which also takes over- and underflow: about 1 ulp, 0 below −104.
     #[target_feature(enable = "avx512f")]
@@ -514,10 +586,15 @@ mod tests {
         (0..len).map(|_| (r.next_f64() * 2.0 - 1.0) as f32).collect()
     }
 
-    /// Two blocks of the online softmax in a row against the rule in f64, on odd widths and masks of every kind.
+    /// Two blocks of the online softmax in a row against the rule in f64, on odd widths and masks of every kind:
+    /// the portable variant and the training one.
     #[test]
     fn softmax_block_matches_the_rule() {
-        for (m, n) in [(96, 256), (7, 37), (5, 1), (12, 70)] {
+        type Block = fn(&mut [f32], usize, &[(usize, usize)], &mut [f32], &mut [f32], &mut [f32]);
+        for (block, (m, n)) in [softmax_block as Block, softmax_block_training]
+            .into_iter()
+            .flat_map(|f| [(96, 256), (7, 37), (5, 1), (12, 70), (4, 16), (3, 33)].map(|mn| (f, mn)))
+        {
             let keys: Vec<(usize, usize)> = (0..m)
                 .map(|r| [(0, 0), (0, n), (0, (r + 1).min(n)), (r / 3 % n, (r / 3 % n + 5).min(n))][r % 4])
                 .collect();
@@ -526,7 +603,7 @@ mod tests {
             for seed in [1, 2] {
                 let scores: Vec<f32> = rand(m * n, seed).iter().map(|x| x * 8.0).collect();
                 let mut sc = scores.clone();
-                softmax_block(&mut sc, n, &keys, &mut mx, &mut l, &mut correction);
+                block(&mut sc, n, &keys, &mut mx, &mut l, &mut correction);
                 for r in 0..m {
                     let (ja, jb) = keys[r];
                     let row = &scores[r * n..(r + 1) * n];

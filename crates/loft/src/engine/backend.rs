@@ -11,7 +11,7 @@
 
 use std::borrow::BorrowMut;
 
-use crate::engine::attention::{attention_backward, attention_forward, attention_forward_cached};
+use crate::engine::attention::{attention_backward, attention_forward, attention_forward_cached, attention_prefill};
 use crate::engine::bias::bias_forward;
 use crate::engine::cross_entropy::{
     cross_entropy_forward, cross_entropy_forward_backward, CrossEntropyScratch, HEAD_CHUNK,
@@ -723,7 +723,7 @@ impl Backend for Cpu {
         if p0 == 0 {
             // A fresh sequence: the tiled training kernel (blocks of queries and keys) is several times faster.
             let mut lse = vec![0.0f32; nh * t];
-            attention_forward(att, &mut lse, q, &k[..t * kvd], &v[..t * kvd], None, window, 1, t, nh, nkv, d);
+            attention_prefill(att, &mut lse, q, &k[..t * kvd], &v[..t * kvd], window, t, nh, nkv, d);
         } else {
             let (k, v) = (&k[..(p0 + t) * kvd], &v[..(p0 + t) * kvd]);
             attention_forward_cached(att, q, k, v, t, p0, window, nh, nkv, d);
