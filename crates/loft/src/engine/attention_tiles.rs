@@ -86,24 +86,10 @@ pub fn softmax_block(
     l: &mut [f32],
     correction: &mut [f32],
 ) {
-    let m = keys.len();
-    assert!(sc.len() >= m * n && mx.len() >= m && l.len() >= m && correction.len() >= m, "softmax_block: shapes");
-    assert!(keys.iter().all(|&(ja, jb)| ja >= jb || jb <= n), "softmax_block: keys beyond N = {n}");
-    for (r, row) in sc.chunks_exact_mut(n.max(1)).take(m).enumerate() {
-        let (ja, jb) = keys[r];
-        if ja >= jb {
-            row.fill(0.0);
-            correction[r] = 1.0;
-            continue;
-        }
-        let m_new = mx[r].max(vm::max(&row[ja..jb]));
-        let sum = vm::exp_shifted_sum(&mut row[ja..jb], m_new);
-        row[..ja].fill(0.0);
-        row[jb..].fill(0.0);
-        correction[r] = (mx[r] - m_new).exp();
-        l[r] = l[r] * correction[r] + sum;
-        mx[r] = m_new;
-    }
+    softmax_rows(sc, n, keys, mx, l, correction, |row, prev| {
+        let m_new = prev.max(vm::max(row));
+        (m_new, vm::exp_shifted_sum(row, m_new))
+    })
 }
 
 /// [`softmax_block`] for training: on AVX-512 each row's maximum and its exponentials and their sum in vector
@@ -120,27 +106,40 @@ pub fn softmax_block_training(
 ) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx512f") {
-        let m = keys.len();
-        assert!(sc.len() >= m * n && mx.len() >= m && l.len() >= m && correction.len() >= m, "softmax_block: shapes");
-        assert!(keys.iter().all(|&(ja, jb)| ja >= jb || jb <= n), "softmax_block: keys beyond N = {n}");
-        for (r, row) in sc.chunks_exact_mut(n.max(1)).take(m).enumerate() {
-            let (ja, jb) = keys[r];
-            if ja >= jb {
-                row.fill(0.0);
-                correction[r] = 1.0;
-                continue;
-            }
-            // SAFETY: the CPU has AVX-512F (checked just above).
-            let (m_new, sum) = unsafe { avx512::exp_row(&mut row[ja..jb], mx[r]) };
-            row[..ja].fill(0.0);
-            row[jb..].fill(0.0);
-            correction[r] = (mx[r] - m_new).exp();
-            l[r] = l[r] * correction[r] + sum;
-            mx[r] = m_new;
-        }
-        return;
+        // SAFETY: the CPU has AVX-512F (checked just above).
+        return softmax_rows(sc, n, keys, mx, l, correction, |row, prev| unsafe { avx512::exp_row(row, prev) });
     }
     softmax_block(sc, n, keys, mx, l, correction)
+}
+
+/// The online softmax's step over a block's rows, `exp_row(row[ja..jb], mx[r])` giving (m', Σ) with the row's
+/// exponentials written in place.
+fn softmax_rows(
+    sc: &mut [f32],
+    n: usize,
+    keys: &[(usize, usize)],
+    mx: &mut [f32],
+    l: &mut [f32],
+    correction: &mut [f32],
+    exp_row: impl Fn(&mut [f32], f32) -> (f32, f32),
+) {
+    let m = keys.len();
+    assert!(sc.len() >= m * n && mx.len() >= m && l.len() >= m && correction.len() >= m, "softmax_block: shapes");
+    assert!(keys.iter().all(|&(ja, jb)| ja >= jb || jb <= n), "softmax_block: keys beyond N = {n}");
+    for (r, row) in sc.chunks_exact_mut(n.max(1)).take(m).enumerate() {
+        let (ja, jb) = keys[r];
+        if ja >= jb {
+            row.fill(0.0);
+            correction[r] = 1.0;
+            continue;
+        }
+        let (m_new, sum) = exp_row(&mut row[ja..jb], mx[r]);
+        row[..ja].fill(0.0);
+        row[jb..].fill(0.0);
+        correction[r] = (mx[r] - m_new).exp();
+        l[r] = l[r] * correction[r] + sum;
+        mx[r] = m_new;
+    }
 }
 
 /// dst[j, i] = src[i, j] for i < rows, j < cols: row i of src at src[i · src_stride..], row j of dst at

@@ -54,33 +54,22 @@ pub fn gemm_strided(
     alpha: f32,
     parallelism: Parallelism,
 ) {
-    if !checked(m, n, k, dst, dst_s, accumulate, lhs, lhs_s, rhs, rhs_s) {
-        return;
-    }
-    // SAFETY: every strided index reached lies inside its slice (checked above); dst does not alias lhs or rhs
-    // (it is a distinct &mut).
-    unsafe {
-        gemm_raw_ptr(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            dst_s,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_s,
-            rhs.as_ptr(),
-            rhs_s,
-            alpha,
-            parallelism,
-        )
-    }
+    product(m, n, k, dst, dst_s, accumulate, lhs, lhs_s, rhs, rhs_s, alpha, Split::Gemm(parallelism))
 }
 
-/// gemm_strided's product with dst's n columns split into `parts` ranges (starting at multiples of 16 columns), each
-/// a single-threaded gemm call, run in parallel on the calling thread's pool.
+/// How a product is shared out between the threads.
+#[derive(Clone, Copy)]
+enum Split {
+    /// One gemm call, with this threading of its own.
+    Gemm(Parallelism),
+    /// dst's n columns in this many ranges (starting at multiples of 16 columns), each a single-threaded gemm call,
+    /// run in parallel on the calling thread's pool.
+    Columns(usize),
+}
+
+/// [`gemm_strided`], shared out as `split` says.
 #[allow(clippy::too_many_arguments)]
-fn gemm_by_columns(
+fn product(
     m: usize,
     n: usize,
     k: usize,
@@ -92,68 +81,11 @@ fn gemm_by_columns(
     rhs: &[f32],
     rhs_s: (usize, usize),
     alpha: f32,
-    parts: usize,
+    split: Split,
 ) {
     use rayon::prelude::*;
-    if !checked(m, n, k, dst, dst_s, accumulate, lhs, lhs_s, rhs, rhs_s) {
-        return;
-    }
-    let width = n.div_ceil(parts).next_multiple_of(16);
-    let base = SendPtr(dst.as_mut_ptr());
-    (0..n.div_ceil(width)).into_par_iter().for_each(|p| {
-        let (c0, c1) = (p * width, ((p + 1) * width).min(n));
-        // SAFETY: the whole product's extents were checked above, and a part reads and writes a subset of them:
-        // columns c0..c1 of dst and rhs. dst outlives the loop, which holds its only borrow, and no two parts
-        // touch the same element of it (gemm's own threads share dst through raw pointers the same way).
-        unsafe {
-            let rhs_part = rhs.as_ptr().add(c0 * rhs_s.1);
-            gemm_raw_ptr(
-                m,
-                c1 - c0,
-                k,
-                base.get().add(c0 * dst_s.1),
-                dst_s,
-                accumulate,
-                lhs.as_ptr(),
-                lhs_s,
-                rhs_part,
-                rhs_s,
-                alpha,
-                Parallelism::None,
-            )
-        }
-    });
-}
-
-/// A product's dst handed to its parts (see [`gemm_by_columns`]).
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: the parts write disjoint elements through it (see gemm_by_columns).
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
-/// Checks every operand's strided extent against its slice (panics on a wrong stride instead of reading out of
-/// bounds); clears dst when k = 0 and not accumulating. Returns whether there is a product to run.
-#[allow(clippy::too_many_arguments)]
-fn checked(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    dst_s: (usize, usize),
-    accumulate: bool,
-    lhs: &[f32],
-    lhs_s: (usize, usize),
-    rhs: &[f32],
-    rhs_s: (usize, usize),
-) -> bool {
     if m == 0 || n == 0 {
-        return false;
+        return;
     }
     let extent = |rows: usize, cols: usize, (rs, cs): (usize, usize)| (rows - 1) * rs + (cols - 1) * cs + 1;
     assert!(dst.len() >= extent(m, n, dst_s), "gemm_strided: dst out of bounds");
@@ -165,13 +97,48 @@ fn checked(
                 }
             }
         }
-        return false;
+        return;
     }
     assert!(
         lhs.len() >= extent(m, k, lhs_s) && rhs.len() >= extent(k, n, rhs_s),
         "gemm_strided: operand out of bounds"
     );
-    true
+    match split {
+        // SAFETY: every strided index reached lies inside its slice (checked above); dst does not alias lhs or rhs
+        // (it is a distinct &mut).
+        Split::Gemm(threads) => unsafe {
+            let (dst, lhs, rhs) = (dst.as_mut_ptr(), lhs.as_ptr(), rhs.as_ptr());
+            gemm_raw_ptr(m, n, k, dst, dst_s, accumulate, lhs, lhs_s, rhs, rhs_s, alpha, threads)
+        },
+        Split::Columns(parts) => {
+            let width = n.div_ceil(parts).next_multiple_of(16);
+            let base = SendPtr(dst.as_mut_ptr());
+            (0..n.div_ceil(width)).into_par_iter().for_each(|p| {
+                let (c0, c1) = (p * width, ((p + 1) * width).min(n));
+                // SAFETY: the whole product's extents were checked above, and a part reads and writes a subset of
+                // them: columns c0..c1 of dst and rhs. dst outlives the loop, which holds its only borrow, and no
+                // two parts touch the same element of it (gemm's own threads share dst through raw pointers the
+                // same way); lhs and rhs are only read.
+                unsafe {
+                    let (dst, lhs, rhs) = (base.get().add(c0 * dst_s.1), lhs.as_ptr(), rhs.as_ptr().add(c0 * rhs_s.1));
+                    let single = Parallelism::None;
+                    gemm_raw_ptr(m, c1 - c0, k, dst, dst_s, accumulate, lhs, lhs_s, rhs, rhs_s, alpha, single)
+                }
+            });
+        }
+    }
+}
+
+/// A product's dst handed to its parts (see [`Split::Columns`]).
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: the parts write disjoint elements of dst through it (see product).
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
 }
 
 /// The one call into `gemm`.
@@ -223,7 +190,7 @@ unsafe fn gemm_raw_ptr(
 pub fn matmul_nt(y: &mut [f32], x: &[f32], w: &[f32], n: usize, k: usize, m: usize, alpha: f32, accumulate: bool) {
     assert!(y.len() >= n * m && x.len() >= n * k && w.len() >= m * k, "matmul_nt: operand too small");
     if let Some(parts) = column_parts(n, m, k) {
-        return gemm_by_columns(n, m, k, y, (m, 1), accumulate, x, (k, 1), w, (1, k), alpha, parts);
+        return product(n, m, k, y, (m, 1), accumulate, x, (k, 1), w, (1, k), alpha, Split::Columns(parts));
     }
     gemm_strided(n, m, k, y, (m, 1), accumulate, x, (k, 1), w, (1, k), alpha, parallelism(n, m, k))
 }
@@ -239,7 +206,7 @@ pub fn matmul_nt_single(y: &mut [f32], x: &[f32], w: &[f32], n: usize, k: usize,
 pub fn matmul_nn(y: &mut [f32], x: &[f32], w: &[f32], n: usize, m: usize, k: usize, alpha: f32, accumulate: bool) {
     assert!(y.len() >= n * k && x.len() >= n * m && w.len() >= m * k, "matmul_nn: operand too small");
     if let Some(parts) = column_parts(n, k, m) {
-        return gemm_by_columns(n, k, m, y, (k, 1), accumulate, x, (m, 1), w, (k, 1), alpha, parts);
+        return product(n, k, m, y, (k, 1), accumulate, x, (m, 1), w, (k, 1), alpha, Split::Columns(parts));
     }
     gemm_strided(n, k, m, y, (k, 1), accumulate, x, (m, 1), w, (k, 1), alpha, parallelism(n, k, m))
 }
