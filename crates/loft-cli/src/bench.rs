@@ -281,8 +281,9 @@ fn train_on<B: Backend>(be: &B, args: TrainArgs) -> loft::Result<()> {
 
     let mut timed = 0.0f64;
     let mut last_loss = 0.0;
-    // --vs-gemm: gemm's rounds run after each timed step; the step's peak memory is read before their operands exist.
-    let mut gemm: Option<(ProductTimer, ProductTimer)> = None;
+    // --vs-gemm: rounds of gemm alone (the ceiling) and of loft's own calls on the same products run after each timed
+    // step; the step's peak memory is read before their operands exist.
+    let mut timers: Option<(ProductTimer, ProductTimer)> = None;
     let mut peak_of_steps = None;
     // The pool kept awake for the steps and gemm's rounds alike.
     let hot = be.hot_pool();
@@ -303,10 +304,10 @@ fn train_on<B: Backend>(be: &B, args: TrainArgs) -> loft::Result<()> {
         if step >= args.warmup {
             timed += start.elapsed().as_secs_f64();
             if args.vs_gemm {
-                if gemm.is_none() {
+                if timers.is_none() {
                     peak_of_steps = memory::peak_rss_bytes();
                 }
-                let (alone, own) = gemm.get_or_insert_with(|| {
+                let (alone, own) = timers.get_or_insert_with(|| {
                     let products = step_products(&cfg, args.batch * args.seq);
                     (ProductTimer::new(products.clone(), Caller::Gemm), ProductTimer::new(products, Caller::Loft))
                 });
@@ -333,8 +334,8 @@ fn train_on<B: Backend>(be: &B, args: TrainArgs) -> loft::Result<()> {
     let step_gflops = tps * flops_per_token / 1e9;
     // gemm's best and median on the step's shapes, GFLOP/s.
     let figures = |t: &ProductTimer| (t.best_flops_per_second() / 1e9, t.median_flops_per_second() / 1e9);
-    let gemm_figures = gemm.as_ref().map(|g| figures(&g.0));
-    let own_figures = gemm.as_ref().map(|g| figures(&g.1));
+    let gemm_figures = timers.as_ref().map(|(alone, _)| figures(alone));
+    let own_figures = timers.as_ref().map(|(_, own)| figures(own));
     let device_bytes = be.allocated_bytes();
     let threads = rayon::current_num_threads();
     if !args.json {
@@ -354,11 +355,13 @@ fn train_on<B: Backend>(be: &B, args: TrainArgs) -> loft::Result<()> {
         );
         println!("threads: {threads}");
         println!("tokens/s: {tps:.1} ({:.3} s/step, {step_gflops:.1} GFLOP/s)", timed / args.steps as f64);
-        if let (Some(g), Some((best, median)), Some((own_best, own_median))) = (&gemm, gemm_figures, own_figures) {
+        if let (Some((alone, _)), Some((best, median)), Some((own_best, own_median))) =
+            (&timers, gemm_figures, own_figures)
+        {
             println!(
                 "gemm alone on the step's frozen products ({} rounds between the steps): {best:.1} GFLOP/s at each \
                  shape's best, {median:.1} at its median",
-                g.0.rounds()
+                alone.rounds()
             );
             println!(
                 "the step: {:.1} % of gemm's best ({:.1} % of its median)",

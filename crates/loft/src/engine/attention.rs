@@ -10,7 +10,9 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::attention_tiles::{softmax_block, softmax_block_training, tile_product, transpose, Store, Tiles};
+use super::attention_tiles::{
+    softmax_block, softmax_block_training, tile_product, transpose, SoftmaxStep, Store, Tiles,
+};
 
 /// out[T, NH·D] = softmax(q·kᵀ/√D, causal) · v for queries at positions p0..p0+T against k, v [P, NKV·D]
 /// (P ≥ p0 + T; query t sees keys 0..=p0+t, or only the last W of them with a window). One task per query row;
@@ -145,9 +147,7 @@ pub fn attention_prefill(
     tiled_forward(out, lse, q, k, v, None, window, 1, t, nh, nkv, d, softmax_block)
 }
 
-/// A block's online-softmax step ([`softmax_block`]'s arguments).
-type SoftmaxStep = fn(&mut [f32], usize, &[(usize, usize)], &mut [f32], &mut [f32], &mut [f32]);
-
+/// The training forward's and the prefill's tiles, the block's softmax step by `softmax_step`.
 #[allow(clippy::too_many_arguments)]
 fn tiled_forward(
     out: &mut [f32],

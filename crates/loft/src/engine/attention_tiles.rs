@@ -72,6 +72,9 @@ pub fn tile_product(t: Tiles, store: Store) {
     widest(t, store)
 }
 
+/// A block's online-softmax step: [`softmax_block`] or [`softmax_block_training`].
+pub type SoftmaxStep = fn(&mut [f32], usize, &[(usize, usize)], &mut [f32], &mut [f32], &mut [f32]);
+
 /// The online softmax's step over one block of scaled scores sc[M, N] (row r at sc[r · N..]), for the rows that see
 /// the columns keys[r] = [ja, jb): with m' = max(mx[r], max_j sc[r, j]) over them, sc[r, j] = exp(sc[r, j] − m')
 /// there and 0 elsewhere, correction[r] = exp(mx[r] − m'), l[r] = l[r] · correction[r] + Σ_j sc[r, j], mx[r] = m'.
@@ -589,8 +592,7 @@ mod tests {
     /// the portable variant and the training one.
     #[test]
     fn softmax_block_matches_the_rule() {
-        type Block = fn(&mut [f32], usize, &[(usize, usize)], &mut [f32], &mut [f32], &mut [f32]);
-        for (block, (m, n)) in [softmax_block as Block, softmax_block_training]
+        for (block, (m, n)) in [softmax_block as SoftmaxStep, softmax_block_training]
             .into_iter()
             .flat_map(|f| [(96, 256), (7, 37), (5, 1), (12, 70), (4, 16), (3, 33)].map(|mn| (f, mn)))
         {

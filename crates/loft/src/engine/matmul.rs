@@ -20,22 +20,6 @@ pub(crate) fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
     }
 }
 
-/// Output columns a thread's part of a product keeps at least (a multiple of the 16 f32 lanes of AVX-512).
-const PART_MIN_COLUMNS: usize = 64;
-
-/// How many parts of its output columns a product y[rows, cols] with inner size `inner` runs as, one part per
-/// thread on the calling thread's pool, each a single-threaded gemm call; None: one call with gemm's own threading.
-/// Splitting pays where the inner size is at least the output's width: 2 threads, AVX-512 EPYC, best of 30 runs,
-/// gemm's own threading → column parts: the forward's [1024, 1536]·[576, 1536]ᵀ 428–430 → 471–474 GFLOP/s,
-/// [1024, 576]·[576, 576]ᵀ 480–488 → 507–510, the head's input gradient [256, 49152]·[49152, 576] 411–414 →
-/// 455–457; the other shapes of a SmolLM2-135M step the same within 1–2 % either way (wider outputs, where it does
-/// not pay, keep gemm's threading).
-fn column_parts(rows: usize, cols: usize, inner: usize) -> Option<usize> {
-    let threads = rayon::current_num_threads();
-    let parallel = matches!(parallelism(rows, cols, inner), Parallelism::Rayon(_));
-    (parallel && inner >= cols && cols >= threads * PART_MIN_COLUMNS).then_some(threads)
-}
-
 /// dst[m,n] = (accumulate ? dst : 0) + alpha · lhs[m,k] · rhs[k,n], every operand given by its (row, column)
 /// strides from the start of its slice. `gemm` is an unsafe fn: the strided extent of each operand is checked
 /// against its slice first, so a wrong stride panics instead of reading out of bounds.
@@ -58,14 +42,41 @@ pub fn gemm_strided(
 }
 
 /// How a product is shared out between the threads.
-#[derive(Clone, Copy)]
-enum Split {
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Split {
     /// One gemm call, with this threading of its own.
     Gemm(Parallelism),
     /// dst's n columns in this many ranges (starting at multiples of 16 columns), each a single-threaded gemm call,
     /// run in parallel on the calling thread's pool.
     Columns(usize),
 }
+
+impl Split {
+    /// What [`matmul_nt`] and [`matmul_nn`] do for a product y[rows, cols] with inner size `inner`: its output
+    /// columns in a part per thread where the inner size is at least the output's width (and each part keeps
+    /// [`PART_MIN_COLUMNS`]), else gemm's own threading ([`Split::gemm_alone`]). 2 threads, AVX-512 EPYC, best of
+    /// 30 runs, gemm's own threading → column parts: the forward's [1024, 1536]·[576, 1536]ᵀ 428–430 → 471–474
+    /// GFLOP/s, [1024, 576]·[576, 576]ᵀ 480–488 → 507–510, the head's input gradient [256, 49152]·[49152, 576]
+    /// 411–414 → 455–457; the other shapes of a SmolLM2-135M step the same within 1–2 % either way (wider outputs,
+    /// where it does not pay, keep gemm's threading).
+    pub(crate) fn chosen(rows: usize, cols: usize, inner: usize) -> Split {
+        let threads = rayon::current_num_threads();
+        match Split::gemm_alone(rows, cols, inner) {
+            Split::Gemm(Parallelism::Rayon(_)) if inner >= cols && cols >= threads * PART_MIN_COLUMNS => {
+                Split::Columns(threads)
+            }
+            gemm => gemm,
+        }
+    }
+
+    /// gemm's own threading over the pool, for products large enough to be worth waking it.
+    pub(crate) fn gemm_alone(rows: usize, cols: usize, inner: usize) -> Split {
+        Split::Gemm(parallelism(rows, cols, inner))
+    }
+}
+
+/// Output columns a thread's part of a product keeps at least (a multiple of the 16 f32 lanes of AVX-512).
+const PART_MIN_COLUMNS: usize = 64;
 
 /// [`gemm_strided`], shared out as `split` says.
 #[allow(clippy::too_many_arguments)]
@@ -188,11 +199,24 @@ unsafe fn gemm_raw_ptr(
 /// y[N,M] = (accumulate ? y : 0) + alpha · x[N,K] · w[M,K]ᵀ
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_nt(y: &mut [f32], x: &[f32], w: &[f32], n: usize, k: usize, m: usize, alpha: f32, accumulate: bool) {
+    matmul_nt_split(y, x, w, n, k, m, alpha, accumulate, Split::chosen(n, m, k))
+}
+
+/// [`matmul_nt`] shared out as `split` says.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_nt_split(
+    y: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    n: usize,
+    k: usize,
+    m: usize,
+    alpha: f32,
+    accumulate: bool,
+    split: Split,
+) {
     assert!(y.len() >= n * m && x.len() >= n * k && w.len() >= m * k, "matmul_nt: operand too small");
-    if let Some(parts) = column_parts(n, m, k) {
-        return product(n, m, k, y, (m, 1), accumulate, x, (k, 1), w, (1, k), alpha, Split::Columns(parts));
-    }
-    gemm_strided(n, m, k, y, (m, 1), accumulate, x, (k, 1), w, (1, k), alpha, parallelism(n, m, k))
+    product(n, m, k, y, (m, 1), accumulate, x, (k, 1), w, (1, k), alpha, split)
 }
 
 /// y[N,M] = x[N,K] · w[M,K]ᵀ on the calling thread (callers run several such products in parallel).
@@ -204,11 +228,24 @@ pub fn matmul_nt_single(y: &mut [f32], x: &[f32], w: &[f32], n: usize, k: usize,
 /// y[N,K] = (accumulate ? y : 0) + alpha · x[N,M] · w[M,K]
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_nn(y: &mut [f32], x: &[f32], w: &[f32], n: usize, m: usize, k: usize, alpha: f32, accumulate: bool) {
+    matmul_nn_split(y, x, w, n, m, k, alpha, accumulate, Split::chosen(n, k, m))
+}
+
+/// [`matmul_nn`] shared out as `split` says.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_nn_split(
+    y: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    n: usize,
+    m: usize,
+    k: usize,
+    alpha: f32,
+    accumulate: bool,
+    split: Split,
+) {
     assert!(y.len() >= n * k && x.len() >= n * m && w.len() >= m * k, "matmul_nn: operand too small");
-    if let Some(parts) = column_parts(n, k, m) {
-        return product(n, k, m, y, (k, 1), accumulate, x, (m, 1), w, (k, 1), alpha, Split::Columns(parts));
-    }
-    gemm_strided(n, k, m, y, (k, 1), accumulate, x, (m, 1), w, (k, 1), alpha, parallelism(n, k, m))
+    product(n, k, m, y, (k, 1), accumulate, x, (m, 1), w, (k, 1), alpha, split)
 }
 
 /// y[M,K] = (accumulate ? y : 0) + alpha · x[N,M]ᵀ · z[N,K]
@@ -279,7 +316,7 @@ mod tests {
         for threads in [2, 3] {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             pool.install(|| {
-                assert_eq!(column_parts(n, m, k), Some(threads));
+                assert!(matches!(Split::chosen(n, m, k), Split::Columns(p) if p == threads));
                 let mut y = vec![1.0; n * m];
                 matmul_nt(&mut y, &x, &w, n, k, m, 0.5, true);
                 let want: Vec<f32> = naive(&x, &transpose(&w, m, k), n, k, m).iter().map(|v| 1.0 + 0.5 * v).collect();
@@ -293,6 +330,6 @@ mod tests {
         }
         // A wider output than the inner size keeps gemm's own threading.
         let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
-        pool.install(|| assert_eq!(column_parts(n, k, m), None));
+        pool.install(|| assert!(matches!(Split::chosen(n, k, m), Split::Gemm(Parallelism::Rayon(2)))));
     }
 }

@@ -10,7 +10,7 @@
 use std::time::Instant;
 
 use crate::engine::cross_entropy::HEAD_CHUNK;
-use crate::engine::matmul::{gemm_strided, matmul_nn, matmul_nt, parallelism};
+use crate::engine::matmul::{matmul_nn_split, matmul_nt_split, Split};
 use crate::model::LlamaConfig;
 
 /// One frozen product of the step: y[rows, out] = x[rows, inner] · Wᵀ (forward, `matmul_nt`) or its input
@@ -99,16 +99,15 @@ impl ProductTimer {
             let (x, w, y) = (&self.x[..p.rows * p.inner], &self.w[..p.inner * p.out], &mut self.y[..p.rows * p.out]);
             let (n, k, m) = (p.rows, p.inner, p.out);
             let start = Instant::now();
-            match (self.caller, p.backward) {
-                (Caller::Loft, true) => matmul_nn(y, x, w, n, k, m, 1.0, false),
-                (Caller::Loft, false) => matmul_nt(y, x, w, n, k, m, 1.0, false),
-                // y[n, m] = x[n, k] · w[k, m] and x[n, k] · w[m, k]ᵀ: matmul_nn's and matmul_nt's operands.
-                (Caller::Gemm, true) => {
-                    gemm_strided(n, m, k, y, (m, 1), false, x, (k, 1), w, (m, 1), 1.0, parallelism(n, m, k))
-                }
-                (Caller::Gemm, false) => {
-                    gemm_strided(n, m, k, y, (m, 1), false, x, (k, 1), w, (1, k), 1.0, parallelism(n, m, k))
-                }
+            // y[n, m] = x[n, k] · w[k, m] (the input gradient) or x[n, k] · w[m, k]ᵀ (the forward).
+            let split = match self.caller {
+                Caller::Gemm => Split::gemm_alone(n, m, k),
+                Caller::Loft => Split::chosen(n, m, k),
+            };
+            if p.backward {
+                matmul_nn_split(y, x, w, n, k, m, 1.0, false, split)
+            } else {
+                matmul_nt_split(y, x, w, n, k, m, 1.0, false, split)
             }
             let s = start.elapsed().as_secs_f64();
             runs.push(s);
