@@ -19,6 +19,6 @@ a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 print(f"speed: loft {a['tokens_per_second']:.1f} tok/s, PyTorch+PEFT {b['tokens_per_second']:.1f} tok/s, ratio {a['tokens_per_second']/b['tokens_per_second']:.2f}x")
 g = a.get('gemm_best_gflops_per_second')
 if g:
-    print(f"loft's step: {a['gflops_per_second']:.1f} GFLOP/s, {100*a['gflops_per_second']/g:.1f} % of gemm's best on its frozen products ({g:.1f} GFLOP/s; {100*a['gflops_per_second']/a['gemm_median_gflops_per_second']:.1f} % of gemm's median, {a['gemm_median_gflops_per_second']:.1f})")
+    print(f"loft's step: {a['gflops_per_second']:.1f} GFLOP/s, {100*a['gflops_per_second']/g:.1f} % of gemm's best on its frozen products ({g:.1f} GFLOP/s; {100*a['gflops_per_second']/a['gemm_median_gflops_per_second']:.1f} % of gemm's median, {a['gemm_median_gflops_per_second']:.1f}); its fastest step {100*a['gflops_per_second']*a['seconds_per_step']/a['seconds_per_step_fastest']/g:.1f} % of gemm's best")
 print(f"peak memory: loft {a['peak_rss_bytes']/2**30:.2f} GiB, PyTorch+PEFT {b['peak_rss_bytes']/2**30:.2f} GiB, ratio {a['peak_rss_bytes']/b['peak_rss_bytes']:.2f}x")
 PY

@@ -486,10 +486,20 @@ fn bench_train_vs_gemm_reports_gemms_rate_beside_the_steps() {
     let (best, median) =
         (v["gemm_best_gflops_per_second"].as_f64().unwrap(), v["gemm_median_gflops_per_second"].as_f64().unwrap());
     assert!(best >= median && median > 0.0, "{v}");
+    let (mean, fastest, median_step) = (
+        v["seconds_per_step"].as_f64().unwrap(),
+        v["seconds_per_step_fastest"].as_f64().unwrap(),
+        v["seconds_per_step_median"].as_f64().unwrap(),
+    );
+    assert!(fastest > 0.0 && fastest <= mean && fastest <= median_step, "{v}");
     let out = loft(&args);
     let stdout = text(&out.stdout);
     assert!(
-        stdout.contains("gemm alone on the step's frozen products (8 rounds") && stdout.contains("% of gemm's best")
+        stdout.contains("gemm alone on the step's frozen products (8 rounds")
+            && stdout.contains("% of gemm's best")
+            && stdout.contains("its fastest step")
+            && stdout.contains("steps: fastest"),
+        "{stdout}"
     );
     let out = loft(&[&args[..], &["--device", "gpu:lavapipe"]].concat());
     assert!(!out.status.success());

@@ -141,8 +141,9 @@ impl ProductTimer {
     }
 }
 
-fn median(runs: &[f64]) -> f64 {
-    let mut v = runs.to_vec();
+/// The median of `values` (NaN when empty): the middle one, or the mean of the two middle ones.
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     match v.len() {
         0 => f64::NAN,
