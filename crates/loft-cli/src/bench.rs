@@ -322,6 +322,7 @@ fn train_on<B: Backend>(be: &B, args: TrainArgs) -> loft::Result<()> {
     }
     drop(hot);
     let timed: f64 = step_seconds.iter().sum();
+    let mean_step = timed / args.steps as f64;
     let fastest = step_seconds.iter().copied().fold(f64::INFINITY, f64::min);
     let median_step = median(&step_seconds);
     let tokens = (args.batch * args.seq * args.steps) as f64;
@@ -359,7 +360,7 @@ fn train_on<B: Backend>(be: &B, args: TrainArgs) -> loft::Result<()> {
             args.load_in_4bit
         );
         println!("threads: {threads}");
-        println!("tokens/s: {tps:.1} ({:.3} s/step, {step_gflops:.1} GFLOP/s)", timed / args.steps as f64);
+        println!("tokens/s: {tps:.1} ({mean_step:.3} s/step, {step_gflops:.1} GFLOP/s)");
         println!("steps: fastest {fastest:.3} s, median {median_step:.3} s ({} timed)", args.steps);
         if let (Some((alone, _)), Some((best, median)), Some((own_best, own_median))) =
             (&timers, gemm_figures, own_figures)
@@ -371,7 +372,7 @@ fn train_on<B: Backend>(be: &B, args: TrainArgs) -> loft::Result<()> {
             );
             // The headline is the steps' mean against each shape's best; the fastest step against the same best
             // compares peak with peak (the machine's speed moves between the steps as between gemm's rounds).
-            let fastest_gflops = step_gflops * (timed / args.steps as f64) / fastest;
+            let fastest_gflops = step_gflops * mean_step / fastest;
             println!(
                 "the step: {:.1} % of gemm's best ({:.1} % of its median); its fastest step {:.1} % of gemm's best",
                 100.0 * step_gflops / best,
@@ -409,7 +410,7 @@ fn train_on<B: Backend>(be: &B, args: TrainArgs) -> loft::Result<()> {
                 "load_in_4bit": args.load_in_4bit,
                 "optim": kind.name(),
                 "tokens_per_second": tps,
-                "seconds_per_step": timed / args.steps as f64,
+                "seconds_per_step": mean_step,
                 "seconds_per_step_fastest": fastest,
                 "seconds_per_step_median": median_step,
                 "gflops_per_second": step_gflops,
